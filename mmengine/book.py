@@ -1,0 +1,191 @@
+"""L2 order book per (venue, instrument); runs on the venue thread that owns the book.
+
+Levels live in a dict (price -> size) plus a sorted list of sort keys, best first: bids are
+keyed by -price so both sides read their best levels from the front. An update is one dict
+write and, for a new or removed price, one bisect into the list: no whole-book copies and no
+Decimal on the per-message path. Venues whose checksum is computed over the venue's own
+decimal strings (Kraken, OKX legacy) keep those strings per level as well.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections.abc import Iterable
+
+from mmengine.model import BookState, BookTop
+
+Level = tuple[float, float]
+WireLevel = tuple[float, float, str, str]
+
+
+class BookSide:
+    """One side of a book, best level first."""
+
+    __slots__ = ("is_bid", "keys", "sizes", "wire")
+
+    def __init__(self, is_bid: bool, keep_wire: bool = False) -> None:
+        self.is_bid = is_bid
+        self.sizes: dict[float, float] = {}
+        self.keys: list[float] = []
+        self.wire: dict[float, tuple[str, str]] | None = {} if keep_wire else None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def clear(self) -> None:
+        self.sizes.clear()
+        self.keys.clear()
+        if self.wire is not None:
+            self.wire.clear()
+
+    def set(self, price: float, size: float) -> None:
+        """Set the level at `price` to `size`; a zero size deletes it (unknown prices too)."""
+        sizes = self.sizes
+        if size == 0.0:
+            if price in sizes:
+                del sizes[price]
+                keys = self.keys
+                del keys[bisect_left(keys, -price if self.is_bid else price)]
+                if self.wire is not None:
+                    self.wire.pop(price, None)
+            return
+        if price not in sizes:
+            insort(self.keys, -price if self.is_bid else price)
+        sizes[price] = size
+
+    def set_wire(self, price: float, size: float, price_str: str, size_str: str) -> None:
+        """`set`, keeping the venue's strings for checksums (the latest string per price)."""
+        self.set(price, size)
+        if size != 0.0 and self.wire is not None:
+            self.wire[price] = (price_str, size_str)
+
+    def load(self, levels: Iterable[Level]) -> None:
+        """Replace the side with `levels` (any order); zero sizes are ignored."""
+        self.clear()
+        sizes = self.sizes
+        for price, size in levels:
+            if size != 0.0:
+                sizes[price] = size
+        self.keys = sorted(-p for p in sizes) if self.is_bid else sorted(sizes)
+
+    def load_wire(self, levels: Iterable[WireLevel]) -> None:
+        """`load`, keeping the venue's strings."""
+        self.clear()
+        sizes = self.sizes
+        wire = self.wire if self.wire is not None else {}
+        for price, size, price_str, size_str in levels:
+            if size != 0.0:
+                sizes[price] = size
+                wire[price] = (price_str, size_str)
+        self.keys = sorted(-p for p in sizes) if self.is_bid else sorted(sizes)
+
+    def truncate(self, depth: int) -> None:
+        """Drop levels beyond `depth`: venues send no deletes for levels leaving their window."""
+        keys = self.keys
+        if len(keys) <= depth:
+            return
+        sizes = self.sizes
+        wire = self.wire
+        sign = -1.0 if self.is_bid else 1.0
+        for key in keys[depth:]:
+            price = sign * key
+            del sizes[price]
+            if wire is not None:
+                wire.pop(price, None)
+        del keys[depth:]
+
+    def prices(self, n: int) -> list[float]:
+        """The best `n` prices, best first."""
+        if self.is_bid:
+            return [-k for k in self.keys[:n]]
+        return self.keys[:n]
+
+    def best(self) -> float | None:
+        if not self.keys:
+            return None
+        return -self.keys[0] if self.is_bid else self.keys[0]
+
+    def wire_levels(self, n: int) -> list[tuple[str, str]]:
+        """The venue's strings of the best `n` levels (for checksums)."""
+        assert self.wire is not None, "this side does not keep wire strings"
+        wire = self.wire
+        return [wire[p] for p in self.prices(n)]
+
+
+class L2Book:
+    """The verified book of one instrument on one venue, with its sync state."""
+
+    __slots__ = (
+        "asks",
+        "bids",
+        "cross_seq",
+        "depth",
+        "exchange_ts_ns",
+        "instrument",
+        "recv_ts_ns",
+        "state",
+        "venue",
+        "venue_seq",
+    )
+
+    def __init__(self, venue: str, instrument: str, depth: int, keep_wire: bool = False) -> None:
+        self.venue = venue
+        self.instrument = instrument
+        self.depth = depth
+        self.bids = BookSide(True, keep_wire)
+        self.asks = BookSide(False, keep_wire)
+        self.state = BookState.SYNCING
+        self.venue_seq = -1
+        self.cross_seq = -1
+        self.exchange_ts_ns = 0
+        self.recv_ts_ns = 0
+
+    def clear(self) -> None:
+        """Forget every level (before a resync); the state is the caller's to set."""
+        self.bids.clear()
+        self.asks.clear()
+        self.venue_seq = -1
+        self.cross_seq = -1
+
+    def truncate(self) -> None:
+        self.bids.truncate(self.depth)
+        self.asks.truncate(self.depth)
+
+    def is_crossed(self) -> bool:
+        bid = self.bids.best()
+        ask = self.asks.best()
+        return bid is not None and ask is not None and bid >= ask
+
+    def top(self, n: int) -> BookTop:
+        """The best `n` levels per side as a BookTop (levels only when LIVE)."""
+        if self.state is not BookState.LIVE:
+            return BookTop(
+                self.venue,
+                self.instrument,
+                self.state.value,
+                self.venue_seq,
+                self.cross_seq,
+                self.exchange_ts_ns,
+                self.recv_ts_ns,
+                [],
+                [],
+                [],
+                [],
+            )
+        bid_prices = self.bids.prices(n)
+        ask_prices = self.asks.prices(n)
+        bid_sizes = self.bids.sizes
+        ask_sizes = self.asks.sizes
+        return BookTop(
+            self.venue,
+            self.instrument,
+            "LIVE",
+            self.venue_seq,
+            self.cross_seq,
+            self.exchange_ts_ns,
+            self.recv_ts_ns,
+            bid_prices,
+            [bid_sizes[p] for p in bid_prices],
+            ask_prices,
+            [ask_sizes[p] for p in ask_prices],
+        )

@@ -1,0 +1,188 @@
+"""The `mmengine` command (main thread): run, tap, check-config, simulate, demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mmengine.config import Config, load_config
+from mmengine.errors import ConfigError, MmengineError
+from mmengine.logs import setup_logging
+
+log = logging.getLogger("mmengine.cli")
+
+
+def _load_or_exit(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        click.echo(f"config error in {path}:", err=True)
+        for problem in exc.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING.")
+def main(log_level: str) -> None:
+    """mmengine: a market maker's pricing engine for crypto.
+
+    Venue order books in, verified; fair values and quotes out, over local IPC
+    (and, where configured, Kafka and Postgres).
+    """
+    setup_logging(log_level)
+
+
+@main.command("check-config")
+@click.option("--config", "config_path", required=True, type=click.Path(), help="venues.yaml")
+def check_config(config_path: str) -> None:
+    """Validate a config file and print what it would run (exit 0), or every error (exit 2)."""
+    cfg = _load_or_exit(config_path)
+    click.echo(f"{config_path}: OK")
+    click.echo(
+        f"engine: run_dir={cfg.engine.run_dir} pricing_workers={cfg.engine.pricing_workers} "
+        f"top_levels={cfg.engine.top_levels}"
+    )
+    for v in cfg.venues:
+        where = v.url or "default URL"
+        click.echo(
+            f"venue {v.name} ({v.protocol}, depth {v.depth}, {where}): {', '.join(v.instruments)}"
+        )
+    for i in cfg.instruments:
+        srcs = ", ".join(f"{s.venue}:{s.instrument or i.name}" for s in i.sources)
+        click.echo(f"price {i.name} <- {srcs}")
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(), help="venues.yaml")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+def run(config_path: str, duration: float | None) -> None:
+    """Run the engine until SIGINT/SIGTERM (or --duration), then stop cleanly.
+
+    On stop every thread is joined, every socket closed, the IPC socket files removed, and
+    one summary line per venue is printed.
+    """
+    from mmengine.engine import Engine
+
+    cfg = _load_or_exit(config_path)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    engine = Engine(cfg)
+    try:
+        engine.start()
+    except MmengineError as exc:
+        click.echo(f"cannot start: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"engine running; prices on {engine.endpoint('prices')} (run dir {engine.run_dir})")
+    stop.wait(duration)
+    engine.stop()
+    for line in engine.summary():
+        click.echo(line)
+
+
+def _resolve_endpoint(run_dir: str | None, endpoint: str | None, stream: str) -> tuple[str, str]:
+    """(endpoint, schema file name) from an explicit endpoint or a run dir's endpoints.json."""
+    from mmengine.config import EngineConfig
+
+    if endpoint:
+        return endpoint, "book_top.avsc" if "books" in endpoint else "price.avsc"
+    directory = Path(run_dir or EngineConfig().run_dir)
+    path = directory / "endpoints.json"
+    deadline = time.monotonic() + 10
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"no engine found: {path} does not exist")
+        time.sleep(0.1)
+    doc = json.loads(path.read_text())
+    info = doc["ipc"].get(stream)
+    if info is None:
+        raise click.ClickException(f"the engine in {directory} exposes no {stream!r} stream")
+    return info["endpoint"], Path(info["schema"]).name
+
+
+@main.command()
+@click.option("--run-dir", default=None, help="Engine run dir (default: the engine's default).")
+@click.option(
+    "--endpoint", default=None, help="Explicit endpoint, e.g. ipc:///tmp/mmengine/prices."
+)
+@click.option("--stream", default="prices", show_default=True, help="prices or books.")
+@click.option("--topic", default="", help="Topic prefix filter, e.g. price.BTC-USDT")
+@click.option("--count", type=int, default=None, help="Exit after this many messages.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+def tap(
+    run_dir: str | None,
+    endpoint: str | None,
+    stream: str,
+    topic: str,
+    count: int | None,
+    as_json: bool,
+    timeout: float | None,
+) -> None:
+    """Attach to a running engine's IPC stream and print decoded messages.
+
+    Without options it finds the engine through <run dir>/endpoints.json and prints Prices.
+    """
+    import zmq
+
+    from mmengine.codec import Codec
+
+    address, schema = _resolve_endpoint(run_dir, endpoint, stream)
+    codec = Codec(schema)
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
+    sub.connect(address)
+    seen = 0
+    deadline = time.monotonic() + timeout if timeout else None
+    try:
+        while count is None or seen < count:
+            if deadline is not None and time.monotonic() > deadline:
+                raise click.ClickException(f"timed out after {seen} messages")
+            if not sub.poll(200):
+                continue
+            topic_b, payload = sub.recv_multipart()
+            record = codec.decode(payload)
+            seen += 1
+            if as_json:
+                click.echo(json.dumps(record))
+            else:
+                click.echo(_readable(topic_b.decode(), record))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sub.close()
+        ctx.term()
+
+
+def _readable(topic: str, r: dict[str, Any]) -> str:
+    if topic.startswith("price."):
+        lat = (r["priced_ts_ns"] - r["recv_ts_ns"]) / 1000
+        return (
+            f"{r['instrument']:<14} seq {r['seq']:>7}  fair {r['fair_value']:<14.8g} "
+            f"bid {r['best_bid']:.8g} x {r['best_bid_size']:.6g}  "
+            f"ask {r['best_ask']:.8g} x {r['best_ask_size']:.6g}  "
+            f"venues {','.join(r['venues'])}  {lat:.0f}us"
+        )
+    bids = " ".join(f"{p:.8g}" for p in r["bid_prices"][:3])
+    asks = " ".join(f"{p:.8g}" for p in r["ask_prices"][:3])
+    return f"{topic:<30} {r['state']:<9} seq {r['venue_seq']}  bids {bids} | asks {asks}"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""Assembles and runs the engine (main thread): run dir, IPC publishers, pricing workers,
+venue threads; and takes them down in order on stop.
+
+Threads: one per venue connection (`venue-<name>`), one per pricing shard (`pricing-<k>`),
+one C-level `zmq.proxy` per IPC stream (`ipc-<stream>`). They share only the zmq.Context.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import zmq
+
+from mmengine.bus import BOOKS_IN, PRICES_IN, BookTopRouter, stable_shard
+from mmengine.codec import Codec
+from mmengine.config import Config
+from mmengine.errors import MmengineError
+from mmengine.pricing.model import InstrumentSpec
+from mmengine.pricing.worker import PricingWorker
+from mmengine.venues.base import VenueSpec
+from mmengine.venues.registry import PROTOCOLS
+from mmengine.venues.transport import Recorder, VenueConnection
+
+log = logging.getLogger("mmengine.engine")
+
+
+class RunDirBusy(MmengineError):
+    """Another engine holds the run dir."""
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One IPC stream the engine exposes."""
+
+    name: str
+    inproc: str
+    topic_prefix: str
+    schema: str
+
+
+STREAMS = (
+    Stream("prices", PRICES_IN, "price.", "price.avsc"),
+    Stream("books", BOOKS_IN, "book.", "book_top.avsc"),
+)
+
+
+class IpcPublisher(threading.Thread):
+    """XSUB (inproc, the engine's PUBs connect) -> XPUB (ipc, local subscribers) in C."""
+
+    def __init__(self, ctx: zmq.Context, stream: Stream, endpoint: str) -> None:
+        super().__init__(name=f"ipc-{stream.name}", daemon=True)
+        self.ctx = ctx
+        self.stream = stream
+        self.endpoint = endpoint
+        self.control = f"inproc://control.{stream.name}"
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        xsub = self.ctx.socket(zmq.XSUB)
+        xpub = self.ctx.socket(zmq.XPUB)
+        control = self.ctx.socket(zmq.PAIR)
+        for sock in (xsub, xpub, control):
+            sock.setsockopt(zmq.LINGER, 0)
+        try:
+            xpub.setsockopt(zmq.SNDHWM, 100_000)
+            xsub.bind(self.stream.inproc)
+            xpub.bind(self.endpoint)
+            path = self.endpoint.removeprefix("ipc://")
+            os.chmod(path, 0o600)
+            control.bind(self.control)
+        except zmq.ZMQError as exc:
+            self.error = exc
+            self.ready.set()
+            for sock in (xsub, xpub, control):
+                sock.close()
+            return
+        self.ready.set()
+        try:
+            zmq.proxy_steerable(xsub, xpub, None, control)
+        finally:
+            for sock in (xsub, xpub, control):
+                sock.close()
+
+    def terminate(self, ctx: zmq.Context) -> None:
+        if self.error is not None or not self.is_alive():
+            return
+        sock = ctx.socket(zmq.PAIR)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.control)
+        sock.send(b"TERMINATE")
+        sock.close()
+        self.join(timeout=5)
+
+
+class Engine:
+    """One engine run: `start()`, then `stop()` (or `run_until(event)`)."""
+
+    def __init__(self, cfg: Config, recorder: Recorder | None = None) -> None:
+        self.cfg = cfg
+        self.epoch = cfg.engine.epoch if cfg.engine.epoch is not None else time.time_ns()
+        self.run_dir = Path(cfg.engine.run_dir)
+        self.recorder = recorder
+        self.ctx: zmq.Context | None = None
+        self.publishers: list[IpcPublisher] = []
+        self.workers: list[PricingWorker] = []
+        self.connections: list[VenueConnection] = []
+        self._lock_file: IO[str] | None = None
+        self.started_ns = 0
+
+    # --- start ---------------------------------------------------------------------------
+
+    def _claim_run_dir(self) -> None:
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.run_dir, 0o700)
+        lock = open(self.run_dir / "engine.lock", "a+")  # noqa: SIM115 (held for the run)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise RunDirBusy(
+                f"run dir {self.run_dir} is in use by another engine; "
+                "give this one its own engine.run_dir"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        self._lock_file = lock
+
+    def endpoint(self, stream: str) -> str:
+        return f"ipc://{self.run_dir / stream}"
+
+    def start(self) -> None:
+        cfg = self.cfg
+        self._claim_run_dir()
+        sys.setswitchinterval(cfg.engine.switch_interval_us / 1e6)
+        self.ctx = ctx = zmq.Context()
+        self.started_ns = time.time_ns()
+        try:
+            streams = [s for s in STREAMS if s.name != "books" or cfg.outputs.ipc.books]
+            for stream in streams:
+                pub = IpcPublisher(ctx, stream, self.endpoint(stream.name))
+                pub.start()
+                pub.ready.wait(5)
+                if pub.error is not None:
+                    raise MmengineError(f"cannot bind {pub.endpoint}: {pub.error}")
+                self.publishers.append(pub)
+            self._start_workers(ctx, cfg.instrument_specs())
+            self._start_venues(ctx, cfg.venue_specs(), cfg.instrument_specs())
+            self._write_endpoints(streams)
+        except BaseException:
+            self.stop()
+            raise
+        log.info(
+            "engine started: epoch %d, %d venues, %d instruments, %d pricing workers",
+            self.epoch,
+            len(self.connections),
+            len(cfg.instruments),
+            len(self.workers),
+        )
+
+    def _start_workers(self, ctx: zmq.Context, instruments: list[InstrumentSpec]) -> None:
+        k_total = self.cfg.engine.pricing_workers
+        for k in range(k_total):
+            owned = [i for i in instruments if stable_shard(i.name, k_total) == k]
+            worker = PricingWorker(k, ctx, owned, self.epoch)
+            worker.start()
+            worker.ready.wait(5)
+            self.workers.append(worker)
+
+    def _start_venues(
+        self, ctx: zmq.Context, venues: list[VenueSpec], instruments: list[InstrumentSpec]
+    ) -> None:
+        k_total = self.cfg.engine.pricing_workers
+        publish_books = self.cfg.outputs.ipc.books
+        for spec in venues:
+            routes: dict[str, list[str]] = {}
+            for inst in instruments:
+                for src in inst.sources:
+                    if src.venue == spec.name:
+                        routes.setdefault(src.instrument, []).append(inst.name)
+
+            def make_router(routes: dict[str, list[str]] = routes) -> BookTopRouter:
+                return BookTopRouter(ctx, k_total, routes, publish_books)
+
+            conn = VenueConnection(
+                spec,
+                PROTOCOLS[spec.protocol],
+                make_router,
+                reconnect_cap_s=self.cfg.limits.reconnect_max_s,
+                recorder=self.recorder,
+            )
+            conn.start()
+            self.connections.append(conn)
+
+    def _write_endpoints(self, streams: list[Stream]) -> None:
+        doc: dict[str, Any] = {
+            "pid": os.getpid(),
+            "epoch": self.epoch,
+            "started_ns": self.started_ns,
+            "ipc": {
+                s.name: {
+                    "endpoint": self.endpoint(s.name),
+                    "topic_prefix": s.topic_prefix,
+                    "schema": str(Codec(s.schema).path),
+                    "fingerprint": Codec(s.schema).fingerprint.hex(),
+                }
+                for s in streams
+            },
+        }
+        tmp = self.run_dir / "endpoints.json.tmp"
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        os.chmod(tmp, 0o600)
+        tmp.replace(self.run_dir / "endpoints.json")
+
+    # --- stop ----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Join every thread, close every socket, remove the IPC socket files."""
+        for conn in self.connections:
+            conn.stop()
+        for conn in self.connections:
+            conn.join(timeout=10)
+        for worker in self.workers:
+            worker.stop()
+        for worker in self.workers:
+            worker.join(timeout=5)
+        if self.ctx is not None:
+            for pub in self.publishers:
+                pub.terminate(self.ctx)
+            self.ctx.term()
+            self.ctx = None
+        for pub in self.publishers:
+            Path(pub.endpoint.removeprefix("ipc://")).unlink(missing_ok=True)
+        (self.run_dir / "endpoints.json").unlink(missing_ok=True)
+        if self._lock_file is not None:
+            (self.run_dir / "engine.lock").unlink(missing_ok=True)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def summary(self) -> list[str]:
+        """One line per venue: frames, book messages, resyncs, gaps, skips, reconnects."""
+        lines = []
+        for conn in self.connections:
+            venue = conn.venue
+            vs = venue.venue_stats
+            gaps = sum(s.sequence_gaps for s in venue.stats.values())
+            checks = sum(s.checksums_failed for s in venue.stats.values())
+            lines.append(
+                f"{venue.name}: {vs.frames} frames, {vs.book_frames} book messages, "
+                f"{sum(vs.resyncs.values())} resyncs {dict(vs.resyncs) or ''}, {gaps} gaps, "
+                f"{checks} checksum failures, {sum(vs.skipped.values())} skipped "
+                f"{dict(vs.skipped) or ''}, {vs.reconnects} reconnects".replace("  ", " ")
+            )
+        prices = sum(w.stats.prices for w in self.workers)
+        inputs = sum(w.stats.inputs for w in self.workers)
+        lines.append(f"pricing: {inputs} book tops in, {prices} prices out")
+        return lines

@@ -1,0 +1,1 @@
+"""Pricing: the worker threads and the model they run."""

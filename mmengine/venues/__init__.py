@@ -1,0 +1,1 @@
+"""Venue protocols: one module per venue, each plugged into the shared transport."""

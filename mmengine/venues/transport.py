@@ -1,0 +1,226 @@
+"""The shared WebSocket connection: one thread per venue connection (the venue thread).
+
+It owns the socket, the venue object and its books. It reconnects with capped exponential
+backoff and jitter, answers server pings (websocket-client pongs inside `recv`), sends the
+venue's application-level keepalive, reconnects after `silence_timeout_s` without any frame,
+and runs the venue's timers. It knows no venue by name: everything venue-specific comes
+through the `Venue` seam.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Protocol
+
+import websocket
+
+from mmengine.errors import TransportError
+from mmengine.model import BookTop
+from mmengine.venues.base import Venue, VenueSpec
+
+log = logging.getLogger("mmengine.transport")
+
+TICK_S = 0.25
+
+
+class TopPublisher(Protocol):
+    """Where a venue thread sends BookTops; created inside the venue thread (it owns sockets)."""
+
+    def send(self, top: BookTop) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Recorder(Protocol):
+    """Optional tap on everything a connection sends and receives (`mmengine record`)."""
+
+    def connect(self, conn: str, url: str) -> None: ...
+
+    def sent(self, conn: str, text: str) -> None: ...
+
+    def received(self, conn: str, text: str, recv_ns: int) -> None: ...
+
+    def http(self, conn: str, url: str, body: str) -> None: ...
+
+
+class Backoff:
+    """Capped exponential backoff with equal jitter: waits in [d/2, d], d doubling to `cap_s`."""
+
+    def __init__(self, base_s: float = 0.25, cap_s: float = 30.0) -> None:
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        d = min(self.cap_s, self.base_s * (2**self.attempt))
+        self.attempt += 1
+        return d / 2 + random.uniform(0, d / 2)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class _Reconnect(Exception):
+    """Raised inside the read loop when the venue or a timer asks for a new connection."""
+
+
+class VenueConnection(threading.Thread):
+    """Runs one venue connection until `stop()`; implements the venue's `Session`."""
+
+    def __init__(
+        self,
+        spec: VenueSpec,
+        venue_cls: type[Venue],
+        make_publisher: Callable[[], TopPublisher],
+        reconnect_cap_s: float = 30.0,
+        recorder: Recorder | None = None,
+    ) -> None:
+        super().__init__(name=f"venue-{spec.name}", daemon=True)
+        self.spec = spec
+        self.venue = venue_cls(spec, self)
+        self._make_publisher = make_publisher
+        self._publisher: TopPublisher | None = None
+        self._stop_event = threading.Event()
+        self._ws: websocket.WebSocket | None = None
+        self._backoff = Backoff(cap_s=reconnect_cap_s)
+        self._reconnect_reason: str | None = None
+        self._recorder = recorder
+        self.connects = 0
+
+    # --- Session -------------------------------------------------------------------------
+
+    def send(self, text: str) -> None:
+        if self._ws is None:
+            raise TransportError("not connected")
+        if self._recorder is not None:
+            self._recorder.sent(self.name, text)
+        self._ws.send(text)
+
+    def http_get(self, url: str) -> str:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                body: str = resp.read().decode()
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise TransportError(f"GET {url}: {exc}") from exc
+        if self._recorder is not None:
+            self._recorder.http(self.name, url, body)
+        return body
+
+    def publish(self, top: BookTop) -> None:
+        if self._publisher is not None:
+            self._publisher.send(top)
+
+    def reconnect(self, reason: str) -> None:
+        self._reconnect_reason = reason
+
+    # --- thread --------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        self._publisher = self._make_publisher()
+        try:
+            while not self._stop_event.is_set():
+                self._run_one_connection()
+                if self._stop_event.is_set():
+                    break
+                delay = self._backoff.next_delay()
+                log.info("%s reconnecting in %.2fs", self.spec.name, delay)
+                self._stop_event.wait(delay)
+        finally:
+            self.venue.on_disconnected()
+            self._publisher.close()
+
+    def _run_one_connection(self) -> None:
+        venue = self.venue
+        url = venue.connect_url()
+        try:
+            ws = websocket.create_connection(
+                url,
+                timeout=10,
+                skip_utf8_validation=True,  # str decoding already rejects bad UTF-8
+                enable_multithread=False,
+            )
+        except (websocket.WebSocketException, OSError) as exc:
+            log.warning("%s connect to %s failed: %s", self.spec.name, url, exc)
+            return
+        self._ws = ws
+        self.connects += 1
+        if self.connects > 1:
+            venue.venue_stats.reconnects += 1
+        if self._recorder is not None:
+            self._recorder.connect(self.name, url)
+        log.info("%s connected to %s", self.spec.name, url.split("?")[0])
+        self._reconnect_reason = None
+        try:
+            ws.settimeout(TICK_S)
+            venue.on_connected()
+            for frame in venue.subscribe_frames():
+                self.send(frame)
+            self._read_loop(ws)
+        except _Reconnect as exc:
+            log.warning("%s reconnect: %s", self.spec.name, exc)
+        except (websocket.WebSocketException, OSError) as exc:
+            log.warning("%s connection lost: %s", self.spec.name, exc)
+        except Exception:
+            log.exception("%s internal error; reconnecting", self.spec.name)
+        finally:
+            self._ws = None
+            with contextlib.suppress(websocket.WebSocketException, OSError):
+                ws.close(timeout=1)
+            venue.on_disconnected()
+
+    def _read_loop(self, ws: websocket.WebSocket) -> None:
+        venue = self.venue
+        recorder = self._recorder
+        keepalive_s = venue.keepalive_interval_s
+        silence_ns = int(venue.silence_timeout_s * 1e9)
+        last_frame_ns = time.time_ns()
+        next_keepalive = time.monotonic() + keepalive_s if keepalive_s else float("inf")
+        next_tick = time.monotonic() + TICK_S
+        live_since: float | None = None
+        while not self._stop_event.is_set():
+            try:
+                opcode, payload = ws.recv_data(control_frame=True)
+            except websocket.WebSocketTimeoutException:
+                opcode, payload = 0, b""
+            now = time.monotonic()
+            if opcode == websocket.ABNF.OPCODE_TEXT or opcode == websocket.ABNF.OPCODE_BINARY:
+                recv_ns = time.time_ns()
+                last_frame_ns = recv_ns
+                frame = payload.decode() if isinstance(payload, bytes) else payload
+                if recorder is not None:
+                    recorder.received(self.name, frame, recv_ns)
+                venue.receive(frame, recv_ns)
+            elif opcode == websocket.ABNF.OPCODE_CLOSE:
+                raise _Reconnect("closed by the venue")
+            elif opcode:
+                last_frame_ns = time.time_ns()  # ping/pong: the connection is alive
+            if self._reconnect_reason is not None:
+                raise _Reconnect(self._reconnect_reason)
+            if now >= next_keepalive:
+                frame_text = venue.keepalive_frame()
+                if frame_text is not None:
+                    self.send(frame_text)
+                next_keepalive = now + (keepalive_s or 0.0)
+            if now >= next_tick:
+                next_tick = now + TICK_S
+                now_ns = time.time_ns()
+                if now_ns - last_frame_ns > silence_ns:
+                    raise _Reconnect(f"no frame for {venue.silence_timeout_s:.0f}s")
+                venue.on_tick(now_ns)
+                # A connection that has held a LIVE book for a while resets the backoff.
+                if live_since is None and any(
+                    b.state.value == "LIVE" for b in venue.books.values()
+                ):
+                    live_since = now
+                if live_since is not None and now - live_since > 10.0:
+                    self._backoff.reset()
