@@ -8,6 +8,7 @@ It drains everything queued before pricing, so a burst prices each touched instr
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -16,12 +17,16 @@ import zmq
 
 from mmengine.bus import PRICES_IN, decode_top, pricing_endpoint
 from mmengine.codec import Codec, price_record
+from mmengine.logs import RepeatLimiter
 from mmengine.model import BookTop, Price
 from mmengine.pricing.model import InstrumentSpec, consolidate
 
 log = logging.getLogger("mmengine.pricing")
 
-MAX_DRAIN = 10_000  # bound one drain so a flood cannot delay pricing indefinitely
+MAX_DRAIN = 10_000
+# Sink message: [instrument, SINK_KEY(epoch, seq, priced_ts_ns), Avro single-object Price].
+SINK_KEY = struct.Struct(">qqq")
+SINK_HWM = 100_000  # bound one drain so a flood cannot delay pricing indefinitely
 
 
 @dataclass(slots=True)
@@ -30,6 +35,7 @@ class WorkerStats:
     prices: int = 0
     unpriced: int = 0  # touched but no usable venue
     drains: int = 0
+    sink_dropped: int = 0  # a writer's inproc queue was full (the writer is wedged)
 
 
 class PricingWorker(threading.Thread):
@@ -59,6 +65,7 @@ class PricingWorker(threading.Thread):
         self.stats = WorkerStats()
         self.ready = threading.Event()
         self._stop_event = threading.Event()
+        self._sink_log = RepeatLimiter()
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -74,6 +81,7 @@ class PricingWorker(threading.Thread):
         for endpoint in self.sink_endpoints:
             sock = self.ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, SINK_HWM)
             sock.connect(endpoint)
             sinks.append(sock)
         codec = Codec("price.avsc")
@@ -91,14 +99,32 @@ class PricingWorker(threading.Thread):
                     if price is None:
                         continue
                     payload = codec.encode(price_record(price))
-                    pub.send_multipart((b"price." + name.encode(), payload))
-                    for sock in sinks:
-                        sock.send(payload, zmq.NOBLOCK)
+                    topic = b"price." + name.encode()
+                    pub.send_multipart((topic, payload))
+                    if sinks:
+                        key = SINK_KEY.pack(price.epoch, price.seq, price.priced_ts_ns)
+                        for sock in sinks:
+                            self._to_sink(sock, (name.encode(), key, payload))
         finally:
             pull.close()
             pub.close()
             for sock in sinks:
                 sock.close()
+
+    def _to_sink(self, sock: zmq.Socket, frames: tuple[bytes, bytes, bytes]) -> None:
+        """Hand a Price to a writer thread without ever waiting on it. The writer drains
+        its queue into its own spool, so a full queue means the writer thread is wedged:
+        count the loss loudly rather than stall pricing."""
+        try:
+            sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            self.stats.sink_dropped += 1
+            if self._sink_log.allow("sink_full") is not None:
+                log.error(
+                    "pricing-%d: a sink queue is full; %d prices dropped so far",
+                    self.k,
+                    self.stats.sink_dropped,
+                )
 
     def _drain(self, pull: zmq.Socket) -> dict[str, BookTop]:
         """Take everything queued; returns each touched instrument with its latest input."""
