@@ -80,8 +80,8 @@ class PricingWorker(threading.Thread):
         sinks = []
         for endpoint in self.sink_endpoints:
             sock = self.ctx.socket(zmq.PUSH)
-            sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, SINK_HWM)
+            sock.setsockopt(zmq.LINGER, 5000)  # queued prices reach the writer on stop
             sock.connect(endpoint)
             sinks.append(sock)
         codec = Codec("price.avsc")
