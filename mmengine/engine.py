@@ -87,6 +87,8 @@ class IpcPublisher(threading.Thread):
         self.ready.set()
         try:
             zmq.proxy_steerable(xsub, xpub, None, control)
+        except zmq.ContextTerminated:
+            pass  # stop() terminates the proxy first; this is only a late shutdown
         finally:
             for sock in (xsub, xpub, control):
                 sock.close()
@@ -95,7 +97,7 @@ class IpcPublisher(threading.Thread):
         if self.error is not None or not self.is_alive():
             return
         sock = ctx.socket(zmq.PAIR)
-        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.LINGER, 1000)  # 0 could discard the command before delivery
         sock.connect(self.control)
         sock.send(b"TERMINATE")
         sock.close()
@@ -240,10 +242,10 @@ class Engine:
                 pub.terminate(self.ctx)
             self.ctx.term()
             self.ctx = None
-        for pub in self.publishers:
-            Path(pub.endpoint.removeprefix("ipc://")).unlink(missing_ok=True)
-        (self.run_dir / "endpoints.json").unlink(missing_ok=True)
-        if self._lock_file is not None:
+        if self._lock_file is not None:  # only the engine holding the run dir cleans it
+            for pub in self.publishers:
+                Path(pub.endpoint.removeprefix("ipc://")).unlink(missing_ok=True)
+            (self.run_dir / "endpoints.json").unlink(missing_ok=True)
             (self.run_dir / "engine.lock").unlink(missing_ok=True)
             self._lock_file.close()
             self._lock_file = None

@@ -107,6 +107,7 @@ class Venue:
     keepalive_interval_s: ClassVar[float | None] = None  # send keepalive_frame() this often
     silence_timeout_s: ClassVar[float] = 60.0  # no frame at all for this long: reconnect
     max_frame_bytes: ClassVar[int] = 16 * 1024 * 1024
+    depths: ClassVar[tuple[int, ...] | None] = None  # book depths the venue offers; None: any
 
     def __init__(self, spec: VenueSpec, session: Session) -> None:
         self.spec = spec
@@ -118,6 +119,16 @@ class Venue:
         self.stats: dict[str, InstrumentStats] = {inst: InstrumentStats() for inst in self.books}
         self.venue_stats = VenueStats()
         self._log_limiter = RepeatLimiter()
+
+    @classmethod
+    def capture_subscription(cls, sent: list[str]) -> tuple[tuple[str, ...], int | None] | None:
+        """(instruments, depth) a recording subscribed to, read from its `send` frames in our
+        normalized names; None when the frames do not say (replay then uses the header)."""
+        return None
+
+    def venue_symbol(self, instrument: str) -> str:
+        """The venue's own name for one of our instruments (for reports)."""
+        return instrument
 
     # --- the seam: each venue module implements these -------------------------------------
 
@@ -138,7 +149,9 @@ class Venue:
         return None
 
     def on_tick(self, now_ns: int) -> None:
-        """Called about four times a second between frames (retries, timers)."""
+        """Called about four times a second between frames (retries, timers). Venues that
+        override it call this too: it runs the per-book staleness timer."""
+        self.check_staleness(now_ns)
 
     def on_connected(self) -> None:
         """A new connection is open: every book starts from scratch."""
@@ -188,6 +201,8 @@ class Venue:
         book.state = state
         log.info("%s %s %s (%s)", self.name, book.instrument, state.value, reason)
         if was_live:
+            # Stamped with the time of the change, so a reader can see when the book left.
+            book.recv_ts_ns = time.time_ns()
             self.session.publish(book.top(0))
 
     def go_live(self, book: L2Book, recv_ns: int) -> None:

@@ -111,6 +111,9 @@ class BinanceSpot(Venue):
         self.rest_limiter = RateLimiter(REST_WEIGHT_PER_MINUTE, 60.0)
         self.snapshot_limit = next((x for x in SNAPSHOT_LIMITS if x >= spec.depth), 5000)
 
+    def venue_symbol(self, instrument: str) -> str:
+        return wire_symbol(instrument)
+
     def connect_url(self) -> str:
         streams = [f"{s.lower()}@{DEPTH_STREAM}" for s in self.by_symbol]
         if self.spec.audit:
@@ -185,7 +188,7 @@ class BinanceSpot(Venue):
                 BookState.RESYNCING,
             ):
                 self._try_snapshot(book, now_ns)
-        self.check_staleness(now_ns)
+        super().on_tick(now_ns)
 
     def _try_snapshot(self, book: L2Book, recv_ns: int) -> None:
         sync = self.sync[book.instrument]

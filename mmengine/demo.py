@@ -1,0 +1,171 @@
+"""`mmengine demo`: the whole engine offline (main thread of the demo process).
+
+Simulators run in this process (their own threads); the engine runs as a child process,
+exactly as a user would run it (`mmengine run --config ...`); prices are shown live from
+the engine's IPC stream. Ctrl-C (or --duration) stops everything: the engine gets SIGTERM
+and prints its summary, the simulators are stopped and joined.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import yaml
+import zmq
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from mmengine.codec import Codec
+
+DEMO_INSTRUMENTS = ["BTC-USDT", "ETH-USDT"]
+
+
+def demo_config(sims: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The engine config for the running simulators (venue name -> simulator handle)."""
+    binance = sims["binance"]
+    return {
+        "engine": {"run_dir": str(run_dir), "pricing_workers": 2},
+        "venues": [
+            {
+                "name": "binance",
+                "protocol": "binance",
+                "url": binance.ws_url,
+                "rest_url": binance.rest_url,
+                "instruments": DEMO_INSTRUMENTS,
+                "depth": 100,
+                "audit": True,
+            }
+        ],
+        "instruments": [{"name": i, "sources": [{"venue": "binance"}]} for i in DEMO_INSTRUMENTS],
+    }
+
+
+def start_engine(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """`mmengine run` as a child process, its output into `log_path`."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "mmengine.cli", "run", "--config", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop_engine(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM and wait (the engine prints its summary and exits 0); never left behind."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _table(rows: dict[str, dict[str, Any]], counts: dict[str, int], started: float) -> Table:
+    elapsed = max(time.monotonic() - started, 1e-9)
+    total = sum(counts.values())
+    table = Table(title=f"mmengine demo — {total} prices, {total / elapsed:,.0f}/s  (Ctrl-C stops)")
+    for col in ("instrument", "seq", "fair value", "bid", "ask", "venues", "recv→priced µs"):
+        table.add_column(col, justify="right" if col not in ("instrument", "venues") else "left")
+    for name in sorted(rows):
+        r = rows[name]
+        table.add_row(
+            name,
+            str(r["seq"]),
+            f"{r['fair_value']:.4f}",
+            f"{r['best_bid']:.4f} x {r['best_bid_size']:.4g}",
+            f"{r['best_ask']:.4f} x {r['best_ask_size']:.4g}",
+            ",".join(r["venues"]),
+            f"{(r['priced_ts_ns'] - r['recv_ts_ns']) / 1000:.0f}",
+        )
+    return table
+
+
+def show_prices(endpoint: str, stop: threading.Event, console: Console) -> dict[str, int]:
+    """Subscribe to the prices stream and render the latest Price per instrument."""
+    codec = Codec("price.avsc")
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"price.")
+    sub.connect(endpoint)
+    rows: dict[str, dict[str, Any]] = {}
+    counts: dict[str, int] = {}
+    started = time.monotonic()
+    try:
+        with Live(_table(rows, counts, started), console=console, refresh_per_second=4) as live:
+            while not stop.is_set():
+                if not sub.poll(100):
+                    continue
+                while True:
+                    try:
+                        _topic, payload = sub.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    record = codec.decode(payload)
+                    rows[record["instrument"]] = record
+                    counts[record["instrument"]] = counts.get(record["instrument"], 0) + 1
+                live.update(_table(rows, counts, started))
+    finally:
+        sub.close()
+        ctx.term()
+    return counts
+
+
+def run_demo(duration: float | None, rate: float) -> int:
+    """Start simulators and the engine, show prices until Ctrl-C or `duration`."""
+    from mmengine.simulator import start_simulator
+
+    console = Console()
+    # The demo's own simulators would otherwise log every HTTP snapshot request.
+    logging.getLogger("mmengine.simulator").setLevel(logging.WARNING)
+    stop = threading.Event()
+    # Ctrl-C reaches the engine child too (same process group); both stop cleanly.
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mmengine-demo-")))
+        sims = {
+            "binance": stack.enter_context(
+                start_simulator("binance", instruments=DEMO_INSTRUMENTS, rate=rate)
+            )
+        }
+        run_dir = tmp / "run"
+        config_path = tmp / "demo.yaml"
+        config_path.write_text(yaml.safe_dump(demo_config(sims, run_dir), sort_keys=False))
+        log_path = tmp / "engine.log"
+        console.print(f"simulators: binance at {sims['binance'].ws_url}")
+        console.print(
+            f"engine config: {config_path}; attach with: mmengine tap --run-dir {run_dir}"
+        )
+        proc = start_engine(config_path, log_path)
+        stack.callback(stop_engine, proc)
+        endpoints = run_dir / "endpoints.json"
+        deadline = time.monotonic() + 15
+        while not endpoints.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                console.print(log_path.read_text(), markup=False)
+                console.print("[red]the engine did not start[/red]")
+                return 1
+            time.sleep(0.05)
+        if duration is not None:
+            timer = threading.Timer(duration, stop.set)
+            timer.daemon = True
+            timer.start()
+        counts = show_prices(f"ipc://{run_dir / 'prices'}", stop, console)
+        stop_engine(proc)
+        for line in log_path.read_text().splitlines():
+            if " frames, " in line or line.startswith("pricing:"):
+                console.print(line, markup=False, soft_wrap=True)
+        console.print(f"prices shown: {sum(counts.values())} {counts}", markup=False)
+    return 0
