@@ -221,3 +221,84 @@ def test_in_process_engine_joins_every_thread_and_guards_its_run_dir(tmp_path: P
         finally:
             engine.stop()
         assert set(threading.enumerate()) - before == set()
+
+
+def test_tap_prints_decoded_prices(engine_factory: Any) -> None:
+    with start_simulator("binance", instruments=INSTRUMENTS, rate=200, seed=7) as sim:
+        engine = engine_factory(binance_config(sim))
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mmengine.cli",
+                "tap",
+                "--run-dir",
+                str(engine.run_dir),
+                "--topic",
+                "price.ETH-USDT",
+                "--count",
+                "5",
+                "--json",
+                "--timeout",
+                "20",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        readable = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mmengine.cli",
+                "tap",
+                "--run-dir",
+                str(engine.run_dir),
+                "--stream",
+                "books",
+                "--count",
+                "3",
+                "--timeout",
+                "20",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert engine.stop() == 0
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(line) for line in run.stdout.splitlines()]
+    assert len(rows) == 5 and {r["instrument"] for r in rows} == {"ETH-USDT"}
+    seqs = [r["seq"] for r in rows]
+    assert seqs == list(range(seqs[0], seqs[0] + 5))
+    assert readable.returncode == 0, readable.stderr
+    lines = readable.stdout.splitlines()
+    assert len(lines) == 3 and all(
+        ln.startswith("book.binance.") and " LIVE " in ln for ln in lines
+    )
+
+
+def test_a_stalled_venue_goes_stale_and_comes_back(engine_factory: Any) -> None:
+    """The simulator's stall fault sends nothing for about 3 s on an open connection."""
+    with start_simulator(
+        "binance",
+        instruments=INSTRUMENTS,
+        rate=200,
+        seed=8,
+        faults=["stall"],
+        fault_interval_s=2.0,
+    ) as sim:
+        config = binance_config(sim)
+        config["limits"]["stale_after_s"] = 1.0
+        engine = engine_factory(config)
+        endpoints = json.loads((engine.run_dir / "endpoints.json").read_text())
+        books = Subscriber(endpoints["ipc"]["books"]["endpoint"], b"book.binance.BTC-USDT")
+        tops = books.collect("book_top.avsc", seconds=7)
+        books.close()
+        assert engine.stop() == 0, engine.output
+        assert sim.stats["faults"]["stall"] >= 1
+    states = [t["state"] for _, t in tops]
+    assert "STALE" in states, "no STALE state seen during a stall"
+    first_stale = states.index("STALE")
+    assert "LIVE" in states[first_stale:], "never LIVE again after the stall"
+    assert all(not t["bid_prices"] for _, t in tops if t["state"] == "STALE")

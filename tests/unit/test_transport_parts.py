@@ -1,0 +1,31 @@
+"""Pieces of the shared transport: backoff with jitter, the REST weight limiter."""
+
+from __future__ import annotations
+
+import time
+
+from mmengine.venues.base import RateLimiter
+from mmengine.venues.transport import Backoff
+
+
+def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
+    backoff = Backoff(base_s=0.5, cap_s=4.0)
+    delays = [backoff.next_delay() for _ in range(8)]
+    ceilings = [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0]
+    for delay, ceiling in zip(delays, ceilings, strict=True):
+        assert ceiling / 2 <= delay <= ceiling
+    backoff.reset()
+    assert backoff.next_delay() <= 0.5
+
+
+def test_backoff_jitter_spreads_reconnects() -> None:
+    delays = {round(Backoff(base_s=1.0, cap_s=8.0).next_delay(), 6) for _ in range(50)}
+    assert len(delays) > 40  # equal jitter: clients do not reconnect in lockstep
+
+
+def test_rate_limiter_spends_and_refills() -> None:
+    limiter = RateLimiter(capacity=10, per_seconds=1.0)
+    assert limiter.try_acquire(6)
+    assert not limiter.try_acquire(6)
+    time.sleep(0.45)
+    assert limiter.try_acquire(6)
