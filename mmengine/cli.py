@@ -109,6 +109,8 @@ def _resolve_endpoint(run_dir: str | None, endpoint: str | None, stream: str) ->
             raise click.ClickException(f"no engine found: {path} does not exist")
         time.sleep(0.1)
     doc = json.loads(path.read_text())
+    if stream == "control":
+        return doc["control"]["endpoint"], ""
     info = doc["ipc"].get(stream)
     if info is None:
         raise click.ClickException(f"the engine in {directory} exposes no {stream!r} stream")
@@ -173,16 +175,68 @@ def tap(
 
 def _readable(topic: str, r: dict[str, Any]) -> str:
     if topic.startswith("price."):
-        lat = (r["priced_ts_ns"] - r["recv_ts_ns"]) / 1000
-        return (
-            f"{r['instrument']:<14} seq {r['seq']:>7}  fair {r['fair_value']:<14.8g} "
-            f"bid {r['best_bid']:.8g} x {r['best_bid_size']:.6g}  "
-            f"ask {r['best_ask']:.8g} x {r['best_ask_size']:.6g}  "
-            f"venues {','.join(r['venues'])}  {lat:.0f}us"
-        )
+        return readable_price(r)
     bids = " ".join(f"{p:.8g}" for p in r["bid_prices"][:3])
     asks = " ".join(f"{p:.8g}" for p in r["ask_prices"][:3])
     return f"{topic:<30} {r['state']:<9} seq {r['venue_seq']}  bids {bids} | asks {asks}"
+
+
+def readable_price(r: dict[str, Any]) -> str:
+    """A Price as two or three lines: the decision, the ladder, and what was left out."""
+    lat = (r["priced_ts_ns"] - r["recv_ts_ns"]) / 1000
+    used = " ".join(
+        f"{u['venue']}:{u['mid']:.8g}@{u['weight']:.2f}"
+        + (f"(fx {u['fx_rate']:.6g})" if u["fx_rate"] != 1.0 else "")
+        for u in r.get("venues_used", [])
+    ) or ",".join(r["venues"])
+    head = (
+        f"{r['instrument']:<12} #{r['seq']:<7} fair {r['fair_value']:<12.8g} "
+        f"[{r.get('method', 'mid')}] bbo {r['best_bid']:.8g} x {r['best_bid_size']:.4g} / "
+        f"{r['best_ask']:.8g} x {r['best_ask_size']:.4g}  vol {r.get('volatility_bps', 0):.2f}bp "
+        f"pos {r.get('position', 0):g} skew {r.get('skew_bps', 0):+.2f}bp  {lat:.0f}us"
+    )
+    lines = [head, f"    used {used}"]
+    if r.get("cross_venue_crossed"):
+        lines[0] += "  CROSSED ACROSS VENUES"
+    if r.get("halted"):
+        lines.append(f"    HALTED: {r['halt_reason']}")
+    elif r.get("bids") or r.get("asks"):
+        bids = " ".join(f"{b['price']:.8g}x{b['size']:g}" for b in r["bids"])
+        asks = " ".join(f"{a['price']:.8g}x{a['size']:g}" for a in r["asks"])
+        lines.append(f"    quotes {bids} | {asks}  (half-spread {r['half_spread_bps']:.2f}bp)")
+    if r.get("venues_excluded"):
+        out = " ".join(f"{x['venue']}:{x['reason']}" for x in r["venues_excluded"])
+        lines.append(f"    excluded {out}")
+    return "\n".join(lines)
+
+
+@main.command("set-position")
+@click.argument("instrument")
+@click.argument("qty", type=float)
+@click.option("--run-dir", default=None, help="Engine run dir (default: the engine's default).")
+def set_position(instrument: str, qty: float, run_dir: str | None) -> None:
+    """Tell a running engine the inventory position of INSTRUMENT (base units, long > 0).
+
+    The engine re-prices the instrument at once with the new skew.
+    """
+    import zmq
+
+    endpoint, _ = _resolve_endpoint(run_dir, None, "control")
+    ctx = zmq.Context()
+    req = ctx.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    req.connect(endpoint)
+    try:
+        req.send(json.dumps({"op": "set_position", "instrument": instrument, "qty": qty}).encode())
+        if not req.poll(5000):
+            raise click.ClickException("the engine did not answer within 5 s")
+        reply = json.loads(req.recv())
+    finally:
+        req.close()
+        ctx.term()
+    if not reply.get("ok"):
+        raise click.ClickException(reply.get("error", "refused"))
+    click.echo(f"{instrument} position {qty:g}: accepted")
 
 
 @main.command()
@@ -333,6 +387,72 @@ def record(config_path: str, out: str, duration: float | None) -> None:
     for line in engine.summary():
         click.echo(line)
     click.echo(f"recorded {out}")
+
+
+@main.command("kafka-tail")
+@click.option("--bootstrap", default=None, help="HOST:PORT (default: from the run dir).")
+@click.option("--run-dir", default=None, help="Find bootstrap and topic in endpoints.json.")
+@click.option("--topic", default=None, help="Topic (default mmengine.prices).")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest record.")
+@click.option("--count", type=int, default=None, help="Exit after this many Prices.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--group", default=None, help="Join this consumer group (commits offsets).")
+@click.option("--timeout", type=float, default=None, help="Exit after this long with nothing.")
+def kafka_tail(
+    bootstrap: str | None,
+    run_dir: str | None,
+    topic: str | None,
+    from_beginning: bool,
+    count: int | None,
+    as_json: bool,
+    group: str | None,
+    timeout: float | None,
+) -> None:
+    """Consume the Prices topic and print decoded Prices.
+
+    Duplicates (same instrument, epoch, seq: delivery is at-least-once) are dropped; a gap
+    in seq per (instrument, epoch) is reported on stderr. Without --group no offsets are
+    committed and every partition is read directly.
+    """
+    from mmengine.kafka_tail import SeqTracker, tail
+
+    if bootstrap is None:
+        from mmengine.config import EngineConfig
+
+        path = Path(run_dir or EngineConfig().run_dir) / "endpoints.json"
+        if not path.exists():
+            raise click.ClickException(f"give --bootstrap, or run an engine: no {path}")
+        kafka = json.loads(path.read_text()).get("kafka")
+        if kafka is None:
+            raise click.ClickException(f"the engine of {path} does not deliver to Kafka")
+        bootstrap = kafka["bootstrap"]
+        topic = topic or kafka["topic"]
+    topic = topic or "mmengine.prices"
+    tracker = SeqTracker()
+    seen = 0
+    try:
+        for price in tail(
+            bootstrap,
+            topic,
+            from_beginning=from_beginning,
+            group=group,
+            timeout_s=timeout,
+            tracker=tracker,
+            on_gap=lambda msg: click.echo(f"warning: {msg}", err=True),
+        ):
+            click.echo(json.dumps(price) if as_json else _readable("price.", price))
+            seen += 1
+            if count is not None and seen >= count:
+                break
+    except KeyboardInterrupt:
+        pass
+    except TimeoutError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"{tracker.new + tracker.late} prices, {tracker.duplicates} duplicates dropped, "
+        f"{tracker.gaps} gaps ({tracker.missing} seqs missing), {tracker.late} late",
+        err=True,
+    )
 
 
 if __name__ == "__main__":

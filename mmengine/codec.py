@@ -72,6 +72,30 @@ def price_record(price: Price) -> dict[str, Any]:
         "exchange_ts_ns": price.exchange_ts_ns,
         "recv_ts_ns": price.recv_ts_ns,
         "priced_ts_ns": price.priced_ts_ns,
+        "method": price.method,
+        "volatility_bps": price.volatility_bps,
+        "half_spread_bps": price.half_spread_bps,
+        "position": price.position,
+        "skew_bps": price.skew_bps,
+        "halted": price.halted,
+        "halt_reason": price.halt_reason,
+        "cross_venue_crossed": price.cross_venue_crossed,
+        "bids": [{"price": p, "size": q} for p, q in price.bids],
+        "asks": [{"price": p, "size": q} for p, q in price.asks],
+        "venues_used": [
+            {
+                "venue": u.venue,
+                "instrument": u.instrument,
+                "mid": u.mid,
+                "weight": u.weight,
+                "fx_rate": u.fx_rate,
+            }
+            for u in price.venues_used
+        ],
+        "venues_excluded": [
+            {"venue": x.venue, "instrument": x.instrument, "reason": x.reason}
+            for x in price.venues_excluded
+        ],
     }
 
 

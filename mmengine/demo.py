@@ -46,7 +46,25 @@ def demo_config(sims: dict[str, Any], run_dir: Path) -> dict[str, Any]:
                 "audit": True,
             }
         ],
-        "instruments": [{"name": i, "sources": [{"venue": "binance"}]} for i in DEMO_INSTRUMENTS],
+        "instruments": [
+            {
+                "name": i,
+                "sources": [{"venue": "binance"}],
+                "min_venues": 1,
+                "fair_value": {"method": "microprice", "levels": 3},
+                "quote": {
+                    "levels": 3,
+                    "min_spread_bps": 2.0,
+                    "vol_mult": 1.5,
+                    "level_step_bps": 1.0,
+                    "size": 0.5 if i.startswith("BTC") else 5.0,
+                    "size_step": 0.25 if i.startswith("BTC") else 2.5,
+                    "skew_bps_at_max": 3.0,
+                    "max_position": 5.0 if i.startswith("BTC") else 50.0,
+                },
+            }
+            for i in DEMO_INSTRUMENTS
+        ],
     }
 
 

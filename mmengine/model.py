@@ -46,6 +46,26 @@ class BookTop(NamedTuple):
 
 
 @dataclass(slots=True)
+class VenueUsed:
+    """A venue book that contributed to a Price."""
+
+    venue: str
+    instrument: str
+    mid: float  # in the priced instrument's quote currency
+    weight: float  # normalised: the weights of one Price sum to 1
+    fx_rate: float
+
+
+@dataclass(slots=True)
+class VenueExcluded:
+    """A venue book left out of a Price, and why."""
+
+    venue: str
+    instrument: str
+    reason: str  # not_live | stale | crossed | no_fx | outlier
+
+
+@dataclass(slots=True)
 class Price:
     """One pricing decision for one instrument; `(instrument, epoch, seq)` identifies it."""
 
@@ -61,3 +81,15 @@ class Price:
     exchange_ts_ns: int = 0
     recv_ts_ns: int = 0
     priced_ts_ns: int = 0
+    method: str = "mid"
+    volatility_bps: float = 0.0
+    half_spread_bps: float = 0.0
+    position: float = 0.0
+    skew_bps: float = 0.0
+    halted: bool = False
+    halt_reason: str = ""
+    cross_venue_crossed: bool = False
+    bids: list[tuple[float, float]] = field(default_factory=list)  # ladder, best first
+    asks: list[tuple[float, float]] = field(default_factory=list)
+    venues_used: list[VenueUsed] = field(default_factory=list)
+    venues_excluded: list[VenueExcluded] = field(default_factory=list)

@@ -1,15 +1,28 @@
-"""The pricing model (pure functions, run on a pricing worker thread).
+"""The pricing model: pure functions and per-instrument state, run on a pricing worker thread.
 
-v0: consolidate the LIVE, fresh venue tops of one priced instrument into a best bid/ask and
-take fair value as their mid. The pricing-model issue replaces this with the full model;
-the seam is `price_instrument`.
+For one priced instrument, from the latest BookTop of each venue book that feeds it:
+
+1. convert each venue's levels into the instrument's quote currency (`fx_rate`);
+2. exclude venues, with a reason: `not_live`, `stale`, `crossed`, `no_fx`, `outlier`;
+3. consolidate the rest into one book (levels at equal prices are summed);
+4. fair value by `mid`, `weighted_mid` or `microprice`;
+5. volatility: a time-weighted EWMA of squared log returns of fair value;
+6. a quote ladder: half-spread from the spread floor and volatility, inventory skew, prices
+   rounded away from fair to the tick, sizes to the lot, levels crossing fair dropped;
+7. halt (no quotes) on too few venues or a jump in fair value.
+
+Every number in the result can be traced to its inputs: venues used with their mid, weight
+and FX rate, venues excluded with the reason, and the spread and skew that shaped the ladder.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
-from mmengine.model import BookTop
+from mmengine.model import BookTop, VenueExcluded, VenueUsed
+
+LN2 = math.log(2.0)
 
 
 @dataclass(frozen=True)
@@ -18,58 +31,329 @@ class SourceSpec:
 
     venue: str
     instrument: str
+    weight: float | None = None  # weighted_mid: fixed weight; None = top-of-book size
+    fx: str | None = None  # FX instrument converting its quote currency; None = same quote
+    fx_invert: bool = False  # the FX instrument is quoted the other way round
+
+
+@dataclass(frozen=True)
+class FxSpec:
+    """How a currency pair's rate is known: fixed, or priced by the engine."""
+
+    pair: str  # e.g. USDT-USD: the price of one USDT in USD
+    fixed: float | None = None
+    instrument: str | None = None  # a priced instrument whose fair value is the rate
+    max_age_ms: float = 10_000.0
+
+
+@dataclass(frozen=True)
+class QuoteParams:
+    """Shape of the two-sided quote ladder."""
+
+    levels: int = 3
+    min_spread_bps: float = 2.0  # full spread floor; half on each side
+    vol_mult: float = 1.0  # half-spread >= vol_mult * volatility_bps
+    level_step_bps: float = 1.0  # level i sits i * step further from fair
+    size: float = 1.0  # size of the first level, base units
+    size_step: float = 0.0  # level i adds i * size_step
+    skew_bps_at_max: float = 0.0  # skew at |position| == max_position
+    max_position: float = 1.0
+    skew_sizes: bool = False  # also lean sizes: long -> smaller bids, larger asks
 
 
 @dataclass(frozen=True)
 class InstrumentSpec:
-    """A priced instrument and the venue books that feed it."""
+    """A priced instrument: its sources and every parameter of its model."""
 
     name: str
     sources: tuple[SourceSpec, ...]
     max_age_ms: float = 5000.0
+    method: str = "mid"  # mid | weighted_mid | microprice
+    micro_levels: int = 1  # microprice: levels per side summed for the size imbalance
+    outlier_bps: float = 100.0  # only applied with >= 3 usable venues
+    min_venues: int = 2
+    max_jump_bps: float = 500.0
+    vol_half_life_s: float = 30.0
+    vol_horizon_s: float = 1.0  # volatility_bps is the st. dev. over this horizon
+    tick: float = 0.01
+    lot: float = 0.0001
+    quote: QuoteParams = field(default_factory=QuoteParams)
+    publish: bool = True  # False: priced only as an FX rate for another instrument
 
 
 @dataclass(slots=True)
-class Consolidated:
-    """The consolidated top of one priced instrument, before it becomes a Price."""
+class Decision:
+    """The model's answer for one instrument at one moment (becomes a Price)."""
 
+    fair_value: float
     best_bid: float
     best_bid_size: float
     best_ask: float
     best_ask_size: float
-    fair_value: float
-    venues: list[str]
+    cross_venue_crossed: bool
+    volatility_bps: float
+    half_spread_bps: float
+    skew_bps: float
+    position: float
+    halted: bool
+    halt_reason: str
+    bids: list[tuple[float, float]]
+    asks: list[tuple[float, float]]
+    used: list[VenueUsed]
+    excluded: list[VenueExcluded]
 
 
-def consolidate(tops: list[BookTop], now_ns: int, max_age_ns: int) -> Consolidated | None:
-    """Best bid/ask over the usable tops; None when no venue is usable.
+@dataclass(slots=True)
+class InstrumentState:
+    """What the model remembers between prices of one instrument (owned by one worker)."""
 
-    A top is usable when LIVE, not older than `max_age_ns` by local receive time and has
-    both sides. Sizes at the same best price are summed across venues.
+    position: float = 0.0
+    last_fair: float = 0.0
+    last_ts_ns: int = 0
+    var_rate: float = 0.0  # EWMA of squared log returns per second
+
+
+# --- steps --------------------------------------------------------------------------------
+
+
+def microprice(bid: float, bid_size: float, ask: float, ask_size: float) -> float:
+    """Size-imbalance-weighted price: leans towards the side with less size behind it."""
+    total = bid_size + ask_size
+    if total <= 0.0:
+        return (bid + ask) / 2
+    return (bid * ask_size + ask * bid_size) / total
+
+
+def update_volatility(state: InstrumentState, fair: float, ts_ns: int, half_life_s: float) -> None:
+    """Time-weighted EWMA of the variance rate (squared log return per second).
+
+    With decay d = 2^(-dt/h), var <- d*var + (1-d) * r^2/dt. For small dt, (1-d)/dt tends to
+    ln2/h, so bursts of closely spaced updates neither blow up nor vanish.
     """
-    best_bid = 0.0
-    best_bid_size = 0.0
-    best_ask = float("inf")
-    best_ask_size = 0.0
-    venues: list[str] = []
-    for top in tops:
-        if top.state != "LIVE" or now_ns - top.recv_ts_ns > max_age_ns:
+    if state.last_ts_ns == 0 or state.last_fair <= 0.0:
+        return
+    dt = (ts_ns - state.last_ts_ns) / 1e9
+    if dt <= 0.0:
+        return
+    r = math.log(fair / state.last_fair)
+    decay = math.exp(-LN2 * dt / half_life_s)
+    state.var_rate = decay * state.var_rate + (1.0 - decay) * (r * r) / dt
+
+
+def median(values: list[float]) -> float:
+    s = sorted(values)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def _decimals(step: float) -> int:
+    text = f"{step:.12f}".rstrip("0")
+    return len(text.split(".")[1]) if "." in text else 0
+
+
+def round_down(value: float, step: float) -> float:
+    """Largest multiple of `step` <= value (with a tolerance for binary representation)."""
+    return round(math.floor(value / step + 1e-9) * step, _decimals(step))
+
+
+def round_up(value: float, step: float) -> float:
+    """Smallest multiple of `step` >= value."""
+    return round(math.ceil(value / step - 1e-9) * step, _decimals(step))
+
+
+def skew_bps(position: float, q: QuoteParams) -> float:
+    """Long -> negative skew (quotes move down, to sell); clamped at max_position."""
+    ratio = max(-1.0, min(1.0, position / q.max_position)) if q.max_position > 0 else 0.0
+    return -q.skew_bps_at_max * ratio
+
+
+def quote_ladder(
+    fair: float,
+    half_spread_bps: float,
+    skew: float,
+    position: float,
+    q: QuoteParams,
+    tick: float,
+    lot: float,
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """Bids (descending) and asks (ascending) around `fair`, each level strictly beyond fair.
+
+    Both sides shift by `skew` bps. Prices round away from fair (bids down, asks up), sizes
+    down to the lot; a level that would reach fair, repeat a price or have no size is dropped.
+    """
+    center = fair * (1.0 + skew / 1e4)
+    lean = max(-1.0, min(1.0, position / q.max_position)) if q.skew_sizes and q.max_position else 0
+    bids: list[tuple[float, float]] = []
+    asks: list[tuple[float, float]] = []
+    for i in range(q.levels):
+        offset = (half_spread_bps + q.level_step_bps * i) / 1e4
+        size = q.size + q.size_step * i
+        bid_size = round_down(size * (1.0 - lean), lot)
+        ask_size = round_down(size * (1.0 + lean), lot)
+        bid = round_down(center * (1.0 - offset), tick)
+        ask = round_up(center * (1.0 + offset), tick)
+        if bid < fair and bid_size > 0.0 and (not bids or bid < bids[-1][0]):
+            bids.append((bid, bid_size))
+        if ask > fair and ask_size > 0.0 and (not asks or ask > asks[-1][0]):
+            asks.append((ask, ask_size))
+    return bids, asks
+
+
+# --- the whole model ----------------------------------------------------------------------
+
+
+def evaluate(
+    spec: InstrumentSpec,
+    tops: dict[tuple[str, str], BookTop],
+    fx_rates: dict[str, tuple[float, int]],
+    state: InstrumentState,
+    now_ns: int,
+    fx_max_age_ns: dict[str, int] | None = None,
+) -> Decision | None:
+    """Price `spec` from the latest `tops` keyed by (venue, instrument).
+
+    `fx_rates` maps an FX instrument to (rate, time it was priced in ns). Returns None only
+    when no source has ever sent a LIVE top (nothing to say yet).
+    """
+    max_age_ns = int(spec.max_age_ms * 1e6)
+    used_tops: list[tuple[SourceSpec, BookTop, float]] = []
+    excluded: list[VenueExcluded] = []
+    seen_live = False
+    for src in spec.sources:
+        top = tops.get((src.venue, src.instrument))
+        if top is None:
             continue
-        if not top.bid_prices or not top.ask_prices:
+        if top.state != "LIVE" or not top.bid_prices or not top.ask_prices:
+            excluded.append(VenueExcluded(src.venue, src.instrument, "not_live"))
             continue
-        venues.append(top.venue)
-        bid = top.bid_prices[0]
-        if bid > best_bid:
-            best_bid, best_bid_size = bid, top.bid_sizes[0]
-        elif bid == best_bid:
-            best_bid_size += top.bid_sizes[0]
-        ask = top.ask_prices[0]
-        if ask < best_ask:
-            best_ask, best_ask_size = ask, top.ask_sizes[0]
-        elif ask == best_ask:
-            best_ask_size += top.ask_sizes[0]
-    if not venues:
+        seen_live = True
+        if now_ns - top.recv_ts_ns > max_age_ns:
+            excluded.append(VenueExcluded(src.venue, src.instrument, "stale"))
+            continue
+        if top.bid_prices[0] >= top.ask_prices[0]:
+            excluded.append(VenueExcluded(src.venue, src.instrument, "crossed"))
+            continue
+        rate = 1.0
+        if src.fx is not None:
+            known = fx_rates.get(src.fx)
+            limit = (fx_max_age_ns or {}).get(src.fx, max_age_ns)
+            if known is None or known[0] <= 0.0 or now_ns - known[1] > limit:
+                excluded.append(VenueExcluded(src.venue, src.instrument, "no_fx"))
+                continue
+            rate = 1.0 / known[0] if src.fx_invert else known[0]
+        used_tops.append((src, top, rate))
+    if not seen_live and not excluded:
         return None
-    return Consolidated(
-        best_bid, best_bid_size, best_ask, best_ask_size, (best_bid + best_ask) / 2, venues
+
+    # Outliers: a venue mid far from the median of the *others* (needs >= 3 venues).
+    if len(used_tops) >= 3:
+        mids = [(t.bid_prices[0] + t.ask_prices[0]) / 2 * r for _, t, r in used_tops]
+        kept = []
+        for i, entry in enumerate(used_tops):
+            others = median(mids[:i] + mids[i + 1 :])
+            if abs(mids[i] / others - 1.0) * 1e4 > spec.outlier_bps:
+                excluded.append(VenueExcluded(entry[0].venue, entry[0].instrument, "outlier"))
+            else:
+                kept.append(entry)
+        used_tops = kept
+
+    if not used_tops:
+        return _halted(spec, state, excluded, "no usable venue")
+
+    # Consolidated book: levels converted to the quote currency, equal prices summed.
+    n = max(spec.micro_levels, 1)
+    bid_levels: dict[float, float] = {}
+    ask_levels: dict[float, float] = {}
+    used: list[VenueUsed] = []
+    raw_weights: list[float] = []
+    for src, top, rate in used_tops:
+        for p, s in zip(top.bid_prices[:n], top.bid_sizes[:n], strict=False):
+            bid_levels[p * rate] = bid_levels.get(p * rate, 0.0) + s
+        for p, s in zip(top.ask_prices[:n], top.ask_sizes[:n], strict=False):
+            ask_levels[p * rate] = ask_levels.get(p * rate, 0.0) + s
+        mid = (top.bid_prices[0] + top.ask_prices[0]) / 2 * rate
+        weight = src.weight if src.weight is not None else top.bid_sizes[0] + top.ask_sizes[0]
+        raw_weights.append(weight)
+        used.append(VenueUsed(src.venue, src.instrument, mid, weight, rate))
+    total_weight = sum(raw_weights) or 1.0
+    for entry in used:
+        entry.weight /= total_weight
+
+    best_bid = max(bid_levels)
+    best_ask = min(ask_levels)
+    crossed = best_bid >= best_ask
+    if spec.method == "weighted_mid":
+        fair = sum(u.mid * u.weight for u in used)
+    elif spec.method == "microprice":
+        bids_n = sorted(bid_levels, reverse=True)[:n]
+        asks_n = sorted(ask_levels)[:n]
+        fair = microprice(
+            best_bid,
+            sum(bid_levels[p] for p in bids_n),
+            best_ask,
+            sum(ask_levels[p] for p in asks_n),
+        )
+    else:
+        fair = (best_bid + best_ask) / 2
+
+    update_volatility(state, fair, now_ns, spec.vol_half_life_s)
+    jump_bps = abs(fair / state.last_fair - 1.0) * 1e4 if state.last_fair > 0 else 0.0
+    state.last_fair = fair
+    state.last_ts_ns = now_ns
+    volatility_bps = math.sqrt(state.var_rate * spec.vol_horizon_s) * 1e4
+
+    q = spec.quote
+    half_spread = max(q.min_spread_bps / 2, q.vol_mult * volatility_bps)
+    skew = skew_bps(state.position, q)
+    halt_reason = ""
+    if len(used) < spec.min_venues:
+        halt_reason = f"{len(used)} usable venue(s), fewer than min_venues {spec.min_venues}"
+    elif jump_bps > spec.max_jump_bps:
+        halt_reason = f"fair value moved {jump_bps:.1f} bps in one step (max {spec.max_jump_bps})"
+    if halt_reason:
+        bids, asks = [], []
+    else:
+        bids, asks = quote_ladder(fair, half_spread, skew, state.position, q, spec.tick, spec.lot)
+    return Decision(
+        fair_value=fair,
+        best_bid=best_bid,
+        best_bid_size=bid_levels[best_bid],
+        best_ask=best_ask,
+        best_ask_size=ask_levels[best_ask],
+        cross_venue_crossed=crossed,
+        volatility_bps=volatility_bps,
+        half_spread_bps=half_spread,
+        skew_bps=skew,
+        position=state.position,
+        halted=bool(halt_reason),
+        halt_reason=halt_reason,
+        bids=bids,
+        asks=asks,
+        used=used,
+        excluded=excluded,
+    )
+
+
+def _halted(
+    spec: InstrumentSpec, state: InstrumentState, excluded: list[VenueExcluded], reason: str
+) -> Decision:
+    """A Price that says "do not quote": no fair value could be formed."""
+    last = state.last_fair
+    return Decision(
+        fair_value=last,
+        best_bid=0.0,
+        best_bid_size=0.0,
+        best_ask=0.0,
+        best_ask_size=0.0,
+        cross_venue_crossed=False,
+        volatility_bps=math.sqrt(state.var_rate * spec.vol_horizon_s) * 1e4,
+        half_spread_bps=0.0,
+        skew_bps=skew_bps(state.position, spec.quote),
+        position=state.position,
+        halted=True,
+        halt_reason=reason,
+        bids=[],
+        asks=[],
+        used=[],
+        excluded=excluded,
     )

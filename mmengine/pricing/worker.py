@@ -8,10 +8,11 @@ It drains everything queued before pricing, so a burst prices each touched instr
 from __future__ import annotations
 
 import logging
+import pickle
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import zmq
 
@@ -19,7 +20,7 @@ from mmengine.bus import PRICES_IN, decode_top, pricing_endpoint
 from mmengine.codec import Codec, price_record
 from mmengine.logs import RepeatLimiter
 from mmengine.model import BookTop, Price
-from mmengine.pricing.model import InstrumentSpec, consolidate
+from mmengine.pricing.model import FxSpec, InstrumentSpec, InstrumentState, evaluate
 
 log = logging.getLogger("mmengine.pricing")
 
@@ -33,13 +34,25 @@ SINK_HWM = 100_000  # bound one drain so a flood cannot delay pricing indefinite
 class WorkerStats:
     inputs: int = 0
     prices: int = 0
-    unpriced: int = 0  # touched but no usable venue
+    halted: int = 0  # prices that said "do not quote"
     drains: int = 0
+    positions: int = 0  # position updates applied
     sink_dropped: int = 0  # a writer's inproc queue was full (the writer is wedged)
 
 
+def control_endpoint(worker: int) -> str:
+    """Where worker k takes position updates (from the engine's control thread)."""
+    return f"inproc://pricing-control.{worker}"
+
+
 class PricingWorker(threading.Thread):
-    """Prices the instruments of shard `k`."""
+    """Prices the instruments of shard `k`.
+
+    `instruments` are the ones this worker owns and publishes. `fx_inputs` are FX
+    instruments owned by other workers whose venue books are also routed here, so this
+    worker computes the conversion rates it needs itself instead of waiting on another
+    thread (same inputs, same model, same rate).
+    """
 
     def __init__(
         self,
@@ -48,20 +61,39 @@ class PricingWorker(threading.Thread):
         instruments: list[InstrumentSpec],
         epoch: int,
         sink_endpoints: tuple[str, ...] = (),
+        fx: tuple[FxSpec, ...] = (),
+        fx_inputs: tuple[InstrumentSpec, ...] = (),
+        positions: dict[str, float] | None = None,
     ) -> None:
         super().__init__(name=f"pricing-{k}", daemon=True)
         self.k = k
         self.ctx = ctx
-        self.instruments = {spec.name: spec for spec in instruments}
+        self.specs: dict[str, InstrumentSpec] = {s.name: s for s in instruments}
+        for spec in fx_inputs:
+            self.specs.setdefault(spec.name, replace(spec, publish=False))
         self.epoch = epoch
         self.sink_endpoints = sink_endpoints
-        # (venue, venue instrument) -> priced instruments it feeds
+        # FX instruments first, so a rate is fresh before the prices that use it
+        fx_names = {f.instrument for f in fx if f.instrument}
+        self.order = {name: (0 if name in fx_names else 1) for name in self.specs}
+        self.fx_rates: dict[str, tuple[float, int]] = {}
+        self.fx_max_age_ns: dict[str, int] = {}
+        for f in fx:
+            if f.fixed is not None:
+                self.fx_rates[f.pair] = (f.fixed, 2**62)  # a fixed rate never goes stale
+            elif f.instrument is not None:
+                self.fx_max_age_ns[f.instrument] = int(f.max_age_ms * 1e6)
+        # (venue, venue instrument) -> instruments it feeds
         self.fed_by: dict[tuple[str, str], list[str]] = {}
-        for spec in instruments:
+        for spec in self.specs.values():
             for src in spec.sources:
                 self.fed_by.setdefault((src.venue, src.instrument), []).append(spec.name)
-        self.tops: dict[str, dict[str, BookTop]] = {spec.name: {} for spec in instruments}
-        self.seq: dict[str, int] = {spec.name: 0 for spec in instruments}
+        self.tops: dict[str, dict[tuple[str, str], BookTop]] = {n: {} for n in self.specs}
+        self.states = {n: InstrumentState() for n in self.specs}
+        for name, qty in (positions or {}).items():
+            if name in self.states:
+                self.states[name].position = qty
+        self.seq: dict[str, int] = {n: 0 for n in self.specs}
         self.stats = WorkerStats()
         self.ready = threading.Event()
         self._stop_event = threading.Event()
@@ -74,6 +106,9 @@ class PricingWorker(threading.Thread):
         pull = self.ctx.socket(zmq.PULL)
         pull.setsockopt(zmq.LINGER, 0)
         pull.bind(pricing_endpoint(self.k))
+        control = self.ctx.socket(zmq.PULL)
+        control.setsockopt(zmq.LINGER, 0)
+        control.bind(control_endpoint(self.k))
         pub = self.ctx.socket(zmq.PUB)
         pub.setsockopt(zmq.LINGER, 0)
         pub.connect(PRICES_IN)
@@ -88,15 +123,19 @@ class PricingWorker(threading.Thread):
         self.ready.set()
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
+        poller.register(control, zmq.POLLIN)
         try:
             while not self._stop_event.is_set():
-                if not poller.poll(100):
+                events = dict(poller.poll(100))
+                if not events:
                     continue
-                touched = self._drain(pull)
+                touched = self._drain(pull) if pull in events else {}
+                if control in events:
+                    self._apply_positions(control, touched)
                 now_ns = time.time_ns()
-                for name in touched:
+                for name in sorted(touched, key=self.order.__getitem__):
                     price = self.price(name, touched[name], now_ns)
-                    if price is None:
+                    if price is None or not self.specs[name].publish:
                         continue
                     payload = codec.encode(price_record(price))
                     topic = b"price." + name.encode()
@@ -106,10 +145,23 @@ class PricingWorker(threading.Thread):
                         for sock in sinks:
                             self._to_sink(sock, (name.encode(), key, payload))
         finally:
-            pull.close()
-            pub.close()
-            for sock in sinks:
+            for sock in (pull, control, pub, *sinks):
                 sock.close()
+
+    def _apply_positions(self, control: zmq.Socket, touched: dict[str, BookTop | None]) -> None:
+        """Position updates: (instrument, quantity), pickled. Each re-prices at once."""
+        while True:
+            try:
+                name, qty = pickle.loads(control.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            state = self.states.get(name)
+            if state is None or not self.specs[name].publish:
+                continue
+            state.position = float(qty)
+            self.stats.positions += 1
+            touched.setdefault(name, None)
+            log.info("pricing-%d: %s position set to %s", self.k, name, qty)
 
     def _to_sink(self, sock: zmq.Socket, frames: tuple[bytes, bytes, bytes]) -> None:
         """Hand a Price to a writer thread without ever waiting on it. The writer drains
@@ -126,9 +178,9 @@ class PricingWorker(threading.Thread):
                     self.stats.sink_dropped,
                 )
 
-    def _drain(self, pull: zmq.Socket) -> dict[str, BookTop]:
+    def _drain(self, pull: zmq.Socket) -> dict[str, BookTop | None]:
         """Take everything queued; returns each touched instrument with its latest input."""
-        touched: dict[str, BookTop] = {}
+        touched: dict[str, BookTop | None] = {}
         fed_by = self.fed_by
         tops = self.tops
         n = 0
@@ -139,35 +191,51 @@ class PricingWorker(threading.Thread):
                 break
             n += 1
             top = decode_top(payload)
-            for name in fed_by.get((top.venue, top.instrument), ()):
-                tops[name][top.venue] = top
+            key = (top.venue, top.instrument)
+            for name in fed_by.get(key, ()):
+                tops[name][key] = top
                 touched[name] = top
         self.stats.inputs += n
         self.stats.drains += 1
         return touched
 
-    def price(self, name: str, trigger: BookTop, now_ns: int) -> Price | None:
-        """Price one instrument from its latest venue tops; None when nothing is usable."""
-        spec = self.instruments[name]
-        result = consolidate(
-            list(self.tops[name].values()), now_ns, int(spec.max_age_ms * 1_000_000)
-        )
-        if result is None:
-            self.stats.unpriced += 1
+    def price(self, name: str, trigger: BookTop | None, now_ns: int) -> Price | None:
+        """Price one instrument from its latest venue tops; None before any venue was LIVE."""
+        spec = self.specs[name]
+        state = self.states[name]
+        decision = evaluate(spec, self.tops[name], self.fx_rates, state, now_ns, self.fx_max_age_ns)
+        if decision is None:
+            return None
+        if spec.name in self.fx_max_age_ns and not decision.halted:
+            self.fx_rates[spec.name] = (decision.fair_value, now_ns)
+        if not spec.publish:
             return None
         self.seq[name] += 1
         self.stats.prices += 1
+        self.stats.halted += decision.halted
         return Price(
             instrument=name,
             epoch=self.epoch,
             seq=self.seq[name],
-            fair_value=result.fair_value,
-            best_bid=result.best_bid,
-            best_bid_size=result.best_bid_size,
-            best_ask=result.best_ask,
-            best_ask_size=result.best_ask_size,
-            venues=result.venues,
-            exchange_ts_ns=trigger.exchange_ts_ns,
-            recv_ts_ns=trigger.recv_ts_ns,
+            fair_value=decision.fair_value,
+            best_bid=decision.best_bid,
+            best_bid_size=decision.best_bid_size,
+            best_ask=decision.best_ask,
+            best_ask_size=decision.best_ask_size,
+            venues=[u.venue for u in decision.used],
+            exchange_ts_ns=trigger.exchange_ts_ns if trigger is not None else 0,
+            recv_ts_ns=trigger.recv_ts_ns if trigger is not None else now_ns,
             priced_ts_ns=time.time_ns(),
+            method=spec.method,
+            volatility_bps=decision.volatility_bps,
+            half_spread_bps=decision.half_spread_bps,
+            position=decision.position,
+            skew_bps=decision.skew_bps,
+            halted=decision.halted,
+            halt_reason=decision.halt_reason,
+            cross_venue_crossed=decision.cross_venue_crossed,
+            bids=decision.bids,
+            asks=decision.asks,
+            venues_used=decision.used,
+            venues_excluded=decision.excluded,
         )

@@ -44,7 +44,10 @@ def binance_config(sim: Any, **venue: Any) -> dict[str, Any]:
                 **venue,
             }
         ],
-        "instruments": [{"name": i, "sources": [{"venue": "binance"}]} for i in INSTRUMENTS],
+        # One venue here: quoting from a single venue must be asked for (min_venues).
+        "instruments": [
+            {"name": i, "sources": [{"venue": "binance"}], "min_venues": 1} for i in INSTRUMENTS
+        ],
         "limits": {"reconnect_max_s": 1.0},
     }
 
@@ -125,7 +128,13 @@ def test_gap_resyncs_and_no_price_comes_from_a_resyncing_book(engine_factory: An
     assert sum(len(w) for w in windows.values()) >= 1, "no resync seen on the books stream"
     for _, price in got:
         for start, end in windows[price["instrument"]]:
-            assert not (start <= price["recv_ts_ns"] < end), "priced from a non-LIVE book"
+            if start <= price["recv_ts_ns"] < end:
+                # Inside a resync the only Price is the one that says "do not quote".
+                assert price["halted"] and not price["bids"] and not price["asks"], price
+                assert price["venues"] == [] and price["venues_excluded"][0]["reason"] == (
+                    "not_live"
+                )
+    assert any(p["halted"] for _, p in got), "no halted price while resyncing"
     # Both instruments kept being priced.
     assert {p["instrument"] for _, p in got} == set(INSTRUMENTS)
 
