@@ -167,6 +167,21 @@ def skew_bps(position: float, q: QuoteParams) -> float:
     return -q.skew_bps_at_max * ratio
 
 
+def raw_ladder(
+    fair: float, half_spread_bps: float, skew: float, q: QuoteParams, tick: float
+) -> list[tuple[float, float]]:
+    """(bid, ask) of each ladder level before any level is dropped: both shifted by `skew`
+    bps, level i `level_step_bps * i` further out, bids rounded down and asks up to the tick."""
+    center = fair * (1.0 + skew / 1e4)
+    out = []
+    for i in range(q.levels):
+        offset = (half_spread_bps + q.level_step_bps * i) / 1e4
+        out.append(
+            (round_down(center * (1.0 - offset), tick), round_up(center * (1.0 + offset), tick))
+        )
+    return out
+
+
 def quote_ladder(
     fair: float,
     half_spread_bps: float,
@@ -178,20 +193,16 @@ def quote_ladder(
 ) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
     """Bids (descending) and asks (ascending) around `fair`, each level strictly beyond fair.
 
-    Both sides shift by `skew` bps. Prices round away from fair (bids down, asks up), sizes
-    down to the lot; a level that would reach fair, repeat a price or have no size is dropped.
+    Sizes round down to the lot; a level that would reach fair, repeat a price or have no
+    size is dropped.
     """
-    center = fair * (1.0 + skew / 1e4)
     lean = max(-1.0, min(1.0, position / q.max_position)) if q.skew_sizes and q.max_position else 0
     bids: list[tuple[float, float]] = []
     asks: list[tuple[float, float]] = []
-    for i in range(q.levels):
-        offset = (half_spread_bps + q.level_step_bps * i) / 1e4
+    for i, (bid, ask) in enumerate(raw_ladder(fair, half_spread_bps, skew, q, tick)):
         size = q.size + q.size_step * i
         bid_size = round_down(size * (1.0 - lean), lot)
         ask_size = round_down(size * (1.0 + lean), lot)
-        bid = round_down(center * (1.0 - offset), tick)
-        ask = round_up(center * (1.0 + offset), tick)
         if bid < fair and bid_size > 0.0 and (not bids or bid < bids[-1][0]):
             bids.append((bid, bid_size))
         if ask > fair and ask_size > 0.0 and (not asks or ask > asks[-1][0]):

@@ -6,6 +6,7 @@ import io
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import avro.io
 import avro.schema
@@ -13,7 +14,7 @@ import pytest
 
 from mmengine.bus import decode_top, encode_top, stable_shard
 from mmengine.codec import Codec, book_top_record, price_record
-from mmengine.model import BookTop, Price
+from mmengine.model import BookTop, Price, VenueExcluded, VenueUsed
 
 
 def official_decode(schema_file: str, payload: bytes) -> dict:
@@ -90,3 +91,57 @@ def test_stable_shard_is_the_same_in_another_process() -> None:
     # Pinned (CRC-32 of the name): changing the hash would reshuffle every shard.
     assert here == [3, 1, 3, 0, 0]
     assert all(0 <= stable_shard(n, 3) < 3 for n in names)
+
+
+def test_a_reader_holding_the_first_price_schema_still_decodes_new_payloads(
+    data_dir: Path,
+) -> None:
+    """Schema evolution: every field added since v1 has a default, so Avro resolution
+    lets an old reader (which looks the writer schema up by the header's fingerprint)
+    read what the engine writes today."""
+    old = avro.schema.parse((data_dir / "price_v1.avsc").read_text())
+    new = avro.schema.parse(Codec("price.avsc").path.read_text())
+    assert old.fingerprint() != new.fingerprint()
+    price = Price(
+        "BTC-USDT",
+        5,
+        9,
+        100.5,
+        100.0,
+        2.0,
+        101.0,
+        3.0,
+        ["a", "b"],
+        1,
+        2,
+        3,
+        method="microprice",
+        volatility_bps=1.5,
+        halted=False,
+        bids=[(100.4, 1.0)],
+        asks=[(100.6, 1.0)],
+        venues_used=[VenueUsed("a", "BTC-USDT", 100.5, 1.0, 1.0)],
+        venues_excluded=[VenueExcluded("c", "BTC-USDT", "stale")],
+    )
+    payload = Codec("price.avsc").encode(price_record(price))
+    assert payload[2:10] == new.fingerprint()
+    reader = avro.io.DatumReader(writers_schema=new, readers_schema=old)
+    got = reader.read(avro.io.BinaryDecoder(io.BytesIO(payload[10:])))
+    assert got == {
+        k: v for k, v in price_record(price).items() if k in {f.name for f in old.fields}
+    }
+    assert {f.name for f in new.fields} - {f.name for f in old.fields} == {
+        "method",
+        "volatility_bps",
+        "half_spread_bps",
+        "position",
+        "skew_bps",
+        "halted",
+        "halt_reason",
+        "cross_venue_crossed",
+        "bids",
+        "asks",
+        "venues_used",
+        "venues_excluded",
+    }
+    assert all(f.has_default for f in new.fields if f.name not in {g.name for g in old.fields})
