@@ -1,0 +1,274 @@
+"""OKX v5 public order-book channels, served by the simulator (generator and connection
+threads).
+
+Written from `shared/docs/venue-protocols.md` section 4 and the capture, never from our client
+(`mmengine.venues.okx`):
+
+- WebSocket at `/ws/v5/public`; `{"op":"subscribe","args":[{"channel":"books","instId":
+  "BTC-USDT"}]}` -> one `{"event":"subscribe","arg":{...},"connId":...}` per arg, then (for
+  `books`) a `snapshot` and `update`s; `unsubscribe` likewise; unknown instId -> error 60018.
+- `books`: every market step is an update with the changed levels `[px, sz, "0", orders]`
+  (size "0" deletes), `seqId`/`prevSeqId` chained per instId (a snapshot has prevSeqId -1),
+  `ts` in ms, and the legacy `checksum` (CRC32 of the top 25 bids and asks interleaved
+  `bid:ask:...` as `px:sz` strings, as a signed int32). Live OKX now sends `checksum: 0`; the
+  simulator sends the real value so that both integrity rules are exercised.
+- `books5` / `bbo-tbt`: the top 5 / top 1 levels per side as a snapshot whenever they change.
+- The text `ping` gets the text `pong`.
+
+A new `books` subscription is served on the next market step of its instrument, on the
+generator thread: the book as of the previous step, then that step's update, so the seqId
+chain a client sees never breaks because of when it subscribed.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from mmengine.capture import CaptureEvent
+from mmengine.simulator.kraken import MirrorBook
+from mmengine.simulator.market import ASK, BID, Change
+from mmengine.simulator.server import ClientConn, OutFrame, Query, ReplayFrame, SimProtocol
+
+WS_PATH = "/ws/v5/public"
+CHANNELS = {"books": None, "books5": 5, "bbo-tbt": 1}  # channel -> levels per snapshot
+CHECKSUM_LEVELS = 25
+SEQ_STEPS = (1, 1, 1, 2, 3)  # seqIds are increasing, not always consecutive
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def inst_id(instrument: str) -> str:
+    """Our `BTC-USDT-PERP` -> `BTC-USDT-SWAP`, `BTC-USD-20220527` -> `BTC-USD-220527`."""
+    parts = instrument.split("-")
+    if len(parts) == 3 and parts[2] == "PERP":
+        return f"{parts[0]}-{parts[1]}-SWAP"
+    if len(parts) == 3 and len(parts[2]) == 8 and parts[2].isdigit():
+        return f"{parts[0]}-{parts[1]}-{parts[2][2:]}"
+    return instrument
+
+
+def wire(value: Decimal) -> str:
+    """A price or size as OKX writes it: no exponent, no trailing zeros ("30316", "0.5")."""
+    text = f"{value:f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def legacy_checksum(bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> int:
+    parts: list[str] = []
+    for i in range(CHECKSUM_LEVELS):
+        if i < len(bids):
+            parts.append(f"{bids[i][0]}:{bids[i][1]}")
+        if i < len(asks):
+            parts.append(f"{asks[i][0]}:{asks[i][1]}")
+    value = zlib.crc32(":".join(parts).encode())
+    return value - 2**32 if value >= 2**31 else value
+
+
+class OkxSim(SimProtocol):
+    """OKX v5 public: `books` (incremental, seqId, legacy checksum), `books5`, `bbo-tbt`."""
+
+    venue = "okx-v5"
+    ws_path = WS_PATH
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ids = {i: inst_id(i) for i in self.instruments}
+        self.by_id = {v: k for k, v in self.ids.items()}
+        self.mirrors = {i: MirrorBook(m) for i, m in self.markets.items()}
+        self.seq = {i: self.rng.randint(1_000, 9_000_000) for i in self.markets}
+        self.pending: dict[str, list[ClientConn]] = {}  # instrument -> waiting for a snapshot
+        self.tops: dict[tuple[str, str], tuple] = {}  # (channel, instrument) -> last top sent
+        self.corrupt: set[str] = set()
+        self._conn_ids = 0
+
+    @staticmethod
+    def topic(channel: str, instrument: str) -> str:
+        return f"{channel}:{instrument}"
+
+    # --- frames ------------------------------------------------------------------------------
+
+    def _levels(self, items: list[tuple[Decimal, Decimal]]) -> list[list[str]]:
+        return [[wire(p), wire(q), "0", "0" if q == 0 else "1"] for p, q in items]
+
+    def _checksum(self, instrument: str) -> int:
+        mirror = self.mirrors[instrument]
+        bids = [(wire(p), wire(q)) for p, q in mirror.top(BID, CHECKSUM_LEVELS)]
+        asks = [(wire(p), wire(q)) for p, q in mirror.top(ASK, CHECKSUM_LEVELS)]
+        return legacy_checksum(bids, asks)
+
+    def _books_frame(
+        self,
+        instrument: str,
+        action: str,
+        bids: list[tuple[Decimal, Decimal]],
+        asks: list[tuple[Decimal, Decimal]],
+        prev: int,
+        seq: int,
+        checksum: int,
+    ) -> str:
+        return _dumps(
+            {
+                "arg": {"channel": "books", "instId": self.ids[instrument]},
+                "action": action,
+                "data": [
+                    {
+                        "asks": self._levels(asks),
+                        "bids": self._levels(bids),
+                        "ts": str(time.time_ns() // 1_000_000),
+                        "checksum": checksum,
+                        "prevSeqId": prev,
+                        "seqId": seq,
+                    }
+                ],
+            }
+        )
+
+    def _snapshot_frame(self, instrument: str) -> str:
+        mirror = self.mirrors[instrument]
+        return self._books_frame(
+            instrument,
+            "snapshot",
+            mirror.top(BID, 400),
+            mirror.top(ASK, 400),
+            -1,
+            self.seq[instrument],
+            self._checksum(instrument),
+        )
+
+    def _top_frame(self, channel: str, instrument: str, n: int) -> str | None:
+        mirror = self.mirrors[instrument]
+        top = (tuple(mirror.top(BID, n)), tuple(mirror.top(ASK, n)))
+        if self.tops.get((channel, instrument)) == top:
+            return None
+        self.tops[(channel, instrument)] = top
+        return _dumps(
+            {
+                "arg": {"channel": channel, "instId": self.ids[instrument]},
+                "data": [
+                    {
+                        "asks": self._levels(list(top[1])),
+                        "bids": self._levels(list(top[0])),
+                        "instId": self.ids[instrument],
+                        "ts": str(time.time_ns() // 1_000_000),
+                        "seqId": self.seq[instrument],
+                    }
+                ],
+            }
+        )
+
+    # --- generator thread ------------------------------------------------------------------
+
+    def update_frames(
+        self, instrument: str, changes: Sequence[Change], wanted: frozenset[str]
+    ) -> list[OutFrame]:
+        # Waiting subscribers get the book as of the last step, then this step's update.
+        for client in self.pending.pop(instrument, ()):
+            client.set_topics([*client.topics, self.topic("books", instrument)])
+            client.outbox.put(self._snapshot_frame(instrument))
+        self.mirrors[instrument].apply(changes)
+        prev = self.seq[instrument]
+        seq = self.seq[instrument] = prev + self.rng.choice(SEQ_STEPS)
+        checksum = self._checksum(instrument)
+        if instrument in self.corrupt:
+            self.corrupt.discard(instrument)
+            checksum = checksum + 1 if checksum < 2**31 - 1 else checksum - 1
+        bids = [(c.price, c.size) for c in changes if c.side == BID]
+        asks = [(c.price, c.size) for c in changes if c.side == ASK]
+        frames = [
+            OutFrame(
+                self.topic("books", instrument),
+                self._books_frame(instrument, "update", bids, asks, prev, seq, checksum),
+            )
+        ]
+        for channel, n in CHANNELS.items():
+            if n is not None:
+                text = self._top_frame(channel, instrument, n)
+                if text is not None:
+                    frames.append(OutFrame(self.topic(channel, instrument), text))
+        return frames
+
+    def corrupt_checksum(self, instrument: str) -> bool:
+        self.corrupt.add(instrument)
+        return True
+
+    def malformed_frame(self, instrument: str) -> OutFrame:
+        text = _dumps({"arg": {"channel": "books", "instId": self.ids[instrument]}, "data": []})
+        return OutFrame(None, text[: len(text) // 2])
+
+    # --- connection threads ------------------------------------------------------------------
+
+    def accept(self, path: str, query: Query) -> Sequence[str] | None:
+        return [] if path == WS_PATH else None
+
+    def on_client_message(self, client: ClientConn, text: str) -> list[str]:
+        if text == "ping":
+            return ["pong"]
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return [self._error("60012", f"Invalid request: {text[:100]}")]
+        op = msg.get("op") if isinstance(msg, dict) else None
+        if op not in ("subscribe", "unsubscribe") or not isinstance(msg.get("args"), list):
+            return [self._error("60012", f"Invalid request: {text[:100]}")]
+        self._conn_ids += 1
+        replies = []
+        for arg in msg["args"]:
+            channel = arg.get("channel") if isinstance(arg, dict) else None
+            instrument = self.by_id.get(arg.get("instId")) if isinstance(arg, dict) else None
+            if channel not in CHANNELS or instrument is None:
+                replies.append(
+                    self._error(
+                        "60018",
+                        f"Wrong URL or channel:{channel},instId:"
+                        f"{arg.get('instId') if isinstance(arg, dict) else arg} "
+                        "doesn't exist",
+                    )
+                )
+                continue
+            ack = _dumps(
+                {
+                    "event": op,
+                    "arg": {"channel": channel, "instId": self.ids[instrument]},
+                    "connId": f"{client.id:08x}",
+                }
+            )
+            topic = self.topic(channel, instrument)
+            with self.lock:
+                if not self.markets:  # replaying: the recording holds the book frames
+                    client.set_topics(["replay"])
+                    replies.append(ack)
+                    continue
+                client.outbox.put(ack)
+                if op == "unsubscribe":
+                    waiting = self.pending.get(instrument, [])
+                    if client in waiting:
+                        waiting.remove(client)
+                    client.set_topics([t for t in client.topics if t != topic])
+                elif channel == "books":
+                    self.pending.setdefault(instrument, []).append(client)
+                else:
+                    # books5 / bbo-tbt are whole snapshots: the next change brings one.
+                    self.tops.pop((channel, instrument), None)
+                    client.set_topics([*client.topics, topic])
+        return replies
+
+    def _error(self, code: str, text: str) -> str:
+        return _dumps({"event": "error", "code": code, "msg": text, "connId": "00000000"})
+
+    # --- replay ----------------------------------------------------------------------------
+
+    def load_replay(
+        self, recv: Sequence[CaptureEvent], http_events: Sequence[CaptureEvent]
+    ) -> list[ReplayFrame]:
+        """Every recorded frame, in order, to each client once it has subscribed."""
+        return [ReplayFrame(None, e.data) for e in recv]
