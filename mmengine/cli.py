@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from mmengine.config import Config, load_config
+from mmengine.dbcli import db, db_tail
 from mmengine.errors import ConfigError, MmengineError
 from mmengine.logs import setup_logging
 
@@ -255,6 +256,7 @@ def set_position(instrument: str, qty: float, run_dir: str | None) -> None:
 )
 @click.option("--fault-interval", type=float, default=5.0, show_default=True, help="Seconds.")
 @click.option("--seed", type=int, default=None, help="Seed for a reproducible market.")
+@click.option("--shift-bps", type=float, default=0.0, help="Move every market by this much.")
 def simulate(
     venue: str,
     host: str,
@@ -265,6 +267,7 @@ def simulate(
     faults: tuple[str, ...],
     fault_interval: float,
     seed: int | None,
+    shift_bps: float,
 ) -> None:
     """Run a local venue simulator that speaks the venue's exact protocol.
 
@@ -287,6 +290,7 @@ def simulate(
             faults=list(faults),
             fault_interval_s=fault_interval,
             seed=seed,
+            shift_bps=shift_bps,
         )
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -453,6 +457,11 @@ def kafka_tail(
         f"{tracker.gaps} gaps ({tracker.missing} seqs missing), {tracker.late} late",
         err=True,
     )
+
+
+# Postgres schema and tail commands live with their code (mmengine/dbcli.py).
+main.add_command(db)
+main.add_command(db_tail)
 
 
 if __name__ == "__main__":

@@ -256,13 +256,16 @@ def evaluate(
     if not seen_live and not excluded:
         return None
 
-    # Outliers: a venue mid far from the median of the *others* (needs >= 3 venues).
+    # Outliers (needs >= 3 venues): a venue mid far from the median of all venue mids. The
+    # median includes the venue itself: with three venues the median of the two *others*
+    # is their mean, so one bad venue would drag it and make the good ones look like
+    # outliers; the median of all three is robust to one bad venue.
     if len(used_tops) >= 3:
         mids = [(t.bid_prices[0] + t.ask_prices[0]) / 2 * r for _, t, r in used_tops]
+        center = median(mids)
         kept = []
-        for i, entry in enumerate(used_tops):
-            others = median(mids[:i] + mids[i + 1 :])
-            if abs(mids[i] / others - 1.0) * 1e4 > spec.outlier_bps:
+        for entry, mid in zip(used_tops, mids, strict=True):
+            if abs(mid / center - 1.0) * 1e4 > spec.outlier_bps:
                 excluded.append(VenueExcluded(entry[0].venue, entry[0].instrument, "outlier"))
             else:
                 kept.append(entry)

@@ -48,6 +48,7 @@ def start_simulator(
     faults: list[str] | None = None,
     fault_interval_s: float = 5.0,
     seed: int | None = None,
+    shift_bps: float = 0.0,
 ) -> SimulatorHandle:
     """Start a simulator for `venue` and return its running handle.
 
@@ -64,6 +65,7 @@ def start_simulator(
       injects one at once.
     - `seed`: the same seed gives the same books and update ids (a random one is drawn and
       kept in `handle.seed` when None).
+    - `shift_bps`: start every synthetic market this many bps away from its usual mid.
     """
     protocol = SIM_PROTOCOLS.get(venue)
     if protocol is None:
@@ -78,5 +80,6 @@ def start_simulator(
         faults=faults or (),
         fault_interval_s=fault_interval_s,
         seed=seed,
+        shift_bps=shift_bps,
     )
     return handle.start()

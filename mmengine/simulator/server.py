@@ -32,7 +32,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -46,7 +46,7 @@ from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
 from mmengine.capture import CaptureEvent, read_capture
-from mmengine.simulator.market import ASK, BID, Change, Market
+from mmengine.simulator.market import ASK, BID, Change, Market, default_params
 
 log = logging.getLogger("mmengine.simulator")
 
@@ -274,6 +274,7 @@ class SimulatorHandle:
         faults: Sequence[str] = (),
         fault_interval_s: float = 5.0,
         seed: int | None = None,
+        shift_bps: float = 0.0,
     ) -> None:
         if rate <= 0:
             raise ValueError(f"rate must be > 0 frames/s, was {rate}")
@@ -316,7 +317,12 @@ class SimulatorHandle:
                 raise ValueError("no instruments to simulate")
             self.instruments = tuple(dict.fromkeys(instruments))
             for name in self.instruments:
-                self.markets[name] = Market(name, seed=f"{self.seed}:{name}")
+                params = default_params(name)
+                if shift_bps:
+                    # A venue whose whole market sits elsewhere (tests an outlier filter).
+                    mid = params.mid * (1 + Decimal(str(shift_bps)) / 10_000)
+                    params = replace(params, mid=mid.quantize(params.tick))
+                self.markets[name] = Market(name, seed=f"{self.seed}:{name}", params=params)
             self.protocol = protocol_cls(
                 self.instruments, self.markets, self.lock, random.Random(f"{self.seed}:proto")
             )

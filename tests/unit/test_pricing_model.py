@@ -315,3 +315,16 @@ def test_the_worked_example_in_docs_pricing() -> None:
         ("binance", 0.471),
     ]
     assert [(x.venue, x.reason) for x in d.excluded] == [("okx", "outlier")]
+
+
+def test_one_bad_venue_of_three_is_the_only_outlier() -> None:
+    d = evaluate(
+        spec("a", "b", "c", outlier_bps=50),
+        tops_of(top("a", 100.0, 100.2), top("b", 100.05, 100.25), top("c", 102.0, 102.2)),
+        {},
+        InstrumentState(),
+        NOW,
+    )
+    assert d is not None
+    assert [(x.venue, x.reason) for x in d.excluded] == [("c", "outlier")]
+    assert [u.venue for u in d.used] == ["a", "b"]
