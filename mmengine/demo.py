@@ -92,18 +92,31 @@ def stop_engine(proc: subprocess.Popen[bytes]) -> None:
 def _table(rows: dict[str, dict[str, Any]], counts: dict[str, int], started: float) -> Table:
     elapsed = max(time.monotonic() - started, 1e-9)
     total = sum(counts.values())
-    table = Table(title=f"mmengine demo — {total} prices, {total / elapsed:,.0f}/s  (Ctrl-C stops)")
-    for col in ("instrument", "seq", "fair value", "bid", "ask", "venues", "recv→priced µs"):
-        table.add_column(col, justify="right" if col not in ("instrument", "venues") else "left")
+    table = Table(
+        title=f"mmengine demo — {total} prices, {total / elapsed:,.0f}/s  (Ctrl-C stops)",
+        caption="quotes: best bid | best ask of the ladder; excluded: venue:reason",
+    )
+    for col in ("instrument", "seq", "fair", "vol bp", "pos/skew", "quotes", "venues", "µs"):
+        table.add_column(col, justify="left" if col in ("instrument", "venues") else "right")
     for name in sorted(rows):
         r = rows[name]
+        if r["halted"]:
+            quotes = f"HALTED: {r['halt_reason']}"
+        elif r["bids"] and r["asks"]:
+            b, a = r["bids"][0], r["asks"][0]
+            quotes = f"{b['price']:.2f}x{b['size']:g} | {a['price']:.2f}x{a['size']:g}"
+        else:
+            quotes = "-"
+        used = " ".join(f"{u['venue']}:{u['weight']:.2f}" for u in r["venues_used"])
+        excluded = " ".join(f"{x['venue']}:{x['reason']}" for x in r["venues_excluded"])
         table.add_row(
             name,
             str(r["seq"]),
             f"{r['fair_value']:.4f}",
-            f"{r['best_bid']:.4f} x {r['best_bid_size']:.4g}",
-            f"{r['best_ask']:.4f} x {r['best_ask_size']:.4g}",
-            ",".join(r["venues"]),
+            f"{r['volatility_bps']:.2f}",
+            f"{r['position']:g} / {r['skew_bps'] + 0.0:+.2f}",
+            quotes,
+            used + (f"  [red]{excluded}[/red]" if excluded else ""),
             f"{(r['priced_ts_ns'] - r['recv_ts_ns']) / 1000:.0f}",
         )
     return table

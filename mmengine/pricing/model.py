@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cache
 
 from mmengine.model import BookTop, VenueExcluded, VenueUsed
 
@@ -146,6 +147,7 @@ def median(values: list[float]) -> float:
     return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
 
 
+@cache
 def _decimals(step: float) -> int:
     text = f"{step:.12f}".rstrip("0")
     return len(text.split(".")[1]) if "." in text else 0

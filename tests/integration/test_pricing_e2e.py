@@ -47,12 +47,13 @@ def reasons(price: dict[str, Any]) -> dict[str, str]:
 
 
 def test_stalled_venue_is_excluded_as_stale_and_comes_back(engine_factory: Any) -> None:
+    """Five venues; one stalls for about 3 s with its connection open."""
     with ExitStack() as stack:
         sims = [
             stack.enter_context(
                 start_simulator("binance", instruments=["BTC-USDT"], rate=150, seed=s)
             )
-            for s in (11, 12, 13)
+            for s in (11, 12, 13, 14, 15)
         ]
         engine = engine_factory(
             {
@@ -60,7 +61,7 @@ def test_stalled_venue_is_excluded_as_stale_and_comes_back(engine_factory: Any) 
                 "instruments": [
                     {
                         "name": "BTC-USDT",
-                        "sources": [{"venue": f"v{i}"} for i in range(3)],
+                        "sources": [{"venue": f"v{i}"} for i in range(5)],
                         "max_age_ms": 800,
                         "outlier_bps": 1000,
                     }
