@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,109 @@ class Codec:
             io.BytesIO(payload[10:]), self.parsed, None
         )
         return result
+
+
+# --- the Price hot path -------------------------------------------------------------------
+# fastavro needs a dict of dicts per Price (about 40 us with a 5-level ladder and 5 venues);
+# writing the Avro binary directly is about 17 us and byte-identical (tests compare both on
+# random Prices). The field order below must follow schemas/price.avsc: checked at import.
+
+PRICE_FIELDS = [
+    "instrument",
+    "epoch",
+    "seq",
+    "fair_value",
+    "best_bid",
+    "best_bid_size",
+    "best_ask",
+    "best_ask_size",
+    "venues",
+    "exchange_ts_ns",
+    "recv_ts_ns",
+    "priced_ts_ns",
+    "method",
+    "volatility_bps",
+    "half_spread_bps",
+    "position",
+    "skew_bps",
+    "halted",
+    "halt_reason",
+    "cross_venue_crossed",
+    "bids",
+    "asks",
+    "venues_used",
+    "venues_excluded",
+]
+_D5 = struct.Struct("<5d").pack
+_D4 = struct.Struct("<4d").pack
+_D3 = struct.Struct("<3d").pack
+_D2 = struct.Struct("<2d").pack
+
+
+def _varlong(n: int) -> bytes:
+    """Avro long: zig-zag, then base-128 varint."""
+    n = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while n & ~0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _string(text: str) -> bytes:
+    raw = text.encode()
+    return _varlong(len(raw)) + raw
+
+
+def encode_price(header: bytes, p: Price) -> bytes:
+    """The single-object payload of a Price: `header` (C3 01 + fingerprint), then the body."""
+    parts = [
+        header,
+        _string(p.instrument),
+        _varlong(p.epoch),
+        _varlong(p.seq),
+        _D5(p.fair_value, p.best_bid, p.best_bid_size, p.best_ask, p.best_ask_size),
+    ]
+    if p.venues:
+        parts.append(_varlong(len(p.venues)))
+        parts.extend(_string(v) for v in p.venues)
+    parts.append(b"\0")
+    parts.append(_varlong(p.exchange_ts_ns))
+    parts.append(_varlong(p.recv_ts_ns))
+    parts.append(_varlong(p.priced_ts_ns))
+    parts.append(_string(p.method))
+    parts.append(_D4(p.volatility_bps, p.half_spread_bps, p.position, p.skew_bps))
+    parts.append(b"\1" if p.halted else b"\0")
+    parts.append(_string(p.halt_reason))
+    parts.append(b"\1" if p.cross_venue_crossed else b"\0")
+    for ladder in (p.bids, p.asks):
+        if ladder:
+            parts.append(_varlong(len(ladder)))
+            parts.extend(_D2(price, size) for price, size in ladder)
+        parts.append(b"\0")
+    if p.venues_used:
+        parts.append(_varlong(len(p.venues_used)))
+        for u in p.venues_used:
+            parts += (_string(u.venue), _string(u.instrument), _D3(u.mid, u.weight, u.fx_rate))
+    parts.append(b"\0")
+    if p.venues_excluded:
+        parts.append(_varlong(len(p.venues_excluded)))
+        for x in p.venues_excluded:
+            parts += (_string(x.venue), _string(x.instrument), _string(x.reason))
+    parts.append(b"\0")
+    return b"".join(parts)
+
+
+def _check_price_schema() -> None:
+    names = [f["name"] for f in json.loads((SCHEMA_DIR / "price.avsc").read_text())["fields"]]
+    if names != PRICE_FIELDS:
+        raise RuntimeError(
+            "schemas/price.avsc changed: update mmengine.codec.encode_price and PRICE_FIELDS"
+        )
+
+
+_check_price_schema()
 
 
 def price_record(price: Price) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import zmq
 
 from mmengine.bus import PRICES_IN, decode_top, pricing_endpoint
-from mmengine.codec import Codec, price_record
+from mmengine.codec import Codec, encode_price
 from mmengine.logs import RepeatLimiter
 from mmengine.model import BookTop, Price
 from mmengine.pricing.model import FxSpec, InstrumentSpec, InstrumentState, evaluate
@@ -119,7 +119,7 @@ class PricingWorker(threading.Thread):
             sock.setsockopt(zmq.LINGER, 5000)  # queued prices reach the writer on stop
             sock.connect(endpoint)
             sinks.append(sock)
-        codec = Codec("price.avsc")
+        header = Codec("price.avsc").header
         self.ready.set()
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
@@ -137,7 +137,7 @@ class PricingWorker(threading.Thread):
                     price = self.price(name, touched[name], now_ns)
                     if price is None or not self.specs[name].publish:
                         continue
-                    payload = codec.encode(price_record(price))
+                    payload = encode_price(header, price)
                     topic = b"price." + name.encode()
                     pub.send_multipart((topic, payload))
                     if sinks:

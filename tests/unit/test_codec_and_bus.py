@@ -11,9 +11,11 @@ from pathlib import Path
 import avro.io
 import avro.schema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mmengine.bus import decode_top, encode_top, stable_shard
-from mmengine.codec import Codec, book_top_record, price_record
+from mmengine.codec import Codec, book_top_record, encode_price, price_record
 from mmengine.model import BookTop, Price, VenueExcluded, VenueUsed
 
 
@@ -145,3 +147,42 @@ def test_a_reader_holding_the_first_price_schema_still_decodes_new_payloads(
         "venues_excluded",
     }
     assert all(f.has_default for f in new.fields if f.name not in {g.name for g in old.fields})
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+text = st.text(max_size=12)
+longs = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+prices_st = st.builds(
+    Price,
+    instrument=text,
+    epoch=longs,
+    seq=longs,
+    fair_value=finite,
+    best_bid=finite,
+    best_bid_size=finite,
+    best_ask=finite,
+    best_ask_size=finite,
+    venues=st.lists(text, max_size=5),
+    exchange_ts_ns=longs,
+    recv_ts_ns=longs,
+    priced_ts_ns=longs,
+    method=text,
+    volatility_bps=finite,
+    half_spread_bps=finite,
+    position=finite,
+    skew_bps=finite,
+    halted=st.booleans(),
+    halt_reason=text,
+    cross_venue_crossed=st.booleans(),
+    bids=st.lists(st.tuples(finite, finite), max_size=6),
+    asks=st.lists(st.tuples(finite, finite), max_size=6),
+    venues_used=st.lists(st.builds(VenueUsed, text, text, finite, finite, finite), max_size=5),
+    venues_excluded=st.lists(st.builds(VenueExcluded, text, text, text), max_size=5),
+)
+
+
+@settings(max_examples=300)
+@given(price=prices_st)
+def test_hot_path_price_encoder_is_byte_identical_to_fastavro(price: Price) -> None:
+    codec = Codec("price.avsc")
+    assert encode_price(codec.header, price) == codec.encode(price_record(price))
