@@ -12,7 +12,8 @@ import pickle
 import struct
 import threading
 import time
-from dataclasses import dataclass, replace
+from bisect import bisect_left
+from dataclasses import dataclass, field, replace
 
 import zmq
 
@@ -25,6 +26,7 @@ from mmengine.pricing.model import FxSpec, InstrumentSpec, InstrumentState, eval
 log = logging.getLogger("mmengine.pricing")
 
 MAX_DRAIN = 10_000
+LATENCY_BOUNDS_US = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 50_000, 250_000)
 # Sink message: [instrument, SINK_KEY(epoch, seq, priced_ts_ns), Avro single-object Price].
 SINK_KEY = struct.Struct(">qqq")
 SINK_HWM = 100_000  # bound one drain so a flood cannot delay pricing indefinitely
@@ -38,6 +40,11 @@ class WorkerStats:
     drains: int = 0
     positions: int = 0  # position updates applied
     sink_dropped: int = 0  # a writer's inproc queue was full (the writer is wedged)
+    last_drain: int = 0  # BookTops taken in the last drain (the queue depth it found)
+    max_drain: int = 0
+    # recv -> priced latency: counts per bucket of LATENCY_BOUNDS_US (last: above them)
+    latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS_US) + 1))
+    latency_sum_us: float = 0.0
 
 
 def control_endpoint(worker: int) -> str:
@@ -94,6 +101,7 @@ class PricingWorker(threading.Thread):
             if name in self.states:
                 self.states[name].position = qty
         self.seq: dict[str, int] = {n: 0 for n in self.specs}
+        self.last_price: dict[str, Price] = {}
         self.stats = WorkerStats()
         self.ready = threading.Event()
         self._stop_event = threading.Event()
@@ -195,8 +203,12 @@ class PricingWorker(threading.Thread):
             for name in fed_by.get(key, ()):
                 tops[name][key] = top
                 touched[name] = top
-        self.stats.inputs += n
-        self.stats.drains += 1
+        stats = self.stats
+        stats.inputs += n
+        stats.drains += 1
+        stats.last_drain = n
+        if n > stats.max_drain:
+            stats.max_drain = n
         return touched
 
     def price(self, name: str, trigger: BookTop | None, now_ns: int) -> Price | None:
@@ -211,9 +223,15 @@ class PricingWorker(threading.Thread):
         if not spec.publish:
             return None
         self.seq[name] += 1
-        self.stats.prices += 1
-        self.stats.halted += decision.halted
-        return Price(
+        stats = self.stats
+        stats.prices += 1
+        stats.halted += decision.halted
+        priced_ns = time.time_ns()
+        recv_ns = trigger.recv_ts_ns if trigger is not None else now_ns
+        latency_us = (priced_ns - recv_ns) / 1000
+        stats.latency[bisect_left(LATENCY_BOUNDS_US, latency_us)] += 1
+        stats.latency_sum_us += latency_us
+        price = Price(
             instrument=name,
             epoch=self.epoch,
             seq=self.seq[name],
@@ -224,8 +242,8 @@ class PricingWorker(threading.Thread):
             best_ask_size=decision.best_ask_size,
             venues=[u.venue for u in decision.used],
             exchange_ts_ns=trigger.exchange_ts_ns if trigger is not None else 0,
-            recv_ts_ns=trigger.recv_ts_ns if trigger is not None else now_ns,
-            priced_ts_ns=time.time_ns(),
+            recv_ts_ns=recv_ns,
+            priced_ts_ns=priced_ns,
             method=spec.method,
             volatility_bps=decision.volatility_bps,
             half_spread_bps=decision.half_spread_bps,
@@ -239,3 +257,5 @@ class PricingWorker(threading.Thread):
             venues_used=decision.used,
             venues_excluded=decision.excluded,
         )
+        self.last_price[name] = price  # read by the status thread; never mutated after
+        return price

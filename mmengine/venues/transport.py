@@ -94,6 +94,11 @@ class VenueConnection(threading.Thread):
         self._recorder = recorder
         self.connects = 0
 
+    @property
+    def connected(self) -> bool:
+        """Whether a WebSocket is open right now (read by the status thread)."""
+        return self._ws is not None
+
     # --- Session -------------------------------------------------------------------------
 
     def send(self, text: str) -> None:

@@ -1,0 +1,188 @@
+"""Prometheus metrics (served by prometheus-client's own HTTP thread).
+
+Nothing on the per-message path touches a Prometheus object: a custom collector turns the
+status snapshot (the threads' own plain counters) into metrics at scrape time, so the hot
+path pays nothing for metrics. Counters never reset during a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from mmengine.status import snapshot
+
+if TYPE_CHECKING:
+    from mmengine.engine import Engine
+
+BOOK_STATES = ("SYNCING", "LIVE", "STALE", "RESYNCING")
+
+
+class EngineCollector(Collector):
+    """Reads one snapshot per scrape and yields every metric family from it."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[Any]:
+        snap = snapshot(self.engine)
+        yield from venue_metrics(snap)
+        yield from pricing_metrics(snap)
+        yield from sink_metrics(snap)
+
+
+def _counter(name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, labels=labels)
+
+
+def venue_metrics(snap: dict[str, Any]) -> Iterator[Any]:
+    frames = _counter("mmengine_venue_frames", "Frames received per venue.", ["venue"])
+    reconnects = _counter("mmengine_venue_reconnects", "Reconnects per venue.", ["venue"])
+    skipped = _counter(
+        "mmengine_venue_skipped_frames", "Frames skipped, by kind.", ["venue", "kind"]
+    )
+    resyncs = _counter("mmengine_venue_resyncs", "Book resyncs, by reason.", ["venue", "reason"])
+    up = GaugeMetricFamily("mmengine_venue_connected", "1 while connected.", labels=["venue"])
+    book = ["venue", "instrument"]
+    msgs = _counter("mmengine_book_messages", "Book messages applied or checked.", book)
+    gaps = _counter("mmengine_book_sequence_gaps", "Sequence gaps detected.", book)
+    checks = _counter("mmengine_book_checksum_checks", "Checksums verified.", book)
+    failed = _counter("mmengine_book_checksum_failures", "Checksum mismatches.", book)
+    agree = _counter("mmengine_book_audit_agreements", "Top-of-book audit agreements.", book)
+    disagree = _counter("mmengine_book_audit_disagreements", "Audit disagreements.", book)
+    book_resyncs = _counter("mmengine_book_resyncs", "Resyncs of this book.", book)
+    state = GaugeMetricFamily(
+        "mmengine_book_state", "1 for the book's current state.", labels=[*book, "state"]
+    )
+    age = GaugeMetricFamily(
+        "mmengine_book_last_message_age_seconds",
+        "Time since the last applied message.",
+        labels=book,
+    )
+    for v in snap["venues"]:
+        name = v["name"]
+        frames.add_metric([name], v["frames"])
+        reconnects.add_metric([name], v["reconnects"])
+        up.add_metric([name], 1.0 if v["connected"] else 0.0)
+        for kind, n in v["skipped"].items():
+            skipped.add_metric([name, kind], n)
+        for reason, n in v["resyncs"].items():
+            resyncs.add_metric([name, reason], n)
+        for b in v["books"]:
+            key = [name, b["instrument"]]
+            msgs.add_metric(key, b["messages"])
+            gaps.add_metric(key, b["gaps"])
+            checks.add_metric(key, b["checksums_checked"])
+            failed.add_metric(key, b["checksums_failed"])
+            agree.add_metric(key, b["audit_agree"])
+            disagree.add_metric(key, b["audit_disagree"])
+            book_resyncs.add_metric(key, b["resyncs"])
+            for s in BOOK_STATES:
+                state.add_metric([*key, s], 1.0 if b["state"] == s else 0.0)
+            if b["age_s"] is not None:
+                age.add_metric(key, b["age_s"])
+    yield from (
+        frames,
+        reconnects,
+        skipped,
+        resyncs,
+        up,
+        msgs,
+        gaps,
+        checks,
+        failed,
+        agree,
+        disagree,
+        book_resyncs,
+        state,
+        age,
+    )
+
+
+def pricing_metrics(snap: dict[str, Any]) -> Iterator[Any]:
+    w = ["worker"]
+    inputs = _counter("mmengine_pricing_inputs", "Book tops received.", w)
+    prices = _counter("mmengine_pricing_prices", "Prices published (IPC and sinks).", w)
+    halted = _counter("mmengine_pricing_halted_prices", "Prices that said do not quote.", w)
+    dropped = _counter("mmengine_pricing_sink_dropped", "Prices a full sink queue refused.", w)
+    depth = GaugeMetricFamily(
+        "mmengine_pricing_queue_depth", "Book tops found by the last drain.", labels=w
+    )
+    conflation = GaugeMetricFamily(
+        "mmengine_pricing_conflation_ratio", "Book tops in per price out, since start.", labels=w
+    )
+    latency = HistogramMetricFamily(
+        "mmengine_pricing_latency_seconds", "Frame received -> price computed.", labels=w
+    )
+    bounds = snap["latency_bounds_us"]
+    for s in snap["workers"]:
+        k = [str(s["worker"])]
+        inputs.add_metric(k, s["inputs"])
+        prices.add_metric(k, s["prices"])
+        halted.add_metric(k, s["halted"])
+        dropped.add_metric(k, s["sink_dropped"])
+        depth.add_metric(k, s["last_drain"])
+        conflation.add_metric(k, s["inputs"] / s["prices"] if s["prices"] else 0.0)
+        running = 0
+        buckets = []
+        for bound, n in zip([*bounds, float("inf")], s["latency_counts"], strict=True):
+            running += n
+            buckets.append((str(bound / 1e6) if bound != float("inf") else "+Inf", running))
+        latency.add_metric(k, buckets, s["latency_sum_us"] / 1e6)
+    yield from (inputs, prices, halted, dropped, depth, conflation, latency)
+
+
+def sink_metrics(snap: dict[str, Any]) -> Iterator[Any]:
+    families: dict[str, Any] = {}
+    counters = {
+        "produced",
+        "acknowledged",
+        "received",
+        "written",
+        "spooled",
+        "dropped",
+        "retried",
+        "retries",
+        "batches",
+        "torn",
+        "recovered",
+        "failures",
+    }
+    for sink in snap["sinks"]:
+        for key, value in sink.items():
+            if key == "name" or not isinstance(value, int | float):
+                continue
+            if key in counters:
+                fam = families.setdefault(
+                    key, _counter(f"mmengine_sink_{key}", f"Sink {key}.", ["sink"])
+                )
+            elif key.endswith("_ns"):
+                fam = families.setdefault(
+                    key,
+                    GaugeMetricFamily(
+                        f"mmengine_sink_{key[:-3]}_seconds", f"Sink {key[:-3]}.", labels=["sink"]
+                    ),
+                )
+                value = value / 1e9
+            else:
+                fam = families.setdefault(
+                    key, GaugeMetricFamily(f"mmengine_sink_{key}", f"Sink {key}.", labels=["sink"])
+                )
+            fam.add_metric([sink["name"]], value)
+    yield from families.values()
+
+
+def serve_metrics(engine: Engine, port: int, host: str = "127.0.0.1") -> Any:
+    """Start the Prometheus HTTP endpoint; returns the server (call `.shutdown()`)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(EngineCollector(engine))
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server

@@ -1,0 +1,174 @@
+"""Engine status: one snapshot of every thread's counters (built on the `status` thread).
+
+Each thread keeps plain counters in its own objects (venue stats, book states, worker stats,
+writer counters) and never locks for them: updating an int costs nothing on the hot path.
+This module reads them from outside, which is safe under the GIL for ints and for copies of
+dicts made in C. Two consumers: the IPC status stream (`ipc://<run_dir>/status`, one JSON
+message a second, read by `mmengine top`) and the Prometheus endpoint (`mmengine.metrics`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from mmengine.pricing.worker import LATENCY_BOUNDS_US
+
+if TYPE_CHECKING:
+    from mmengine.engine import Engine
+
+log = logging.getLogger("mmengine.status")
+
+STATUS_TOPIC = b"status"
+
+
+def percentile_us(counts: list[int], q: float) -> float | None:
+    """The upper bound of the latency bucket holding quantile `q` (None without data)."""
+    total = sum(counts)
+    if total == 0:
+        return None
+    target = q * total
+    running = 0
+    for i, n in enumerate(counts):
+        running += n
+        if running >= target:
+            return float(LATENCY_BOUNDS_US[i]) if i < len(LATENCY_BOUNDS_US) else float("inf")
+    return float("inf")
+
+
+def snapshot(engine: Engine, now_ns: int | None = None) -> dict[str, Any]:
+    """Everything an operator looks at, as plain JSON-able data."""
+    now_ns = now_ns or time.time_ns()
+    venues = []
+    for conn in engine.connections:
+        venue = conn.venue
+        vs = venue.venue_stats
+        books = []
+        for inst, book in list(venue.books.items()):
+            st = venue.stats[inst]
+            books.append(
+                {
+                    "instrument": inst,
+                    "state": book.state.value,
+                    "messages": st.messages,
+                    "resyncs": st.resyncs,
+                    "gaps": st.sequence_gaps,
+                    "checksums_checked": st.checksums_checked,
+                    "checksums_failed": st.checksums_failed,
+                    "audit_agree": st.audit_agree,
+                    "audit_disagree": st.audit_disagree,
+                    "skipped": st.skipped,
+                    "age_s": (now_ns - book.recv_ts_ns) / 1e9 if book.recv_ts_ns else None,
+                }
+            )
+        venues.append(
+            {
+                "name": venue.name,
+                "protocol": venue.protocol,
+                "connected": conn.connected,
+                "frames": vs.frames,
+                "book_frames": vs.book_frames,
+                "reconnects": vs.reconnects,
+                "skipped": dict(vs.skipped),
+                "resyncs": dict(vs.resyncs),
+                "books": books,
+                "live": sum(b["state"] == "LIVE" for b in books),
+            }
+        )
+    workers = []
+    instruments = []
+    for w in engine.workers:
+        s = w.stats
+        workers.append(
+            {
+                "worker": w.k,
+                "inputs": s.inputs,
+                "prices": s.prices,
+                "halted": s.halted,
+                "drains": s.drains,
+                "last_drain": s.last_drain,
+                "max_drain": s.max_drain,
+                "sink_dropped": s.sink_dropped,
+                "latency_counts": list(s.latency),
+                "latency_sum_us": s.latency_sum_us,
+            }
+        )
+        for name, p in list(w.last_price.items()):
+            instruments.append(
+                {
+                    "instrument": name,
+                    "seq": p.seq,
+                    "fair_value": p.fair_value,
+                    "spread_bps": (p.best_ask - p.best_bid) / p.fair_value * 1e4
+                    if p.fair_value and not p.halted
+                    else None,
+                    "volatility_bps": p.volatility_bps,
+                    "position": p.position,
+                    "venues_used": [u.venue for u in p.venues_used],
+                    "venues_excluded": [f"{x.venue}:{x.reason}" for x in p.venues_excluded],
+                    "halted": p.halted,
+                    "halt_reason": p.halt_reason,
+                    "age_s": (now_ns - p.priced_ts_ns) / 1e9,
+                }
+            )
+    sinks = []
+    for writer in getattr(engine, "writers", []):
+        counters = writer.counters() if hasattr(writer, "counters") else {}
+        sinks.append({"name": getattr(writer, "sink_name", type(writer).__name__), **counters})
+    return {
+        "ts_ns": now_ns,
+        "epoch": engine.epoch,
+        "pid": os.getpid(),
+        "uptime_s": (now_ns - engine.started_ns) / 1e9 if engine.started_ns else 0.0,
+        "venues": venues,
+        "workers": workers,
+        "instruments": sorted(instruments, key=lambda i: i["instrument"]),
+        "sinks": sinks,
+        "latency_bounds_us": list(LATENCY_BOUNDS_US),
+    }
+
+
+class StatusPublisher(threading.Thread):
+    """Publishes a status snapshot on `ipc://<run_dir>/status` once a second."""
+
+    def __init__(self, engine: Engine, ctx: zmq.Context, endpoint: str, interval_s: float = 1.0):
+        super().__init__(name="status", daemon=True)
+        self.engine = engine
+        self.ctx = ctx
+        self.endpoint = endpoint
+        self.interval_s = interval_s
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        pub = self.ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.LINGER, 0)
+        try:
+            pub.bind(self.endpoint)
+            os.chmod(self.endpoint.removeprefix("ipc://"), 0o600)
+        except zmq.ZMQError as exc:
+            self.error = exc
+            pub.close()
+            self.ready.set()
+            return
+        self.ready.set()
+        try:
+            while not self._stop_event.wait(self.interval_s):
+                try:
+                    doc = snapshot(self.engine)
+                except Exception:  # a status bug must never take the engine down
+                    log.exception("status snapshot failed")
+                    continue
+                pub.send_multipart((STATUS_TOPIC, json.dumps(doc).encode()))
+        finally:
+            pub.close()
