@@ -1,19 +1,77 @@
-"""Logging helpers shared by every thread: setup and a rate-limited repeat counter."""
+"""Logging shared by every thread: text or JSON lines, secrets masked, repeats rate-limited."""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import sys
 import time
 
+SECRET_PATTERNS = (
+    # postgresql://user:secret@host -> postgresql://user:***@host
+    (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@", re.I), r"\1***@"),
+    # password=secret, api_key: secret, "secret": "x"
+    (
+        re.compile(
+            r"\b(password|passwd|pwd|secret|api[_-]?key|token)(\"?\s*[=:]\s*)(\"?)[^\s\"&,]+",
+            re.I,
+        ),
+        r"\1\2\3***",
+    ),
+)
 
-def setup_logging(level: str = "INFO") -> None:
-    """Human-readable lines on stderr: time, level, thread, logger, message."""
+# Fields a structured line may carry (set with `extra=` on the logging call).
+FIELDS = ("venue", "instrument", "event", "state", "reason", "worker", "sink")
+
+
+def redact(text: str) -> str:
+    """Mask passwords and keys in a log line (DSNs, key=value pairs)."""
+    for pattern, repl in SECRET_PATTERNS:
+        text = pattern.sub(repl, text)
+    return text
+
+
+class RedactingFormatter(logging.Formatter):
+    """The human-readable format, with secrets masked."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, thread, logger, message, and any FIELDS."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "thread": record.threadName,
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }
+        for name in FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                doc[name] = value
+        if record.exc_info:
+            doc["exception"] = redact(self.formatException(record.exc_info))
+        return json.dumps(doc, default=str)
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """Log lines on stderr: human-readable by default, or JSON with `fmt="json"`."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        formatter: logging.Formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = RedactingFormatter(
+            "%(asctime)s %(levelname)-5s %(threadName)s %(name)s: %(message)s"
+        )
+    handler.setFormatter(formatter)
     logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-5s %(threadName)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
+        level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True
     )
 
 

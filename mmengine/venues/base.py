@@ -75,6 +75,9 @@ class InstrumentStats:
     skipped: int = 0
     audit_agree: int = 0
     audit_disagree: int = 0
+    # audit by arrival (no shared id with the book): a loose count, never a resync
+    audit_loose_agree: int = 0
+    audit_loose_disagree: int = 0
 
 
 @dataclass(slots=True)
@@ -130,6 +133,11 @@ class Venue:
         """The venue's own name for one of our instruments (for reports)."""
         return instrument
 
+    @classmethod
+    def instrument_problem(cls, instrument: str) -> str | None:
+        """Why the venue cannot serve `instrument` (config validation), or None."""
+        return None
+
     # --- the seam: each venue module implements these -------------------------------------
 
     def connect_url(self) -> str:
@@ -176,6 +184,9 @@ class Venue:
         an unusable frame is a counted skip, a failed integrity rule resyncs that one book.
         Anything else is a bug and propagates (the connection logs it and reconnects)."""
         self.venue_stats.frames += 1
+        if len(frame) > self.max_frame_bytes:
+            self.skip("frame_too_large", f"{len(frame)} characters")
+            return
         try:
             self.on_frame(frame, recv_ns)
         except FrameError as exc:
@@ -199,7 +210,20 @@ class Venue:
             return
         was_live = book.state is BookState.LIVE
         book.state = state
-        log.info("%s %s %s (%s)", self.name, book.instrument, state.value, reason)
+        log.info(
+            "%s %s %s (%s)",
+            self.name,
+            book.instrument,
+            state.value,
+            reason,
+            extra={
+                "venue": self.name,
+                "instrument": book.instrument,
+                "event": "book_state",
+                "state": state.value,
+                "reason": reason,
+            },
+        )
         if was_live:
             # Stamped with the time of the change, so a reader can see when the book left.
             book.recv_ts_ns = time.time_ns()
@@ -247,7 +271,14 @@ class Venue:
         held = self._log_limiter.allow(kind)
         if held is not None:
             more = f" ({held} more since last report)" if held else ""
-            log.warning("%s skipped frame: %s %s%s", self.name, kind, detail[:200], more)
+            log.warning(
+                "%s skipped frame: %s %s%s",
+                self.name,
+                kind,
+                detail[:200],
+                more,
+                extra={"venue": self.name, "event": "frame_skipped", "reason": kind},
+            )
 
     def check_staleness(self, now_ns: int) -> None:
         """Mark LIVE books with no update for `stale_after_s` as STALE (pricing drops them)."""
