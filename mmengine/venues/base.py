@@ -100,6 +100,15 @@ def level(price: str, size: str) -> tuple[float, float]:
     return p, q
 
 
+def levels(rows: list[list[str]]) -> list[tuple[float, float]]:
+    """Many `[price, size, ...]` rows as float pairs, with `level`'s rule, in one call."""
+    out = [(float(r[0]), float(r[1])) for r in rows]
+    for p, q in out:
+        if not (0.0 < p < INF and 0.0 <= q < INF):
+            raise FrameError("bad_level", f"price {p!r} size {q!r}")
+    return out
+
+
 class Venue:
     """Base of every venue protocol. Subclasses set the class facts and the seam methods."""
 

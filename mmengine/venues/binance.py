@@ -18,7 +18,7 @@ import orjson
 from mmengine.book import L2Book
 from mmengine.errors import FrameError, IntegrityError, TransportError, VenueRejected
 from mmengine.model import BookState
-from mmengine.venues.base import RateLimiter, Venue, level
+from mmengine.venues.base import RateLimiter, Venue, level, levels
 
 WS_URL = "wss://stream.binance.com:9443/stream"
 REST_URL = "https://api.binance.com"
@@ -64,8 +64,8 @@ def parse_diff(data: dict) -> DepthDiff:
         int(data["U"]),
         int(data["u"]),
         int(data["E"]) * 1_000_000,
-        [level(p, q) for p, q in data["b"]],
-        [level(p, q) for p, q in data["a"]],
+        levels(data["b"]),
+        levels(data["a"]),
     )
 
 
@@ -79,8 +79,8 @@ def parse_snapshot(body: str) -> tuple[int, list[tuple[float, float]], list[tupl
         doc = orjson.loads(body)
         return (
             int(doc["lastUpdateId"]),
-            [level(p, q) for p, q in doc["bids"]],
-            [level(p, q) for p, q in doc["asks"]],
+            levels(doc["bids"]),
+            levels(doc["asks"]),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise TransportError(f"unusable depth snapshot: {exc}") from exc
