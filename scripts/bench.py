@@ -1,0 +1,510 @@
+"""`make bench`: the engine's performance in one JSON file and a few plots (main thread).
+
+1. replay: per capture in tests/data, mmengine's us per book frame (median of >= 5 runs,
+   every check on), the decode floor (orjson.loads of the same book frames), and cryptofeed
+   2.4.1 on the same frames, run in its own virtualenv (.venv-peers) by
+   scripts/peer_cryptofeed.py.
+2. e2e: simulated venues (one process each, every protocol with a simulator) at several
+   total rates into a real engine process; a separate subscriber process measures
+   frame received -> Price delivered, and the engine's own received -> priced.
+3. sinks: Kafka (tansu) and Postgres (embedded) throughput, from their own bench scripts.
+4. memory: the engine's RSS sampled each second during the e2e runs (`--soak MINUTES` runs
+   the 10,000 msgs/s load for that long instead).
+
+Writes bench/results/latest.json (and a dated copy) with the keys machine, commit, replay,
+e2e, sinks, memory, and PNG plots beside it. Ratios are what to read: the machine is shared.
+
+    python scripts/bench.py [--quick] [--soak MINUTES] [--no-peers]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import datetime as dt
+import gzip
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "tests" / "data"
+RESULTS = REPO / "bench" / "results"
+PEERS = REPO / ".venv-peers"
+PY = sys.executable
+
+# venue name, protocol, instruments (normalized), depth (a value the venue offers)
+E2E_VENUES = (
+    ("binance", "binance", ["BTC-USDT", "ETH-USDT"], 100),
+    ("coinbase", "coinbase-advanced", ["BTC-USD", "ETH-USD"], 100),
+    ("kraken", "kraken-v2", ["BTC-USD", "ETH-USD"], 10),
+    ("okx", "okx-v5", ["BTC-USDT", "ETH-USDT"], 400),
+    ("bybit", "bybit-v5-spot", ["BTC-USDT", "ETH-USDT"], 50),
+)
+
+
+# --- 1. replay -------------------------------------------------------------------------------
+
+
+def book_frames(capture: Path) -> list[str]:
+    """The frames mmengine counts as book frames, for the decode floor."""
+    from mmengine.replay import replay_capture
+
+    result = replay_capture(capture, keep_tops=False)
+    n = result.venue.venue_stats.book_frames
+    with gzip.open(capture, "rt") as fh:
+        frames = [orjson.loads(line)["data"] for line in fh if '"t":"recv"' in line]
+    # The floor decodes as many frames as the engine treated as book frames (the largest
+    # first would favour us; taking every received frame would favour the floor).
+    return frames[:n] if n else frames
+
+
+def replay_figures(capture: Path, runs: int) -> dict[str, Any]:
+    from mmengine.replay import replay_capture
+
+    timings = []
+    frames = 0
+    for _ in range(runs):
+        result = replay_capture(capture)
+        frames = result.venue.venue_stats.book_frames
+        timings.append(result.seconds / max(frames, 1) * 1e6)
+    texts = book_frames(capture)
+    floor = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        for text in texts:
+            orjson.loads(text)
+        floor.append((time.perf_counter() - t0) / max(len(texts), 1) * 1e6)
+    return {
+        "book_frames": frames,
+        "mmengine_us": round(statistics.median(timings), 2),
+        "floor_us": round(statistics.median(floor), 2),
+    }
+
+
+def ensure_peers() -> Path | None:
+    """cryptofeed 2.4.1 in its own virtualenv, never mixed with ours."""
+    python = PEERS / "bin" / "python"
+    if python.exists():
+        return python
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "cryptofeed==2.4.1"],
+            check=True,
+            timeout=600,
+        )
+    except (subprocess.SubprocessError, OSError) as exc:
+        print(f"cryptofeed unavailable: {exc}", file=sys.stderr)
+        return None
+    return python
+
+
+def cryptofeed_us(python: Path, capture: Path, runs: int) -> float | None:
+    script = REPO / "scripts" / "peer_cryptofeed.py"
+    if not script.exists():
+        return None
+    run = subprocess.run(
+        [str(python), str(script), str(capture), "--replays", str(runs)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if run.returncode != 0:
+        print(f"cryptofeed on {capture.name} failed: {run.stderr[-500:]}", file=sys.stderr)
+        return None
+    return float(json.loads(run.stdout)["us_per_msg_median"])
+
+
+def replay_section(runs: int, peers: bool) -> dict[str, Any]:
+    python = ensure_peers() if peers else None
+    out: dict[str, Any] = {}
+    for capture in sorted(DATA.glob("*.jsonl.gz")):
+        name = capture.name.split(".")[0]
+        try:
+            fig = replay_figures(capture, runs)
+        except Exception as exc:  # an unsupported capture is reported, not fatal
+            out[name] = {"error": str(exc)}
+            continue
+        cf = cryptofeed_us(python, capture, runs) if python else None
+        fig["cryptofeed_us"] = cf
+        fig["ratio_vs_cryptofeed"] = round(cf / fig["mmengine_us"], 2) if cf else None
+        fig["ratio_vs_floor"] = round(fig["mmengine_us"] / fig["floor_us"], 2)
+        out[name] = fig
+        print(f"replay {name}: {fig}", file=sys.stderr)
+    return out
+
+
+# --- 2. end to end ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def simulators(
+    rate_each: float, sent: dict[str, int]
+) -> Iterator[list[tuple[str, str, list[str], int, str, str]]]:
+    """One simulator process per protocol; on exit `sent` holds each one's frames sent."""
+    from mmengine.simulator import SIM_PROTOCOLS
+
+    procs = []
+    running = []
+    try:
+        for name, protocol, instruments, depth in E2E_VENUES:
+            if protocol not in SIM_PROTOCOLS:
+                print(f"no simulator for {protocol}; skipped", file=sys.stderr)
+                continue
+            proc = subprocess.Popen(
+                [
+                    PY,
+                    "-m",
+                    "mmengine.cli",
+                    "--log-level",
+                    "WARNING",
+                    "simulate",
+                    "--venue",
+                    protocol,
+                    "--rate",
+                    str(rate_each),
+                    "--instruments",
+                    ",".join(instruments),
+                    "--seed",
+                    "7",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            procs.append(proc)
+            line = proc.stdout.readline() if proc.stdout else ""
+            m = re.search(r"ws (\S+)\s+rest (\S+)", line)
+            if not m:
+                raise RuntimeError(f"{protocol} simulator did not start: {line!r}")
+            running.append((name, protocol, instruments, depth, m.group(1), m.group(2)))
+        yield running
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc, (_, protocol, *_rest) in zip(procs, running, strict=False):
+            out, _ = proc.communicate(timeout=20)
+            m = re.search(r"simulator stopped: (\{.*\})", out or "")
+            sent[protocol] = int(ast.literal_eval(m.group(1)).get("frames_sent", 0)) if m else 0
+
+
+def engine_config(venues: list[tuple[str, str, list[str], int, str, str]], run_dir: Path) -> dict:
+    cfg_venues = []
+    sources: dict[str, list[dict[str, str]]] = {"BTC-USD": [], "ETH-USD": []}
+    for name, protocol, instruments, depth, ws, rest in venues:
+        cfg_venues.append(
+            {
+                "name": name,
+                "protocol": protocol,
+                "url": ws,
+                "rest_url": rest,
+                "instruments": instruments,
+                "depth": depth,
+            }
+        )
+        for inst in instruments:
+            sources[inst.split("-")[0] + "-USD"].append({"venue": name, "instrument": inst})
+    return {
+        "engine": {"run_dir": str(run_dir), "pricing_workers": 2},
+        "venues": cfg_venues,
+        "instruments": [
+            {
+                "name": n,
+                "sources": s,
+                "min_venues": 1,
+                "outlier_bps": 10_000,
+                "max_jump_bps": 10_000,
+            }
+            for n, s in sources.items()
+        ],
+        "fx": [{"pair": "USDT-USD", "fixed": 1.0}],
+        "outputs": {"ipc": {"books": False}},
+    }
+
+
+def last_status(run_dir: Path) -> dict[str, Any]:
+    import zmq
+
+    endpoints = json.loads((run_dir / "endpoints.json").read_text())
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"status")
+    sub.connect(endpoints["status"]["endpoint"])
+    try:
+        if not sub.poll(5000):
+            return {}
+        return json.loads(sub.recv_multipart()[1])
+    finally:
+        sub.close(0)
+        ctx.term()
+
+
+def e2e_run(rate: float, seconds: float, rss: list[tuple[float, float]]) -> dict[str, Any]:
+    n_venues = len(E2E_VENUES)
+    sent: dict[str, int] = {}
+    with simulators(rate / n_venues, sent) as venues, tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        cfg_path = Path(tmp) / "bench.yaml"
+        cfg_path.write_text(yaml.safe_dump(engine_config(venues, run_dir)))
+        engine = subprocess.Popen(
+            [PY, "-m", "mmengine.cli", "--log-level", "WARNING", "run", "--config", str(cfg_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not (run_dir / "endpoints.json").exists():
+                if engine.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"engine did not start: {engine.communicate()[0]}")
+                time.sleep(0.05)
+            time.sleep(3)  # books sync
+            proc = psutil.Process(engine.pid)
+            before = last_status(run_dir)
+            cpu0 = proc.cpu_times()
+            t0 = time.monotonic()
+            sub = subprocess.Popen(
+                [
+                    PY,
+                    str(REPO / "scripts" / "bench_subscriber.py"),
+                    f"ipc://{run_dir / 'prices'}",
+                    str(seconds),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            while sub.poll() is None:
+                rss.append((time.monotonic(), proc.memory_info().rss / 2**20))
+                time.sleep(1.0)
+            measured = json.loads(sub.communicate()[0])
+            cpu1 = proc.cpu_times()
+            wall = time.monotonic() - t0
+            after = last_status(run_dir)
+        finally:
+            engine.terminate()
+            out, _ = engine.communicate(timeout=30)
+    frames = sum(v["frames"] for v in after["venues"]) - sum(v["frames"] for v in before["venues"])
+    inputs = sum(w["inputs"] for w in after["workers"]) - sum(
+        w["inputs"] for w in before["workers"]
+    )
+    priced = sum(w["prices"] for w in after["workers"]) - sum(
+        w["prices"] for w in before["workers"]
+    )
+    cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / wall * 100
+    skipped = sum(sum(v["skipped"].values()) for v in after["venues"])
+    total_frames = sum(v["frames"] for v in after["venues"])
+    return {
+        "rate": rate,
+        "venues": [v[1] for v in venues],
+        "seconds": round(wall, 1),
+        "p50_us": measured["delivered_us"]["p50"],
+        "p99_us": measured["delivered_us"]["p99"],
+        "p999_us": measured["delivered_us"]["p999"],
+        "max_us": measured["delivered_us"]["max"],
+        "engine_p50_us": measured["engine_us"]["p50"],
+        "engine_p99_us": measured["engine_us"]["p99"],
+        "sent": sum(sent.values()),  # whole simulator lives
+        "received_by_venue_threads_total": total_frames,  # up to the last status snapshot
+        "received_by_venue_threads": frames,  # within the measured window
+        "book_tops_to_pricing": inputs,
+        "priced": priced,
+        "published": priced,
+        "received_by_subscriber": measured["received"],
+        "dropped": measured["missed_seq"] + skipped,
+        "conflation": round(inputs / priced, 3) if priced else None,
+        "cpu_pct": round(cpu, 1),
+        "engine_summary": [ln for ln in out.splitlines() if " frames, " in ln][:8],
+    }
+
+
+# --- 3. sinks --------------------------------------------------------------------------------
+
+
+def sink_figures(script: str, args: list[str]) -> dict[str, Any] | None:
+    path = REPO / "scripts" / script
+    if not path.exists():
+        return None
+    run = subprocess.run(
+        [PY, str(path), *args, "--json"], capture_output=True, text=True, timeout=900
+    )
+    if run.returncode != 0:
+        print(f"{script} failed: {run.stderr[-800:]}", file=sys.stderr)
+        return None
+    try:
+        return json.loads(run.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    packages = {}
+    for name in (
+        "websocket-client",
+        "websockets",
+        "pyzmq",
+        "orjson",
+        "fastavro",
+        "kafka-python",
+        "psycopg",
+        "avro",
+    ):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            packages[name] = metadata.version(name)
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": packages,
+    }
+
+
+def commit() -> str:
+    run = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    )
+    return run.stdout.strip() or "unknown"
+
+
+def plots(result: dict[str, Any], rss: list[tuple[float, float]], out_dir: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plots", file=sys.stderr)
+        return
+    replay = {k: v for k, v in result["replay"].items() if "mmengine_us" in v}
+    if replay:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        names = list(replay)
+        xs = range(len(names))
+        for i, (key, label) in enumerate(
+            (
+                ("mmengine_us", "mmengine"),
+                ("cryptofeed_us", "cryptofeed 2.4.1"),
+                ("floor_us", "orjson decode floor"),
+            )
+        ):
+            ax.bar(
+                [x + (i - 1) * 0.27 for x in xs],
+                [replay[n].get(key) or 0 for n in names],
+                width=0.27,
+                label=label,
+            )
+        ax.set_xticks(list(xs), names)
+        ax.set_ylabel("µs per book frame")
+        ax.set_yscale("log")
+        ax.legend()
+        ax.set_title("Replay cost per venue (lower is better)")
+        fig.tight_layout()
+        fig.savefig(out_dir / "replay.png", dpi=100)
+        plt.close(fig)
+    if rss:
+        fig, ax = plt.subplots(figsize=(8, 3))
+        t0 = rss[0][0]
+        ax.plot([t - t0 for t, _ in rss], [m for _, m in rss])
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("engine RSS (MiB)")
+        ax.set_title("Memory over the end-to-end runs")
+        fig.tight_layout()
+        fig.savefig(out_dir / "rss.png", dpi=100)
+        plt.close(fig)
+    rows = [r for r in result["e2e"] if r.get("p50_us") is not None]
+    if rows:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for r in rows:
+            qs = [
+                ("p50", r["p50_us"]),
+                ("p99", r["p99_us"]),
+                ("p99.9", r["p999_us"]),
+                ("max", r["max_us"]),
+            ]
+            ax.plot([q for q, _ in qs], [v for _, v in qs], marker="o", label=f"{r['rate']:,.0f}/s")
+        ax.set_yscale("log")
+        ax.set_ylabel("µs, frame received -> Price at a subscriber")
+        ax.legend(title="total book msgs/s")
+        ax.set_title("End-to-end latency quantiles")
+        fig.tight_layout()
+        fig.savefig(out_dir / "latency.png", dpi=100)
+        plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="under a minute")
+    parser.add_argument("--soak", type=float, default=None, metavar="MINUTES")
+    parser.add_argument("--no-peers", action="store_true", help="skip cryptofeed")
+    parser.add_argument("--only", choices=["replay", "e2e", "sinks"], default=None)
+    args = parser.parse_args()
+    runs = 3 if args.quick else 7
+    rss: list[tuple[float, float]] = []
+    result: dict[str, Any] = {"machine": machine(), "commit": commit()}
+    if args.soak:
+        result["replay"] = {}
+        result["e2e"] = [e2e_run(10_000, args.soak * 60, rss)]
+        result["sinks"] = {}
+    else:
+        want = {args.only} if args.only else {"replay", "e2e", "sinks"}
+        result["replay"] = replay_section(runs, peers=not args.no_peers) if "replay" in want else {}
+        rates = (1_000, 10_000) if args.quick else (1_000, 10_000, 50_000)
+        seconds = 8 if args.quick else 20
+        result["e2e"] = []
+        for rate in rates if "e2e" in want else ():
+            row = e2e_run(rate, seconds, rss)
+            print(f"e2e {rate}/s: {row}", file=sys.stderr)
+            result["e2e"].append(row)
+        quick = ["--records", "20000"] if args.quick else []
+        result["sinks"] = (
+            {
+                "kafka": sink_figures("bench_kafka.py", quick),
+                "postgres": sink_figures("bench_postgres.py", quick),
+            }
+            if "sinks" in want
+            else {}
+        )
+    mems = [m for _, m in rss]
+    result["memory"] = {
+        "rss_start_mb": round(mems[0], 1) if mems else None,
+        "rss_end_mb": round(mems[-1], 1) if mems else None,
+        "growth_pct": round((mems[-1] / mems[0] - 1) * 100, 2) if mems else None,
+        "samples": len(mems),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(result, indent=2) + "\n"
+    (RESULTS / "latest.json").write_text(text)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    (RESULTS / f"{stamp}.json").write_text(text)
+    plots(result, rss, RESULTS)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
