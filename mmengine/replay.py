@@ -7,9 +7,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import parse_qsl, urlsplit
 
+import orjson
+
+from mmengine.book import L2Book
 from mmengine.capture import CaptureEvent, read_capture
 from mmengine.errors import TransportError
 from mmengine.model import BookTop
@@ -21,14 +24,64 @@ class UnsupportedCapture(Exception):
     """The capture's venue or protocol has no venue module (yet)."""
 
 
+# (exchange in the header, what the WebSocket address contains, protocol), first match wins
+_ADDRESSES = (
+    ("BINANCE", "binance.com", "binance"),
+    ("KRAKEN", "kraken.com/v2", "kraken-v2"),
+    ("KRAKEN", "kraken.com", "kraken-v1"),
+    ("OKX", "okx.com", "okx-v5"),
+    ("COINBASE", "advanced-trade-ws.coinbase.com", "coinbase-advanced"),
+    ("BYBIT", "stream.bybit.com/v5/public/spot", "bybit-v5-spot"),
+    ("BYBIT", "stream.bybit.com/v5/public/linear", "bybit-v5-linear"),
+    ("BYBIT", "stream-testnet.bybit.com/v5/public/spot", "bybit-v5-spot"),
+    ("BYBIT", "stream-testnet.bybit.com/v5/public/linear", "bybit-v5-linear"),
+)
+
+
+def recorded_venues(header: dict[str, Any]) -> list[dict[str, Any]]:
+    """The venue connections an `mmengine record` capture describes (empty for others)."""
+    section = header.get("config", {}).get("mmengine")
+    if not isinstance(section, dict):
+        return []
+    return [v for v in section.get("venues", ()) if isinstance(v, dict)]
+
+
+def record_header(specs: list[VenueSpec]) -> tuple[str, dict[str, Any]]:
+    """(exchange, config) for the header of an `mmengine record` capture: each venue
+    connection with its protocol, instruments and depth, so `replay` needs no guessing.
+    `conn` is the connection name the transport records under (its thread name)."""
+    exchanges = sorted({s.protocol.split("-")[0].upper() for s in specs})
+    venues = [
+        {
+            "name": s.name,
+            "protocol": s.protocol,
+            "conn": f"venue-{s.name}",
+            "instruments": list(s.instruments),
+            "depth": s.depth,
+            "url": s.url,
+        }
+        for s in specs
+    ]
+    config = {
+        "l2_book": sorted({i for s in specs for i in s.instruments}),
+        "mmengine": {"venues": venues},
+    }
+    return "+".join(exchanges), config
+
+
 def detect_protocol(header: dict[str, Any], events: list[CaptureEvent]) -> str:
     """The venue protocol of a capture, from its header and its WebSocket address."""
+    recorded = recorded_venues(header)
+    if recorded and recorded[0].get("protocol") in PROTOCOLS:
+        return str(recorded[0]["protocol"])
     exchange = str(header.get("exchange", "")).upper()
     addr = next((e.url for e in events if e.kind == "connect"), "")
-    if exchange == "BINANCE" and "binance.com" in addr:
-        return "binance"
+    for name, where, protocol in _ADDRESSES:
+        if exchange == name and where in addr:
+            return protocol
     raise UnsupportedCapture(
-        f"no venue module for exchange {exchange or '?'} at {addr or 'unknown address'}"
+        f"unsupported protocol: no venue module for exchange {exchange or '?'} at "
+        f"{addr or 'an unknown address'} (supported: {', '.join(sorted(PROTOCOLS))})"
     )
 
 
@@ -73,25 +126,282 @@ class ReplayResult:
     venue: Venue
     session: CaptureSession
     frames: int
-    seconds: float
+    seconds: float  # wall time of the book path: the venue's receive() over every frame
+    capture: str = ""
 
 
-def replay_capture(
-    path: str | Path, audit: bool = True, keep_tops: bool = False, depth: int = 1000
-) -> ReplayResult:
-    """Run every recorded frame of `path` through its venue module; returns the venue."""
-    header, events = read_capture(path)
+@dataclass(frozen=True)
+class ReplayPlan:
+    """What to build from a capture: the protocol, the venue's spec and the events it saw."""
+
+    protocol: str
+    spec: VenueSpec
+    events: list[CaptureEvent]
+
+
+def plan_replay(
+    header: dict[str, Any],
+    events: list[CaptureEvent],
+    audit: bool = True,
+    depth: int = 1000,
+    venue_name: str | None = None,
+) -> ReplayPlan:
+    """Pick the protocol, instruments and depth a capture was recorded with.
+
+    `mmengine record` captures name their venues in the header (several venue connections
+    may share one file: `venue_name` picks one). Other format-2 captures (cryptofeed's)
+    name instruments their own way, so the instruments and depth come from the subscribe
+    frames the recording sent, read by the venue module itself; the header's `l2_book`
+    list is the fallback (Binance embeds its streams in the URL).
+    """
+    recorded = recorded_venues(header)
+    if recorded:
+        if venue_name is None and len(recorded) > 1:
+            names = ", ".join(str(v.get("name")) for v in recorded)
+            raise UnsupportedCapture(f"the capture holds venues {names}: choose one (--venue NAME)")
+        entry = next((v for v in recorded if venue_name in (None, v.get("name"))), None)
+        if entry is None:
+            raise UnsupportedCapture(f"the capture has no venue named {venue_name!r}")
+        protocol = str(entry.get("protocol"))
+        if protocol not in PROTOCOLS:
+            raise UnsupportedCapture(f"unsupported protocol {protocol!r} in the capture")
+        conn = entry.get("conn")
+        spec = VenueSpec(
+            name=str(entry.get("name", protocol)),
+            protocol=protocol,
+            instruments=tuple(entry.get("instruments", ())),
+            depth=int(entry.get("depth", depth)),
+            audit=audit,
+        )
+        return ReplayPlan(protocol, spec, [e for e in events if conn in (None, e.conn)])
     protocol = detect_protocol(header, events)
-    instruments = tuple(header.get("config", {}).get("l2_book", ()))
+    cls = PROTOCOLS[protocol]
+    subscribed = cls.capture_subscription([e.data for e in events if e.kind == "send"])
+    if subscribed is not None:
+        instruments, sub_depth = subscribed
+        depth = sub_depth or depth
+    else:
+        instruments = tuple(header.get("config", {}).get("l2_book", ()))
     spec = VenueSpec(
         name=protocol, protocol=protocol, instruments=instruments, depth=depth, audit=audit
     )
-    session = CaptureSession([e for e in events if e.kind == "http"], keep_tops=keep_tops)
-    venue = PROTOCOLS[protocol](spec, session)
+    return ReplayPlan(protocol, spec, events)
+
+
+def replay_capture(
+    path: str | Path,
+    audit: bool = True,
+    keep_tops: bool = False,
+    depth: int = 1000,
+    venue_name: str | None = None,
+    trace: IO[str] | None = None,
+) -> ReplayResult:
+    """Run every recorded frame of `path` through its venue module; returns the venue."""
+    header, events = read_capture(path)
+    result = replay_events(
+        header,
+        events,
+        audit=audit,
+        keep_tops=keep_tops,
+        depth=depth,
+        venue_name=venue_name,
+        trace=trace,
+    )
+    result.capture = Path(path).name
+    return result
+
+
+def replay_events(
+    header: dict[str, Any],
+    events: list[CaptureEvent],
+    audit: bool = True,
+    keep_tops: bool = False,
+    depth: int = 1000,
+    venue_name: str | None = None,
+    trace: IO[str] | None = None,
+) -> ReplayResult:
+    """`replay_capture` on a capture already read (the benchmark reads the file once).
+
+    A `connect` event for a connection seen before is a reconnect: the venue is told, as
+    the live transport would. With `trace`, one JSON line per book message is written.
+    """
+    plan = plan_replay(header, events, audit=audit, depth=depth, venue_name=venue_name)
+    session = CaptureSession([e for e in plan.events if e.kind == "http"], keep_tops=keep_tops)
+    venue = PROTOCOLS[plan.protocol](plan.spec, session)
     venue.on_connected()
-    frames = [e for e in events if e.kind == "recv"]
-    start = time.perf_counter()
-    for event in frames:
-        venue.receive(event.data, int(event.ts * 1e9))
-    seconds = time.perf_counter() - start
-    return ReplayResult(protocol, venue, session, len(frames), seconds)
+    # (frame, recv ns); a None frame marks a reconnect. Built before the clock starts.
+    steps: list[tuple[str | None, int]] = []
+    seen: set[str] = set()
+    for e in plan.events:
+        if e.kind == "recv":
+            steps.append((e.data, int(e.ts * 1e9)))
+        elif e.kind == "connect":
+            if e.conn in seen:
+                steps.append((None, 0))
+            seen.add(e.conn)
+    frames = sum(1 for data, _ in steps if data is not None)
+    seconds = _run(venue, steps) if trace is None else _run_traced(venue, steps, trace)
+    return ReplayResult(plan.protocol, venue, session, frames, seconds)
+
+
+def _run(venue: Venue, steps: list[tuple[str | None, int]]) -> float:
+    """Replay; returns the wall time of the book path: `receive` of the frames that were
+    book messages (tickers, trades, heartbeats and acks are replayed but not counted)."""
+    receive = venue.receive
+    vs = venue.venue_stats
+    clock = time.perf_counter_ns
+    book_ns = 0
+    for data, recv_ns in steps:
+        if data is None:
+            venue.on_disconnected()
+            venue.on_connected()
+            continue
+        before = vs.book_frames
+        start = clock()
+        receive(data, recv_ns)
+        elapsed = clock() - start
+        if vs.book_frames != before:
+            book_ns += elapsed
+    return book_ns / 1e9
+
+
+def _run_traced(venue: Venue, steps: list[tuple[str | None, int]], out: IO[str]) -> float:
+    """Replay writing one trace line per book message; only `receive` of book messages is
+    timed, as in `_run`."""
+    stats = list(venue.stats.items())
+    counts = [(s.messages, s.checksums_checked, s.checksums_failed) for _, s in stats]
+    vs = venue.venue_stats
+    seconds = 0.0
+    for data, recv_ns in steps:
+        if data is None:
+            venue.on_disconnected()
+            venue.on_connected()
+            continue
+        before = vs.book_frames
+        start = time.perf_counter()
+        venue.receive(data, recv_ns)
+        if vs.book_frames != before:
+            seconds += time.perf_counter() - start
+        for i, (instrument, st) in enumerate(stats):
+            messages, checked, failed = counts[i]
+            if st.messages == messages:
+                continue
+            counts[i] = (st.messages, st.checksums_checked, st.checksums_failed)
+            ok = None
+            if st.checksums_checked != checked:
+                ok = st.checksums_failed == failed
+            out.write(_trace_line(venue.books[instrument], recv_ns, ok))
+    return seconds
+
+
+def _trace_line(book: L2Book, recv_ns: int, checksum_ok: bool | None) -> str:
+    bid = book.bids.best()
+    ask = book.asks.best()
+    return (
+        orjson.dumps(
+            {
+                "instrument": book.instrument,
+                "venue_seq": book.venue_seq if book.venue_seq >= 0 else None,
+                "cross_seq": book.cross_seq if book.cross_seq >= 0 else None,
+                "exchange_ts_ns": book.exchange_ts_ns,
+                "recv_ts_ns": recv_ns,
+                "bid": [bid, book.bids.sizes[bid]] if bid is not None else None,
+                "ask": [ask, book.asks.sizes[ask]] if ask is not None else None,
+                "checksum_ok": checksum_ok,
+                "state": book.state.value,
+            }
+        ).decode()
+        + "\n"
+    )
+
+
+# --- the scorecard -------------------------------------------------------------------------
+
+TOP_LEVELS = 10
+
+
+def scorecard(result: ReplayResult) -> dict[str, Any]:
+    """The `mmengine replay --json` object (the issue fixes its shape)."""
+    venue = result.venue
+    vs = venue.venue_stats
+    instruments: dict[str, Any] = {}
+    for instrument, book in venue.books.items():
+        st = venue.stats[instrument]
+        bids = book.bids.prices(TOP_LEVELS)
+        asks = book.asks.prices(TOP_LEVELS)
+        instruments[instrument] = {
+            "venue_symbol": venue.venue_symbol(instrument),
+            "messages": st.messages,
+            "snapshots": st.snapshots,
+            "updates": st.updates,
+            "checksums": {"checked": st.checksums_checked, "failed": st.checksums_failed},
+            "sequence": {"checked": st.sequence_checked, "gaps": st.sequence_gaps},
+            "resyncs": st.resyncs,
+            "crossed": st.crossed,
+            "skipped": st.skipped,
+            "state": book.state.value,
+            "top": {
+                "bids": [[p, book.bids.sizes[p]] for p in bids],
+                "asks": [[p, book.asks.sizes[p]] for p in asks],
+            },
+        }
+    errors = [f"skipped {n} frame(s): {kind}" for kind, n in sorted(vs.skipped.items())]
+    errors += [f"{n} resync(s): {reason}" for reason, n in sorted(vs.resyncs.items())]
+    return {
+        "capture": result.capture,
+        "protocol": result.protocol,
+        "frames": result.frames,
+        "book_frames": vs.book_frames,
+        "seconds": round(result.seconds, 6),
+        "us_per_book_frame": round(result.seconds / vs.book_frames * 1e6, 3)
+        if vs.book_frames
+        else 0.0,
+        "instruments": instruments,
+        "errors": errors,
+    }
+
+
+def unsupported_scorecard(capture: str, reason: str) -> dict[str, Any]:
+    """The scorecard of a capture no venue module can read: empty, with the reason."""
+    return {
+        "capture": capture,
+        "protocol": None,
+        "frames": 0,
+        "book_frames": 0,
+        "seconds": 0.0,
+        "us_per_book_frame": 0.0,
+        "instruments": {},
+        "errors": [reason],
+    }
+
+
+def format_scorecard(card: dict[str, Any]) -> str:
+    """The scorecard as a readable table."""
+    lines = [
+        f"{card['capture']}: protocol {card['protocol'] or '-'}, {card['frames']} frames, "
+        f"{card['book_frames']} book frames, {card['seconds'] * 1e3:.1f} ms book path, "
+        f"{card['us_per_book_frame']:.2f} us/book frame",
+    ]
+    if card["instruments"]:
+        lines.append(
+            f"{'instrument':<18} {'venue symbol':<16} {'state':<9} {'msgs':>6} {'snap':>4} "
+            f"{'upd':>6} {'crc ok/chk':>11} {'seq gaps/chk':>12} {'resync':>6} {'cross':>5} "
+            f"{'skip':>4}  best bid / best ask"
+        )
+    for name, inst in card["instruments"].items():
+        crc = inst["checksums"]
+        seq = inst["sequence"]
+        bids = inst["top"]["bids"]
+        asks = inst["top"]["asks"]
+        bid = f"{bids[0][1]:.8g} @ {bids[0][0]:.10g}" if bids else "-"
+        ask = f"{asks[0][1]:.8g} @ {asks[0][0]:.10g}" if asks else "-"
+        lines.append(
+            f"{name:<18} {inst['venue_symbol']:<16} {inst['state']:<9} {inst['messages']:>6} "
+            f"{inst['snapshots']:>4} {inst['updates']:>6} "
+            f"{crc['checked'] - crc['failed']:>5}/{crc['checked']:<5} "
+            f"{seq['gaps']:>5}/{seq['checked']:<6} {inst['resyncs']:>6} {inst['crossed']:>5} "
+            f"{inst['skipped']:>4}  {bid} / {ask}"
+        )
+    for error in card["errors"]:
+        lines.append(f"error: {error}")
+    return "\n".join(lines)

@@ -227,6 +227,19 @@ class _KrakenSim(SimProtocol):
         """Every recorded frame, in order, to each client once it has subscribed."""
         return [ReplayFrame(None, e.data) for e in recv]
 
+    def replay_connection(self, events: Sequence[CaptureEvent]) -> str | None:
+        """The connection that subscribed `book` (cryptofeed opens one per channel)."""
+        for event in events:
+            if event.kind == "send" and '"book"' in event.data:
+                return event.conn
+        return super().replay_connection(events)
+
+    def _replay_subscribe(self, client: ClientConn) -> list[str]:
+        """Replay: any subscription starts the recording, which holds the acks and the book
+        frames the venue sent."""
+        client.set_topics(["replay"])
+        return []
+
     # --- per version -------------------------------------------------------------------------
 
     def snapshot_text(self, instrument: str, depth: int, bids: dict, asks: dict) -> str:
@@ -304,6 +317,8 @@ class KrakenV1Sim(_KrakenSim):
             return [_dumps(reply)]
         if event not in ("subscribe", "unsubscribe"):
             return [_dumps({"errorMessage": "Unsupported event", "event": "error"})]
+        if self.replaying:
+            return self._replay_subscribe(client)
         sub = msg.get("subscription") or {}
         depth = int(sub.get("depth", 10))
         replies = []
@@ -335,11 +350,6 @@ class KrakenV1Sim(_KrakenSim):
                 continue
             status["channelID"] = self.channel_ids[instrument]
             with self.lock:
-                if self.replaying:
-                    client.set_topics(["replay"])
-                    status["status"] = "subscribed" if event == "subscribe" else "unsubscribed"
-                    replies.append(_dumps(status))
-                    continue
                 status["status"] = "subscribed" if event == "subscribe" else "unsubscribed"
                 # The ack goes out before the snapshot, as on the venue.
                 client.outbox.put(_dumps(status))
@@ -412,6 +422,8 @@ class KrakenV2Sim(_KrakenSim):
         now = _now_rfc3339()
         if method == "ping":
             return [_dumps({"method": "pong", "req_id": req_id, "time_in": now, "time_out": now})]
+        if self.replaying and method == "subscribe":
+            return self._replay_subscribe(client)
         params = msg.get("params") or {}
         channel = params.get("channel")
         if method not in ("subscribe", "unsubscribe") or channel not in ("book", "instrument"):
@@ -479,10 +491,6 @@ class KrakenV2Sim(_KrakenSim):
                 "time_out": now,
             }
             with self.lock:
-                if self.replaying:  # the recording holds the book frames
-                    client.set_topics(["replay"])
-                    replies.append(_dumps(ack))
-                    continue
                 client.outbox.put(_dumps(ack))
                 if method == "subscribe":
                     self._subscribe(client, instrument, depth)

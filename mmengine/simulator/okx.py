@@ -89,7 +89,6 @@ class OkxSim(SimProtocol):
         self.pending: dict[str, list[ClientConn]] = {}  # instrument -> waiting for a snapshot
         self.tops: dict[tuple[str, str], tuple] = {}  # (channel, instrument) -> last top sent
         self.corrupt: set[str] = set()
-        self._conn_ids = 0
 
     @staticmethod
     def topic(channel: str, instrument: str) -> str:
@@ -220,7 +219,11 @@ class OkxSim(SimProtocol):
         op = msg.get("op") if isinstance(msg, dict) else None
         if op not in ("subscribe", "unsubscribe") or not isinstance(msg.get("args"), list):
             return [self._error("60012", f"Invalid request: {text[:100]}")]
-        self._conn_ids += 1
+        if not self.markets:
+            # Replay: any subscription starts the recording, which holds the acks and the
+            # book frames the venue sent.
+            client.set_topics(["replay"])
+            return []
         replies = []
         for arg in msg["args"]:
             channel = arg.get("channel") if isinstance(arg, dict) else None
@@ -244,10 +247,6 @@ class OkxSim(SimProtocol):
             )
             topic = self.topic(channel, instrument)
             with self.lock:
-                if not self.markets:  # replaying: the recording holds the book frames
-                    client.set_topics(["replay"])
-                    replies.append(ack)
-                    continue
                 client.outbox.put(ack)
                 if op == "unsubscribe":
                     waiting = self.pending.get(instrument, [])

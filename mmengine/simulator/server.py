@@ -194,6 +194,13 @@ class SimProtocol:
         """Frames sent to every client when the simulator stops (a shutdown notice)."""
         return []
 
+    def replay_connection(self, events: Sequence[CaptureEvent]) -> str | None:
+        """The recorded connection to replay (the starting thread). By default the first
+        WebSocket connection of the capture: a later one (a reconnect) starts its own sync
+        and would not follow on from the first. A venue whose recorder opened one connection
+        per channel picks the one that carries its books."""
+        return next((e.conn for e in events if e.kind in ("connect", "recv")), None)
+
     def load_replay(
         self, recv: Sequence[CaptureEvent], http_events: Sequence[CaptureEvent]
     ) -> list[ReplayFrame]:
@@ -306,9 +313,7 @@ class SimulatorHandle:
             self.protocol = protocol_cls(
                 self.instruments, self.markets, self.lock, random.Random(f"{self.seed}:proto")
             )
-            # The replay is the first WebSocket connection of the capture: a later one (a
-            # reconnect) starts its own sync and would not follow on from the first.
-            ws_conn = next((e.conn for e in events if e.kind in ("connect", "recv")), None)
+            ws_conn = self.protocol.replay_connection(events)
             recv = [e for e in events if e.kind == "recv" and e.conn == ws_conn]
             http_events = [e for e in events if e.kind == "http"]
             self._replay = self.protocol.load_replay(recv, http_events)
@@ -347,7 +352,7 @@ class SimulatorHandle:
         self._server: Server | None = None
         self._accept_thread: threading.Thread | None = None
         self._generator_thread: threading.Thread | None = None
-        self.port = 0
+        self.port = port  # 0: start() binds a free one and stores it here
 
     # --- public -----------------------------------------------------------------------------
 

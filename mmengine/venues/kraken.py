@@ -17,12 +17,16 @@ must equal the message's checksum as an unsigned 32-bit value.
 
 A mismatch drops that pair's book and resubscribes that pair alone (unsubscribe, then
 subscribe for a new snapshot); the other pairs on the connection stay LIVE.
+
+Hot path: each level's strings are put in checksum form once, when the message is parsed,
+and the book keeps those forms (`BookSide.wire`); the top-10 text of each side is cached and
+rebuilt only after a message touches that side's top 10.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from operator import neg
+from operator import itemgetter, neg
 from typing import Any
 from zlib import crc32
 
@@ -212,7 +216,10 @@ class _KrakenBook(Venue):
             tops[0] = None
         if bids and book.bids.apply_wire(bids, CHECKSUM_LEVELS):
             tops[1] = None
-        book.truncate()  # never reaches the top 10: every Kraken depth is 10 or more
+        # Truncate to the subscribed depth (3.4); never reaches the top 10 (depth >= 10).
+        depth = book.depth
+        if len(book.asks.keys) > depth or len(book.bids.keys) > depth:
+            book.truncate()
         stats.updates += 1
         if checksum is not None:
             self._verify(book, checksum, stats)
@@ -323,10 +330,11 @@ class KrakenV1(_KrakenBook):
             wire_bids = first.get("bs") or []
             asks = parse_v1_levels(wire_asks)
             bids = parse_v1_levels(wire_bids)
-            # The newest level timestamp stands for the snapshot's exchange time.
-            ts = max((float(lv[2]) for lv in wire_asks + wire_bids), default=0.0)
+            # The newest level timestamp stands for the snapshot's exchange time (the strings
+            # all read `seconds.micros`, so the greatest string is the latest time).
+            ts = max(map(itemgetter(2), wire_asks + wire_bids), default="0")
             self._load(book, asks, bids, None, stats)
-            book.exchange_ts_ns = int(ts * 1e9)
+            book.exchange_ts_ns = int(float(ts) * 1e9)
             self.go_live(book, recv_ns)
             return
         state = book.state

@@ -1,0 +1,385 @@
+"""Kraken v1/v2 and OKX v5 protocol rules on the test vectors of venue-protocols.md (3.2, 3.4,
+4.4), symbols, sequence chains, and the `mmengine replay` scorecard on the shared captures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from mmengine.cli import main
+from mmengine.config import parse_config
+from mmengine.errors import ConfigError
+from mmengine.model import BookState
+from mmengine.replay import CaptureSession
+from mmengine.venues.base import VenueSpec
+from mmengine.venues.kraken import (
+    KrakenV1,
+    KrakenV2,
+    checksum_of_strings,
+    normalize_pair,
+    v1_pair,
+    v2_symbol,
+)
+from mmengine.venues.okx import OkxV5, inst_id, normalize_inst_id
+from mmengine.venues.okx import checksum_of_strings as okx_checksum
+from mmengine.venues.registry import PROTOCOLS
+
+# --- checksum test vectors ------------------------------------------------------------------
+
+
+def test_kraken_v1_vector() -> None:
+    asks = [("0.05005", "0.00000500"), ("0.05010", "1.50000000")]
+    bids = [("0.05000", "0.00000300"), ("0.04990", "12.00000000")]
+    assert checksum_of_strings(asks, bids) == 1798879697
+
+
+V2_ASKS = (
+    "45285.2,0.00100000 45286.4,1.54571953 45286.6,1.54571109 45289.6,1.54560911 "
+    "45290.2,0.15890660 45291.8,1.54553491 45294.7,0.04454749 45296.1,0.35380000 "
+    "45297.5,0.09945542 45299.5,0.18772827"
+)
+V2_BIDS = (
+    "45283.5,0.10000000 45283.4,1.54582015 45282.1,0.10000000 45281.0,0.10000000 "
+    "45280.3,1.54592586 45279.0,0.07990000 45277.6,0.03310103 45277.5,0.30000000 "
+    "45277.3,1.54602737 45276.6,0.15445238"
+)
+
+
+def _v2_levels(text: str) -> list[tuple[float, float]]:
+    return [(float(p), float(q)) for p, q in (lv.split(",") for lv in text.split())]
+
+
+def test_kraken_v2_vector_from_json_numbers() -> None:
+    """The docs' worked example: numbers formatted with price precision 1, qty precision 8."""
+
+    def strings(levels: list[tuple[float, float]]) -> list[tuple[str, str]]:
+        return [(f"{p:.1f}", f"{q:.8f}") for p, q in levels]
+
+    asks = strings(_v2_levels(V2_ASKS))
+    bids = strings(_v2_levels(V2_BIDS))
+    assert checksum_of_strings(asks, bids) == 3310070434
+    # repr(float) loses the trailing zeros, and with them the checksum.
+    naive = [(repr(p), repr(q)) for p, q in _v2_levels(V2_ASKS)]
+    assert checksum_of_strings(naive, [(repr(p), repr(q)) for p, q in _v2_levels(V2_BIDS)]) != (
+        3310070434
+    )
+
+
+def test_okx_legacy_vector() -> None:
+    assert okx_checksum([("3366.1", "7"), ("3366", "6")], [("3366.8", "9"), ("3368", "8")]) == (
+        -1881014294
+    )
+
+
+# --- symbols --------------------------------------------------------------------------------
+
+
+def test_symbols() -> None:
+    assert normalize_pair("XBT/USD") == "BTC-USD"
+    assert normalize_pair("XDG/XBT") == "DOGE-BTC"
+    assert normalize_pair("BTC/USD") == "BTC-USD"
+    assert v1_pair("BTC-USD") == "XBT/USD" and v1_pair("DOGE-EUR") == "XDG/EUR"
+    assert v2_symbol("DOGE-USD") == "DOGE/USD"
+    assert normalize_inst_id("BTC-USDT") == "BTC-USDT"
+    assert normalize_inst_id("UNI-USD-SWAP") == "UNI-USD-PERP"
+    assert normalize_inst_id("BTC-USD-220527") == "BTC-USD-20220527"
+    assert inst_id("BTC-USD-20220527") == "BTC-USD-220527"
+    assert inst_id("BTC-USDT-PERP") == "BTC-USDT-SWAP"
+    with pytest.raises(ValueError):
+        normalize_inst_id("BTC-USD-220514-22000-C")
+
+
+def test_kraken_rejects_a_depth_it_does_not_offer() -> None:
+    spec = VenueSpec("k", "kraken-v2", ("BTC-USD",), depth=50)
+    with pytest.raises(ConfigError, match="depth"):
+        KrakenV2(spec, CaptureSession([]))
+    doc = {
+        "venues": [{"name": "k", "protocol": "kraken-v2", "instruments": ["BTC-USD"], "depth": 50}],
+        "instruments": [{"name": "BTC-USD", "sources": [{"venue": "k"}]}],
+    }
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc)
+    assert err.value.problems == [
+        "venues[0].depth: kraken-v2 offers depths 10, 25, 100, 500, 1000; was 50"
+    ]
+
+
+# --- Kraken v2 on the docs' synthetic frames --------------------------------------------------
+
+INSTRUMENT = (
+    '{"channel":"instrument","type":"snapshot","data":{"assets":[],"pairs":[{"symbol":"BTC/USD",'
+    '"base":"BTC","quote":"USD","price_precision":1,"qty_precision":8,"status":"online"}]}}'
+)
+SNAPSHOT = (
+    '{"channel":"book","type":"snapshot","data":[{"symbol":"BTC/USD","bids":[{"price":45283.5,'
+    '"qty":0.10000000}],"asks":[{"price":45285.2,"qty":0.00100000}],"checksum":2383917627}]}'
+)
+UPDATE = (
+    '{"channel":"book","type":"update","data":[{"symbol":"BTC/USD","bids":[{"price":45283.4,'
+    '"qty":1.54582015}],"asks":[],"checksum":66975070,'
+    '"timestamp":"2023-10-06T17:35:55.440295Z"}]}'
+)
+
+
+class Sent(CaptureSession):
+    def __init__(self) -> None:
+        super().__init__([], keep_tops=True)
+        self.sent: list[str] = []
+
+    def send(self, text: str) -> None:
+        self.sent.append(text)
+
+
+def test_kraken_v2_subscribes_the_book_once_precisions_are_known_and_verifies_it() -> None:
+    session = Sent()
+    venue = KrakenV2(VenueSpec("k", "kraken-v2", ("BTC-USD",), depth=10), session)
+    venue.on_connected()
+    first = [orjson.loads(f) for f in venue.subscribe_frames()]
+    assert [f["params"]["channel"] for f in first] == ["instrument"]
+    venue.receive(INSTRUMENT, 1)
+    sub = orjson.loads(session.sent[-1])
+    assert sub["method"] == "subscribe"
+    assert sub["params"] == {
+        "channel": "book",
+        "symbol": ["BTC/USD"],
+        "depth": 10,
+        "snapshot": True,
+    }
+    venue.receive(SNAPSHOT, 2)
+    venue.receive(UPDATE, 3)
+    stats = venue.stats["BTC-USD"]
+    assert (stats.checksums_checked, stats.checksums_failed) == (2, 0)
+    book = venue.books["BTC-USD"]
+    assert book.state is BookState.LIVE
+    assert book.bids.prices(2) == [45283.5, 45283.4]
+    assert book.exchange_ts_ns == 1696613755440295000
+    # A wrong checksum resyncs that pair alone: unsubscribe, then subscribe.
+    session.sent.clear()
+    venue.receive(UPDATE.replace("66975070", "66975071"), 4)
+    assert stats.checksums_failed == 1 and book.state is BookState.RESYNCING
+    assert [orjson.loads(s)["method"] for s in session.sent] == ["unsubscribe", "subscribe"]
+    # Updates before the new snapshot are dropped; the snapshot brings it back.
+    venue.receive(UPDATE, 5)
+    assert book.state is BookState.RESYNCING and stats.dropped_stale == 1
+    venue.receive(SNAPSHOT, 6)
+    assert book.state is BookState.LIVE
+
+
+def test_kraken_malformed_frames_are_counted_skips_and_leave_the_book_alone() -> None:
+    venue = KrakenV1(VenueSpec("k", "kraken-v1", ("BTC-USD",), depth=10), Sent())
+    venue.on_connected()
+    venue.receive(
+        '[1,{"as":[["100.0","1.0","1.0"]],"bs":[["99.0","1.0","1.0"]]},"book-10","XBT/USD"]', 1
+    )
+    book = venue.books["BTC-USD"]
+    assert book.state is BookState.LIVE
+    for bad in (
+        '[1,{"a":[["NaN","1.0","1.0"]],"c":"1"},"book-10","XBT/USD"]',
+        '[1,{"a":[["101.0","1.0","1.0"]],"c":"x"},"book-10","XBT/USD"]',
+        '[1,{"a":[["101.0","1.0","1.0"]],"c":"1"},"book-10","XBT/EUR"]',
+        '[1,{"a":[["101.0","1.0"',
+        '{"errorMessage":"Currency pair not supported","event":"subscriptionStatus",'
+        '"pair":"XBT/USDX","status":"error"}',
+    ):
+        venue.receive(bad, 2)
+    assert book.asks.prices(5) == [100.0]
+    assert book.state is BookState.LIVE
+    assert dict(venue.venue_stats.skipped) == {
+        "bad_level": 1,
+        "malformed": 1,
+        "unknown_symbol": 1,
+        "bad_json": 1,
+        "venue_error": 1,
+    }
+
+
+# --- OKX sequence chain (4.4) ----------------------------------------------------------------
+
+
+def _okx_frame(action: str, prev: int, seq: int, bids: list[list[str]] | None = None) -> str:
+    return orjson.dumps(
+        {
+            "arg": {"channel": "books", "instId": "BTC-USDT"},
+            "action": action,
+            "data": [
+                {
+                    "asks": [["101", "1", "0", "1"]] if action == "snapshot" else [],
+                    "bids": bids if bids is not None else [],
+                    "ts": "1597026383085",
+                    "checksum": 0,
+                    "prevSeqId": prev,
+                    "seqId": seq,
+                }
+            ],
+        }
+    ).decode()
+
+
+def test_okx_sequence_chain_with_heartbeat_and_reset_then_a_gap() -> None:
+    session = Sent()
+    venue = OkxV5(VenueSpec("o", "okx-v5", ("BTC-USDT",), depth=400), session)
+    venue.on_connected()
+    book = venue.books["BTC-USDT"]
+    stats = venue.stats["BTC-USDT"]
+    # The docs' example: -1->10, 10->15, 15->15 (heartbeat), 15->3 (reset), 3->5.
+    venue.receive(_okx_frame("snapshot", -1, 10, [["100", "1", "0", "1"]]), 1)
+    venue.receive(_okx_frame("update", 10, 15, [["99", "2", "0", "1"]]), 2)
+    venue.receive(_okx_frame("update", 15, 15), 3)
+    venue.receive(_okx_frame("update", 15, 3, [["99", "0", "0", "0"]]), 4)
+    venue.receive(_okx_frame("update", 3, 5, [["98", "1", "0", "1"]]), 5)
+    assert (stats.sequence_checked, stats.sequence_gaps) == (4, 0)
+    assert stats.checksums_checked == 0  # checksum 0 means "not provided"
+    assert book.state is BookState.LIVE and book.venue_seq == 5
+    assert book.bids.prices(5) == [100.0, 98.0]
+    venue.receive(_okx_frame("update", 6, 7, [["97", "1", "0", "1"]]), 6)
+    assert stats.sequence_gaps == 1 and book.state is BookState.RESYNCING
+    assert [orjson.loads(s)["op"] for s in session.sent] == ["unsubscribe", "subscribe"]
+    assert book.bids.prices(5) == []
+
+
+def test_okx_ping_pong_and_upgrade_notice() -> None:
+    session = Sent()
+    reasons: list[str] = []
+    session.reconnect = reasons.append  # type: ignore[method-assign]
+    venue = OkxV5(VenueSpec("o", "okx-v5", ("BTC-USDT",), depth=400), session)
+    assert venue.keepalive_frame() == "ping" and venue.keepalive_interval_s < 30
+    venue.receive("pong", 1)
+    venue.receive('{"event":"notice","code":"64008","msg":"upgrade","connId":"a"}', 2)
+    assert reasons and not venue.venue_stats.skipped
+
+
+# --- the replay scorecard on the four shared captures -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("capture", "protocol", "book_frames", "checked"),
+    [
+        ("KRAKEN", "kraken-v1", 4279, 4269),
+        ("OKX", "okx-v5", 290, 290),
+        ("BINANCE", "binance", 177, 0),
+        ("COINBASE", "coinbase-advanced", 775, 0),
+    ],
+)
+def test_replay_json(
+    data_dir: Path, tmp_path: Path, capture: str, protocol: str, book_frames: int, checked: int
+) -> None:
+    trace = tmp_path / "trace.jsonl"
+    out = CliRunner().invoke(
+        main, ["replay", str(data_dir / f"{capture}.jsonl.gz"), "--json", "--trace", str(trace)]
+    )
+    assert out.exit_code == 0, out.output
+    card = json.loads(out.stdout)
+    assert set(card) == {
+        "capture",
+        "protocol",
+        "frames",
+        "book_frames",
+        "seconds",
+        "us_per_book_frame",
+        "instruments",
+        "errors",
+    }
+    assert card["capture"] == f"{capture}.jsonl.gz"
+    assert (card["protocol"], card["book_frames"], card["errors"]) == (protocol, book_frames, [])
+    assert card["us_per_book_frame"] > 0
+    insts = card["instruments"].values()
+    assert sum(i["checksums"]["checked"] for i in insts) == checked
+    assert sum(i["checksums"]["failed"] for i in insts) == 0
+    assert sum(i["sequence"]["gaps"] for i in insts) == 0
+    for inst in insts:
+        assert set(inst) == {
+            "venue_symbol",
+            "messages",
+            "snapshots",
+            "updates",
+            "checksums",
+            "sequence",
+            "resyncs",
+            "crossed",
+            "skipped",
+            "state",
+            "top",
+        }
+        assert inst["state"] == "LIVE"
+        assert len(inst["top"]["bids"]) == 10 or inst["top"]["bids"]
+        bids = [p for p, _ in inst["top"]["bids"]]
+        asks = [p for p, _ in inst["top"]["asks"]]
+        assert bids == sorted(bids, reverse=True) and asks == sorted(asks)
+    lines = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert len(lines) == sum(i["messages"] for i in insts)
+    assert set(lines[0]) == {
+        "instrument",
+        "venue_seq",
+        "cross_seq",
+        "exchange_ts_ns",
+        "recv_ts_ns",
+        "bid",
+        "ask",
+        "checksum_ok",
+        "state",
+    }
+    assert sum(1 for x in lines if x["checksum_ok"] is True) == checked
+    assert not any(x["checksum_ok"] is False for x in lines)
+    if capture in ("KRAKEN", "OKX"):
+        assert all(x["venue_seq"] is None for x in lines)  # no sequence in these captures
+    else:
+        assert any(x["venue_seq"] is not None for x in lines)
+
+
+def test_replay_reports_a_venue_without_a_module_as_unsupported(tmp_path: Path) -> None:
+    capture = tmp_path / "DERIBIT.jsonl"
+    capture.write_text(
+        '{"t":"header","exchange":"DERIBIT","config":{"l2_book":["BTC-PERPETUAL"]}}\n'
+        '{"t":"connect","conn":"d.ws.1","ts":1.0,"addr":"wss://www.deribit.com/ws/api/v2"}\n'
+        '{"t":"recv","conn":"d.ws.1","ts":1.1,"data":"{}"}\n'
+    )
+    out = CliRunner().invoke(main, ["replay", str(capture), "--json"])
+    assert out.exit_code == 2
+    card = json.loads(out.stdout)
+    assert card["protocol"] is None and card["instruments"] == {}
+    assert card["errors"] == [
+        "unsupported protocol: no venue module for exchange DERIBIT at "
+        f"wss://www.deribit.com/ws/api/v2 (supported: {', '.join(sorted(PROTOCOLS))})"
+    ]
+    text = CliRunner().invoke(main, ["replay", str(capture)])
+    assert text.exit_code == 2 and "unsupported protocol" in text.stdout
+
+
+def test_okx_malformed_frames_are_counted_skips_and_leave_the_book_alone() -> None:
+    venue = OkxV5(VenueSpec("o", "okx-v5", ("BTC-USDT",), depth=400), Sent())
+    venue.on_connected()
+    venue.receive(_okx_frame("snapshot", -1, 10, [["100", "1", "0", "1"]]), 1)
+    book = venue.books["BTC-USDT"]
+    before = (book.bids.prices(5), book.asks.prices(5))
+    update = orjson.loads(_okx_frame("update", 10, 11, [["99", "1", "0", "1"]]))
+
+    def variant(**data: object) -> str:
+        msg = orjson.loads(orjson.dumps(update))
+        msg["data"][0].update(data)
+        return orjson.dumps(msg).decode()
+
+    for bad in (
+        variant(bids=[["99", "1", "0", "1"], ["NaN", "1", "0", "1"]]),
+        variant(bids=[["99", 1, "0", "1"]]),
+        variant(checksum="123"),
+        variant(seqId="11"),
+        _okx_frame("update", 10, 11).replace("BTC-USDT", "ETH-USDT"),
+        _okx_frame("update", 10, 11)[:40],
+        '{"event":"error","code":"60012","msg":"Invalid request"}',
+    ):
+        venue.receive(bad, 2)
+    assert (book.bids.prices(5), book.asks.prices(5)) == before
+    assert book.state is BookState.LIVE and book.venue_seq == 10
+    assert dict(venue.venue_stats.skipped) == {
+        "bad_level": 2,
+        "malformed": 2,
+        "unknown_symbol": 1,
+        "bad_json": 1,
+        "venue_error": 1,
+    }
+    venue.receive(variant(), 3)  # the chain goes on from 10
+    assert book.bids.prices(5) == [100.0, 99.0] and book.venue_seq == 11
