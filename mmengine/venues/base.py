@@ -100,6 +100,14 @@ def level(price: str, size: str) -> tuple[float, float]:
     return p, q
 
 
+def seconds_to_ns(value: str | float) -> int:
+    """A venue timestamp in seconds (`"1618678133.365913"`) as ns; FrameError if not finite."""
+    seconds = float(value)
+    if not 0.0 <= seconds < 1e11:
+        raise FrameError("bad_timestamp", repr(value))
+    return int(seconds * 1e9)
+
+
 def levels(rows: list[list[str]]) -> list[tuple[float, float]]:
     """Many `[price, size, ...]` rows as float pairs, with `level`'s rule, in one call."""
     out = [(float(r[0]), float(r[1])) for r in rows]

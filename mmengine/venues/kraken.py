@@ -35,7 +35,7 @@ import orjson
 from mmengine.book import BookSide, L2Book
 from mmengine.errors import ConfigError, FrameError, IntegrityError, VenueRejected
 from mmengine.model import BookState
-from mmengine.venues.base import INF, InstrumentStats, Session, Venue, VenueSpec
+from mmengine.venues.base import INF, InstrumentStats, Session, Venue, VenueSpec, seconds_to_ns
 
 WS_URL_V1 = "wss://ws.kraken.com"
 WS_URL_V2 = "wss://ws.kraken.com/v2"
@@ -314,7 +314,9 @@ class KrakenV1(_KrakenBook):
         if type(msg) is not list:
             self._on_event(msg)
             return
-        channel = msg[-2]
+        channel = msg[-2] if len(msg) >= 4 else None
+        if type(channel) is not str or type(msg[-1]) is not str:
+            raise FrameError("malformed", "a data frame is [channelID, payload..., name, pair]")
         if channel != self.channel:
             return  # ticker, trade, spread: not ours to use
         book = self.by_pair.get(msg[-1])
@@ -332,9 +334,9 @@ class KrakenV1(_KrakenBook):
             bids = parse_v1_levels(wire_bids)
             # The newest level timestamp stands for the snapshot's exchange time (the strings
             # all read `seconds.micros`, so the greatest string is the latest time).
-            ts = max(map(itemgetter(2), wire_asks + wire_bids), default="0")
+            ts_ns = seconds_to_ns(max(map(itemgetter(2), wire_asks + wire_bids), default="0"))
             self._load(book, asks, bids, None, stats)
-            book.exchange_ts_ns = int(float(ts) * 1e9)
+            book.exchange_ts_ns = ts_ns
             self.go_live(book, recv_ns)
             return
         state = book.state
@@ -359,9 +361,10 @@ class KrakenV1(_KrakenBook):
             c = obj.get("c")
             if c is not None:
                 checksum = int(c)
+        ts_ns = seconds_to_ns(ts) if ts is not None else None  # parsed before the book moves
         self._apply(book, asks, bids, checksum, stats)  # type: ignore[arg-type]
-        if ts is not None:
-            book.exchange_ts_ns = int(float(ts) * 1e9)
+        if ts_ns is not None:
+            book.exchange_ts_ns = ts_ns
         self.emit(book, recv_ns)
 
     def _on_event(self, msg: Any) -> None:
