@@ -15,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmengine.simulator.binance import BinanceSim
+from mmengine.simulator.bybit import BybitSim, BybitSpotSim
+from mmengine.simulator.coinbase import CoinbaseDeepSim, CoinbaseSim
 from mmengine.simulator.kraken import KrakenV1Sim, KrakenV2Sim
 from mmengine.simulator.okx import OkxSim
 from mmengine.simulator.server import FAULT_KINDS, SimProtocol, SimulatorHandle
@@ -24,6 +26,10 @@ SIM_PROTOCOLS: dict[str, type[SimProtocol]] = {
     "kraken-v1": KrakenV1Sim,
     "kraken-v2": KrakenV2Sim,
     "okx-v5": OkxSim,
+    "coinbase-advanced": CoinbaseSim,
+    "coinbase-advanced-deep": CoinbaseDeepSim,
+    "bybit-v5-spot": BybitSpotSim,
+    "bybit-v5-linear": BybitSim,
 }
 
 DEFAULT_INSTRUMENTS = ["BTC-USDT", "ETH-USDT"]
