@@ -1,0 +1,675 @@
+"""The Kafka writer (thread `kafka-writer`, plus its helper thread `kafka-connect`): pulls
+Prices from `inproc://sink.kafka`, keeps them in a durable spool, produces them with
+kafka-python (or confluent-kafka, `client: confluent`), and forgets them only once the
+broker has acknowledged them.
+
+Pricing never waits on Kafka: the writer drains its inproc queue into the spool on every
+loop, whatever the broker does. Everything that can block on the network for long (building
+a producer, which bootstraps; creating the topic) runs on the helper thread, so a broker
+that is down, paused or restarting only makes the spool grow.
+
+Delivery is at-least-once, in order per instrument:
+
+- key = instrument, so an instrument's Prices stay in one partition; `acks='all'`;
+  `allow_auto_create_topics=False`. The topic is created by the helper, with the
+  configured partitions, before any producer is built.
+- At most `in_flight_records` are handed to the producer at once; they stay in the spool.
+  Acks are applied in FIFO order (the oldest unacknowledged record holds back the rest).
+- Idempotence on (default): the broker drops the producer's own retries and keeps per-
+  partition order with up to 5 requests in flight. Off: 1 request in flight, so a retry
+  cannot overtake. Either way, if the client reports a failure (a record expired, the
+  producer turned fatal -- tansu forgets producer ids on restart and an idempotent
+  producer then fails every send), the writer drops that producer, builds a new one and
+  resends everything unacknowledged from the spool, oldest first. Consumers dedupe on
+  (instrument, epoch, seq).
+- No ack for `STALL_S` with records in flight (broker down, paused or restarting): the
+  producer is dropped at once and the spool keeps everything on disk. A new producer is
+  built only once the broker answers and the topic exists again. Why not let the old one
+  retry: tansu with memory storage forgets the topic on restart, and a producer's retries
+  to the restarted broker make it auto-create the topic with 4 partitions (despite
+  `allow_auto_create_topics=False`); tansu then acks writes to the partitions above 3,
+  which nobody can ever read, and fails others, so a later seq could land before an
+  earlier one. A fresh producer reads fresh metadata and writes only where it can be read.
+  (A restart quicker than `STALL_S` can still race; real Kafka does not lose topics.)
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import struct
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from mmengine.logs import RepeatLimiter
+from mmengine.pricing.worker import SINK_KEY
+from mmengine.sinks.spool import Spool, pack_frames, unpack_frames
+
+if TYPE_CHECKING:
+    from mmengine.config import KafkaOutput
+
+log = logging.getLogger("mmengine.kafka")
+
+ENDPOINT = "inproc://sink.kafka"
+STALL_S = 1.0  # no ack for this long with records in flight: the broker is away
+BUILD_BACKOFF_S = (0.25, 2.0)  # first and largest wait between producer builds
+MAX_DRAIN = 20_000  # inproc messages per loop before producing again
+HEADER_INT = struct.Struct(">q")
+# Timeouts keep a dead or paused broker from tying up the helper thread for long.
+CLIENT_TIMEOUTS = {
+    "request_timeout_ms": 5_000,
+    "bootstrap_timeout_ms": 2_000,
+    "reconnect_backoff_ms": 50,
+    "reconnect_backoff_max_ms": 500,
+}
+
+
+def headers_for(payload: bytes, epoch: int, seq: int) -> list[tuple[str, bytes]]:
+    """Record headers: the payload's schema fingerprint (8 bytes) and epoch/seq (`>q`)."""
+    return [
+        ("schema.fingerprint", payload[2:10]),
+        ("epoch", HEADER_INT.pack(epoch)),
+        ("seq", HEADER_INT.pack(seq)),
+    ]
+
+
+def _admin(bootstrap: str, timeout_s: float) -> Any:
+    from kafka import KafkaAdminClient
+
+    return KafkaAdminClient(
+        bootstrap_servers=bootstrap.split(","),
+        client_id="mmengine-admin",
+        request_timeout_ms=int(timeout_s * 1000),
+        bootstrap_timeout_ms=int(timeout_s * 1000),
+        reconnect_backoff_max_ms=500,
+    )
+
+
+def ensure_topic(
+    bootstrap: str, topic: str, partitions: int, replication: int = 1, timeout_s: float = 5.0
+) -> bool:
+    """Create `topic` with `partitions` if the cluster lacks it. True if it was created.
+
+    Raises kafka errors (NoBrokersAvailable, KafkaTimeoutError) when the broker is away.
+    """
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = _admin(bootstrap, timeout_s)
+    try:
+        if topic in admin.list_topics():
+            return False
+        try:
+            admin.create_topics([NewTopic(topic, partitions, replication)])
+        except TopicAlreadyExistsError:
+            return False  # another writer won the race: same outcome
+        return True
+    finally:
+        admin.close()
+
+
+class _Client:
+    """The seam between the writer and a Kafka client library: built on the connector
+    thread, used only on the writer thread (and closed on the connector thread)."""
+
+    failed: BaseException | None = None  # a client-wide fatal error (confluent)
+
+    def send(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        timestamp_ms: int,
+        sent: _Sent,
+    ) -> bool:
+        """Hand one record over; False when the client has no room now (try later).
+        Raises when the client cannot take records at all."""
+        raise NotImplementedError
+
+    def poll(self) -> None:
+        """Serve delivery callbacks that run on the caller's thread."""
+
+    def close(self, timeout_s: float) -> None:
+        """Close, waiting up to `timeout_s` for deliveries; never raises."""
+        raise NotImplementedError
+
+
+class _KafkaPythonClient(_Client):
+    """kafka-python: pure Python; its I/O thread runs the futures' callbacks."""
+
+    def __init__(self, cfg: KafkaOutput) -> None:
+        from kafka import KafkaProducer
+
+        self.producer = KafkaProducer(
+            bootstrap_servers=cfg.bootstrap_servers.split(","),
+            client_id="mmengine-kafka-writer",
+            acks="all",
+            enable_idempotence=cfg.idempotence,
+            # Idempotence keeps per-partition order with up to 5 in flight; without it,
+            # only one request in flight keeps a retry from overtaking the next batch.
+            max_in_flight_requests_per_connection=5 if cfg.idempotence else 1,
+            linger_ms=cfg.linger_ms,
+            batch_size=cfg.batch_size,
+            allow_auto_create_topics=False,
+            # Long enough to ride out a paused broker; a record that still fails makes
+            # the writer resend from the spool.
+            delivery_timeout_ms=60_000,
+            max_block_ms=250,  # send() must not hold the writer thread
+            metrics_enabled=False,  # its sensors cost CPU on every record
+            **CLIENT_TIMEOUTS,
+        )
+
+    def send(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        timestamp_ms: int,
+        sent: _Sent,
+    ) -> bool:
+        future = self.producer.send(
+            topic, value=value, key=key, headers=headers, timestamp_ms=timestamp_ms
+        )
+        future.add_callback(sent.ok)
+        future.add_errback(sent.fail)
+        return True
+
+    def close(self, timeout_s: float) -> None:
+        producer = self.producer
+        if timeout_s <= 0:
+            # close(0) flushes first, and that raises KafkaTimeoutError while records are
+            # pending, before close reaches its own force close: the dropped producer would
+            # go on sending in the background (late duplicates, even a later seq before an
+            # earlier one's resend). So stop its sender first (kafka-python 3.0 internals).
+            sender = getattr(producer, "_sender", None)
+            if sender is not None:
+                sender.force_close()
+                sender.join(5)
+        try:
+            producer.close(timeout=timeout_s)
+        except Exception as exc:
+            log.debug("closing the old producer: %r", exc)
+
+
+class _ConfluentClient(_Client):
+    """confluent-kafka (librdkafka): I/O in C threads outside the GIL; delivery callbacks
+    run inside `poll()` on the writer thread."""
+
+    def __init__(self, cfg: KafkaOutput) -> None:
+        from confluent_kafka import Producer
+
+        self.producer = Producer(
+            {
+                "bootstrap.servers": cfg.bootstrap_servers,
+                "client.id": "mmengine-kafka-writer",
+                "acks": "all",
+                "enable.idempotence": cfg.idempotence,
+                "max.in.flight.requests.per.connection": 5 if cfg.idempotence else 1,
+                "linger.ms": cfg.linger_ms,
+                "batch.size": cfg.batch_size,
+                "allow.auto.create.topics": False,
+                "message.timeout.ms": 60_000,
+                "queue.buffering.max.messages": max(100_000, 2 * cfg.in_flight_records),
+                # kafka-python's partitioner (murmur2), so an instrument keeps its
+                # partition when the client is switched.
+                "partitioner": "murmur2_random",
+                "socket.timeout.ms": CLIENT_TIMEOUTS["request_timeout_ms"],
+                "reconnect.backoff.max.ms": CLIENT_TIMEOUTS["reconnect_backoff_max_ms"],
+                "error_cb": self._error,
+                # librdkafka logs each refused connect at level 3 straight to stderr; the
+                # writer's own lines (away, back, rebuilt) say what matters.
+                "log_level": 2,
+            }
+        )
+
+    def _error(self, err: Any) -> None:
+        # Transport errors (broker down) are retried inside librdkafka and show up as a
+        # stall; only a fatal error (the idempotent producer lost its id) needs a rebuild.
+        if err.fatal() and self.failed is None:
+            from confluent_kafka import KafkaException
+
+            self.failed = KafkaException(err)
+
+    def send(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        timestamp_ms: int,
+        sent: _Sent,
+    ) -> bool:
+        try:
+            self.producer.produce(
+                topic,
+                value=value,
+                key=key,
+                headers=headers,
+                timestamp=timestamp_ms,
+                on_delivery=sent.delivered,
+            )
+        except BufferError:
+            return False
+        return True
+
+    def poll(self) -> None:
+        self.producer.poll(0)
+
+    def close(self, timeout_s: float) -> None:
+        try:
+            if timeout_s <= 0:
+                # What it holds is resent from the spool; nothing of it may go out later.
+                self.producer.purge(in_queue=True, in_flight=True)
+            self.producer.flush(timeout_s)
+        except Exception as exc:
+            log.debug("closing the old producer: %r", exc)
+
+
+CLIENTS: dict[str, type[_Client]] = {
+    "kafka-python": _KafkaPythonClient,
+    "confluent": _ConfluentClient,
+}
+
+
+@dataclass(slots=True)
+class KafkaWriterStats:
+    """Counters of the writer (plain ints read by other threads; no lock)."""
+
+    received: int = 0  # sink messages pulled from the pricing workers
+    produced: int = 0  # records handed to the producer (resends included)
+    acknowledged: int = 0  # records the broker acknowledged
+    retried: int = 0  # records handed to the producer again after a failure
+    failures: int = 0  # client failures that made the writer rebuild its producer
+    producer_builds: int = 0
+    topic_creates: int = 0  # times the writer created the topic (start-up, broker lost it)
+    delivery_lag_ns: int = 0  # now - priced_ts_ns of the last acknowledged record
+    away_episodes: int = 0  # times the broker was found away (no acks for STALL_S)
+
+
+class _Generation:
+    """One producer's life; callbacks of a dropped producer land on a dead generation."""
+
+    __slots__ = ("client", "failed")
+
+    def __init__(self, client: _Client) -> None:
+        self.client = client
+        self.failed: BaseException | None = None
+
+
+class _Sent:
+    """One record handed to the producer. Its callbacks (on kafka-python's I/O thread, or
+    in confluent's poll on the writer thread) only set attributes the writer reads."""
+
+    __slots__ = ("done", "gen", "priced_ts_ns")
+
+    def __init__(self, gen: _Generation, priced_ts_ns: int) -> None:
+        self.gen = gen
+        self.priced_ts_ns = priced_ts_ns
+        self.done = False
+
+    def ok(self, _metadata: Any) -> None:
+        self.done = True
+
+    def fail(self, exc: BaseException) -> None:
+        if self.gen.failed is None:
+            self.gen.failed = exc
+
+    def delivered(self, err: Any, _msg: Any) -> None:
+        """confluent-kafka's delivery report."""
+        if err is None:
+            self.done = True
+        else:
+            from confluent_kafka import KafkaException
+
+            self.fail(KafkaException(err))
+
+
+@dataclass(slots=True)
+class _Result:
+    """The connector's answer to one request."""
+
+    topic_created: bool
+    client: _Client | None
+    error: BaseException | None
+
+
+class _Connector(threading.Thread):
+    """Blocking client work, off the writer thread: drop the old producer, ensure the
+    topic, build a new producer."""
+
+    def __init__(self, cfg: KafkaOutput) -> None:
+        super().__init__(name="kafka-connect", daemon=True)
+        self.cfg = cfg
+        self.requests: queue.SimpleQueue[_Client | bool | None] = queue.SimpleQueue()
+        self.results: queue.SimpleQueue[_Result] = queue.SimpleQueue()
+
+    def run(self) -> None:
+        while True:
+            old = self.requests.get()  # the producer to drop, True for none, None: exit
+            if old is None:
+                return
+            if isinstance(old, _Client):
+                old.close(0)
+            created = False
+            client = None
+            error: BaseException | None = None
+            cfg = self.cfg
+            try:
+                # The topic first, and only with no producer of ours alive (see the module
+                # docstring): a producer must never be what makes the broker create it.
+                created = ensure_topic(
+                    cfg.bootstrap_servers, cfg.topic, cfg.partitions, cfg.replication, 2.0
+                )
+                client = CLIENTS[cfg.client](cfg)
+            except Exception as exc:
+                error = exc
+            self.results.put(_Result(created, client, error))
+
+    def stop(self) -> None:
+        self.requests.put(None)
+
+
+class KafkaWriter(threading.Thread):
+    """Delivers the Prices PUSHed to `endpoint` to Kafka; see the module docstring.
+
+    Start it before the pricing workers (it binds the PULL) and stop it after them: on
+    `stop()` it drains its queue, delivers for up to `cfg.drain_timeout_s`, and leaves what
+    is still unacknowledged in the spool for the next start.
+    """
+
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        cfg: KafkaOutput,
+        spool_dir: str | Path,
+        spool_max_bytes: int,
+        spool_memory_records: int = 10_000,
+        endpoint: str = ENDPOINT,
+    ) -> None:
+        super().__init__(name="kafka-writer", daemon=True)
+        self.ctx = ctx
+        self.cfg = cfg
+        self.endpoint = endpoint
+        self.spool_dir = Path(spool_dir)
+        self.spool_max_bytes = spool_max_bytes
+        self.spool_memory_records = spool_memory_records
+        self.stats = KafkaWriterStats()
+        self.spool: Spool | None = None
+        # Set to a list to record every acknowledged record's delivery lag (benchmarks).
+        self.lag_log: list[int] | None = None
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self._stop_event = threading.Event()
+        self._connector = _Connector(cfg)
+        self._gen: _Generation | None = None
+        self._inflight: deque[_Sent] = deque()
+        self._building = False  # a build request is with the connector
+        self._next_build = 0.0
+        self._build_wait = BUILD_BACKOFF_S[0]
+        self._last_progress = time.monotonic()
+        self._log = RepeatLimiter()
+        kafka_log = logging.getLogger("kafka")
+        if kafka_log.level == logging.NOTSET:
+            # kafka-python logs every connect and metadata refresh at INFO; our own lines
+            # say what matters (away, back, rebuilt, topic created).
+            kafka_log.setLevel(logging.WARNING)
+
+    def stop(self) -> None:
+        """Drain, deliver what can be delivered in `drain_timeout_s`, spool the rest, exit."""
+        self._stop_event.set()
+
+    def counters(self) -> dict[str, int]:
+        """Writer and spool counters in one flat dict (for summaries and metrics)."""
+        out = asdict(self.stats)
+        spool = self.spool
+        if spool is not None:
+            s = spool.stats
+            out.update(
+                spooled=s.spooled,
+                spool_bytes=s.spool_bytes,
+                spool_peak_bytes=s.peak_bytes,
+                dropped=s.dropped,
+                torn=s.torn,
+                recovered=s.recovered,
+                pending=spool.pending,
+            )
+        return out
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        pull = self.ctx.socket(zmq.PULL)
+        pull.setsockopt(zmq.LINGER, 0)
+        pull.setsockopt(zmq.RCVHWM, 100_000)
+        try:
+            if self.cfg.client == "confluent":
+                import confluent_kafka  # noqa: F401 (fail at start, not at the first build)
+            pull.bind(self.endpoint)
+            self.spool = spool = Spool(
+                self.spool_dir,
+                self.spool_max_bytes,
+                memory_records=self.spool_memory_records,
+                name="kafka spool",
+            )
+        except Exception as exc:
+            self.error = exc
+            pull.close()
+            self.ready.set()
+            return
+        self._connector.start()
+        self._request_build(None)
+        self.ready.set()
+        deadline: float | None = None
+        try:
+            while True:
+                got = self._drain(pull, spool)
+                now = time.monotonic()
+                self._poll_connector(spool, now)
+                if self._gen is not None:
+                    self._gen.client.poll()
+                self._complete(spool, now)
+                if self._gen is not None:
+                    self._pump(spool)
+                self._watch(spool, now)
+                spool.flush()
+                if self._stop_event.is_set():
+                    if deadline is None:
+                        deadline = now + self.cfg.drain_timeout_s
+                    if got == 0 and (spool.pending == 0 or now > deadline):
+                        break
+                # Acks arrive on kafka-python's thread, not on a socket we can poll: wake
+                # often while records are in flight, rarely when idle.
+                pull.poll(5 if spool.in_flight else 50)
+        except Exception:
+            log.exception("kafka writer failed; unacknowledged records stay in the spool")
+            raise
+        finally:
+            self._shutdown(pull, spool)
+
+    def _drain(self, pull: zmq.Socket, spool: Spool) -> int:
+        n = 0
+        put = spool.put
+        recv = pull.recv_multipart
+        while n < MAX_DRAIN:
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            put(pack_frames(frames))
+            n += 1
+        self.stats.received += n
+        return n
+
+    def _pump(self, spool: Spool) -> None:
+        """Hand the next records to the producer, up to the in-flight bound."""
+        gen = self._gen
+        assert gen is not None
+        room = self.cfg.in_flight_records - spool.in_flight
+        if room <= 0:
+            return
+        records = spool.take(min(room, 5_000))
+        if not records:
+            return
+        send = gen.client.send
+        topic = self.cfg.topic
+        inflight = self._inflight
+        for i, record in enumerate(records):
+            instrument, key, payload = unpack_frames(record)
+            epoch, seq, priced_ts_ns = SINK_KEY.unpack(key)
+            sent = _Sent(gen, priced_ts_ns)
+            try:
+                accepted = send(
+                    topic,
+                    instrument,
+                    payload,
+                    headers_for(payload, epoch, seq),
+                    priced_ts_ns // 1_000_000,
+                    sent,
+                )
+            except Exception as exc:
+                # Metadata unknown (topic lost) or a fatal producer: this and every later
+                # record go out again from the spool on a new producer.
+                self.stats.failures += 1
+                self._drop(spool, f"kafka producer refused a record ({exc!r})")
+                return
+            if not accepted:  # the client's queue is full: the rest wait in the spool
+                spool.untake(len(records) - i)
+                return
+            inflight.append(sent)
+            self.stats.produced += 1
+
+    def _complete(self, spool: Spool, now: float) -> None:
+        """Apply acks in FIFO order; on a client failure, rebuild and resend."""
+        inflight = self._inflight
+        n = 0
+        last: _Sent | None = None
+        now_ns = time.time_ns()
+        lags = self.lag_log
+        while inflight and inflight[0].done:
+            last = inflight.popleft()
+            n += 1
+            if lags is not None:
+                lags.append(now_ns - last.priced_ts_ns)
+        if last is not None:
+            spool.ack(n)
+            self.stats.acknowledged += n
+            self.stats.delivery_lag_ns = now_ns - last.priced_ts_ns
+            self._last_progress = now
+            if spool.away:
+                log.info(
+                    "kafka is back: delivering %d spooled records (%d bytes)",
+                    spool.pending,
+                    spool.stats.spool_bytes,
+                )
+                spool.set_away(False)
+        gen = self._gen
+        if gen is not None:
+            failed = gen.failed or gen.client.failed
+            if failed is not None:
+                self.stats.failures += 1
+                self._drop(spool, f"kafka producer failed ({failed!r})")
+
+    def _drop(self, spool: Spool, why: str) -> None:
+        """Drop the producer, resend everything unacknowledged on a new one (built once
+        the broker answers and the topic exists); spool to disk meanwhile."""
+        gen = self._gen
+        assert gen is not None
+        resend = spool.rewind()
+        self.stats.retried += resend
+        self._inflight.clear()
+        self._gen = None
+        spool.set_away(True)
+        held = self._log.allow("drop")
+        if held is not None:
+            log.warning(
+                "%s; spooling to disk, and resending %d unacknowledged records on a new "
+                "producer once the broker answers (%d such lines held back)",
+                why,
+                resend,
+                held,
+            )
+        self._request_build(gen.client)
+
+    def _watch(self, spool: Spool, now: float) -> None:
+        """Notice a broker that stopped acknowledging; rebuild when it is time."""
+        if self._gen is not None and spool.in_flight and now - self._last_progress > STALL_S:
+            self.stats.away_episodes += 1
+            self._drop(
+                spool,
+                f"kafka: no acknowledgement for {now - self._last_progress:.1f} s "
+                f"with {spool.in_flight} records in flight",
+            )
+        if self._gen is None and not self._building and now >= self._next_build:
+            self._request_build(None)
+        if not spool.in_flight:
+            self._last_progress = now
+
+    def _request_build(self, old: _Client | None) -> None:
+        self._building = True
+        self._connector.requests.put(old if old is not None else True)
+
+    def _poll_connector(self, spool: Spool, now: float) -> None:
+        results = self._connector.results
+        while True:
+            try:
+                result = results.get_nowait()
+            except queue.Empty:
+                return
+            self._building = False
+            if result.topic_created:
+                self.stats.topic_creates += 1
+                log.warning(
+                    "kafka: created topic %s (%d partitions)", self.cfg.topic, self.cfg.partitions
+                )
+            if result.client is not None:
+                self._gen = _Generation(result.client)
+                self._build_wait = BUILD_BACKOFF_S[0]
+                self._last_progress = now
+                self.stats.producer_builds += 1
+                log.info(
+                    "kafka producer ready (%s, %s, topic %s, idempotence %s)",
+                    self.cfg.client,
+                    self.cfg.bootstrap_servers,
+                    self.cfg.topic,
+                    "on" if self.cfg.idempotence else "off",
+                )
+            elif result.error is not None:
+                # The broker is away: keep spooling, try again later.
+                spool.set_away(True)
+                self._next_build = now + self._build_wait
+                self._build_wait = min(self._build_wait * 2, BUILD_BACKOFF_S[1])
+                held = self._log.allow("connect")
+                if held is not None:
+                    log.warning(
+                        "kafka %s not reachable (%r); spooling (%d records, %d bytes)",
+                        self.cfg.bootstrap_servers,
+                        result.error,
+                        spool.pending,
+                        spool.stats.spool_bytes,
+                    )
+
+    def _shutdown(self, pull: zmq.Socket, spool: Spool) -> None:
+        pull.close()
+        gen = self._gen
+        if gen is not None:
+            # Nothing pending: a clean close. Else drop it; the spool keeps the rest.
+            gen.client.close(2 if spool.pending == 0 else 0)
+        self._connector.stop()
+        self._connector.join(timeout=5)
+        left = spool.pending
+        spool.close()
+        if left:
+            log.warning(
+                "kafka writer stopped with %d records unacknowledged; they are in %s "
+                "and go out first on the next start",
+                left,
+                self.spool_dir,
+            )

