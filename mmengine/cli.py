@@ -34,13 +34,20 @@ def _load_or_exit(path: str) -> Config:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING.")
-def main(log_level: str) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one object per line (time, level, thread, venue, instrument, event, ...).",
+)
+def main(log_level: str, log_format: str) -> None:
     """mmengine: a market maker's pricing engine for crypto.
 
     Venue order books in, verified; fair values and quotes out, over local IPC
     (and, where configured, Kafka and Postgres).
     """
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
 
 
 @main.command("check-config")
@@ -66,7 +73,8 @@ def check_config(config_path: str) -> None:
 @main.command()
 @click.option("--config", "config_path", required=True, type=click.Path(), help="venues.yaml")
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
-def run(config_path: str, duration: float | None) -> None:
+@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics here.")
+def run(config_path: str, duration: float | None, metrics_port: int | None) -> None:
     """Run the engine until SIGINT/SIGTERM (or --duration), then stop cleanly.
 
     On stop every thread is joined, every socket closed, the IPC socket files removed, and
@@ -75,6 +83,10 @@ def run(config_path: str, duration: float | None) -> None:
     from mmengine.engine import Engine
 
     cfg = _load_or_exit(config_path)
+    if metrics_port is not None:
+        cfg = cfg.model_copy(
+            update={"engine": cfg.engine.model_copy(update={"metrics_port": metrics_port})}
+        )
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -110,8 +122,8 @@ def _resolve_endpoint(run_dir: str | None, endpoint: str | None, stream: str) ->
             raise click.ClickException(f"no engine found: {path} does not exist")
         time.sleep(0.1)
     doc = json.loads(path.read_text())
-    if stream == "control":
-        return doc["control"]["endpoint"], ""
+    if stream in ("control", "status"):
+        return doc[stream]["endpoint"], ""
     info = doc["ipc"].get(stream)
     if info is None:
         raise click.ClickException(f"the engine in {directory} exposes no {stream!r} stream")
@@ -209,6 +221,17 @@ def readable_price(r: dict[str, Any]) -> str:
         out = " ".join(f"{x['venue']}:{x['reason']}" for x in r["venues_excluded"])
         lines.append(f"    excluded {out}")
     return "\n".join(lines)
+
+
+@main.command()
+@click.option("--run-dir", default=None, help="Engine run dir (default: the engine's default).")
+@click.option("--once", is_flag=True, help="Print one frame and exit (for scripts and logs).")
+def top(run_dir: str | None, once: bool) -> None:
+    """Live dashboard of a running engine: venues, instruments, pricing, sinks. q quits."""
+    from mmengine.top import run_top
+
+    endpoint, _ = _resolve_endpoint(run_dir, None, "status")
+    sys.exit(run_top(endpoint, once=once))
 
 
 @main.command("set-position")

@@ -10,14 +10,21 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from mmengine.errors import ConfigError
 from mmengine.model import INSTRUMENT_RE
-from mmengine.pricing.model import InstrumentSpec, SourceSpec
+from mmengine.pricing.model import FxSpec, InstrumentSpec, QuoteParams, SourceSpec
 from mmengine.venues.base import VenueSpec
 from mmengine.venues.registry import PROTOCOLS
 
@@ -43,6 +50,9 @@ class EngineConfig(Strict):
     epoch: Annotated[int, Field(ge=0)] | None = None
     top_levels: Annotated[int, Field(ge=1, le=50)] = 5
     switch_interval_us: Annotated[int, Field(ge=50, le=10_000)] = 500
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
+        default=None, description="Serve Prometheus metrics on 127.0.0.1:PORT."
+    )
 
 
 class VenueConfig(Strict):
@@ -61,11 +71,24 @@ class VenueConfig(Strict):
             raise ValueError(f"unknown protocol {value!r}; known: {', '.join(sorted(PROTOCOLS))}")
         return value
 
+    @field_validator("depth")
+    @classmethod
+    def _depth_offered(cls, value: int, info: ValidationInfo) -> int:
+        venue = PROTOCOLS.get(str(info.data.get("protocol")))
+        if venue is not None and venue.depths is not None and value not in venue.depths:
+            offered = ", ".join(map(str, venue.depths))
+            raise ValueError(f"{venue.protocol} offers depths {offered}; was {value}")
+        return value
+
     @field_validator("instruments")
     @classmethod
-    def _instruments(cls, values: list[str]) -> list[str]:
+    def _instruments(cls, values: list[str], info: ValidationInfo) -> list[str]:
+        venue = PROTOCOLS.get(str(info.data.get("protocol")))
         for value in values:
             check_instrument(value)
+            problem = venue.instrument_problem(value) if venue is not None else None
+            if problem is not None:
+                raise ValueError(problem)
         if len(set(values)) != len(values):
             raise ValueError("an instrument is listed twice")
         return values
@@ -76,12 +99,46 @@ class SourceConfig(Strict):
     instrument: str | None = Field(
         default=None, description="The venue's instrument; defaults to the priced name."
     )
+    weight: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="weighted_mid: fixed weight (default: top-of-book size)."
+    )
+
+
+class FairValueConfig(Strict):
+    method: Literal["mid", "weighted_mid", "microprice"] = "mid"
+    levels: Annotated[int, Field(ge=1, le=50)] = 1  # microprice: levels per side
+
+
+class VolatilityConfig(Strict):
+    half_life_s: Annotated[float, Field(gt=0)] = 30.0
+    horizon_s: Annotated[float, Field(gt=0)] = 1.0
+
+
+class QuoteConfig(Strict):
+    levels: Annotated[int, Field(ge=0, le=50)] = 3
+    min_spread_bps: Annotated[float, Field(ge=0)] = 2.0
+    vol_mult: Annotated[float, Field(ge=0)] = 1.0
+    level_step_bps: Annotated[float, Field(ge=0)] = 1.0
+    size: Annotated[float, Field(gt=0)] = 1.0
+    size_step: Annotated[float, Field(ge=0)] = 0.0
+    skew_bps_at_max: Annotated[float, Field(ge=0)] = 0.0
+    max_position: Annotated[float, Field(gt=0)] = 1.0
+    skew_sizes: bool = False
 
 
 class InstrumentConfig(Strict):
     name: str
     sources: Annotated[list[SourceConfig], Field(min_length=1)]
     max_age_ms: Annotated[float, Field(gt=0)] = 5000.0
+    fair_value: FairValueConfig = FairValueConfig()
+    outlier_bps: Annotated[float, Field(gt=0)] = 100.0
+    min_venues: Annotated[int, Field(ge=1)] = 2
+    max_jump_bps: Annotated[float, Field(gt=0)] = 500.0
+    volatility: VolatilityConfig = VolatilityConfig()
+    quote: QuoteConfig = QuoteConfig()
+    tick: Annotated[float, Field(gt=0)] = 0.01
+    lot: Annotated[float, Field(gt=0)] = 0.0001
+    position: float = 0.0
 
     @field_validator("name")
     @classmethod
@@ -89,23 +146,87 @@ class InstrumentConfig(Strict):
         return check_instrument(value)
 
 
+class FxConfig(Strict):
+    """A conversion rate: `pair` BASE-QUOTE is the price of one BASE in QUOTE."""
+
+    pair: str
+    fixed: Annotated[float, Field(gt=0)] | None = None
+    instrument: str | None = Field(
+        default=None, description="A priced instrument whose fair value is the rate."
+    )
+    max_age_ms: Annotated[float, Field(gt=0)] = 10_000.0
+
+    @field_validator("pair")
+    @classmethod
+    def _pair(cls, value: str) -> str:
+        return check_instrument(value)
+
+
 class IpcOutput(Strict):
     books: bool = Field(default=True, description="Also publish venue BookTops on IPC.")
 
 
+class KafkaOutput(Strict):
+    """Deliver every Price to Kafka (key = instrument, value = Avro single-object payload)."""
+
+    bootstrap_servers: Annotated[
+        str, Field(pattern=r"^[^\s,:]+:\d+(,[^\s,:]+:\d+)*$", description="HOST:PORT[,...]")
+    ]
+    topic: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")] = "mmengine.prices"
+    partitions: Annotated[int, Field(ge=1, le=10_000)] = 6
+    replication: Annotated[int, Field(ge=1, le=32)] = 1
+    linger_ms: Annotated[int, Field(ge=0, le=10_000)] = 5
+    batch_size: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 256 * 1024
+    client: Literal["kafka-python", "confluent"] = Field(
+        default="kafka-python",
+        description="confluent needs the confluent-kafka package; see docs/kafka.md.",
+    )
+    idempotence: bool = Field(
+        default=True,
+        description="Idempotent producer (the writer rebuilds it if the broker forgets it).",
+    )
+    in_flight_records: Annotated[int, Field(ge=1, le=1_000_000)] = 20_000
+    drain_timeout_s: Annotated[float, Field(ge=0, le=600)] = 5.0
+
+
+class PostgresOutput(Strict):
+    """Deliver every Price to PostgreSQL: price_history, price_latest, NOTIFY mmengine_prices."""
+
+    dsn: str | None = Field(
+        default=None,
+        description="libpq DSN or URI; default $MMENGINE_PG_DSN, then the PG* variables. "
+        "Keep the password out of it (PGPASSWORD or ~/.pgpass): it is never logged.",
+    )
+    batch_max_rows: Annotated[int, Field(ge=1, le=200_000)] = 5_000
+    batch_max_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = 50
+    connect_timeout_s: Annotated[float, Field(ge=1, le=60)] = 5.0
+    reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 0.2
+    reconnect_max_s: Annotated[float, Field(gt=0, le=600)] = 5.0
+    drain_timeout_s: Annotated[float, Field(ge=0, le=600)] = 5.0
+
+
 class OutputsConfig(Strict):
     ipc: IpcOutput = IpcOutput()
+    kafka: KafkaOutput | None = None
+    postgres: PostgresOutput | None = None
 
 
 class LimitsConfig(Strict):
     stale_after_s: Annotated[float, Field(gt=0)] = 10.0
     reconnect_max_s: Annotated[float, Field(gt=0)] = 30.0
+    spool_dir: str | None = Field(
+        default=None,
+        description="Writers' spools live in <spool_dir>/<sink>; default <run_dir>/spool.",
+    )
+    spool_max_bytes: Annotated[int, Field(ge=1024)] = 1024**3  # per sink
+    spool_memory_records: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
 
 
 class Config(Strict):
     engine: EngineConfig = EngineConfig()
     venues: Annotated[list[VenueConfig], Field(min_length=1)]
     instruments: Annotated[list[InstrumentConfig], Field(min_length=1)]
+    fx: list[FxConfig] = []
     outputs: OutputsConfig = OutputsConfig()
     limits: LimitsConfig = LimitsConfig()
 
@@ -125,15 +246,68 @@ class Config(Strict):
             for v in self.venues
         ]
 
+    def fx_for(self, have: str, want: str) -> tuple[str, bool] | None:
+        """(fx key, inverted) converting quote currency `have` into `want`, if configured.
+
+        The key is what the pricing worker's rate table holds: the pair for a fixed rate,
+        the priced instrument for an engine-priced one."""
+        for f in self.fx:
+            base, quote = f.pair.split("-")[:2]
+            if (base, quote) in ((have, want), (want, have)):
+                return (f.instrument or f.pair), (base, quote) == (want, have)
+        return None
+
+    def fx_specs(self) -> tuple[FxSpec, ...]:
+        return tuple(FxSpec(f.pair, f.fixed, f.instrument, f.max_age_ms) for f in self.fx)
+
     def instrument_specs(self) -> list[InstrumentSpec]:
-        return [
-            InstrumentSpec(
-                name=i.name,
-                sources=tuple(SourceSpec(s.venue, s.instrument or i.name) for s in i.sources),
-                max_age_ms=i.max_age_ms,
+        specs = []
+        for i in self.instruments:
+            sources = []
+            for s in i.sources:
+                name = s.instrument or i.name
+                fx = self.fx_for(quote_of(name), quote_of(i.name))
+                sources.append(
+                    SourceSpec(
+                        s.venue,
+                        name,
+                        weight=s.weight,
+                        fx=fx[0] if fx and quote_of(name) != quote_of(i.name) else None,
+                        fx_invert=bool(fx and fx[1]),
+                    )
+                )
+            q = i.quote
+            specs.append(
+                InstrumentSpec(
+                    name=i.name,
+                    sources=tuple(sources),
+                    max_age_ms=i.max_age_ms,
+                    method=i.fair_value.method,
+                    micro_levels=i.fair_value.levels,
+                    outlier_bps=i.outlier_bps,
+                    min_venues=i.min_venues,
+                    max_jump_bps=i.max_jump_bps,
+                    vol_half_life_s=i.volatility.half_life_s,
+                    vol_horizon_s=i.volatility.horizon_s,
+                    tick=i.tick,
+                    lot=i.lot,
+                    quote=QuoteParams(
+                        levels=q.levels,
+                        min_spread_bps=q.min_spread_bps,
+                        vol_mult=q.vol_mult,
+                        level_step_bps=q.level_step_bps,
+                        size=q.size,
+                        size_step=q.size_step,
+                        skew_bps_at_max=q.skew_bps_at_max,
+                        max_position=q.max_position,
+                        skew_sizes=q.skew_sizes,
+                    ),
+                )
             )
-            for i in self.instruments
-        ]
+        return specs
+
+    def positions(self) -> dict[str, float]:
+        return {i.name: i.position for i in self.instruments if i.position}
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -167,7 +341,28 @@ def _cross_check(cfg: Config) -> list[str]:
                     f"{where}.instrument: {name!r} is not subscribed on venue {src.venue!r} "
                     f"(it lists {', '.join(venue.instruments)})"
                 )
+    priced = {i.name for i in cfg.instruments}
+    for i, f in enumerate(cfg.fx):
+        where = f"fx[{i}]"
+        if (f.fixed is None) == (f.instrument is None):
+            problems.append(f"{where}: give exactly one of 'fixed' or 'instrument'")
+        elif f.instrument is not None and f.instrument not in priced:
+            problems.append(f"{where}.instrument: {f.instrument!r} is not a priced instrument")
+    for i, inst in enumerate(cfg.instruments):
+        for j, src in enumerate(inst.sources):
+            have, want = quote_of(src.instrument or inst.name), quote_of(inst.name)
+            if have != want and cfg.fx_for(have, want) is None:
+                problems.append(
+                    f"instruments[{i}].sources[{j}]: quoted in {have}, priced in {want}, and no "
+                    f"fx entry converts them (add fx: [{{pair: {have}-{want}, fixed: 1.0}}] "
+                    f"or one with 'instrument')"
+                )
     return problems
+
+
+def quote_of(instrument: str) -> str:
+    """`BTC-USDT-PERP` -> `USDT`."""
+    return instrument.split("-")[1]
 
 
 def parse_config(doc: Any) -> Config:

@@ -24,8 +24,13 @@ from mmengine.bus import BOOKS_IN, PRICES_IN, BookTopRouter, stable_shard
 from mmengine.codec import Codec
 from mmengine.config import Config
 from mmengine.errors import MmengineError
+from mmengine.metrics import serve_metrics
+from mmengine.pricing.control import ControlServer
 from mmengine.pricing.model import InstrumentSpec
 from mmengine.pricing.worker import PricingWorker
+from mmengine.sinks.kafka import KafkaWriter
+from mmengine.sinks.postgres import PostgresWriter
+from mmengine.status import StatusPublisher
 from mmengine.venues.base import VenueSpec
 from mmengine.venues.registry import PROTOCOLS
 from mmengine.venues.transport import Recorder, VenueConnection
@@ -115,7 +120,11 @@ class Engine:
         self.ctx: zmq.Context | None = None
         self.publishers: list[IpcPublisher] = []
         self.workers: list[PricingWorker] = []
+        self.writers: list[KafkaWriter | PostgresWriter] = []
         self.connections: list[VenueConnection] = []
+        self.control: ControlServer | None = None
+        self.status: StatusPublisher | None = None
+        self.metrics_server: Any = None
         self._lock_file: IO[str] | None = None
         self.started_ns = 0
 
@@ -157,7 +166,12 @@ class Engine:
                 if pub.error is not None:
                     raise MmengineError(f"cannot bind {pub.endpoint}: {pub.error}")
                 self.publishers.append(pub)
+            # Writers bind their inproc PULLs before the workers connect their PUSHes.
+            self._start_writers(ctx)
+            self._start_postgres_writer(ctx)
             self._start_workers(ctx, cfg.instrument_specs())
+            self._start_control(ctx)
+            self._start_status(ctx)
             self._start_venues(ctx, cfg.venue_specs(), cfg.instrument_specs())
             self._write_endpoints(streams)
         except BaseException:
@@ -173,12 +187,118 @@ class Engine:
 
     def _start_workers(self, ctx: zmq.Context, instruments: list[InstrumentSpec]) -> None:
         k_total = self.cfg.engine.pricing_workers
+        by_name = {i.name: i for i in instruments}
         for k in range(k_total):
             owned = [i for i in instruments if stable_shard(i.name, k_total) == k]
-            worker = PricingWorker(k, ctx, owned, self.epoch)
+            # FX instruments owned elsewhere whose rates this worker's instruments need.
+            fx_inputs = {
+                src.fx: by_name[src.fx]
+                for i in owned
+                for src in i.sources
+                if src.fx in by_name and stable_shard(src.fx, k_total) != k
+            }
+            worker = PricingWorker(
+                k,
+                ctx,
+                owned,
+                self.epoch,
+                sink_endpoints=tuple(w.endpoint for w in self.writers),
+                fx=self.cfg.fx_specs(),
+                fx_inputs=tuple(fx_inputs.values()),
+                positions=self.cfg.positions(),
+            )
             worker.start()
             worker.ready.wait(5)
             self.workers.append(worker)
+
+    def _start_status(self, ctx: zmq.Context) -> None:
+        status = StatusPublisher(self, ctx, self.endpoint("status"))
+        status.start()
+        status.ready.wait(5)
+        self.status = status
+        if status.error is not None:
+            raise MmengineError(f"cannot bind {status.endpoint}: {status.error}")
+        port = self.cfg.engine.metrics_port
+        if port is not None:
+            try:
+                self.metrics_server = serve_metrics(self, port)
+            except OSError as exc:
+                raise MmengineError(f"cannot serve metrics on 127.0.0.1:{port}: {exc}") from exc
+
+    def _start_control(self, ctx: zmq.Context) -> None:
+        control = ControlServer(
+            ctx,
+            self.endpoint("control"),
+            {i.name for i in self.cfg.instruments},
+            self.cfg.engine.pricing_workers,
+        )
+        control.start()
+        control.ready.wait(5)
+        self.control = control
+        if control.error is not None:
+            raise MmengineError(f"cannot bind {control.endpoint}: {control.error}")
+
+    def spool_dir(self, sink: str) -> Path:
+        """Where a writer keeps what its sink has not acknowledged: <limits.spool_dir>/<sink>."""
+        base = self.cfg.limits.spool_dir
+        return (Path(base) if base else self.run_dir / "spool") / sink
+
+    def _start_writers(self, ctx: zmq.Context) -> None:
+        kafka = self.cfg.outputs.kafka
+        if kafka is None:
+            return
+        limits = self.cfg.limits
+        writer = KafkaWriter(
+            ctx,
+            kafka,
+            self.spool_dir("kafka"),
+            limits.spool_max_bytes,
+            spool_memory_records=limits.spool_memory_records,
+        )
+        writer.start()
+        writer.ready.wait(10)
+        self.writers.append(writer)
+        if writer.error is not None:
+            raise MmengineError(f"kafka writer cannot start: {writer.error}")
+
+    def _start_postgres_writer(self, ctx: zmq.Context) -> None:
+        pg = self.cfg.outputs.postgres
+        if pg is None:
+            return
+        from mmengine.sinks.pgschema import (
+            SchemaError,
+            check_schema,
+            connect,
+            redact_dsn,
+            resolve_dsn,
+        )
+
+        dsn = resolve_dsn(pg.dsn)
+        # Refuse an older schema now, with the fix in the message. A server that is down
+        # does not stop the engine: the writer spools and checks the schema on connect.
+        try:
+            with connect(dsn, "mmengine-start-check", min(pg.connect_timeout_s, 3.0)) as conn:
+                check_schema(conn)
+        except SchemaError as exc:
+            raise MmengineError(f"postgres {redact_dsn(dsn)}: {exc}") from None
+        except Exception as exc:
+            log.warning(
+                "postgres %s is not reachable at start-up (%s); prices are spooled until it is",
+                redact_dsn(dsn),
+                str(exc).strip(),
+            )
+        writer = PostgresWriter(
+            ctx,
+            pg,
+            self.spool_dir("postgres"),
+            self.cfg.limits.spool_max_bytes,
+            spool_memory_records=self.cfg.limits.spool_memory_records,
+        )
+        writer.start()
+        writer.ready.wait(10)
+        self.writers.append(writer)
+        if writer.error is not None:
+            raise MmengineError(f"postgres writer cannot start: {writer.error}")
 
     def _start_venues(
         self, ctx: zmq.Context, venues: list[VenueSpec], instruments: list[InstrumentSpec]
@@ -187,10 +307,16 @@ class Engine:
         publish_books = self.cfg.outputs.ipc.books
         for spec in venues:
             routes: dict[str, list[str]] = {}
+            by_name = {i.name: i for i in instruments}
             for inst in instruments:
                 for src in inst.sources:
                     if src.venue == spec.name:
                         routes.setdefault(src.instrument, []).append(inst.name)
+                    # An engine-priced FX rate: its books also go to this instrument's worker.
+                    fx_inst = by_name.get(src.fx) if src.fx else None
+                    for fx_src in fx_inst.sources if fx_inst else ():
+                        if fx_src.venue == spec.name:
+                            routes.setdefault(fx_src.instrument, []).append(inst.name)
 
             def make_router(routes: dict[str, list[str]] = routes) -> BookTopRouter:
                 return BookTopRouter(ctx, k_total, routes, publish_books)
@@ -219,7 +345,32 @@ class Engine:
                 }
                 for s in streams
             },
+            "status": {"endpoint": self.endpoint("status"), "topic": "status", "format": "json"},
+            "metrics": (
+                f"http://127.0.0.1:{self.cfg.engine.metrics_port}/metrics"
+                if self.cfg.engine.metrics_port
+                else None
+            ),
+            "control": {
+                "endpoint": self.endpoint("control"),
+                "protocol": "REQ/REP JSON: {op: set_position, instrument, qty}",
+            },
         }
+        kafka = self.cfg.outputs.kafka
+        if kafka is not None:
+            doc["kafka"] = {
+                "bootstrap": kafka.bootstrap_servers,
+                "topic": kafka.topic,
+                "key": "instrument",
+                "fingerprint": Codec("price.avsc").fingerprint.hex(),
+            }
+        for writer in self.writers:
+            if isinstance(writer, PostgresWriter):
+                doc["postgres"] = {
+                    "dsn": writer.dsn_display,  # never the password
+                    "tables": ["price_history", "price_latest"],
+                    "channel": "mmengine_prices",
+                }
         tmp = self.run_dir / "endpoints.json.tmp"
         tmp.write_text(json.dumps(doc, indent=2) + "\n")
         os.chmod(tmp, 0o600)
@@ -233,10 +384,25 @@ class Engine:
             conn.stop()
         for conn in self.connections:
             conn.join(timeout=10)
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
+            self.metrics_server = None
+        for helper in (self.status, self.control):
+            if helper is not None:
+                helper.stop()
+                helper.join(timeout=5)
         for worker in self.workers:
             worker.stop()
         for worker in self.workers:
             worker.join(timeout=5)
+        # After the workers (their queued Prices reach the writers' spools), before the
+        # context ends: each writer delivers what it can within its drain timeout and
+        # leaves the rest in its spool for the next start.
+        for writer in self.writers:
+            writer.stop()
+        for writer in self.writers:
+            writer.join(timeout=writer.cfg.drain_timeout_s + 15)
         if self.ctx is not None:
             for pub in self.publishers:
                 pub.terminate(self.ctx)
@@ -245,6 +411,8 @@ class Engine:
         if self._lock_file is not None:  # only the engine holding the run dir cleans it
             for pub in self.publishers:
                 Path(pub.endpoint.removeprefix("ipc://")).unlink(missing_ok=True)
+            for extra in ("control", "status"):
+                Path(self.endpoint(extra).removeprefix("ipc://")).unlink(missing_ok=True)
             (self.run_dir / "endpoints.json").unlink(missing_ok=True)
             (self.run_dir / "engine.lock").unlink(missing_ok=True)
             self._lock_file.close()
@@ -267,4 +435,14 @@ class Engine:
         prices = sum(w.stats.prices for w in self.workers)
         inputs = sum(w.stats.inputs for w in self.workers)
         lines.append(f"pricing: {inputs} book tops in, {prices} prices out")
+        for writer in self.writers:
+            if isinstance(writer, PostgresWriter):
+                lines.append(writer.summary_line())
+                continue
+            c = writer.counters()
+            lines.append(
+                f"kafka: {c['received']} prices in, {c['acknowledged']} acknowledged, "
+                f"{c['retried']} resent, {c['spooled']} spooled, {c['dropped']} dropped, "
+                f"{c['pending']} left in the spool, lag {c['delivery_lag_ns'] / 1e6:.1f} ms"
+            )
         return lines
