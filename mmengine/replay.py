@@ -232,7 +232,12 @@ def replay_events(
     # (frame, recv ns); a None frame marks a reconnect. Built before the clock starts.
     steps: list[tuple[str | None, int]] = []
     seen: set[str] = set()
-    for e in plan.events:
+    # Captures list each connection's frames in arrival order, one connection after the
+    # other (cryptofeed records Kraken's book and ticker channels on separate sockets).
+    # A stable sort by receive time interleaves them as they arrived; within a connection
+    # the order is unchanged.
+    ordered = sorted((e for e in plan.events if e.kind in ("recv", "connect")), key=lambda e: e.ts)
+    for e in ordered:
         if e.kind == "recv":
             steps.append((e.data, int(e.ts * 1e9)))
         elif e.kind == "connect":

@@ -297,6 +297,18 @@ class Venue:
                 extra={"venue": self.name, "event": "frame_skipped", "reason": kind},
             )
 
+    def audit_by_arrival(self, book: L2Book, bid: float, ask: float) -> None:
+        """A best-bid/ask ticker that shares no id with the book (Kraken, OKX, Coinbase):
+        compare with the book as it is on arrival and count. Tickers run on their own
+        schedule, so a disagreement is only a loose count, never a resync."""
+        if book.state is not BookState.LIVE:
+            return
+        stats = self.stats[book.instrument]
+        if book.bids.best() == bid and book.asks.best() == ask:
+            stats.audit_loose_agree += 1
+        else:
+            stats.audit_loose_disagree += 1
+
     def check_staleness(self, now_ns: int) -> None:
         """Mark LIVE books with no update for `stale_after_s` as STALE (pricing drops them)."""
         limit = int(self.spec.stale_after_s * 1e9)

@@ -35,7 +35,15 @@ import orjson
 from mmengine.book import BookSide, L2Book
 from mmengine.errors import ConfigError, FrameError, IntegrityError, VenueRejected
 from mmengine.model import BookState
-from mmengine.venues.base import INF, InstrumentStats, Session, Venue, VenueSpec, seconds_to_ns
+from mmengine.venues.base import (
+    INF,
+    InstrumentStats,
+    Session,
+    Venue,
+    VenueSpec,
+    level,
+    seconds_to_ns,
+)
 
 WS_URL_V1 = "wss://ws.kraken.com"
 WS_URL_V2 = "wss://ws.kraken.com/v2"
@@ -298,7 +306,19 @@ class KrakenV1(_KrakenBook):
         ).decode()
 
     def subscribe_frames(self) -> list[str]:
-        return [self._subscription("subscribe", list(self.by_pair))]
+        frames = [self._subscription("subscribe", list(self.by_pair))]
+        if self.spec.audit:
+            # v1 `ticker` (3.3): best bid/ask, updated on trades: a loose audit by arrival.
+            frames.append(
+                orjson.dumps(
+                    {
+                        "event": "subscribe",
+                        "pair": list(self.by_pair),
+                        "subscription": {"name": "ticker"},
+                    }
+                ).decode()
+            )
+        return frames
 
     def keepalive_frame(self) -> str:
         return f'{{"event":"ping","reqid":{self._next_req_id()}}}'
@@ -318,7 +338,9 @@ class KrakenV1(_KrakenBook):
         if type(channel) is not str or type(msg[-1]) is not str:
             raise FrameError("malformed", "a data frame is [channelID, payload..., name, pair]")
         if channel != self.channel:
-            return  # ticker, trade, spread: not ours to use
+            if channel == "ticker" and self.spec.audit:
+                self._on_ticker(msg)
+            return  # trade, spread: not ours to use
         book = self.by_pair.get(msg[-1])
         if book is None:
             raise FrameError("unknown_symbol", repr(msg[-1]))
@@ -366,6 +388,17 @@ class KrakenV1(_KrakenBook):
         if ts_ns is not None:
             book.exchange_ts_ns = ts_ns
         self.emit(book, recv_ns)
+
+    def _on_ticker(self, msg: list[Any]) -> None:
+        """`[1668,{"a":["13.253900",35,"35.72"],"b":["13.232900",185,"185.18"],...},"ticker",
+        "WAVES/EUR"]`: `a`/`b` are [price, whole lot volume, lot volume]."""
+        book = self.by_pair.get(msg[-1])
+        if book is None:
+            raise FrameError("unknown_symbol", repr(msg[-1]))
+        body = msg[1]
+        bid, _ = level(body["b"][0], "0")
+        ask, _ = level(body["a"][0], "0")
+        self.audit_by_arrival(book, bid, ask)
 
     def _on_event(self, msg: Any) -> None:
         if not isinstance(msg, dict):
@@ -430,7 +463,7 @@ class KrakenV2(_KrakenBook):
 
     def subscribe_frames(self) -> list[str]:
         # The book subscription follows once the pairs' precisions are known (see module doc).
-        return [
+        frames = [
             orjson.dumps(
                 {
                     "method": "subscribe",
@@ -439,6 +472,22 @@ class KrakenV2(_KrakenBook):
                 }
             ).decode()
         ]
+        if self.spec.audit:
+            # `event_trigger: bbo` emits on every change of best bid or offer (3.2).
+            frames.append(
+                orjson.dumps(
+                    {
+                        "method": "subscribe",
+                        "params": {
+                            "channel": "ticker",
+                            "symbol": list(self.symbols.values()),
+                            "event_trigger": "bbo",
+                        },
+                        "req_id": self._next_req_id(),
+                    }
+                ).decode()
+            )
+        return frames
 
     def _book_request(self, method: str, symbols: list[str]) -> str:
         params: dict[str, Any] = {"channel": "book", "symbol": symbols, "depth": self.spec.depth}
@@ -472,9 +521,22 @@ class KrakenV2(_KrakenBook):
             self._on_book(msg, recv_ns)
         elif channel == "instrument":
             self._on_instrument(msg)
+        elif channel == "ticker" and self.spec.audit:
+            self._on_ticker(msg)
         elif channel is None and msg.get("success") is False:
             raise VenueRejected(f"{msg.get('symbol')}: {msg.get('error')}")
         # heartbeat, status, pong, acks: nothing to do
+
+    def _on_ticker(self, msg: dict[str, Any]) -> None:
+        """`{"channel":"ticker","type":"update","data":[{"symbol":"BTC/USD","bid":45283.4,
+        "bid_qty":0.5,"ask":45285.2,"ask_qty":0.1,...}]}` (numbers, not strings)."""
+        for entry in msg["data"]:
+            book = self.by_symbol.get(entry["symbol"])
+            if book is None:
+                raise FrameError("unknown_symbol", repr(entry["symbol"]))
+            bid, _ = level(str(entry["bid"]), "0")
+            ask, _ = level(str(entry["ask"]), "0")
+            self.audit_by_arrival(book, bid, ask)
 
     def _on_instrument(self, msg: dict[str, Any]) -> None:
         """`{"channel":"instrument","type":"snapshot","data":{"assets":[...],"pairs":[{"symbol":

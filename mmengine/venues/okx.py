@@ -32,7 +32,7 @@ import orjson
 from mmengine.book import BookSide, L2Book
 from mmengine.errors import ConfigError, FrameError, IntegrityError, VenueRejected
 from mmengine.model import BookState
-from mmengine.venues.base import INF, InstrumentStats, Session, Venue, VenueSpec
+from mmengine.venues.base import INF, InstrumentStats, Session, Venue, VenueSpec, level
 
 WS_URL = "wss://ws.okx.com:8443/ws/v5/public"
 BOOKS = "books"  # 400-level snapshot, then incremental updates every 100 ms
@@ -218,7 +218,12 @@ class OkxV5(Venue):
         ).decode()
 
     def subscribe_frames(self) -> list[str]:
-        return [self._request("subscribe", list(self.by_inst_id))]
+        frames = [self._request("subscribe", list(self.by_inst_id))]
+        if self.spec.audit:
+            # `tickers` (4.3) pushes best bid/ask at most every 100 ms: a loose audit.
+            args = [{"channel": "tickers", "instId": i} for i in self.by_inst_id]
+            frames.append(orjson.dumps({"op": "subscribe", "args": args}).decode())
+        return frames
 
     def keepalive_frame(self) -> str:
         return "ping"
@@ -240,7 +245,9 @@ class OkxV5(Venue):
             self._on_event(msg)
             return
         if type(arg) is not dict or arg.get("channel") != self.channel:
-            return  # tickers, trades: not ours to use
+            if type(arg) is dict and arg.get("channel") == "tickers" and self.spec.audit:
+                self._on_ticker(arg, msg)
+            return  # trades: not ours to use
         book = self.by_inst_id.get(arg.get("instId"))
         if book is None:
             raise FrameError("unknown_symbol", repr(arg.get("instId")))
@@ -319,6 +326,17 @@ class OkxV5(Venue):
         if got != checksum:
             stats.checksums_failed += 1
             raise IntegrityError(book.instrument, "checksum", f"computed {got}, venue {checksum}")
+
+    def _on_ticker(self, arg: dict[str, Any], msg: dict[str, Any]) -> None:
+        """`{"arg":{"channel":"tickers","instId":"UNI-USD-SWAP"},"data":[{"bidPx":"5.134",
+        "askPx":"5.142",...}]}`: compared with the book on arrival (4.3: a loose check)."""
+        book = self.by_inst_id.get(arg.get("instId"))
+        if book is None:
+            raise FrameError("unknown_symbol", repr(arg.get("instId")))
+        data = msg["data"][0]
+        bid, _ = level(data["bidPx"], "0")
+        ask, _ = level(data["askPx"], "0")
+        self.audit_by_arrival(book, bid, ask)
 
     def _on_event(self, msg: dict[str, Any]) -> None:
         event = msg.get("event")
