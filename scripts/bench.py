@@ -347,6 +347,7 @@ def e2e_run(rate: float, seconds: float, rss: list[tuple[float, float]]) -> dict
         "conflation": round(inputs / priced, 3) if priced else None,
         "cpu_pct": round(cpu, 1),
         "engine_summary": [ln for ln in out.splitlines() if " frames, " in ln][:8],
+        "cdf_us": measured.get("cdf_us", []),
     }
 
 
@@ -482,7 +483,7 @@ def plots(result: dict[str, Any], rss: list[tuple[float, float]], out_dir: Path)
                 width=0.27,
                 label=label,
             )
-        ax.set_xticks(list(xs), names)
+        ax.set_xticks(list(xs), names, rotation=20, ha="right")
         ax.set_ylabel("µs per book frame")
         ax.set_yscale("log")
         ax.legend()
@@ -500,21 +501,21 @@ def plots(result: dict[str, Any], rss: list[tuple[float, float]], out_dir: Path)
         fig.tight_layout()
         fig.savefig(out_dir / "rss.png", dpi=100)
         plt.close(fig)
-    rows = [r for r in result["e2e"] if r.get("p50_us") is not None]
+    rows = [r for r in result["e2e"] if r.get("cdf_us")]
     if rows:
         fig, ax = plt.subplots(figsize=(8, 4))
         for r in rows:
-            qs = [
-                ("p50", r["p50_us"]),
-                ("p99", r["p99_us"]),
-                ("p99.9", r["p999_us"]),
-                ("max", r["max_us"]),
-            ]
-            ax.plot([q for q, _ in qs], [v for _, v in qs], marker="o", label=f"{r['rate']:,.0f}/s")
-        ax.set_yscale("log")
-        ax.set_ylabel("µs, frame received -> Price at a subscriber")
+            ax.plot(
+                [v for _, v in r["cdf_us"]],
+                [q for q, _ in r["cdf_us"]],
+                label=f"{r['rate']:,.0f}/s",
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("µs, frame received by a venue thread -> Price at a subscriber process")
+        ax.set_ylabel("fraction of Prices")
         ax.legend(title="total book msgs/s")
-        ax.set_title("End-to-end latency quantiles")
+        ax.set_title("End-to-end latency CDF")
+        ax.grid(True, which="both", alpha=0.3)
         fig.tight_layout()
         fig.savefig(out_dir / "latency.png", dpi=100)
         plt.close(fig)
@@ -562,10 +563,12 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2) + "\n"
-    (RESULTS / "latest.json").write_text(text)
+    # A soak is its own record: it must not replace the full benchmark.
+    (RESULTS / ("soak.json" if args.soak else "latest.json")).write_text(text)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     (RESULTS / f"{stamp}.json").write_text(text)
-    plots(result, rss, RESULTS)
+    if not args.soak:
+        plots(result, rss, RESULTS)
     print(text)
 
 

@@ -32,6 +32,16 @@ def quantiles(values: list[float]) -> dict[str, float | None]:
     }
 
 
+def cdf(values: list[float]) -> list[tuple[float, float]]:
+    """(quantile, µs) at 1 % steps plus the tail, for a CDF plot."""
+    if not values:
+        return []
+    s = sorted(values)
+    n = len(s) - 1
+    qs = [i / 100 for i in range(1, 100)] + [0.995, 0.999, 1.0]
+    return [(q, s[int(q * n)]) for q in qs]
+
+
 def main() -> None:
     endpoint, seconds = sys.argv[1], float(sys.argv[2])
     codec = Codec("price.avsc")
@@ -69,6 +79,7 @@ def main() -> None:
                 "missed_seq": gaps,  # Prices published but not seen here (PUB/SUB drops)
                 "delivered_us": quantiles(delivered),
                 "engine_us": quantiles(engine),
+                "cdf_us": cdf(delivered),
             }
         )
     )

@@ -385,6 +385,8 @@ class KafkaWriter(threading.Thread):
     is still unacknowledged in the spool for the next start.
     """
 
+    sink_name = "kafka"  # the `sink` label of its metrics and status entry
+
     def __init__(
         self,
         ctx: zmq.Context,
