@@ -24,6 +24,7 @@ from psycopg import sql
 
 from mmengine.sinks.pgschema import (
     CHANNEL,
+    PRICE_COLUMNS,
     connect,
     redact_dsn,
     resolve_dsn,
@@ -56,22 +57,7 @@ START_AT = sql.SQL(
     "SELECT instrument, epoch, seq FROM price_latest"
     " WHERE %(only)s::text IS NULL OR instrument = %(only)s"
 )
-FIELDS = (
-    "instrument",
-    "epoch",
-    "seq",
-    "priced_ts_ns",
-    "recv_ts_ns",
-    "exchange_ts_ns",
-    "fair_value",
-    "best_bid",
-    "best_bid_size",
-    "best_ask",
-    "best_ask_size",
-    "halted",
-    "venues",
-    "detail",
-)
+FIELDS = PRICE_COLUMNS  # the order CATCH_UP selects them in
 
 
 def _open(dsn: str, app: str) -> psycopg.Connection[Any]:

@@ -431,18 +431,8 @@ class KafkaWriter(threading.Thread):
     def counters(self) -> dict[str, int]:
         """Writer and spool counters in one flat dict (for summaries and metrics)."""
         out = asdict(self.stats)
-        spool = self.spool
-        if spool is not None:
-            s = spool.stats
-            out.update(
-                spooled=s.spooled,
-                spool_bytes=s.spool_bytes,
-                spool_peak_bytes=s.peak_bytes,
-                dropped=s.dropped,
-                torn=s.torn,
-                recovered=s.recovered,
-                pending=spool.pending,
-            )
+        if self.spool is not None:
+            out.update(self.spool.counters())
         return out
 
     # --- the loop --------------------------------------------------------------------------

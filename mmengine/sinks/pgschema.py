@@ -34,6 +34,26 @@ CHANNEL = "mmengine_prices"  # NOTIFY channel of the writer, LISTENed to by db-t
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
+# The Price columns of price_history and price_latest that are not derived (priced_at is),
+# in one order: the writer's COPY staging table and db-tail's catch-up query both use it.
+PRICE_COLUMNS = (
+    "instrument",
+    "epoch",
+    "seq",
+    "priced_ts_ns",
+    "recv_ts_ns",
+    "exchange_ts_ns",
+    "fair_value",
+    "best_bid",
+    "best_bid_size",
+    "best_ask",
+    "best_ask_size",
+    "halted",
+    "venues",
+    "detail",
+)
+
+
 class SchemaError(MmengineError):
     """The database schema is not what this version of mmengine needs."""
 

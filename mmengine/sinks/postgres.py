@@ -52,7 +52,14 @@ from psycopg.types.json import Jsonb
 from mmengine.codec import Codec
 from mmengine.logs import RepeatLimiter
 from mmengine.pricing.worker import SINK_KEY
-from mmengine.sinks.pgschema import CHANNEL, check_schema, connect, redact_dsn, resolve_dsn
+from mmengine.sinks.pgschema import (
+    CHANNEL,
+    PRICE_COLUMNS,
+    check_schema,
+    connect,
+    redact_dsn,
+    resolve_dsn,
+)
 from mmengine.sinks.spool import Spool, pack_frames, unpack_frames
 
 if TYPE_CHECKING:
@@ -69,22 +76,7 @@ _EPOCH_DAY = dt.date(1970, 1, 1)
 
 # Columns of the staging table, in COPY order. Every other field of the decoded Avro record
 # goes into `detail` (jsonb): the ladder, the per-venue breakdown, fields added later.
-STAGE_COLUMNS = (
-    "instrument",
-    "epoch",
-    "seq",
-    "priced_ts_ns",
-    "recv_ts_ns",
-    "exchange_ts_ns",
-    "fair_value",
-    "best_bid",
-    "best_bid_size",
-    "best_ask",
-    "best_ask_size",
-    "halted",
-    "venues",
-    "detail",
-)
+STAGE_COLUMNS = PRICE_COLUMNS
 STAGE_TYPES = (
     "text",
     "int8",
@@ -422,18 +414,8 @@ class PostgresWriter(threading.Thread):
     def counters(self) -> dict[str, int]:
         """Writer and spool counters in one flat dict (for summaries and metrics)."""
         out = asdict(self.stats)
-        spool = self.spool
-        if spool is not None:
-            s = spool.stats
-            out.update(
-                spooled=s.spooled,
-                spool_bytes=s.spool_bytes,
-                spool_peak_bytes=s.peak_bytes,
-                dropped=s.dropped,
-                torn=s.torn,
-                recovered=s.recovered,
-                pending=spool.pending,
-            )
+        if self.spool is not None:
+            out.update(self.spool.counters())
         return out
 
     def summary_line(self) -> str:

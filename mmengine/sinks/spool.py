@@ -476,6 +476,19 @@ class Spool:
 
     # --- shut-down -----------------------------------------------------------------------
 
+    def counters(self) -> dict[str, int]:
+        """The spool's counters as a writer reports them (summaries, status, metrics)."""
+        s = self.stats
+        return {
+            "spooled": s.spooled,
+            "spool_bytes": s.spool_bytes,
+            "spool_peak_bytes": s.peak_bytes,
+            "dropped": s.dropped,
+            "torn": s.torn,
+            "recovered": s.recovered,
+            "pending": self.pending,
+        }
+
     def close(self) -> None:
         """Put every unacknowledged record on disk for the next start, and close files."""
         self.rewind()
