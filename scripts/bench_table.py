@@ -1,0 +1,77 @@
+"""Print bench/results/latest.json (and soak.json if present) as Markdown tables for the
+README's Performance section (main thread).
+
+    python scripts/bench_table.py [bench/results/latest.json]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
+
+
+def fmt(value: Any, spec: str = ",.0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def main() -> None:
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS / "latest.json"
+    d = json.loads(path.read_text())
+    m = d["machine"]
+    print(
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Python {m['python']};"
+        f" commit `{d['commit']}`.\n"
+    )
+    print(
+        "| capture | source | mmengine µs/book frame | cryptofeed 2.4.1 µs | orjson floor µs |"
+        " cryptofeed ÷ mmengine | mmengine ÷ floor |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, r in d["replay"].items():
+        if "mmengine_us" not in r:
+            continue
+        print(
+            f"| {name} | {r.get('source', '')} | {fmt(r['mmengine_us'], '.1f')} |"
+            f" {fmt(r.get('cryptofeed_us'), '.1f')} | {fmt(r['floor_us'], '.2f')} |"
+            f" {fmt(r.get('ratio_vs_cryptofeed'), '.2f')} | {fmt(r['ratio_vs_floor'], '.1f')} |"
+        )
+    print()
+    print(
+        "| book msgs/s offered | p50 µs | p99 µs | p99.9 µs | max µs | engine p50 / p99 µs |"
+        " parsed by venue threads | priced | conflation | dropped | engine CPU % |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in d["e2e"]:
+        print(
+            f"| {fmt(r['rate'])} | {fmt(r['p50_us'])} | {fmt(r['p99_us'])} |"
+            f" {fmt(r['p999_us'])} | {fmt(r['max_us'])} |"
+            f" {fmt(r['engine_p50_us'])} / {fmt(r['engine_p99_us'])} |"
+            f" {fmt(r['received_by_venue_threads'])} | {fmt(r['priced'])} |"
+            f" {fmt(r['conflation'], '.1f')} | {r['dropped']} | {fmt(r['cpu_pct'], '.0f')} |"
+        )
+    print()
+    print("| sink | Prices/s sustained (flat out) | delivery lag p50 / p99 ms | lag measured at |")
+    print("|---|---|---|---|")
+    for name, s in d["sinks"].items():
+        if s:
+            at = s.get("lag_measured_at_offered_per_s", 20_000)
+            print(
+                f"| {name} | {fmt(s['prices_per_s'])} |"
+                f" {fmt(s['lag_p50_ms'], '.1f')} / {fmt(s['lag_p99_ms'], '.1f')} |"
+                f" {fmt(at)} Prices/s offered |"
+            )
+    soak = RESULTS / "soak.json"
+    if soak.exists():
+        mem = json.loads(soak.read_text())["memory"]
+        print(
+            f"\nSoak ({mem['samples']} s at 10,000 msgs/s): RSS {mem['rss_start_mb']} →"
+            f" {mem['rss_end_mb']} MB ({mem['growth_pct']:+.1f} %)."
+        )
+
+
+if __name__ == "__main__":
+    main()
