@@ -126,7 +126,7 @@ def book_checksum(bids: BookSide, asks: BookSide) -> int:
 
 # --- parsing (pure functions over the wire shapes) ------------------------------------------
 
-MEMO_MAX = 1 << 17  # decimal strings remembered per connection before starting over
+MEMO_MAX = 1 << 14  # decimal strings remembered per connection (about 2.5 MB) before starting over
 
 
 def parse_levels(levels: list[list[str]], memo: dict[str, float]) -> list[OkxLevel]:
