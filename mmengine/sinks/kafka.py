@@ -58,6 +58,10 @@ log = logging.getLogger("mmengine.kafka")
 
 ENDPOINT = "inproc://sink.kafka"
 STALL_S = 1.0  # no ack for this long with records in flight: the broker is away
+# A new producer gets longer for its first ack: it still has to fetch metadata and connect
+# (librdkafka took 0.6 s and more here). With STALL_S alone a slow first connect looked
+# like an outage, and every rebuilt producer was dropped again before its first ack.
+FIRST_ACK_S = 5.0
 BUILD_BACKOFF_S = (0.25, 2.0)  # first and largest wait between producer builds
 MAX_DRAIN = 20_000  # inproc messages per loop before producing again
 HEADER_INT = struct.Struct(">q")
@@ -297,11 +301,12 @@ class KafkaWriterStats:
 class _Generation:
     """One producer's life; callbacks of a dropped producer land on a dead generation."""
 
-    __slots__ = ("client", "failed")
+    __slots__ = ("acked", "client", "failed")
 
     def __init__(self, client: _Client) -> None:
         self.client = client
         self.failed: BaseException | None = None
+        self.acked = False  # has this producer had an acknowledgement yet
 
 
 class _Sent:
@@ -552,6 +557,8 @@ class KafkaWriter(threading.Thread):
                 lags.append(now_ns - last.priced_ts_ns)
         if last is not None:
             spool.ack(n)
+            if self._gen is not None:
+                self._gen.acked = True
             self.stats.acknowledged += n
             self.stats.delivery_lag_ns = now_ns - last.priced_ts_ns
             self._last_progress = now
@@ -592,7 +599,9 @@ class KafkaWriter(threading.Thread):
 
     def _watch(self, spool: Spool, now: float) -> None:
         """Notice a broker that stopped acknowledging; rebuild when it is time."""
-        if self._gen is not None and spool.in_flight and now - self._last_progress > STALL_S:
+        gen = self._gen
+        limit = STALL_S if gen is not None and gen.acked else FIRST_ACK_S
+        if gen is not None and spool.in_flight and now - self._last_progress > limit:
             self.stats.away_episodes += 1
             self._drop(
                 spool,

@@ -280,10 +280,12 @@ def test_fast_broker_restart_fatal_idempotent_producer_is_rebuilt(
     wait_for(lambda: w.counters()["pending"] == 0, 30, "everything acknowledged")
     c = w.counters()
     # tansu forgot the producer id: kafka-python's idempotent producer turned fatal
-    # (InitProducerId UnknownError) before any stall showed; the writer built a new one,
-    # re-created the topic first, and resent what was unacknowledged.
+    # (InitProducerId UnknownError) before any stall showed; the writer built a new one and
+    # resent what was unacknowledged. Who re-creates the topic is a race here: the writer,
+    # or tansu itself when the dying producer's retries reach it first (it auto-creates
+    # despite allow_auto_create_topics=False). The new producer reads fresh metadata either
+    # way, so what matters is below: everything from the kill on arrives, in order.
     assert c["failures"] >= 1 and c["producer_builds"] >= 2 and c["retried"] > 0, c
-    assert c["topic_creates"] >= 1
     records = consume_all(broker.bootstrap, "prices.fast", expect=total - killed_at)
     got = dedupe(records)
     for inst, seqs in expected(feeder, killed_at).items():
