@@ -30,6 +30,7 @@ from mmengine.pricing.model import InstrumentSpec
 from mmengine.pricing.worker import PricingWorker
 from mmengine.sinks.kafka import KafkaWriter
 from mmengine.sinks.postgres import PostgresWriter
+from mmengine.sinks.writer import SpoolingWriter
 from mmengine.status import StatusPublisher
 from mmengine.venues.base import VenueSpec
 from mmengine.venues.registry import PROTOCOLS
@@ -120,7 +121,7 @@ class Engine:
         self.ctx: zmq.Context | None = None
         self.publishers: list[IpcPublisher] = []
         self.workers: list[PricingWorker] = []
-        self.writers: list[KafkaWriter | PostgresWriter] = []
+        self.writers: list[SpoolingWriter] = []
         self.connections: list[VenueConnection] = []
         self.control: ControlServer | None = None
         self.status: StatusPublisher | None = None
@@ -356,21 +357,8 @@ class Engine:
                 "protocol": "REQ/REP JSON: {op: set_position, instrument, qty}",
             },
         }
-        kafka = self.cfg.outputs.kafka
-        if kafka is not None:
-            doc["kafka"] = {
-                "bootstrap": kafka.bootstrap_servers,
-                "topic": kafka.topic,
-                "key": "instrument",
-                "fingerprint": Codec("price.avsc").fingerprint.hex(),
-            }
         for writer in self.writers:
-            if isinstance(writer, PostgresWriter):
-                doc["postgres"] = {
-                    "dsn": writer.dsn_display,  # never the password
-                    "tables": ["price_history", "price_latest"],
-                    "channel": "mmengine_prices",
-                }
+            doc[writer.sink_name] = writer.endpoint_info()
         tmp = self.run_dir / "endpoints.json.tmp"
         tmp.write_text(json.dumps(doc, indent=2) + "\n")
         os.chmod(tmp, 0o600)
@@ -435,14 +423,5 @@ class Engine:
         prices = sum(w.stats.prices for w in self.workers)
         inputs = sum(w.stats.inputs for w in self.workers)
         lines.append(f"pricing: {inputs} book tops in, {prices} prices out")
-        for writer in self.writers:
-            if isinstance(writer, PostgresWriter):
-                lines.append(writer.summary_line())
-                continue
-            c = writer.counters()
-            lines.append(
-                f"kafka: {c['received']} prices in, {c['acknowledged']} acknowledged, "
-                f"{c['retried']} resent, {c['spooled']} spooled, {c['dropped']} dropped, "
-                f"{c['pending']} left in the spool, lag {c['delivery_lag_ns'] / 1e6:.1f} ms"
-            )
+        lines.extend(writer.summary_line() for writer in self.writers)
         return lines

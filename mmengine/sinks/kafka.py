@@ -41,15 +41,17 @@ import struct
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from mmengine.codec import Codec
 from mmengine.logs import RepeatLimiter
 from mmengine.pricing.worker import SINK_KEY
 from mmengine.sinks.spool import Spool, pack_frames, unpack_frames
+from mmengine.sinks.writer import SpoolingWriter
 
 if TYPE_CHECKING:
     from mmengine.config import KafkaOutput
@@ -382,7 +384,7 @@ class _Connector(threading.Thread):
         self.requests.put(None)
 
 
-class KafkaWriter(threading.Thread):
+class KafkaWriter(SpoolingWriter):
     """Delivers the Prices PUSHed to `endpoint` to Kafka; see the module docstring.
 
     Start it before the pricing workers (it binds the PULL) and stop it after them: on
@@ -429,16 +431,21 @@ class KafkaWriter(threading.Thread):
             # say what matters (away, back, rebuilt, topic created).
             kafka_log.setLevel(logging.WARNING)
 
-    def stop(self) -> None:
-        """Drain, deliver what can be delivered in `drain_timeout_s`, spool the rest, exit."""
-        self._stop_event.set()
+    def summary_line(self) -> str:
+        c = self.counters()
+        return (
+            f"kafka: {c['received']} prices in, {c['acknowledged']} acknowledged, "
+            f"{c['retried']} resent, {c['spooled']} spooled, {c['dropped']} dropped, "
+            f"{c['pending']} left in the spool, lag {c['delivery_lag_ns'] / 1e6:.1f} ms"
+        )
 
-    def counters(self) -> dict[str, int]:
-        """Writer and spool counters in one flat dict (for summaries and metrics)."""
-        out = asdict(self.stats)
-        if self.spool is not None:
-            out.update(self.spool.counters())
-        return out
+    def endpoint_info(self) -> dict[str, Any]:
+        return {
+            "bootstrap": self.cfg.bootstrap_servers,
+            "topic": self.cfg.topic,
+            "key": "instrument",
+            "fingerprint": Codec("price.avsc").fingerprint.hex(),
+        }
 
     # --- the loop --------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ import queue
 import random
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +61,7 @@ from mmengine.sinks.pgschema import (
     resolve_dsn,
 )
 from mmengine.sinks.spool import Spool, pack_frames, unpack_frames
+from mmengine.sinks.writer import SpoolingWriter
 
 if TYPE_CHECKING:
     from mmengine.config import PostgresOutput
@@ -362,7 +363,7 @@ class _Committer(threading.Thread):
         self.requests.put(None)
 
 
-class PostgresWriter(threading.Thread):
+class PostgresWriter(SpoolingWriter):
     """Delivers the Prices PUSHed to `endpoint` to Postgres; see the module docstring.
 
     Start it before the pricing workers (it binds the PULL) and stop it after them: on
@@ -407,19 +408,7 @@ class PostgresWriter(threading.Thread):
         self._next_try = 0.0
         self._log = RepeatLimiter()
 
-    def stop(self) -> None:
-        """Drain, write what can be written in `drain_timeout_s`, spool the rest, exit."""
-        self._stop_event.set()
-
-    def counters(self) -> dict[str, int]:
-        """Writer and spool counters in one flat dict (for summaries and metrics)."""
-        out = asdict(self.stats)
-        if self.spool is not None:
-            out.update(self.spool.counters())
-        return out
-
     def summary_line(self) -> str:
-        """One line for the engine's stop summary."""
         c = self.counters()
         return (
             f"postgres: {c['received']} prices in, {c['written']} written "
@@ -427,6 +416,13 @@ class PostgresWriter(threading.Thread):
             f"{c.get('spooled', 0)} spooled, {c.get('dropped', 0)} dropped, "
             f"{c.get('pending', 0)} left in the spool, lag {c['lag_ns'] / 1e6:.1f} ms"
         )
+
+    def endpoint_info(self) -> dict[str, Any]:
+        return {
+            "dsn": self.dsn_display,  # never the password
+            "tables": ["price_history", "price_latest"],
+            "channel": CHANNEL,
+        }
 
     # --- the loop --------------------------------------------------------------------------
 
