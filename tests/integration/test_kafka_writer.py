@@ -1,8 +1,7 @@
 """The Kafka writer against a real tansu broker, for both clients: exactly-once after
-dedupe, order, a second client reading the same, broker kill and restart (slow and fast)
-checked from the exact cut (the writer's FIFO acknowledged count when it gave up on the
-killed broker), on the raw records before any dedupe,
-spool limit.
+dedupe, order, a second client reading the same, spool limit, and broker kill and restart
+(slow and fast), checked from the exact cut (the writer's FIFO acknowledged count when it
+gave up on the killed broker) on the raw records, before any dedupe.
 
 The writer is fed by a test thread PUSHing exactly what pricing workers send it (see
 `kafka_support.Feeder`). The engine-level tests (every IPC Price on the topic, the 20 s
