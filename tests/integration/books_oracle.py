@@ -129,3 +129,16 @@ def match_prices(
             for v, i in zip(venues, found, strict=True):
                 lo[v] = max(lo[v], i)
     return reports
+
+
+def tops_before(
+    tops: list[Top], venue: str, instrument: str, ts_ns: int, n: int = CANDIDATES
+) -> list[Top]:
+    """The last `n` tops of one venue book received up to `ts_ns`, latest first: the ones a
+    Price priced at `ts_ns` can have used."""
+    out = [
+        t
+        for t in tops
+        if t["venue"] == venue and t["instrument"] == instrument and t["recv_ts_ns"] <= ts_ns
+    ]
+    return out[::-1][:n]
