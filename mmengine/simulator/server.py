@@ -29,6 +29,7 @@ import logging
 import queue
 import random
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -282,6 +283,7 @@ class SimulatorHandle:
         fault_interval_s: float = 5.0,
         seed: int | None = None,
         shift_bps: float = 0.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if rate <= 0:
             raise ValueError(f"rate must be > 0 frames/s, was {rate}")
@@ -298,6 +300,8 @@ class SimulatorHandle:
         # A run without a seed still gets one, and says which: it can be re-run exactly.
         self.seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
         self.replay_path = Path(replay) if replay is not None else None
+        # TLS: serve `wss://` and `https://` with this context's certificate, as venues do.
+        self.ssl_context = ssl_context
         self.lock = threading.Lock()  # books and protocol sequence state
         self._rng = random.Random(f"{self.seed}:server")
         self._stats = _Stats()
@@ -358,13 +362,17 @@ class SimulatorHandle:
 
     @property
     def ws_url(self) -> str:
-        """The WebSocket URL, e.g. `ws://127.0.0.1:PORT/stream` (the client adds its query)."""
-        return f"ws://{self._url_host()}:{self.port}{self.protocol.ws_path}"
+        """The WebSocket URL, e.g. `ws://127.0.0.1:PORT/stream` (`wss://` with TLS; the client
+        adds its query)."""
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        return f"{scheme}://{self._url_host()}:{self.port}{self.protocol.ws_path}"
 
     @property
     def rest_url(self) -> str:
-        """The REST base URL, e.g. `http://127.0.0.1:PORT` (same port as the WebSocket)."""
-        return f"http://{self._url_host()}:{self.port}"
+        """The REST base URL, e.g. `http://127.0.0.1:PORT` (same port as the WebSocket;
+        `https://` with TLS)."""
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self._url_host()}:{self.port}"
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -405,6 +413,7 @@ class SimulatorHandle:
             self.host,
             self.port,
             process_request=self._process_request,
+            ssl=self.ssl_context,
             compression=None,  # venue feeds are not deflated, and websocket-client can't inflate
             max_size=None,
             open_timeout=5.0,
