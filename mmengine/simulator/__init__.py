@@ -67,7 +67,8 @@ def start_simulator(
       replay mode, recorded frames per second sent to each client.
     - `replay`: a format-2 capture; each client gets the recording from its start, REST
       snapshots come from the recorded responses.
-    - `faults`: any of drop, gap, malformed, stall, badchecksum (venues with a checksum);
+    - `faults`: any of drop, gap, malformed, stall, badchecksum (venues with a checksum),
+      badticker (venues whose best-bid/ask ticker is tied to the book: Binance);
       one of them, chosen at random, every `fault_interval_s` (+-20 %), skipped while no
       client is connected. `stats["faults"]` counts those injected; `handle.inject(kind)`
       injects one at once.

@@ -51,7 +51,7 @@ from mmengine.simulator.market import ASK, BID, Change, Market, default_params
 
 log = logging.getLogger("mmengine.simulator")
 
-FAULT_KINDS = ("drop", "gap", "malformed", "stall", "badchecksum")
+FAULT_KINDS = ("drop", "gap", "malformed", "stall", "badchecksum", "badticker")
 STALL_S = 3.0  # how long a `stall` fault sends nothing
 FAULT_JITTER = 0.2  # each fault interval is drawn from interval * [0.8, 1.2]
 MAX_BACKLOG = 100_000  # frames queued for one client before it is dropped as too slow
@@ -189,6 +189,12 @@ class SimProtocol:
     def corrupt_checksum(self, instrument: str) -> bool:
         """The `badchecksum` fault (generator thread, `self.lock` held): make the next update
         of `instrument` carry a wrong checksum. Returns False if the venue has none."""
+        return False
+
+    def corrupt_ticker(self, instrument: str) -> bool:
+        """The `badticker` fault (generator thread, `self.lock` held): make the next
+        best-bid/ask ticker of `instrument` disagree with its book. Returns False if the
+        venue has no such ticker tied to the book."""
         return False
 
     def goodbye_frames(self) -> list[OutFrame]:
@@ -724,5 +730,8 @@ class SimulatorHandle:
         elif kind == "badchecksum":
             with self.lock:
                 self.protocol.corrupt_checksum(self._rng.choice(self.instruments))
+        elif kind == "badticker":
+            with self.lock:
+                self.protocol.corrupt_ticker(self._rng.choice(self.instruments))
         elif kind == "stall":
             self._stall_until = now + STALL_S
