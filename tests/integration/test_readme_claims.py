@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -23,7 +22,7 @@ import pytest
 import websocket
 
 from mmengine.simulator import start_simulator
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for
 from tests.integration.conftest import EngineProcess, Subscriber, official_decode
 from tests.integration.pg_support import (  # noqa: F401 (fixtures)
     PgServer,
@@ -36,14 +35,6 @@ pytestmark = pytest.mark.integration
 
 INSTRUMENTS = ["BTC-USDT", "ETH-USDT"]
 CLI = [sys.executable, "-m", "mmengine.cli"]
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def binance(sim: Any, instruments: list[str] = INSTRUMENTS, **venue: Any) -> dict[str, Any]:
