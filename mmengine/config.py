@@ -63,6 +63,18 @@ class VenueConfig(Strict):
     instruments: Annotated[list[str], Field(min_length=1)]
     depth: Annotated[int, Field(ge=1, le=5000)] = 100
     audit: bool = False
+    ca_file: str | None = Field(
+        default=None,
+        description="PEM file of the CAs trusted for this venue's wss:// and https:// "
+        "(default: the system's trust store).",
+    )
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file_readable(cls, value: str | None) -> str | None:
+        if value is not None and not (Path(value).is_file() and os.access(value, os.R_OK)):
+            raise ValueError(f"{value!r} is not a readable file")
+        return value
 
     @field_validator("protocol")
     @classmethod
@@ -242,6 +254,7 @@ class Config(Strict):
                 top_levels=self.engine.top_levels,
                 audit=v.audit,
                 stale_after_s=self.limits.stale_after_s,
+                ca_file=v.ca_file,
             )
             for v in self.venues
         ]

@@ -196,7 +196,8 @@ def quote_ladder(
     """Bids (descending) and asks (ascending) around `fair`, each level strictly beyond fair.
 
     Sizes round down to the lot; a level that would reach fair, repeat a price or have no
-    size is dropped.
+    size is dropped, and so is a bid rounded down to zero or below (a coin priced under its
+    tick, or a half-spread of 100 % or more): no venue takes a bid at 0.
     """
     lean = max(-1.0, min(1.0, position / q.max_position)) if q.skew_sizes and q.max_position else 0
     bids: list[tuple[float, float]] = []
@@ -205,7 +206,7 @@ def quote_ladder(
         size = q.size + q.size_step * i
         bid_size = round_down(size * (1.0 - lean), lot)
         ask_size = round_down(size * (1.0 + lean), lot)
-        if bid < fair and bid_size > 0.0 and (not bids or bid < bids[-1][0]):
+        if 0.0 < bid < fair and bid_size > 0.0 and (not bids or bid < bids[-1][0]):
             bids.append((bid, bid_size))
         if ask > fair and ask_size > 0.0 and (not asks or ask > asks[-1][0]):
             asks.append((ask, ask_size))

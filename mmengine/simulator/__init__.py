@@ -12,6 +12,7 @@ A venue plugs in by subclassing `SimProtocol` (see `server.py`) and adding its c
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 from mmengine.simulator.binance import BinanceSim
@@ -55,6 +56,7 @@ def start_simulator(
     fault_interval_s: float = 5.0,
     seed: int | None = None,
     shift_bps: float = 0.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> SimulatorHandle:
     """Start a simulator for `venue` and return its running handle.
 
@@ -65,13 +67,16 @@ def start_simulator(
       replay mode, recorded frames per second sent to each client.
     - `replay`: a format-2 capture; each client gets the recording from its start, REST
       snapshots come from the recorded responses.
-    - `faults`: any of drop, gap, malformed, stall, badchecksum (venues with a checksum);
+    - `faults`: any of drop, gap, malformed, stall, badchecksum (venues with a checksum),
+      badticker (venues whose best-bid/ask ticker is tied to the book: Binance);
       one of them, chosen at random, every `fault_interval_s` (+-20 %), skipped while no
       client is connected. `stats["faults"]` counts those injected; `handle.inject(kind)`
       injects one at once.
     - `seed`: the same seed gives the same books and update ids (a random one is drawn and
       kept in `handle.seed` when None).
     - `shift_bps`: start every synthetic market this many bps away from its usual mid.
+    - `ssl_context`: a server context holding a certificate; the simulator then serves
+      `wss://` and `https://` (SNI and certificate checks run as against a real venue).
     """
     protocol = SIM_PROTOCOLS.get(venue)
     if protocol is None:
@@ -87,5 +92,6 @@ def start_simulator(
         fault_interval_s=fault_interval_s,
         seed=seed,
         shift_bps=shift_bps,
+        ssl_context=ssl_context,
     )
     return handle.start()

@@ -98,6 +98,7 @@ class BinanceSim(SimProtocol):
         self.last_id = {i: self.rng.randint(1_000_000_000, 9_000_000_000) for i in self.markets}
         self._top: dict[str, tuple[Any, Any]] = {}
         self._replay_http: dict[str, str] | None = None
+        self._bad_ticker: set[str] = set()  # `badticker` fault: the next ticker lies
 
     # --- WebSocket ------------------------------------------------------------------------
 
@@ -184,10 +185,15 @@ class BinanceSim(SimProtocol):
         ticker = self._ticker_topic[instrument]
         bid, ask = top
         if top_changed and ticker in wanted and bid is not None and ask is not None:
+            bid_price = bid[0]
+            if instrument in self._bad_ticker:
+                # 1 % below the book's best bid, at the same `u`: an audit must catch it.
+                self._bad_ticker.discard(instrument)
+                bid_price = bid_price * Decimal("0.99")
             data_t = {
                 "u": last,
                 "s": symbol,
-                "b": fmt(bid[0]),
+                "b": fmt(bid_price),
                 "B": fmt(bid[1]),
                 "a": fmt(ask[0]),
                 "A": fmt(ask[1]),
@@ -211,6 +217,13 @@ class BinanceSim(SimProtocol):
         text = _dumps({"stream": f"{symbol.lower()}@depth@100ms", "data": data})
         # To every client: a frame that does not parse cannot be told apart by stream anyway.
         return OutFrame(None, text[: len(text) // 2])
+
+    def corrupt_ticker(self, instrument: str) -> bool:
+        """The next `@bookTicker` of `instrument` shows a best bid its book does not have."""
+        if instrument not in self.markets:
+            return False
+        self._bad_ticker.add(instrument)
+        return True
 
     def goodbye_frames(self) -> list[OutFrame]:
         data = {"e": "serverShutdown", "E": _now_ms()}

@@ -29,6 +29,7 @@ import logging
 import queue
 import random
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -50,7 +51,7 @@ from mmengine.simulator.market import ASK, BID, Change, Market, default_params
 
 log = logging.getLogger("mmengine.simulator")
 
-FAULT_KINDS = ("drop", "gap", "malformed", "stall", "badchecksum")
+FAULT_KINDS = ("drop", "gap", "malformed", "stall", "badchecksum", "badticker")
 STALL_S = 3.0  # how long a `stall` fault sends nothing
 FAULT_JITTER = 0.2  # each fault interval is drawn from interval * [0.8, 1.2]
 MAX_BACKLOG = 100_000  # frames queued for one client before it is dropped as too slow
@@ -190,6 +191,12 @@ class SimProtocol:
         of `instrument` carry a wrong checksum. Returns False if the venue has none."""
         return False
 
+    def corrupt_ticker(self, instrument: str) -> bool:
+        """The `badticker` fault (generator thread, `self.lock` held): make the next
+        best-bid/ask ticker of `instrument` disagree with its book. Returns False if the
+        venue has no such ticker tied to the book."""
+        return False
+
     def goodbye_frames(self) -> list[OutFrame]:
         """Frames sent to every client when the simulator stops (a shutdown notice)."""
         return []
@@ -282,6 +289,7 @@ class SimulatorHandle:
         fault_interval_s: float = 5.0,
         seed: int | None = None,
         shift_bps: float = 0.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if rate <= 0:
             raise ValueError(f"rate must be > 0 frames/s, was {rate}")
@@ -298,6 +306,8 @@ class SimulatorHandle:
         # A run without a seed still gets one, and says which: it can be re-run exactly.
         self.seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
         self.replay_path = Path(replay) if replay is not None else None
+        # TLS: serve `wss://` and `https://` with this context's certificate, as venues do.
+        self.ssl_context = ssl_context
         self.lock = threading.Lock()  # books and protocol sequence state
         self._rng = random.Random(f"{self.seed}:server")
         self._stats = _Stats()
@@ -358,13 +368,17 @@ class SimulatorHandle:
 
     @property
     def ws_url(self) -> str:
-        """The WebSocket URL, e.g. `ws://127.0.0.1:PORT/stream` (the client adds its query)."""
-        return f"ws://{self._url_host()}:{self.port}{self.protocol.ws_path}"
+        """The WebSocket URL, e.g. `ws://127.0.0.1:PORT/stream` (`wss://` with TLS; the client
+        adds its query)."""
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        return f"{scheme}://{self._url_host()}:{self.port}{self.protocol.ws_path}"
 
     @property
     def rest_url(self) -> str:
-        """The REST base URL, e.g. `http://127.0.0.1:PORT` (same port as the WebSocket)."""
-        return f"http://{self._url_host()}:{self.port}"
+        """The REST base URL, e.g. `http://127.0.0.1:PORT` (same port as the WebSocket;
+        `https://` with TLS)."""
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self._url_host()}:{self.port}"
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -405,6 +419,7 @@ class SimulatorHandle:
             self.host,
             self.port,
             process_request=self._process_request,
+            ssl=self.ssl_context,
             compression=None,  # venue feeds are not deflated, and websocket-client can't inflate
             max_size=None,
             open_timeout=5.0,
@@ -715,5 +730,8 @@ class SimulatorHandle:
         elif kind == "badchecksum":
             with self.lock:
                 self.protocol.corrupt_checksum(self._rng.choice(self.instruments))
+        elif kind == "badticker":
+            with self.lock:
+                self.protocol.corrupt_ticker(self._rng.choice(self.instruments))
         elif kind == "stall":
             self._stall_until = now + STALL_S

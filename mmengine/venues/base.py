@@ -40,6 +40,7 @@ class VenueSpec:
     top_levels: int = 5
     audit: bool = False
     stale_after_s: float = 10.0
+    ca_file: str | None = None  # CAs trusted for wss:// and https:// (None: the system's)
 
 
 class Session(Protocol):

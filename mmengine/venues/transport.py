@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import ssl
 import threading
 import time
 import urllib.error
@@ -93,6 +94,10 @@ class VenueConnection(threading.Thread):
         self._reconnect_reason: str | None = None
         self._recorder = recorder
         self.connects = 0
+        # TLS trust: the venue's own CA file (a private venue, the TLS simulator), else the
+        # system's store. Server name (SNI) and certificate checks are always on.
+        self._sslopt = {"ca_certs": spec.ca_file} if spec.ca_file else None
+        self._https = ssl.create_default_context(cafile=spec.ca_file) if spec.ca_file else None
 
     @property
     def connected(self) -> bool:
@@ -110,7 +115,7 @@ class VenueConnection(threading.Thread):
 
     def http_get(self, url: str) -> str:
         try:
-            with urllib.request.urlopen(url, timeout=10) as resp:
+            with urllib.request.urlopen(url, timeout=10, context=self._https) as resp:
                 body: str = resp.read().decode()
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise TransportError(f"GET {url}: {exc}") from exc
@@ -153,7 +158,18 @@ class VenueConnection(threading.Thread):
                 timeout=10,
                 skip_utf8_validation=True,  # str decoding already rejects bad UTF-8
                 enable_multithread=False,
+                sslopt=self._sslopt,
             )
+        except ssl.SSLCertVerificationError as exc:
+            log.warning(
+                "%s connect to %s refused: the venue's TLS certificate did not verify (%s); "
+                "trusted CAs: %s",
+                self.spec.name,
+                url.split("?")[0],
+                exc.verify_message,
+                self.spec.ca_file or "the system store (set ca_file to trust another CA)",
+            )
+            return
         except (websocket.WebSocketException, OSError) as exc:
             log.warning("%s connect to %s failed: %s", self.spec.name, url, exc)
             return

@@ -47,7 +47,10 @@ def engine_config(sim: Any, run_dir: Path, bootstrap: str, topic: str) -> dict[s
                 "instruments": INSTRUMENTS,
             }
         ],
-        "instruments": [{"name": i, "sources": [{"venue": "binance"}]} for i in INSTRUMENTS],
+        # One venue: quoting from it must be asked for (else every Price is halted, empty).
+        "instruments": [
+            {"name": i, "sources": [{"venue": "binance"}], "min_venues": 1} for i in INSTRUMENTS
+        ],
         "outputs": {
             "kafka": {
                 "bootstrap_servers": bootstrap,
@@ -137,6 +140,10 @@ def test_every_ipc_price_reaches_the_topic_once_in_order_and_kafka_tail_shows_it
     assert len(ipc.got) > 0.9 * priced
     for _, price in ipc.got:
         assert on_topic[(price["instrument"], price["seq"])] == price
+    # ...and they are quoted: the ladders that went through Kafka are not empty.
+    quoted = [p for p in on_topic.values() if not p["halted"]]
+    assert len(quoted) >= 0.95 * priced
+    assert all(p["bids"] and p["asks"] for p in quoted)
 
     # The CLI reads the same, deduplicated, as JSON lines.
     run = subprocess.run(

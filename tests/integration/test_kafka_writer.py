@@ -1,6 +1,7 @@
 """The Kafka writer against a real tansu broker, for both clients: exactly-once after
-dedupe, order, a second client reading the same, broker kill and restart (slow and fast),
-spool limit.
+dedupe, order, a second client reading the same, spool limit, and broker kill and restart
+(slow and fast), checked from the exact cut (the writer's FIFO acknowledged count when it
+gave up on the killed broker) on the raw records, before any dedupe.
 
 The writer is fed by a test thread PUSHing exactly what pricing workers send it (see
 `kafka_support.Feeder`). The engine-level tests (every IPC Price on the topic, the 20 s
@@ -9,8 +10,10 @@ broker pause, the engine SIGKILLed and restarted on its spool) are in test_kafka
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -172,12 +175,87 @@ def test_every_price_arrives_once_in_order_and_decodes(
     assert sorted(got) == sorted((r.key, r.value) for r in records)
 
 
+class DropWatch(threading.Thread):
+    """Finds the exact cut of a broker kill from the writer's own counters.
+
+    The writer applies acks in FIFO order, so `acknowledged == n` means the first n records
+    it received (the feeder's `sent[:n]`) are acknowledged. After a kill it drops the
+    producer that was live (no ack for `STALL_S`, or a client failure) and resends
+    everything unacknowledged. What the dying broker acknowledged before that moment is
+    gone with its memory storage, by design; everything after it must arrive.
+
+    Sampling every millisecond from just before the kill, this keeps `acknowledged` at the
+    first sample that sees the drop (read *after* the drop flag, so it can only be late by
+    acks of a producer built since, which takes far longer than a millisecond)."""
+
+    def __init__(self, writer: KafkaWriter) -> None:
+        super().__init__(name="drop-watch", daemon=True)
+        self.writer = writer
+        stats = writer.stats
+        self.base = stats.away_episodes + stats.failures
+        self.acked_before = stats.acknowledged  # re-read right before the kill
+        self.in_flight_at_kill = 0
+        self.cut: int | None = None
+        self.halt = threading.Event()
+
+    def mark_kill(self) -> None:
+        stats = self.writer.stats
+        # Nothing was resent before the kill, so produced - acknowledged is in flight.
+        assert stats.retried == 0
+        self.acked_before = stats.acknowledged
+        self.in_flight_at_kill = stats.produced - self.acked_before
+
+    def run(self) -> None:
+        stats = self.writer.stats
+        while self.cut is None and not self.halt.is_set():
+            dropped = stats.away_episodes + stats.failures > self.base
+            acked = stats.acknowledged
+            if dropped:
+                self.cut = acked
+            else:
+                time.sleep(0.001)
+
+
+def check_from_the_cut(records: list[Record], feeder: Feeder, watch: DropWatch, c: dict) -> int:
+    """Every record the feeder handed over from the cut on is on the topic, in order,
+    counted on the raw records (before any dedupe); returns the duplicates, which only a
+    resend can make: at most what was in flight when the writer resent (`retried`)."""
+    cut = watch.cut
+    assert cut is not None, "the writer never dropped the producer of the killed broker"
+    # The cut lies inside the window that was in flight at the kill.
+    assert watch.acked_before <= cut <= watch.acked_before + watch.in_flight_at_kill, (
+        watch.acked_before,
+        cut,
+        watch.in_flight_at_kill,
+    )
+    raw: dict[str, list[int]] = {}
+    for r in records:
+        epoch, seq = r.epoch_seq
+        assert epoch == EPOCH
+        raw.setdefault(r.key.decode(), []).append(seq)
+    duplicates = 0
+    drops = c["away_episodes"] + c["failures"]
+    for inst, want in expected(feeder, cut).items():
+        got = [s for s in raw.get(inst, []) if s >= want[0]]
+        missing = sorted(set(want) - set(got))
+        assert not missing, f"{inst}: {len(missing)} records lost from the cut on: {missing[:5]}"
+        assert set(got) == set(want), f"{inst}: records nobody sent"
+        first_seen = list(dict.fromkeys(got))
+        assert first_seen == want, f"{inst}: out of order"
+        duplicates += len(got) - len(want)
+        # Raw order: one increasing run per producer life; a resend may restart a run.
+        restarts = sum(1 for a, b in itertools.pairwise(got) if b <= a)
+        assert restarts <= drops, (inst, restarts, drops)
+    assert duplicates <= c["retried"], (duplicates, c["retried"])
+    return duplicates
+
+
 @pytest.mark.parametrize(
     ("client", "idempotence"),
     [("kafka-python", True), ("kafka-python", False), ("confluent", True)],
     ids=["kafka-python-idempotent", "kafka-python-plain", "confluent-idempotent"],
 )
-def test_broker_killed_and_restarted_writer_recreates_topic_and_resends(
+def test_broker_killed_every_record_from_the_exact_cut_arrives_in_order(
     broker: Broker,  # noqa: F811
     ctx: zmq.Context,
     writers: Callable[..., KafkaWriter],
@@ -189,9 +267,12 @@ def test_broker_killed_and_restarted_writer_recreates_topic_and_resends(
     feeder = Feeder(ctx, w.endpoint, INSTRUMENTS, EPOCH, rate=1000)
     feeder.start()
     wait_for(lambda: w.stats.acknowledged > 1000, 10, "deliveries before the kill")
+    watch = DropWatch(w)
+    watch.start()
+    watch.mark_kill()
     broker.kill()  # memory storage: the topic and every record are gone
     killed_at = len(feeder.sent)
-    time.sleep(1.5)
+    wait_for(lambda: watch.cut is not None, 10, "the writer to drop the dead producer")
     assert w.is_alive()
     broker.start()  # same port, no topic: the writer must create it again
     restarted_at = len(feeder.sent)
@@ -206,16 +287,15 @@ def test_broker_killed_and_restarted_writer_recreates_topic_and_resends(
     # No ack for a second: the writer dropped the producer, and built a new one only once
     # the broker answered and the topic was back; what was in flight went out again.
     assert c["away_episodes"] >= 1 and c["producer_builds"] >= 2 and c["retried"] > 0
-    records = consume_all(broker.bootstrap, "prices.kill", expect=total - killed_at)
-    got = dedupe(records)
-    want_after = expected(feeder, killed_at)
-    for inst, seqs in want_after.items():
-        # Everything accepted from the kill on arrives, in order, with no gap up to the end
-        # (what was acked before the kill is gone with the broker's memory storage).
-        first = seqs[0]
-        tail = got[inst][got[inst].index(first) :]
-        assert tail == seqs, inst
-    assert restarted_at > killed_at
+    assert watch.cut is not None
+    records = consume_all(broker.bootstrap, "prices.kill", expect=total - watch.cut)
+    duplicates = check_from_the_cut(records, feeder, watch, c)
+    print(
+        f"{client}: acked before the kill {watch.acked_before}, cut {watch.cut} "
+        f"(in flight at the kill {watch.in_flight_at_kill}), sent {total}, "
+        f"duplicates {duplicates}, resent {c['retried']}"
+    )
+    assert restarted_at > killed_at >= watch.cut
     assert feeder.stalled == 0
 
 
@@ -270,10 +350,13 @@ def test_fast_broker_restart_fatal_idempotent_producer_is_rebuilt(
     feeder = Feeder(ctx, w.endpoint, INSTRUMENTS, EPOCH, rate=1000)
     feeder.start()
     wait_for(lambda: w.stats.acknowledged > 1000, 10, "deliveries before the kill")
+    watch = DropWatch(w)
+    watch.start()
+    watch.mark_kill()
     broker.kill()
-    killed_at = len(feeder.sent)
     broker.start()  # back before the writer notices the stall
-    time.sleep(3)
+    wait_for(lambda: watch.cut is not None, 10, "the writer to drop the fatal producer")
+    time.sleep(2)
     feeder.halt.set()
     feeder.join()
     total = len(feeder.sent)
@@ -284,10 +367,12 @@ def test_fast_broker_restart_fatal_idempotent_producer_is_rebuilt(
     # resent what was unacknowledged. Who re-creates the topic is a race here: the writer,
     # or tansu itself when the dying producer's retries reach it first (it auto-creates
     # despite allow_auto_create_topics=False). The new producer reads fresh metadata either
-    # way, so what matters is below: everything from the kill on arrives, in order.
+    # way, so what matters is below: everything from the exact cut on arrives, in order.
     assert c["failures"] >= 1 and c["producer_builds"] >= 2 and c["retried"] > 0, c
-    records = consume_all(broker.bootstrap, "prices.fast", expect=total - killed_at)
-    got = dedupe(records)
-    for inst, seqs in expected(feeder, killed_at).items():
-        tail = got[inst][got[inst].index(seqs[0]) :]
-        assert tail == seqs, inst
+    assert watch.cut is not None
+    records = consume_all(broker.bootstrap, "prices.fast", expect=total - watch.cut)
+    duplicates = check_from_the_cut(records, feeder, watch, c)
+    print(
+        f"acked before the kill {watch.acked_before}, cut {watch.cut} (in flight at the kill "
+        f"{watch.in_flight_at_kill}), duplicates {duplicates}, resent {c['retried']}"
+    )

@@ -44,7 +44,8 @@ def config(protocol: str, url: str, run_dir: Path, depth: int = 10) -> dict[str,
         "venues": [
             {"name": "v", "protocol": protocol, "url": url, "instruments": insts, "depth": depth}
         ],
-        "instruments": [{"name": i, "sources": [{"venue": "v"}]} for i in insts],
+        # One venue: quoting from it must be asked for (else every Price is halted, empty).
+        "instruments": [{"name": i, "sources": [{"venue": "v"}], "min_venues": 1} for i in insts],
         "limits": {"reconnect_max_s": 0.5},
     }
 
@@ -165,10 +166,13 @@ def test_faults_resync_only_the_faulted_instrument(protocol: str, tmp_path: Path
             if start <= price["recv_ts_ns"] < end:
                 # A Price may still go out (halted), but built from no venue book.
                 assert not price["venues"], f"priced from a non-LIVE book: {price}"
+                assert price["halted"] and not price["bids"] and not price["asks"], price
     by_inst = defaultdict(list)
     for price in got["prices"]:
-        if not price["venues"]:
-            continue  # halted: no usable venue
+        if price["halted"]:
+            assert not price["venues"], price  # halted only for want of a LIVE book
+            continue
+        assert price["bids"] and price["asks"] and price["venues"] == ["v"], price
         by_inst[price["instrument"]].append(price["recv_ts_ns"])
     # Every instrument kept being priced, through the faults and after the reconnect.
     for inst in insts:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from contextlib import ExitStack
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from mmengine.simulator import start_simulator
+from tests.integration.books_oracle import tops_before
 from tests.integration.conftest import Subscriber
 
 pytestmark = pytest.mark.integration
@@ -80,6 +82,25 @@ def test_stalled_venue_is_excluded_as_stale_and_comes_back(engine_factory: Any) 
     assert all(not p["halted"] for p in got if len(p["venues"]) >= 2)
 
 
+def collect_prices_and_books(
+    engine: Any, seconds: float, topic: bytes = b"price."
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Prices (topic prefix) and every BookTop, collected side by side for `seconds`."""
+    endpoints = json.loads((engine.run_dir / "endpoints.json").read_text())
+    books = Subscriber(endpoints["ipc"]["books"]["endpoint"])
+    tops: list[dict[str, Any]] = []
+    t = threading.Thread(
+        target=lambda: tops.extend(p for _, p in books.collect("book_top.avsc", seconds=seconds))
+    )
+    t.start()
+    try:
+        got = prices_of(engine, seconds, topic)
+    finally:
+        t.join()
+        books.close()
+    return got, tops
+
+
 def test_shifted_venue_is_an_outlier(engine_factory: Any) -> None:
     with ExitStack() as stack:
         sims = [
@@ -103,16 +124,30 @@ def test_shifted_venue_is_an_outlier(engine_factory: Any) -> None:
             }
         )
         time.sleep(1.5)
-        got = prices_of(engine, seconds=3)
+        got, tops = collect_prices_and_books(engine, seconds=3)
         assert engine.stop() == 0, engine.output
     three = [p for p in got if len(p["venues"]) + len(p["venues_excluded"]) == 3]
     assert len(three) > 20
+    checked = 0
     for p in three:
         assert reasons(p) == {"v2": "outlier"}
         assert sorted(p["venues"]) == ["v0", "v1"]
         assert not p["halted"] and p["bids"] and p["asks"]
-        # The shifted venue's mid (about 2 % higher) never pulls fair value.
-        assert all(u["mid"] < p["fair_value"] * 1.005 for u in p["venues_used"])
+        # Fair value stays within the honest venues' range, from their own tops on the
+        # books stream (the tops this Price can have used); the shifted venue sits 200 bps
+        # up, so a pull of a third of that would leave the range.
+        honest = [
+            t for v in ("v0", "v1") for t in tops_before(tops, v, "BTC-USDT", p["priced_ts_ns"])
+        ]
+        shifted = tops_before(tops, "v2", "BTC-USDT", p["priced_ts_ns"], 1)
+        if len(honest) < 2 or not shifted:
+            continue  # the books SUB joined after these tops
+        low = min(t["bid_prices"][0] for t in honest)
+        high = max(t["ask_prices"][0] for t in honest)
+        assert low <= p["fair_value"] <= high, (low, p["fair_value"], high)
+        assert shifted[0]["bid_prices"][0] > high * 1.01  # it really was far away
+        checked += 1
+    assert checked > 20
 
 
 def test_stopped_fx_venue_excludes_the_venues_that_need_its_rate(engine_factory: Any) -> None:
@@ -149,13 +184,34 @@ def test_stopped_fx_venue_excludes_the_venues_that_need_its_rate(engine_factory:
             }
         )
         time.sleep(2)
-        before = prices_of(engine, seconds=1.5, topic=b"price.BTC-USD")
+        before, tops = collect_prices_and_books(engine, seconds=2.5)
         fx.stop()
         time.sleep(1.5)
         after = prices_of(engine, seconds=2, topic=b"price.BTC-USD")
         assert engine.stop() == 0, engine.output
-    rates = {u["fx_rate"] for p in before for u in p["venues_used"] if u["venue"] == "usdtvenue"}
-    assert rates and all(r > 1.0 for r in rates)  # the simulated USDT-USD market sits near 100
+    # The rate a USDT venue is converted at is one the USDT-USD Price published, and its
+    # mid in the BTC-USD Price is its raw mid on the books stream times that rate.
+    published = {p["fair_value"] for p in before if p["instrument"] == "USDT-USD"}
+    assert published
+    converted = [
+        (p, u)
+        for p in before
+        if p["instrument"] == "BTC-USD"
+        for u in p["venues_used"]
+        if u["venue"] == "usdtvenue"
+    ]
+    assert len(converted) > 20
+    exact = 0
+    for p, u in converted:
+        assert u["fx_rate"] > 1.0  # the simulated USDT-USD market sits near 100
+        assert u["fx_rate"] in published, u
+        raw = tops_before(tops, "usdtvenue", "BTC-USDT", p["priced_ts_ns"])
+        mids = [(t["bid_prices"][0] + t["ask_prices"][0]) / 2 for t in raw if t["bid_prices"]]
+        if not mids:
+            continue  # the books SUB joined after this top
+        assert u["mid"] in [m * u["fx_rate"] for m in mids], (u, mids)
+        exact += u["mid"] == mids[0] * u["fx_rate"]
+    assert exact > len(converted) / 2  # mostly the very last top
     assert after and all(reasons(p).get("usdtvenue") == "no_fx" for p in after)
     assert all(p["venues"] == ["usdvenue"] for p in after)
 

@@ -141,3 +141,15 @@ def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
     )
     assert run.returncode == 2
     assert "venues[0].instruments: 'BTCUSDT' is not BASE-QUOTE" in run.stderr
+
+
+def test_ca_file_must_be_a_readable_file(tmp_path: Path) -> None:
+    doc = good()
+    doc["venues"][0]["ca_file"] = str(tmp_path / "missing.pem")
+    assert problems(doc) == [
+        f"venues[0].ca_file: '{tmp_path / 'missing.pem'}' is not a readable file"
+    ]
+    pem = tmp_path / "ca.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\n")
+    doc["venues"][0]["ca_file"] = str(pem)
+    assert parse_config(doc).venue_specs()[0].ca_file == str(pem)

@@ -328,3 +328,13 @@ def test_one_bad_venue_of_three_is_the_only_outlier() -> None:
     assert d is not None
     assert [(x.venue, x.reason) for x in d.excluded] == [("c", "outlier")]
     assert [u.venue for u in d.used] == ["a", "b"]
+
+
+def test_a_coin_priced_under_its_tick_gets_no_bid_at_zero() -> None:
+    # A coin at 0.004 with the default tick 0.01: every bid rounds down to 0.0, which no
+    # venue accepts; the asks round up to 0.01 and stay. A half-spread of 100 % or more
+    # would make bids negative: dropped too.
+    bids, asks = quote_ladder(0.004, 1.0, 0.0, 0.0, QuoteParams(levels=2), 0.01, 0.001)
+    assert bids == [] and asks == [(0.01, 1.0)]
+    bids, asks = quote_ladder(100.0, 20_000.0, 0.0, 0.0, QuoteParams(levels=1), 0.01, 0.001)
+    assert bids == [] and asks == [(300.0, 1.0)]

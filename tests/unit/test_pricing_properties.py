@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +16,7 @@ from mmengine.pricing.model import (
     QuoteParams,
     SourceSpec,
     evaluate,
+    median,
     quote_ladder,
     raw_ladder,
     skew_bps,
@@ -161,3 +163,193 @@ def test_excluded_venues_never_influence_fair_value(tops: list[BookTop], junk: f
     d2 = evaluate(spec, moved, {}, InstrumentState(), NOW)
     assert d2 is not None
     assert d2.fair_value == d.fair_value or (d.halted and d2.halted)
+
+
+# --- several levels, crossed inputs, FX sources, tick sizes, outliers on ------------------
+
+TICKS = (0.00000001, 0.0001, 0.01, 0.05, 0.5, 1.0, 5.0)
+FX_RATES = {"USDT-USD": (0.9987, NOW), "USD-EUR": (1.0823, NOW)}  # EUR-priced via inverted USD
+
+
+@st.composite
+def market(draw: st.DrawFn) -> tuple[list[SourceSpec], dict[tuple[str, str], BookTop], float]:
+    """2-6 venue books around one mid on a shared price grid (so equal prices meet and sum),
+    each with 1-5 levels a side; some crossed, shifted (outliers), stale, not LIVE, quoted
+    in another currency with or without a known rate. Returns (sources, tops, grid)."""
+    grid = draw(st.sampled_from((0.000001, 0.01, 0.5, 1.0)))  # 1e-6: a coin priced below its tick
+    center = draw(st.integers(200, 2_000_000))  # in grid units
+    n = draw(st.integers(2, 6))
+    sources: list[SourceSpec] = []
+    tops: dict[tuple[str, str], BookTop] = {}
+    for i in range(n):
+        venue = f"v{i}"
+        quote = draw(st.sampled_from(["USD", "USD", "USDT", "EUR", "JPY"]))
+        instrument = f"X-{quote}"
+        fx, invert = {
+            "USD": (None, False),
+            "USDT": ("USDT-USD", False),
+            "EUR": ("USD-EUR", True),
+            "JPY": ("JPY-USD", False),  # no rate known: `no_fx`
+        }[quote]
+        sources.append(SourceSpec(venue, instrument, fx=fx, fx_invert=invert))
+        shift = draw(st.sampled_from([0, 0, 0, 1, -1, 5, -5, 40, -40, 400]))  # in bps
+        mid = round(center * (1 + shift / 1e4))
+        half = draw(st.integers(-3, 20))  # negative: a crossed venue book
+        depth = draw(st.integers(1, 5))
+        bid_prices = [(mid - half - k * draw(st.integers(1, 3))) * grid for k in range(depth)]
+        ask_prices = [(mid + half + 1 + k * draw(st.integers(1, 3))) * grid for k in range(depth)]
+        # best first, strictly ordered, positive
+        bid_prices = sorted({round(p, 8) for p in bid_prices if p > 0}, reverse=True)
+        ask_prices = sorted({round(p, 8) for p in ask_prices})
+        state = draw(st.sampled_from(["LIVE", "LIVE", "LIVE", "LIVE", "STALE", "RESYNCING"]))
+        if state != "LIVE":
+            bid_prices, ask_prices = [], []  # a non-LIVE BookTop carries no levels
+        age_ms = draw(st.sampled_from([0, 0, 0, 50, 10_000]))
+        tops[(venue, instrument)] = BookTop(
+            venue,
+            instrument,
+            state,
+            1,
+            -1,
+            0,
+            NOW - age_ms * 10**6,
+            bid_prices,
+            [draw(sizes) for _ in bid_prices],
+            ask_prices,
+            [draw(sizes) for _ in ask_prices],
+        )
+    return sources, tops, grid
+
+
+def rate_of(src: SourceSpec) -> float | None:
+    if src.fx is None:
+        return 1.0
+    known = FX_RATES.get(src.fx)
+    if known is None:
+        return None
+    return 1.0 / known[0] if src.fx_invert else known[0]
+
+
+def on_tick(price: float, tick: float) -> bool:
+    """Exactly on the grid, as the decimal text a venue would be sent."""
+    from decimal import Decimal
+
+    return Decimal(repr(price)) % Decimal(repr(tick)) == 0
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    inputs=market(),
+    method=st.sampled_from(["mid", "weighted_mid", "microprice"]),
+    micro_levels=st.integers(1, 5),
+    outlier_bps=st.sampled_from([10.0, 100.0, 1000.0]),
+    min_venues=st.integers(1, 4),
+    tick=st.sampled_from(TICKS),
+    q=quotes,
+    position=st.floats(-200.0, 200.0),
+)
+def test_fair_value_and_the_consolidated_top_follow_from_the_venues_used(
+    inputs: tuple[list[SourceSpec], dict[tuple[str, str], BookTop], float],
+    method: str,
+    micro_levels: int,
+    outlier_bps: float,
+    min_venues: int,
+    tick: float,
+    q: QuoteParams,
+    position: float,
+) -> None:
+    sources, tops, _grid = inputs
+    spec = InstrumentSpec(
+        "X-USD",
+        tuple(sources),
+        max_age_ms=1000,
+        method=method,
+        micro_levels=micro_levels,
+        outlier_bps=outlier_bps,
+        min_venues=min_venues,
+        max_jump_bps=1e9,
+        tick=tick,
+        lot=LOT,
+        quote=q,
+    )
+    state = InstrumentState(position=position)
+    d = evaluate(spec, tops, FX_RATES, state, NOW)
+    by_venue = {s.venue: s for s in sources}
+    top_of = {s.venue: tops[(s.venue, s.instrument)] for s in sources}
+    if d is None:
+        assert all(t.state != "LIVE" for t in tops.values())
+        return
+
+    # Every exclusion is justified by its inputs.
+    usable_mids = {}
+    for x in d.excluded:
+        t, src = top_of[x.venue], by_venue[x.venue]
+        if x.reason == "not_live":
+            assert t.state != "LIVE" or not t.bid_prices or not t.ask_prices
+        elif x.reason == "stale":
+            assert NOW - t.recv_ts_ns > spec.max_age_ms * 1e6
+        elif x.reason == "crossed":
+            assert t.bid_prices[0] >= t.ask_prices[0]
+        elif x.reason == "no_fx":
+            assert rate_of(src) is None
+        else:
+            assert x.reason == "outlier", x.reason
+            rate = rate_of(src)
+            assert rate is not None
+            usable_mids[x.venue] = (t.bid_prices[0] + t.ask_prices[0]) / 2 * rate
+    # ...and every venue used passes every rule.
+    for u in d.used:
+        t, src = top_of[u.venue], by_venue[u.venue]
+        rate = rate_of(src)
+        assert t.state == "LIVE" and NOW - t.recv_ts_ns <= spec.max_age_ms * 1e6
+        assert t.bid_prices[0] < t.ask_prices[0] and rate is not None
+        assert u.fx_rate == rate
+        assert u.mid == (t.bid_prices[0] + t.ask_prices[0]) / 2 * rate
+        usable_mids[u.venue] = u.mid
+    assert {u.venue for u in d.used} | {x.venue for x in d.excluded} == set(by_venue)
+    if len(usable_mids) >= 3:
+        center = median(list(usable_mids.values()))
+        for venue, mid in usable_mids.items():
+            far = abs(mid / center - 1.0) * 1e4 > outlier_bps
+            assert far == (venue not in {u.venue for u in d.used}), venue
+
+    if not d.used:
+        assert d.halted and d.bids == [] and d.asks == []
+        return
+    used_tops = [(top_of[u.venue], u.fx_rate) for u in d.used]
+    bids = [p * r for t, r in used_tops for p in t.bid_prices]
+    asks = [p * r for t, r in used_tops for p in t.ask_prices]
+    # The consolidated top is the best converted level of the venues used, sizes summed.
+    assert d.best_bid == max(t.bid_prices[0] * r for t, r in used_tops)
+    assert d.best_ask == min(t.ask_prices[0] * r for t, r in used_tops)
+    assert d.best_bid_size == pytest.approx(
+        sum(t.bid_sizes[0] for t, r in used_tops if t.bid_prices[0] * r == d.best_bid)
+    )
+    assert d.cross_venue_crossed == (d.best_bid >= d.best_ask)
+    # Fair value lies within the used venues' bid/ask range (converted), whatever the method.
+    assert min(bids) <= d.fair_value <= max(asks)
+    mids = [u.mid for u in d.used]
+    if method == "weighted_mid":
+        # a weighted mean of the venue mids: inside their range
+        assert min(mids) * (1 - 1e-12) <= d.fair_value <= max(mids) * (1 + 1e-12)
+    elif method == "mid":
+        assert d.fair_value == (d.best_bid + d.best_ask) / 2
+    if not d.cross_venue_crossed and method != "weighted_mid":
+        # (a weighted mean of venue mids may leave the inside market: a wide venue's mid
+        # sits outside a tighter venue's spread, by design of that method)
+        assert d.best_bid <= d.fair_value <= d.best_ask
+    assert abs(sum(u.weight for u in d.used) - 1.0) < 1e-9
+
+    # Quoting: halted exactly when too few venues; the ladder is on the tick, positive,
+    # strictly beyond fair and monotone.
+    assert d.halted == (len(d.used) < min_venues)
+    if d.halted:
+        assert d.bids == [] and d.asks == []
+        return
+    for p, s in d.bids + d.asks:
+        assert p > 0 and s > 0, (p, s)
+        assert on_tick(p, tick), (p, tick)
+    assert all(p < d.fair_value for p, _ in d.bids)
+    assert all(p > d.fair_value for p, _ in d.asks)
+    assert all(a[0] > b[0] for a, b in itertools.pairwise(d.bids))
+    assert all(b[0] > a[0] for a, b in itertools.pairwise(d.asks))
