@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import pickle
 import subprocess
@@ -186,3 +187,24 @@ prices_st = st.builds(
 def test_hot_path_price_encoder_is_byte_identical_to_fastavro(price: Price) -> None:
     codec = Codec("price.avsc")
     assert encode_price(codec.header, price) == codec.encode(price_record(price))
+
+
+def _expected_record(price: Price) -> dict:
+    """What a Price must decode to, written from the model's own fields (dataclasses.asdict),
+    not from `price_record`, so a field the codec maps wrongly or forgets is seen."""
+    expected = dataclasses.asdict(price)
+    for side in ("bids", "asks"):
+        expected[side] = [{"price": p, "size": s} for p, s in expected[side]]
+    return expected
+
+
+@settings(max_examples=200)
+@given(price=prices_st)
+def test_what_the_official_decoder_reads_is_the_price_the_engine_had(price: Price) -> None:
+    decoded = official_decode("price.avsc", encode_price(Codec("price.avsc").header, price))
+    assert decoded == _expected_record(price)
+
+
+def test_every_price_field_is_in_the_schema_and_nothing_else() -> None:
+    schema_fields = [f["name"] for f in Codec("price.avsc").schema_json["fields"]]
+    assert schema_fields == [f.name for f in dataclasses.fields(Price)]
