@@ -8,7 +8,6 @@ after, with the same `key.path: message` form.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,6 +22,7 @@ from pydantic import (
 )
 
 from mmengine.errors import ConfigError
+from mmengine.locate import default_run_dir
 from mmengine.model import INSTRUMENT_RE
 from mmengine.pricing.model import FxSpec, InstrumentSpec, QuoteParams, SourceSpec
 from mmengine.venues.base import VenueSpec
@@ -43,8 +43,9 @@ class Strict(BaseModel):
 
 class EngineConfig(Strict):
     run_dir: str = Field(
-        default_factory=lambda: str(Path(tempfile.gettempdir()) / "mmengine"),
-        description="Directory for IPC sockets and endpoints.json (created 0700).",
+        default_factory=lambda: str(default_run_dir()),
+        description="Directory for IPC sockets and endpoints.json (created 0700); default "
+        "$MMENGINE_RUN_DIR, else <tmp>/mmengine: where the tools look without --run-dir.",
     )
     pricing_workers: Annotated[int, Field(ge=1, le=64)] = 2
     epoch: Annotated[int, Field(ge=0)] | None = None
