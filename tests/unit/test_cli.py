@@ -157,3 +157,12 @@ def test_replay_prints_its_scorecard_and_state_lines_only_when_asked() -> None:
     )
     assert " LIVE " in verbose.stderr and "INFO" in verbose.stderr
     assert " LIVE " in _replay("--log-level", "info").stderr
+
+
+def test_engine_summary_counts_read_as_words() -> None:
+    from collections import Counter
+
+    from mmengine.engine import counted
+
+    assert counted(Counter(gap=5, checksum=2), "resyncs") == "7 resyncs (checksum 2, gap 5)"
+    assert counted(Counter(), "skipped") == "0 skipped"
