@@ -103,6 +103,8 @@ def check_config(config_path: str) -> None:
     for i in cfg.instruments:
         srcs = ", ".join(f"{s.venue}:{s.instrument or i.name}" for s in i.sources)
         click.echo(f"price {i.name} <- {srcs}")
+    for warning in cfg.warnings():
+        click.echo(f"warning: {warning}", err=True)
 
 
 @main.command()
@@ -130,6 +132,8 @@ def run(config_path: str, duration: float | None, metrics_port: int | None) -> N
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    for warning in cfg.warnings():
+        log.warning("config: %s", warning)
     engine = Engine(cfg)
     try:
         engine.start()
