@@ -6,6 +6,7 @@ the demo in its own group and signals all of it with `os.killpg`, as the termina
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -63,8 +64,7 @@ class Demo:
         return self.output
 
 
-@pytest.fixture
-def demo() -> Iterator[Demo]:
+def _demo() -> Iterator[Demo]:
     tmp = Path(tempfile.mkdtemp(prefix="mmd-"))  # short: Unix socket paths stay < 108 bytes
     tmp.chmod(0o711)  # as root, the private Postgres runs as its own user and must get in
     running = Demo(tmp)
@@ -75,13 +75,104 @@ def demo() -> Iterator[Demo]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@pytest.fixture
+def demo() -> Iterator[Demo]:
+    yield from _demo()
+
+
+@pytest.fixture(scope="module")
+def running_demo() -> Iterator[Demo]:
+    """One demo for the tests that use it while it runs, then the Ctrl-C test ends it."""
+    yield from _demo()
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def mmengine(demo: Demo, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """A bare `mmengine` command, as a user types it in a second terminal."""
+    return subprocess.run(
+        [sys.executable, "-m", "mmengine.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**demo.env, "COLUMNS": "100"},
+        cwd=REPO,
+    )
+
+
+def readme_ipc_snippet() -> str:
+    """The README's Python IPC example, exactly as printed there."""
+    text = (REPO / "README.md").read_text()
+    match = re.search(r"```python\n(import io, zmq.*?)```", text, re.S)
+    assert match, "no Python IPC snippet in the README"
+    return match.group(1)
+
+
+def test_the_tools_find_the_demo_without_options(running_demo: Demo) -> None:
+    demo = running_demo
+    endpoints = demo.endpoints()
+    run_dir = demo.tmp / "mmengine"  # the default run dir (<tmp>/mmengine): the demo's
+    assert endpoints == run_dir / "endpoints.json"
+    deadline = time.monotonic() + 20
+    while "quoting" not in (top := mmengine(demo, "top", "--once")).stdout:
+        assert time.monotonic() < deadline, top.stdout + top.stderr
+    # top: 100 columns, nothing cut, the quoted spread and the crossed flag.
+    assert top.returncode == 0, top.stderr
+    assert "…" not in top.stdout and max(map(len, top.stdout.splitlines())) <= 100
+    for word in ("BTC-USD", "ETH-USD", "binance", "bybit", "spread", "crossed", "p99 µs"):
+        assert word in top.stdout, word
+
+    # The README's IPC snippet, as written (the demo's TMPDIR stands in for /tmp).
+    snippet = readme_ipc_snippet().replace("/tmp/mmengine", str(run_dir))
+    code = snippet + "print(topic.decode(), price['instrument'], price['seq'])\n"
+    ipc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=20, cwd=REPO
+    )
+    assert ipc.returncode == 0, ipc.stderr
+    assert ipc.stdout.startswith("price.BTC-USD BTC-USD "), ipc.stdout
+
+    # tap with a plain instrument name.
+    tap = mmengine(demo, "tap", "--topic", "ETH-USD", "--count", "3", "--json")
+    assert tap.returncode == 0, tap.stderr
+    assert [json.loads(line)["instrument"] for line in tap.stdout.splitlines()] == ["ETH-USD"] * 3
+
+    # A short position as written, then one beyond max_position: accepted, with a warning.
+    short = mmengine(demo, "set-position", "BTC-USD", "-1")
+    assert short.returncode == 0 and "BTC-USD position -1: accepted" in short.stdout, short
+    assert short.stderr == ""
+    big = mmengine(demo, "set-position", "ETH-USD", "99")
+    assert big.returncode == 0 and "accepted" in big.stdout, big
+    assert "warning: |99| is beyond ETH-USD's quote.max_position 50: the skew is capped" in (
+        big.stderr
+    )
+    tap = mmengine(demo, "tap", "--topic", "BTC-USD", "--count", "1", "--json")
+    assert json.loads(tap.stdout)["position"] == -1.0
+
+    # kafka-tail finds the broker through the running engine: no library chatter, no
+    # traceback, a summary in words.
+    kafka = mmengine(demo, "kafka-tail", "--count", "5")
+    assert kafka.returncode == 0, kafka.stderr
+    assert len([ln for ln in kafka.stdout.splitlines() if ln.startswith(("BTC", "ETH"))]) == 5
+    assert re.fullmatch(
+        r"5 prices, 0 duplicates dropped, 0 gaps \(0 seqs missing\), 0 late\n", kafka.stderr
+    ), kafka.stderr
+
+    # db-tail with the README's instrument.
+    dsn = json.loads(endpoints.read_text())["postgres"]["dsn"]
+    rows = mmengine(demo, "db-tail", "--dsn", dsn, "--instrument", "BTC-USD", "--count", "2")
+    assert rows.returncode == 0, rows.stderr
+    assert [ln.split()[0] for ln in rows.stdout.splitlines()] == ["BTC-USD", "BTC-USD"]
+
+
 def left_in_spool(output: str, sink: str) -> int:
     match = re.search(rf"^{sink}: .*?(\d+) left in the spool", output, re.M)
     assert match, f"no {sink} summary line in:\n{output}"
     return int(match.group(1))
 
 
-def test_ctrl_c_to_the_whole_process_group_drains_both_sinks(demo: Demo) -> None:
+def test_ctrl_c_to_the_whole_process_group_drains_both_sinks(running_demo: Demo) -> None:
+    demo = running_demo
     demo.endpoints()
     time.sleep(2.0)  # prices flowing into both sinks at several hundred a second
     output = demo.interrupt()

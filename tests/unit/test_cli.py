@@ -166,3 +166,24 @@ def test_engine_summary_counts_read_as_words() -> None:
 
     assert counted(Counter(gap=5, checksum=2), "resyncs") == "7 resyncs (checksum 2, gap 5)"
     assert counted(Counter(), "skipped") == "0 skipped"
+
+
+def test_a_stopped_simulator_says_what_it_did_once_in_words() -> None:
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mmengine.cli", "simulate", "--venue", "binance"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # log lines, then "binance simulator: ws ..."
+    while "simulator: ws" not in first and first:
+        first = proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, rest
+    assert rest.count("simulator stopped") == 1, rest
+    assert "binance simulator stopped: 0 connections, 0 frames sent" in rest
+    assert "{" not in rest, rest
