@@ -368,3 +368,5 @@ def test_engine_refuses_to_start_against_an_older_schema(
     with pytest.raises(MmengineError, match=r"db upgrade"):
         engine.start()
     assert engine.workers == [] and not (tmp_path / "run" / "endpoints.json").exists()
+    # Refused before any thread started: no IPC publisher, no writer.
+    assert engine.publishers == [] and engine.writers == []
