@@ -187,3 +187,37 @@ def test_a_stopped_simulator_says_what_it_did_once_in_words() -> None:
     assert rest.count("simulator stopped") == 1, rest
     assert "binance simulator stopped: 0 connections, 0 frames sent" in rest
     assert "{" not in rest, rest
+
+
+def test_tap_and_top_exit_when_the_engine_they_watch_stops(tmp_path: Path) -> None:
+    """An engine killed while a tool waits on it: the tool says so instead of hanging."""
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    nowhere = f"ipc://{tmp_path}/nothing"  # nobody binds it: the tool only waits
+    (tmp_path / "endpoints.json").write_text(
+        json.dumps(
+            {
+                "pid": stand_in.pid,
+                "ipc": {"prices": {"endpoint": nowhere, "schema": "price.avsc"}},
+                "status": {"endpoint": nowhere},
+            }
+        )
+    )
+    env = {**os.environ, "MMENGINE_RUN_DIR": str(tmp_path)}
+    tools = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mmengine.cli", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for args in (["tap"], ["top"])
+    ]
+    time.sleep(1.5)  # both attached and waiting
+    assert [t.poll() for t in tools] == [None, None]
+    stand_in.kill()
+    stand_in.wait()
+    _, tap_err = tools[0].communicate(timeout=10)
+    top_out, _ = tools[1].communicate(timeout=10)
+    assert tools[0].returncode == 1 and f"the engine (pid {stand_in.pid}) has stopped" in tap_err
+    assert tools[1].returncode == 1 and "the engine has stopped" in top_out
