@@ -173,9 +173,10 @@ class InstrumentConfig(Strict):
     sources: Annotated[list[SourceConfig], Field(min_length=1)]
     max_age_ms: Annotated[float, Field(gt=0, le=HOUR_MS)] = 5000.0
     fair_value: FairValueConfig = FairValueConfig()
-    outlier_bps: Annotated[float, Field(gt=0, le=MAX_BPS)] = 100.0
+    # Beyond 100 % a limit simply never trips (a way to switch it off): finite is enough.
+    outlier_bps: Annotated[float, Field(gt=0, le=1e6)] = 100.0
     min_venues: Annotated[int, Field(ge=1, le=100)] = 2
-    max_jump_bps: Annotated[float, Field(gt=0, le=MAX_BPS)] = 500.0
+    max_jump_bps: Annotated[float, Field(gt=0, le=1e6)] = 500.0
     volatility: VolatilityConfig = VolatilityConfig()
     quote: QuoteConfig = QuoteConfig()
     tick: Annotated[float, Field(gt=0, le=1e6)] = 0.01

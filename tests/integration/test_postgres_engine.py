@@ -49,7 +49,7 @@ Key = tuple[str, int, int]
 
 
 def engine_config(
-    port: int, dsn: str, instruments: list[str] = INSTRUMENTS, **limits: Any
+    port: int, dsn: str | None, instruments: list[str] = INSTRUMENTS, **limits: Any
 ) -> dict[str, Any]:
     return {
         "engine": {"pricing_workers": 2},
@@ -162,10 +162,13 @@ def spooled_keys(spool_dir: Path) -> list[Key]:
 def test_history_is_exactly_the_ipc_prices_and_latest_is_the_last(
     pg: PgServer,  # noqa: F811
     engine_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     port = free_port()
-    # (trust auth ignores the password; it is there to check it is never shown)
-    cfg = engine_config(port, pg.dsn + " password=s3cret-pw")
+    # (trust auth ignores the password; it is there to check it is never shown). A password
+    # comes from the environment only: the config file refuses one.
+    monkeypatch.setenv("MMENGINE_PG_DSN", pg.dsn + " password=s3cret-pw")
+    cfg = engine_config(port, None)
     engine, ipc = start(engine_factory, cfg, "e0")
     # endpoints.json names the database, without the password.
     named = conninfo_to_dict(ipc.postgres["dsn"])
