@@ -31,7 +31,8 @@ test: $(STAMP) lint
 demo: $(STAMP)
 	$(BIN)/mmengine demo
 
-# Performance: bench/results/latest.json and plots (a few minutes; bench-quick under one).
+# Performance: bench/results/latest.json and plots (a few minutes). bench-quick: a smoke
+# check in under a minute; prints a short table, writes bench/results/quick.json only.
 bench: $(STAMP)
 	$(BIN)/python scripts/bench.py
 

@@ -9,20 +9,28 @@ import signal
 import sys
 import threading
 import time
+from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from mmengine.config import Config, load_config
-from mmengine.dbcli import db, db_tail
 from mmengine.errors import ConfigError, MmengineError
+from mmengine.locate import RUN_DIR_ENV, EngineNotFound, find_engine, pid_alive
 from mmengine.logs import setup_logging
+from mmengine.model import INSTRUMENT_RE
+
+if TYPE_CHECKING:
+    from mmengine.config import Config
 
 log = logging.getLogger("mmengine.cli")
 
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
 
 def _load_or_exit(path: str) -> Config:
+    from mmengine.config import load_config
+
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -32,8 +40,33 @@ def _load_or_exit(path: str) -> Config:
         sys.exit(2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING.")
+class LazyGroup(click.Group):
+    """Commands whose modules are imported only when used: the tools that only attach to
+    a running engine (`top`, `tap`, ...) start, and answer "no engine", in well under a
+    second, without loading the config models or the Postgres driver."""
+
+    lazy = {"db": "mmengine.dbcli:db", "db-tail": "mmengine.dbcli:db_tail"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = self.lazy.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module, name = target.split(":")
+        command: click.Command = getattr(import_module(module), name)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default=None,
+    help="Default info. Other libraries' own INFO lines (Kafka client, web servers) show "
+    "only with debug.",
+)
 @click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
@@ -41,13 +74,15 @@ def _load_or_exit(path: str) -> Config:
     show_default=True,
     help="json: one object per line (time, level, thread, venue, instrument, event, ...).",
 )
-def main(log_level: str, log_format: str) -> None:
+@click.pass_context
+def main(ctx: click.Context, log_level: str | None, log_format: str) -> None:
     """mmengine: a market maker's pricing engine for crypto.
 
     Venue order books in, verified; fair values and quotes out, over local IPC
     (and, where configured, Kafka and Postgres).
     """
-    setup_logging(log_level, log_format)
+    ctx.obj = {"log_level": log_level}
+    setup_logging(log_level or "info", log_format)
 
 
 @main.command("check-config")
@@ -68,6 +103,8 @@ def check_config(config_path: str) -> None:
     for i in cfg.instruments:
         srcs = ", ".join(f"{s.venue}:{s.instrument or i.name}" for s in i.sources)
         click.echo(f"price {i.name} <- {srcs}")
+    for warning in cfg.warnings():
+        click.echo(f"warning: {warning}", err=True)
 
 
 @main.command()
@@ -95,6 +132,8 @@ def run(config_path: str, duration: float | None, metrics_port: int | None) -> N
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    for warning in cfg.warnings():
+        log.warning("config: %s", warning)
     engine = Engine(cfg)
     try:
         engine.start()
@@ -108,35 +147,79 @@ def run(config_path: str, duration: float | None, metrics_port: int | None) -> N
         click.echo(line)
 
 
-def _resolve_endpoint(run_dir: str | None, endpoint: str | None, stream: str) -> tuple[str, str]:
-    """(endpoint, schema file name) from an explicit endpoint or a run dir's endpoints.json."""
-    from mmengine.config import EngineConfig
+RUN_DIR_HELP = f"Engine run dir (default ${RUN_DIR_ENV}, else <tmp>/mmengine)."
 
+
+def _find_engine(run_dir: str | None) -> dict[str, Any]:
+    """The live engine's endpoints.json, or a clear error at once (see mmengine.locate)."""
+    try:
+        return find_engine(run_dir)
+    except EngineNotFound as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _resolve_endpoint(
+    run_dir: str | None, endpoint: str | None, stream: str
+) -> tuple[str, str, int | None]:
+    """(endpoint, schema file name, engine pid or None) from an explicit endpoint or the
+    run dir's endpoints.json."""
     if endpoint:
-        return endpoint, "book_top.avsc" if "books" in endpoint else "price.avsc"
-    directory = Path(run_dir or EngineConfig().run_dir)
-    path = directory / "endpoints.json"
-    deadline = time.monotonic() + 10
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise click.ClickException(f"no engine found: {path} does not exist")
-        time.sleep(0.1)
-    doc = json.loads(path.read_text())
+        return endpoint, "book_top.avsc" if "books" in endpoint else "price.avsc", None
+    doc = _find_engine(run_dir)
+    pid = int(doc["pid"])
     if stream in ("control", "status"):
-        return doc[stream]["endpoint"], ""
+        return doc[stream]["endpoint"], "", pid
     info = doc["ipc"].get(stream)
     if info is None:
-        raise click.ClickException(f"the engine in {directory} exposes no {stream!r} stream")
-    return info["endpoint"], Path(info["schema"]).name
+        raise click.ClickException(f"the engine in {doc['run_dir']} exposes no {stream!r} stream")
+    return info["endpoint"], Path(info["schema"]).name, pid
+
+
+def tap_filter(stream: str, topic: str) -> tuple[bytes, str | None]:
+    """(ZeroMQ subscription prefix, instrument to keep or None) for `tap --topic`.
+
+    Prices: a plain name is an instrument prefix (`BTC-USD`, or `BTC` for every BTC
+    instrument); `price.BTC-USD` is taken as written. Books: topics are
+    `book.<venue>.<instrument>`, so a plain instrument name (`BTC-USDT`) keeps that
+    instrument from every venue, and any other plain name is a venue (`binance`)."""
+    prefix = "price." if stream == "prices" else "book."
+    if not topic or topic.startswith(prefix):
+        return topic.encode(), None
+    if stream == "books" and INSTRUMENT_RE.match(topic):
+        return prefix.encode(), topic
+    return (prefix + topic).encode(), None
+
+
+class EngineWatch:
+    """Notices, while a tool waits for messages, that the engine it attached to is gone."""
+
+    def __init__(self, pid: int | None, every_s: float = 1.0) -> None:
+        self.pid = pid
+        self.every_s = every_s
+        self._next = time.monotonic() + every_s
+
+    def check(self) -> None:
+        if self.pid is None or time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.every_s
+        if not pid_alive(self.pid):
+            raise click.ClickException(f"the engine (pid {self.pid}) has stopped")
 
 
 @main.command()
-@click.option("--run-dir", default=None, help="Engine run dir (default: the engine's default).")
+@click.option("--run-dir", default=None, help=RUN_DIR_HELP)
 @click.option(
     "--endpoint", default=None, help="Explicit endpoint, e.g. ipc:///tmp/mmengine/prices."
 )
-@click.option("--stream", default="prices", show_default=True, help="prices or books.")
-@click.option("--topic", default="", help="Topic prefix filter, e.g. price.BTC-USDT")
+@click.option(
+    "--stream", type=click.Choice(["prices", "books"]), default="prices", show_default=True
+)
+@click.option(
+    "--topic",
+    default="",
+    help="Filter: an instrument (BTC-USD, or BTC for every BTC instrument); with "
+    "--stream books an instrument (BTC-USDT) or a venue (binance).",
+)
 @click.option("--count", type=int, default=None, help="Exit after this many messages.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
@@ -151,19 +234,22 @@ def tap(
 ) -> None:
     """Attach to a running engine's IPC stream and print decoded messages.
 
-    Without options it finds the engine through <run dir>/endpoints.json and prints Prices.
+    Without options it finds the engine through <run dir>/endpoints.json and prints Prices,
+    e.g. `mmengine tap --topic BTC-USD`. It exits when the engine stops.
     """
+    address, schema, pid = _resolve_endpoint(run_dir, endpoint, stream)
     import zmq
 
     from mmengine.codec import Codec
 
-    address, schema = _resolve_endpoint(run_dir, endpoint, stream)
+    subscription, instrument = tap_filter(stream, topic)
     codec = Codec(schema)
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
+    sub.setsockopt(zmq.SUBSCRIBE, subscription)
     sub.connect(address)
+    watch = EngineWatch(pid)
     seen = 0
     deadline = time.monotonic() + timeout if timeout else None
     try:
@@ -171,8 +257,11 @@ def tap(
             if deadline is not None and time.monotonic() > deadline:
                 raise click.ClickException(f"timed out after {seen} messages")
             if not sub.poll(200):
+                watch.check()
                 continue
             topic_b, payload = sub.recv_multipart()
+            if instrument is not None and not topic_b.endswith(b"." + instrument.encode()):
+                continue
             record = codec.decode(payload)
             seen += 1
             if as_json:
@@ -224,28 +313,34 @@ def readable_price(r: dict[str, Any]) -> str:
 
 
 @main.command()
-@click.option("--run-dir", default=None, help="Engine run dir (default: the engine's default).")
+@click.option("--run-dir", default=None, help=RUN_DIR_HELP)
 @click.option("--once", is_flag=True, help="Print one frame and exit (for scripts and logs).")
 def top(run_dir: str | None, once: bool) -> None:
-    """Live dashboard of a running engine: venues, instruments, pricing, sinks. q quits."""
+    """Live dashboard of a running engine: venues, instruments, pricing, sinks. q quits.
+
+    Fits 100 columns; a wider terminal shows more (protocols, venue names)."""
+    endpoint, _, pid = _resolve_endpoint(run_dir, None, "status")
     from mmengine.top import run_top
 
-    endpoint, _ = _resolve_endpoint(run_dir, None, "status")
-    sys.exit(run_top(endpoint, once=once))
+    sys.exit(run_top(endpoint, once=once, alive=lambda: pid_alive(pid or 0)))
 
 
-@main.command("set-position")
+# A short position is negative: `set-position BTC-USD -1` must read -1 as QTY, not as an
+# option (unknown options are left to the arguments).
+@main.command("set-position", context_settings={"ignore_unknown_options": True})
 @click.argument("instrument")
 @click.argument("qty", type=float)
-@click.option("--run-dir", default=None, help="Engine run dir (default: the engine's default).")
+@click.option("--run-dir", default=None, help=RUN_DIR_HELP)
 def set_position(instrument: str, qty: float, run_dir: str | None) -> None:
-    """Tell a running engine the inventory position of INSTRUMENT (base units, long > 0).
+    """Tell a running engine the inventory position of INSTRUMENT (base units: long > 0,
+    short < 0), e.g. `mmengine set-position BTC-USD -1`.
 
-    The engine re-prices the instrument at once with the new skew.
+    The engine re-prices the instrument at once with the new skew. A position beyond the
+    instrument's quote.max_position is accepted; the skew stays at its maximum.
     """
+    endpoint, _, _pid = _resolve_endpoint(run_dir, None, "control")
     import zmq
 
-    endpoint, _ = _resolve_endpoint(run_dir, None, "control")
     ctx = zmq.Context()
     req = ctx.socket(zmq.REQ)
     req.setsockopt(zmq.LINGER, 0)
@@ -261,6 +356,8 @@ def set_position(instrument: str, qty: float, run_dir: str | None) -> None:
     if not reply.get("ok"):
         raise click.ClickException(reply.get("error", "refused"))
     click.echo(f"{instrument} position {qty:g}: accepted")
+    if reply.get("warning"):
+        click.echo(f"warning: {reply['warning']}", err=True)
 
 
 @main.command()
@@ -299,6 +396,8 @@ def simulate(
     """
     from mmengine.simulator import start_simulator
 
+    if replay is not None:
+        _check_capture_fits(venue, replay)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -320,7 +419,42 @@ def simulate(
     with handle:
         click.echo(f"{venue} simulator: ws {handle.ws_url}  rest {handle.rest_url}")
         stop.wait()
-    click.echo(f"simulator stopped: {handle.stats}")
+    click.echo(simulator_summary(venue, handle.stats))
+
+
+def _check_capture_fits(venue: str, capture: str) -> None:
+    """Refuse to replay a capture of another protocol (it would only confuse a client)."""
+    from mmengine.capture import read_capture
+    from mmengine.replay import UnsupportedCapture, detect_protocol, recorded_venues
+
+    try:
+        header, events = read_capture(capture)
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(f"cannot read {capture}: {exc}") from None
+    protocols = {str(v.get("protocol")) for v in recorded_venues(header)}
+    try:
+        protocols = protocols or {detect_protocol(header, events)}
+    except UnsupportedCapture as exc:
+        raise click.ClickException(f"{capture}: {exc}") from None
+    served = venue.removesuffix("-deep")  # coinbase-advanced-deep serves coinbase-advanced
+    if served not in protocols:
+        raise click.ClickException(
+            f"{capture} is a {' and '.join(sorted(protocols))} capture; the {venue} simulator "
+            f"cannot replay it (use --venue {sorted(protocols)[0]})"
+        )
+
+
+def simulator_summary(venue: str, stats: dict[str, Any]) -> str:
+    """What a simulator did, as one sentence."""
+    faults = ", ".join(f"{n} {kind}" for kind, n in sorted(stats.get("faults", {}).items()))
+    return (
+        f"{venue} simulator stopped: {stats.get('connections', 0)} connections, "
+        f"{stats.get('frames_sent', 0):,} frames sent, "
+        f"{stats.get('updates_generated', 0):,} book updates generated, "
+        f"{stats.get('snapshots_served', 0)} REST snapshots served, "
+        f"{stats.get('slow_consumer_drops', 0)} slow clients dropped, "
+        f"faults injected: {faults or 'none'}"
+    )
 
 
 @main.command()
@@ -344,12 +478,24 @@ def demo(duration: float | None, rate: float) -> None:
     help="Write one JSON line per book message to this file.",
 )
 @click.option("--venue", "venue_name", default=None, help="Venue to replay (multi-venue files).")
-def replay(capture: str, as_json: bool, trace_path: str | None, venue_name: str | None) -> None:
+@click.option("--verbose", is_flag=True, help="Also log each book's state changes.")
+@click.pass_context
+def replay(
+    ctx: click.Context,
+    capture: str,
+    as_json: bool,
+    trace_path: str | None,
+    venue_name: str | None,
+    verbose: bool,
+) -> None:
     """Replay a format-2 capture through the live venue and book code; print a scorecard.
 
     The protocol comes from the capture's header and connect address. A capture of a venue
     without a module is reported as an unsupported protocol (exit 2).
     """
+    if not verbose and ctx.obj.get("log_level") is None:
+        # The scorecard is the story; a state line per book is for --verbose.
+        logging.getLogger("mmengine").setLevel(logging.WARNING)
     from mmengine.replay import (
         UnsupportedCapture,
         format_scorecard,
@@ -417,8 +563,13 @@ def record(config_path: str, out: str, duration: float | None) -> None:
 
 
 @main.command("kafka-tail")
-@click.option("--bootstrap", default=None, help="HOST:PORT (default: from the run dir).")
-@click.option("--run-dir", default=None, help="Find bootstrap and topic in endpoints.json.")
+@click.option("--bootstrap", default=None, help="HOST:PORT (default: the running engine's).")
+@click.option(
+    "--run-dir",
+    default=None,
+    help=f"Find bootstrap and topic in this engine's endpoints.json (default ${RUN_DIR_ENV}, "
+    "else <tmp>/mmengine).",
+)
 @click.option("--topic", default=None, help="Topic (default mmengine.prices).")
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest record.")
 @click.option("--count", type=int, default=None, help="Exit after this many Prices.")
@@ -437,21 +588,23 @@ def kafka_tail(
 ) -> None:
     """Consume the Prices topic and print decoded Prices.
 
-    Duplicates (same instrument, epoch, seq: delivery is at-least-once) are dropped; a gap
-    in seq per (instrument, epoch) is reported on stderr. Without --group no offsets are
+    Without --bootstrap it reads the broker and topic of the running engine (as `top` finds
+    it). Duplicates (same instrument, epoch, seq: delivery is at-least-once) are dropped; a
+    gap in seq per (instrument, epoch) is reported on stderr. Without --group no offsets are
     committed and every partition is read directly.
     """
     from mmengine.kafka_tail import SeqTracker, tail
 
     if bootstrap is None:
-        from mmengine.config import EngineConfig
-
-        path = Path(run_dir or EngineConfig().run_dir) / "endpoints.json"
-        if not path.exists():
-            raise click.ClickException(f"give --bootstrap, or run an engine: no {path}")
-        kafka = json.loads(path.read_text()).get("kafka")
+        try:
+            doc = find_engine(run_dir)
+        except EngineNotFound as exc:
+            raise click.ClickException(f"{exc}; or give --bootstrap HOST:PORT") from None
+        kafka = doc.get("kafka")
         if kafka is None:
-            raise click.ClickException(f"the engine of {path} does not deliver to Kafka")
+            raise click.ClickException(
+                f"the engine in {doc['run_dir']} does not deliver to Kafka; give --bootstrap"
+            )
         bootstrap = kafka["bootstrap"]
         topic = topic or kafka["topic"]
     topic = topic or "mmengine.prices"
@@ -475,16 +628,7 @@ def kafka_tail(
         pass
     except TimeoutError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(
-        f"{tracker.new + tracker.late} prices, {tracker.duplicates} duplicates dropped, "
-        f"{tracker.gaps} gaps ({tracker.missing} seqs missing), {tracker.late} late",
-        err=True,
-    )
-
-
-# Postgres schema and tail commands live with their code (mmengine/dbcli.py).
-main.add_command(db)
-main.add_command(db_tail)
+    click.echo(tracker.summary(), err=True)
 
 
 if __name__ == "__main__":

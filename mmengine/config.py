@@ -1,14 +1,20 @@
 """`venues.yaml`: load, validate fully at start-up, and say exactly which key is wrong.
 
-Structure and types are checked by pydantic models; references between sections (a priced
-instrument's source must be a configured venue subscribing that instrument) are checked
-after, with the same `key.path: message` form.
+Structure, types and ranges are checked by pydantic models (every number finite, within
+what a trading user would mean); references between sections (a priced instrument's
+source must be a configured venue subscribing that instrument) are checked on the same
+document in the same pass, so one run of `check-config` lists every problem, each as
+`key.path: message`, with "did you mean" for a near-miss key or name. Settings that are
+valid but cannot do what they seem to ask (an instrument that can never quote) are
+`warnings`.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
-import tempfile
+import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,9 +26,11 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from mmengine.errors import ConfigError
+from mmengine.locate import default_run_dir
 from mmengine.model import INSTRUMENT_RE
 from mmengine.pricing.model import FxSpec, InstrumentSpec, QuoteParams, SourceSpec
 from mmengine.venues.base import VenueSpec
@@ -37,17 +45,32 @@ def check_instrument(value: str) -> str:
     return value
 
 
+# Bounds a trading user would mean. Every float is also finite (`allow_inf_nan=False`).
+MAX_BPS = 10_000.0  # 100 %: a spread, step or skew of that much reaches a price of 0
+INT64_MAX = 2**63 - 1  # `epoch` is an Avro long and a Postgres bigint
+HOUR_MS = 3_600_000.0
+DAY_S = 86_400.0
+PG_PASSWORD_ENV = "PGPASSWORD"
+
+
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for a near miss among `choices`, else ``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class EngineConfig(Strict):
     run_dir: str = Field(
-        default_factory=lambda: str(Path(tempfile.gettempdir()) / "mmengine"),
-        description="Directory for IPC sockets and endpoints.json (created 0700).",
+        default_factory=lambda: str(default_run_dir()),
+        description="Directory for IPC sockets and endpoints.json (created 0700); default "
+        "$MMENGINE_RUN_DIR, else <tmp>/mmengine: where the tools look without --run-dir.",
     )
     pricing_workers: Annotated[int, Field(ge=1, le=64)] = 2
-    epoch: Annotated[int, Field(ge=0)] | None = None
+    epoch: Annotated[int, Field(ge=0, le=INT64_MAX)] | None = None
     top_levels: Annotated[int, Field(ge=1, le=50)] = 5
     switch_interval_us: Annotated[int, Field(ge=50, le=10_000)] = 500
     metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
@@ -80,7 +103,10 @@ class VenueConfig(Strict):
     @classmethod
     def _known_protocol(cls, value: str) -> str:
         if value not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {value!r}; known: {', '.join(sorted(PROTOCOLS))}")
+            raise ValueError(
+                f"unknown protocol {value!r}{did_you_mean(value, PROTOCOLS)}; "
+                f"known: {', '.join(sorted(PROTOCOLS))}"
+            )
         return value
 
     @field_validator("depth")
@@ -111,7 +137,7 @@ class SourceConfig(Strict):
     instrument: str | None = Field(
         default=None, description="The venue's instrument; defaults to the priced name."
     )
-    weight: Annotated[float, Field(gt=0)] | None = Field(
+    weight: Annotated[float, Field(gt=0, le=1e12)] | None = Field(
         default=None, description="weighted_mid: fixed weight (default: top-of-book size)."
     )
 
@@ -122,35 +148,52 @@ class FairValueConfig(Strict):
 
 
 class VolatilityConfig(Strict):
-    half_life_s: Annotated[float, Field(gt=0)] = 30.0
-    horizon_s: Annotated[float, Field(gt=0)] = 1.0
+    half_life_s: Annotated[float, Field(gt=0, le=DAY_S)] = 30.0
+    horizon_s: Annotated[float, Field(gt=0, le=DAY_S)] = 1.0
 
 
 class QuoteConfig(Strict):
     levels: Annotated[int, Field(ge=0, le=50)] = 3
-    min_spread_bps: Annotated[float, Field(ge=0)] = 2.0
-    vol_mult: Annotated[float, Field(ge=0)] = 1.0
-    level_step_bps: Annotated[float, Field(ge=0)] = 1.0
-    size: Annotated[float, Field(gt=0)] = 1.0
-    size_step: Annotated[float, Field(ge=0)] = 0.0
-    skew_bps_at_max: Annotated[float, Field(ge=0)] = 0.0
-    max_position: Annotated[float, Field(gt=0)] = 1.0
+    min_spread_bps: Annotated[float, Field(ge=0, lt=2 * MAX_BPS)] = 2.0
+    vol_mult: Annotated[float, Field(ge=0, le=1000)] = 1.0
+    level_step_bps: Annotated[float, Field(ge=0, lt=MAX_BPS)] = 1.0
+    size: Annotated[float, Field(gt=0, le=1e12)] = 1.0
+    size_step: Annotated[float, Field(ge=0, le=1e12)] = 0.0
+    skew_bps_at_max: Annotated[float, Field(ge=0, lt=MAX_BPS)] = 0.0
+    max_position: Annotated[float, Field(gt=0, le=1e12)] = 1.0
     skew_sizes: bool = False
+
+    @model_validator(mode="after")
+    def _bids_stay_above_zero(self) -> QuoteConfig:
+        # Level i bids fair * (1 - (half_spread + i * step) / 1e4) around a center that the
+        # skew moves by less than 100 %; half_spread >= min_spread / 2 (volatility only
+        # widens it, and pricing halts on a ladder that reaches 0). So the deepest bid at
+        # fair value with no volatility is already <= 0 when this reaches 100 %.
+        if self.levels:
+            deepest = self.min_spread_bps / 2 + self.level_step_bps * (self.levels - 1)
+            if deepest >= MAX_BPS:
+                raise ValueError(
+                    f"the deepest bid would sit min_spread_bps/2 + (levels-1) * level_step_bps"
+                    f" = {deepest:g} bps below fair value, at or below 0: keep it under "
+                    f"{MAX_BPS:g} (fewer levels or a smaller level_step_bps)"
+                )
+        return self
 
 
 class InstrumentConfig(Strict):
     name: str
     sources: Annotated[list[SourceConfig], Field(min_length=1)]
-    max_age_ms: Annotated[float, Field(gt=0)] = 5000.0
+    max_age_ms: Annotated[float, Field(gt=0, le=HOUR_MS)] = 5000.0
     fair_value: FairValueConfig = FairValueConfig()
-    outlier_bps: Annotated[float, Field(gt=0)] = 100.0
-    min_venues: Annotated[int, Field(ge=1)] = 2
-    max_jump_bps: Annotated[float, Field(gt=0)] = 500.0
+    # Beyond 100 % a limit simply never trips (a way to switch it off): finite is enough.
+    outlier_bps: Annotated[float, Field(gt=0, le=1e6)] = 100.0
+    min_venues: Annotated[int, Field(ge=1, le=100)] = 2
+    max_jump_bps: Annotated[float, Field(gt=0, le=1e6)] = 500.0
     volatility: VolatilityConfig = VolatilityConfig()
     quote: QuoteConfig = QuoteConfig()
-    tick: Annotated[float, Field(gt=0)] = 0.01
-    lot: Annotated[float, Field(gt=0)] = 0.0001
-    position: float = 0.0
+    tick: Annotated[float, Field(gt=0, le=1e6)] = 0.01
+    lot: Annotated[float, Field(gt=0, le=1e6)] = 0.0001
+    position: Annotated[float, Field(ge=-1e12, le=1e12)] = 0.0
 
     @field_validator("name")
     @classmethod
@@ -162,11 +205,11 @@ class FxConfig(Strict):
     """A conversion rate: `pair` BASE-QUOTE is the price of one BASE in QUOTE."""
 
     pair: str
-    fixed: Annotated[float, Field(gt=0)] | None = None
+    fixed: Annotated[float, Field(ge=1e-9, le=1e9)] | None = None
     instrument: str | None = Field(
         default=None, description="A priced instrument whose fair value is the rate."
     )
-    max_age_ms: Annotated[float, Field(gt=0)] = 10_000.0
+    max_age_ms: Annotated[float, Field(gt=0, le=24 * HOUR_MS)] = 10_000.0
 
     @field_validator("pair")
     @classmethod
@@ -207,7 +250,7 @@ class PostgresOutput(Strict):
     dsn: str | None = Field(
         default=None,
         description="libpq DSN or URI; default $MMENGINE_PG_DSN, then the PG* variables. "
-        "Keep the password out of it (PGPASSWORD or ~/.pgpass): it is never logged.",
+        "No password here: it comes from PGPASSWORD (or ~/.pgpass, or $MMENGINE_PG_DSN).",
     )
     batch_max_rows: Annotated[int, Field(ge=1, le=200_000)] = 5_000
     batch_max_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = 50
@@ -215,6 +258,23 @@ class PostgresOutput(Strict):
     reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 0.2
     reconnect_max_s: Annotated[float, Field(gt=0, le=600)] = 5.0
     drain_timeout_s: Annotated[float, Field(ge=0, le=600)] = 5.0
+
+    @field_validator("dsn")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        # Config files get copied, committed and shared; the password belongs in the
+        # environment (README: "never from the file").
+        if value is not None and (
+            re.search(r"(^|\s)password\s*=", value, re.I)
+            or re.search(r"[?&]password=", value, re.I)
+            or re.match(r"^[a-z][a-z0-9+.-]*://[^/?#@:\s]*:[^/?#@\s]+@", value, re.I)
+        ):
+            raise ValueError(
+                f"holds a password; keep it out of the config file: set {PG_PASSWORD_ENV} "
+                "in the environment (or use ~/.pgpass, or give the whole DSN in "
+                "MMENGINE_PG_DSN)"
+            )
+        return value
 
 
 class OutputsConfig(Strict):
@@ -224,8 +284,8 @@ class OutputsConfig(Strict):
 
 
 class LimitsConfig(Strict):
-    stale_after_s: Annotated[float, Field(gt=0)] = 10.0
-    reconnect_max_s: Annotated[float, Field(gt=0)] = 30.0
+    stale_after_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     spool_dir: str | None = Field(
         default=None,
         description="Writers' spools live in <spool_dir>/<sink>; default <run_dir>/spool.",
@@ -322,6 +382,28 @@ class Config(Strict):
     def positions(self) -> dict[str, float]:
         return {i.name: i.position for i in self.instruments if i.position}
 
+    def warnings(self) -> list[str]:
+        """Valid settings that cannot do what they seem to ask (`check-config` prints them,
+        `run` logs them)."""
+        out = []
+        for n, i in enumerate(self.instruments):
+            if i.min_venues > len(i.sources):
+                out.append(
+                    f"instruments[{n}].min_venues: {i.min_venues}, but {i.name} has "
+                    f"{len(i.sources)} source(s): it will never quote"
+                )
+            if i.fair_value.method == "microprice" and i.fair_value.levels > self.engine.top_levels:
+                out.append(
+                    f"instruments[{n}].fair_value.levels: {i.fair_value.levels}, but each venue "
+                    f"top carries engine.top_levels = {self.engine.top_levels} levels"
+                )
+            if abs(i.position) > i.quote.max_position:
+                out.append(
+                    f"instruments[{n}].position: {i.position:g} is beyond quote.max_position "
+                    f"{i.quote.max_position:g}: the skew is capped at quote.skew_bps_at_max"
+                )
+        return out
+
 
 def _path(loc: tuple[int | str, ...]) -> str:
     out = ""
@@ -330,47 +412,119 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def _cross_check(cfg: Config) -> list[str]:
+def _entries(doc: dict[str, Any], key: str) -> list[tuple[int, dict[str, Any]]]:
+    """(index, mapping) of each mapping in the list `doc[key]` (anything else is skipped:
+    the models report it)."""
+    value = doc.get(key)
+    if not isinstance(value, list):
+        return []
+    return [(n, e) for n, e in enumerate(value) if isinstance(e, dict)]
+
+
+def _cross_check(doc: dict[str, Any]) -> list[str]:
+    """References between sections, checked on the raw document so that they are reported
+    in the same pass as the models' own errors (a malformed entry is skipped here)."""
     problems: list[str] = []
-    venues: dict[str, VenueConfig] = {}
-    for i, v in enumerate(cfg.venues):
-        if v.name in venues:
-            problems.append(f"venues[{i}].name: {v.name!r} is used by another venue")
-        venues[v.name] = v
+    venues: dict[str, list[str]] = {}
+    for i, v in _entries(doc, "venues"):
+        name = v.get("name")
+        if not isinstance(name, str):
+            continue
+        if name in venues:
+            problems.append(f"venues[{i}].name: {name!r} is used by another venue")
+        listed = v.get("instruments")
+        venues[name] = [x for x in listed if isinstance(x, str)] if isinstance(listed, list) else []
     seen: set[str] = set()
-    for i, inst in enumerate(cfg.instruments):
-        if inst.name in seen:
-            problems.append(f"instruments[{i}].name: {inst.name!r} is priced twice")
-        seen.add(inst.name)
-        for j, src in enumerate(inst.sources):
+    priced: dict[str, dict[str, Any]] = {}
+    for i, inst in _entries(doc, "instruments"):
+        name = inst.get("name")
+        if isinstance(name, str):
+            if name in seen:
+                problems.append(f"instruments[{i}].name: {name!r} is priced twice")
+            seen.add(name)
+            priced[name] = inst
+        for j, src in _entries(inst, "sources"):
             where = f"instruments[{i}].sources[{j}]"
-            venue = venues.get(src.venue)
-            if venue is None:
-                problems.append(f"{where}.venue: {src.venue!r} is not a configured venue")
+            venue = src.get("venue")
+            if not isinstance(venue, str):
                 continue
-            name = src.instrument or inst.name
-            if name not in venue.instruments:
+            if venue not in venues:
                 problems.append(
-                    f"{where}.instrument: {name!r} is not subscribed on venue {src.venue!r} "
-                    f"(it lists {', '.join(venue.instruments)})"
+                    f"{where}.venue: {venue!r} is not a configured venue"
+                    f"{did_you_mean(venue, venues)}"
                 )
-    priced = {i.name for i in cfg.instruments}
-    for i, f in enumerate(cfg.fx):
+                continue
+            wanted = src.get("instrument") or name
+            if isinstance(wanted, str) and wanted not in venues[venue]:
+                problems.append(
+                    f"{where}.instrument: {wanted!r} is not subscribed on venue {venue!r} "
+                    f"(it lists {', '.join(venues[venue])})"
+                )
+    fx = _entries(doc, "fx")
+    for i, f in fx:
         where = f"fx[{i}]"
-        if (f.fixed is None) == (f.instrument is None):
+        if (f.get("fixed") is None) == (f.get("instrument") is None):
             problems.append(f"{where}: give exactly one of 'fixed' or 'instrument'")
-        elif f.instrument is not None and f.instrument not in priced:
-            problems.append(f"{where}.instrument: {f.instrument!r} is not a priced instrument")
-    for i, inst in enumerate(cfg.instruments):
-        for j, src in enumerate(inst.sources):
-            have, want = quote_of(src.instrument or inst.name), quote_of(inst.name)
-            if have != want and cfg.fx_for(have, want) is None:
+        elif f.get("instrument") is not None and f["instrument"] not in priced:
+            problems.append(
+                f"{where}.instrument: {f['instrument']!r} is not a priced instrument"
+                f"{did_you_mean(str(f['instrument']), priced)}"
+            )
+    pairs = {tuple(str(f["pair"]).split("-")[:2]) for _, f in fx if isinstance(f.get("pair"), str)}
+    for i, inst in _entries(doc, "instruments"):
+        name = inst.get("name")
+        for j, src in _entries(inst, "sources"):
+            source = src.get("instrument") or name
+            if not (isinstance(name, str) and isinstance(source, str)):
+                continue
+            if not (INSTRUMENT_RE.match(name) and INSTRUMENT_RE.match(source)):
+                continue  # reported as not BASE-QUOTE
+            have, want = quote_of(source), quote_of(name)
+            if have != want and (have, want) not in pairs and (want, have) not in pairs:
                 problems.append(
                     f"instruments[{i}].sources[{j}]: quoted in {have}, priced in {want}, and no "
                     f"fx entry converts them (add fx: [{{pair: {have}-{want}, fixed: 1.0}}] "
                     f"or one with 'instrument')"
                 )
     return problems
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The classes inside an annotation (Optional, Annotated, list[...] unwrapped)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin is not None:
+        return [t for arg in typing.get_args(annotation) for t in _unwrap(arg)]
+    return [annotation]
+
+
+def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys a config section at `loc` accepts (empty if not a section)."""
+    models: list[Any] = [Config]
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        nested = []
+        for model in models:
+            field = model.model_fields.get(part) if isinstance(model, type) else None
+            if field is not None:
+                nested += [t for t in _unwrap(field.annotation) if isinstance(t, type)]
+        models = [m for m in nested if issubclass(m, BaseModel)]
+    return [name for m in models for name in m.model_fields]
+
+
+def _message(err: Any) -> str:
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    loc = tuple(err["loc"])
+    if err["type"] == "extra_forbidden":
+        key = str(loc[-1]) if loc else ""
+        return "unknown key" + did_you_mean(key, _fields_at(loc[:-1]))
+    if err["type"] == "missing":
+        return "required key is missing"
+    if "input" in err and err["type"] not in ("value_error",):
+        return f"{msg} (was {err['input']!r})"
+    return msg
 
 
 def quote_of(instrument: str) -> str:
@@ -382,22 +536,14 @@ def parse_config(doc: Any) -> Config:
     """Validate a decoded YAML document; raises ConfigError listing every problem."""
     if not isinstance(doc, dict):
         raise ConfigError([f"(top level): expected a mapping, was {type(doc).__name__}"])
+    problems: list[str] = []
+    cfg: Config | None = None
     try:
         cfg = Config.model_validate(doc)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            elif err["type"] == "missing":
-                msg = "required key is missing"
-            elif "input" in err and err["type"] not in ("value_error",):
-                msg = f"{msg} (was {err['input']!r})"
-            problems.append(f"{_path(err['loc'])}: {msg}")
-        raise ConfigError(problems) from None
-    problems = _cross_check(cfg)
-    if problems:
+        problems = [f"{_path(err['loc'])}: {_message(err)}" for err in exc.errors()]
+    problems += _cross_check(doc)
+    if problems or cfg is None:
         raise ConfigError(problems)
     return cfg
 

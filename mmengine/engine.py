@@ -11,6 +11,7 @@ import fcntl
 import json
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -152,9 +153,52 @@ class Engine:
     def endpoint(self, stream: str) -> str:
         return f"ipc://{self.run_dir / stream}"
 
+    def _preflight(self) -> None:
+        """Every check that can refuse a start, made before any thread exists: the metrics
+        port is free, and the Postgres schema is current (a server that is down is not a
+        refusal: the writer spools until it is up, and checks the schema on connect)."""
+        port = self.cfg.engine.metrics_port
+        if port is not None:
+            with socket.socket() as probe:
+                # As the metrics server binds (http.server sets SO_REUSEADDR).
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError as exc:
+                    raise MmengineError(
+                        f"cannot serve metrics on 127.0.0.1:{port}: {exc.strerror}"
+                    ) from None
+        pg = self.cfg.outputs.postgres
+        if pg is not None:
+            from mmengine.sinks.pgschema import (
+                SchemaError,
+                check_schema,
+                connect,
+                redact_dsn,
+                resolve_dsn,
+            )
+
+            dsn = resolve_dsn(pg.dsn)
+            try:
+                with connect(dsn, "mmengine-start-check", min(pg.connect_timeout_s, 3.0)) as conn:
+                    check_schema(conn)
+            except SchemaError as exc:
+                raise MmengineError(f"postgres {redact_dsn(dsn)}: {exc}") from None
+            except Exception as exc:
+                log.warning(
+                    "postgres %s is not reachable at start-up (%s); prices are spooled until it is",
+                    redact_dsn(dsn),
+                    str(exc).strip(),
+                )
+
     def start(self) -> None:
         cfg = self.cfg
         self._claim_run_dir()
+        try:
+            self._preflight()
+        except BaseException:
+            self.stop()
+            raise
         sys.setswitchinterval(cfg.engine.switch_interval_us / 1e6)
         self.ctx = ctx = zmq.Context()
         self.started_ns = time.time_ns()
@@ -232,6 +276,7 @@ class Engine:
             self.endpoint("control"),
             {i.name for i in self.cfg.instruments},
             self.cfg.engine.pricing_workers,
+            {i.name: i.quote.max_position for i in self.cfg.instruments},
         )
         control.start()
         control.ready.wait(5)
@@ -266,28 +311,6 @@ class Engine:
         pg = self.cfg.outputs.postgres
         if pg is None:
             return
-        from mmengine.sinks.pgschema import (
-            SchemaError,
-            check_schema,
-            connect,
-            redact_dsn,
-            resolve_dsn,
-        )
-
-        dsn = resolve_dsn(pg.dsn)
-        # Refuse an older schema now, with the fix in the message. A server that is down
-        # does not stop the engine: the writer spools and checks the schema on connect.
-        try:
-            with connect(dsn, "mmengine-start-check", min(pg.connect_timeout_s, 3.0)) as conn:
-                check_schema(conn)
-        except SchemaError as exc:
-            raise MmengineError(f"postgres {redact_dsn(dsn)}: {exc}") from None
-        except Exception as exc:
-            log.warning(
-                "postgres %s is not reachable at start-up (%s); prices are spooled until it is",
-                redact_dsn(dsn),
-                str(exc).strip(),
-            )
         writer = PostgresWriter(
             ctx,
             pg,
@@ -416,12 +439,17 @@ class Engine:
             checks = sum(s.checksums_failed for s in venue.stats.values())
             lines.append(
                 f"{venue.name}: {vs.frames} frames, {vs.book_frames} book messages, "
-                f"{sum(vs.resyncs.values())} resyncs {dict(vs.resyncs) or ''}, {gaps} gaps, "
-                f"{checks} checksum failures, {sum(vs.skipped.values())} skipped "
-                f"{dict(vs.skipped) or ''}, {vs.reconnects} reconnects".replace("  ", " ")
+                f"{counted(vs.resyncs, 'resyncs')}, {gaps} gaps, {checks} checksum failures, "
+                f"{counted(vs.skipped, 'skipped')}, {vs.reconnects} reconnect attempts"
             )
         prices = sum(w.stats.prices for w in self.workers)
         inputs = sum(w.stats.inputs for w in self.workers)
         lines.append(f"pricing: {inputs} book tops in, {prices} prices out")
         lines.extend(writer.summary_line() for writer in self.writers)
         return lines
+
+
+def counted(by_kind: dict[str, int], noun: str) -> str:
+    """`7 resyncs (gap 5, checksum 2)`, or `0 resyncs`."""
+    kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(by_kind.items()) if n)
+    return f"{sum(by_kind.values())} {noun}" + (f" ({kinds})" if kinds else "")

@@ -76,6 +76,35 @@ class SeqTracker:
         self.duplicates += 1
         return "duplicate"
 
+    def summary(self) -> str:
+        """What the tail saw, as one sentence."""
+        return (
+            f"{self.new + self.late:,} prices, {self.duplicates:,} duplicates dropped, "
+            f"{self.gaps:,} gaps ({self.missing:,} seqs missing), {self.late:,} late"
+        )
+
+
+class CloseRaceFilter(logging.Filter):
+    """Drops the one error kafka-python 3.0.12 can log while a consumer closes.
+
+    `KafkaConsumer.close()` closes the broker connections from the calling thread while
+    the client's IO thread still runs; a task of that thread may then register the closed
+    socket with its selector, which raises `ValueError: Invalid file descriptor: -1` (its
+    unregister path catches that, its register path does not) and logs it with a traceback
+    as "Unhandled exception in task". The consumer is closing and nothing is lost. The
+    filter lets everything else through, and this error too before `closing` is set.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closing = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.closing or not record.exc_info:
+            return True
+        exc = record.exc_info[1]
+        return not (isinstance(exc, ValueError) and "Invalid file descriptor" in str(exc))
+
 
 def tail(
     bootstrap: str,
@@ -93,6 +122,9 @@ def tail(
 
     tracker = tracker if tracker is not None else SeqTracker()
     codec = Codec("price.avsc")
+    close_race = CloseRaceFilter()
+    selector_log = logging.getLogger("kafka.net.selector")
+    selector_log.addFilter(close_race)
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap.split(","),
         client_id="mmengine-kafka-tail",
@@ -139,7 +171,12 @@ def tail(
                     if verdict != "duplicate":
                         yield price
     finally:
-        consumer.close()
+        close_race.closing = True
+        try:
+            consumer.close()
+        finally:
+            # The IO thread has stopped once close() returns.
+            selector_log.removeFilter(close_race)
 
 
 def _wait_for_partitions(consumer: Any, topic: str, timeout_s: float | None) -> set[int]:

@@ -7,19 +7,29 @@ import logging
 import re
 import sys
 import time
+from typing import Any
 
-SECRET_PATTERNS = (
-    # postgresql://user:secret@host -> postgresql://user:***@host
-    (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@", re.I), r"\1***@"),
-    # password=secret, api_key: secret, "secret": "x"
+SECRET_PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = (
+    # postgresql://user:secret@host -> postgresql://user:***@host. The password is the
+    # URL's userinfo: it ends at the first `@` and holds no `/`, `?` or `#` (RFC 3986), so
+    # an `@` later in the path (Binance's `btcusdt@depth`) is not a credential.
+    (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/?#@\s]+:)[^/?#@\s]+@", re.I), r"\1***@"),
+    # password=secret, password='a b' (libpq quoting), api_key: secret, "secret": "x"
     (
         re.compile(
-            r"\b(password|passwd|pwd|secret|api[_-]?key|token)(\"?\s*[=:]\s*)(\"?)[^\s\"&,]+",
+            r"\b(password|passwd|pwd|secret|api[_-]?key|token)(\"?\s*[=:]\s*)"
+            r"(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s\"'&,]+)",
             re.I,
         ),
-        r"\1\2\3***",
+        lambda m: m.group(1) + m.group(2) + _masked(m.group(0)[m.end(2) - m.start() :]),
     ),
 )
+
+
+def _masked(value: str) -> str:
+    """`***`, inside the value's own quotes if it had them."""
+    return f"{value[0]}***{value[0]}" if value[:1] in ("'", '"') else "***"
+
 
 # Fields a structured line may carry (set with `extra=` on the logging call).
 FIELDS = ("venue", "instrument", "event", "state", "reason", "worker", "sink")
@@ -59,9 +69,33 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
+class LibraryFilter(logging.Filter):
+    """Keeps other libraries' INFO and DEBUG lines (kafka-python logs ~25 per consumer
+    start) out of the output unless the level is DEBUG; their warnings and errors pass."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (
+            self.level <= logging.DEBUG
+            or record.levelno >= logging.WARNING
+            or record.name == "mmengine"
+            or record.name.startswith("mmengine.")
+        )
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
-    """Log lines on stderr: human-readable by default, or JSON with `fmt="json"`."""
+    """Log lines on stderr: human-readable by default, or JSON with `fmt="json"`.
+
+    `level` is one of debug, info, warning, error (any case); other libraries log below
+    WARNING only at debug."""
+    levelno = logging.getLevelName(level.upper())
+    if not isinstance(levelno, int):
+        raise ValueError(f"unknown log level {level!r}; use debug, info, warning or error")
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(LibraryFilter(levelno))
     if fmt == "json":
         formatter: logging.Formatter = JsonFormatter()
         formatter.converter = time.gmtime
@@ -70,9 +104,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
             "%(asctime)s %(levelname)-5s %(threadName)s %(name)s: %(message)s"
         )
     handler.setFormatter(formatter)
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True
-    )
+    logging.basicConfig(level=levelno, handlers=[handler], force=True)
 
 
 class RepeatLimiter:

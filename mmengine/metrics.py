@@ -45,7 +45,7 @@ def _counter(name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
 
 def venue_metrics(snap: dict[str, Any]) -> Iterator[Any]:
     frames = _counter("mmengine_venue_frames", "Frames received per venue.", ["venue"])
-    reconnects = _counter("mmengine_venue_reconnects", "Reconnects per venue.", ["venue"])
+    reconnects = _counter("mmengine_venue_reconnects", "Reconnect attempts per venue.", ["venue"])
     skipped = _counter(
         "mmengine_venue_skipped_frames", "Frames skipped, by kind.", ["venue", "kind"]
     )

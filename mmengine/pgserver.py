@@ -105,8 +105,12 @@ class PgServer:
         user: str | None,
         log_path: Path,
         settings: dict[str, str] | None = None,
+        own_session: bool = False,
     ) -> None:
         self.datadir = datadir
+        # In a session of its own, the terminal's Ctrl-C does not reach the server: its
+        # owner (the demo) stops it once the engine has delivered what it holds.
+        self.own_session = own_session
         self.port = port
         self.user = user
         self.log_path = log_path
@@ -137,7 +141,11 @@ class PgServer:
         while True:
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen(
-                    argv, stdout=log, stderr=subprocess.STDOUT, user=self.user
+                    argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    user=self.user,
+                    start_new_session=self.own_session,
                 )
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
@@ -186,13 +194,15 @@ class PgServer:
 
 
 def start_private_server(
-    root: Path | None = None, settings: dict[str, str] | None = None
+    root: Path | None = None, settings: dict[str, str] | None = None, own_session: bool = False
 ) -> PgServer:
     """initdb + start on a free port, with the mmengine schema applied (bench, demo)."""
     root = root or make_root()
     user = system_user()
     initdb(root / "data", user)
-    server = PgServer(root / "data", free_port(), user, root / "postgres.log", settings)
+    server = PgServer(
+        root / "data", free_port(), user, root / "postgres.log", settings, own_session
+    )
     server.start()
     server.upgrade()
     return server

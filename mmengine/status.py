@@ -42,6 +42,15 @@ def percentile_us(counts: list[int], q: float) -> float | None:
     return float("inf")
 
 
+def window_percentiles_us(samples: list[float]) -> dict[str, float | None]:
+    """p50 and p99 (nearest rank) of recent latency samples; None without any."""
+    if not samples:
+        return {"p50": None, "p99": None}
+    ordered = sorted(samples)
+    last = len(ordered) - 1
+    return {q: ordered[min(last, int(f * len(ordered)))] for q, f in (("p50", 0.5), ("p99", 0.99))}
+
+
 def snapshot(engine: Engine, now_ns: int | None = None) -> dict[str, Any]:
     """Everything an operator looks at, as plain JSON-able data."""
     now_ns = now_ns or time.time_ns()
@@ -97,6 +106,8 @@ def snapshot(engine: Engine, now_ns: int | None = None) -> dict[str, Any]:
                 "sink_dropped": s.sink_dropped,
                 "latency_counts": list(s.latency),
                 "latency_sum_us": s.latency_sum_us,
+                # list() of a deque is one C call under the GIL: a consistent copy.
+                "latency_window_us": window_percentiles_us(list(s.recent_latency_us)),
             }
         )
         for name, p in list(w.last_price.items()):
@@ -108,6 +119,11 @@ def snapshot(engine: Engine, now_ns: int | None = None) -> dict[str, Any]:
                     "spread_bps": (p.best_ask - p.best_bid) / p.fair_value * 1e4
                     if p.fair_value and not p.halted
                     else None,
+                    # The spread this engine quotes: the ladder's best ask over its best bid.
+                    "quoted_spread_bps": (p.asks[0][0] - p.bids[0][0]) / p.fair_value * 1e4
+                    if p.fair_value and p.bids and p.asks and not p.halted
+                    else None,
+                    "crossed": p.cross_venue_crossed,
                     "volatility_bps": p.volatility_bps,
                     "position": p.position,
                     "venues_used": [u.venue for u in p.venues_used],

@@ -39,11 +39,16 @@ def broker_answers(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def start_tansu(
-    port: int, log: IO[bytes] | int | None = subprocess.DEVNULL, timeout_s: float = 10.0
+    port: int,
+    log: IO[bytes] | int | None = subprocess.DEVNULL,
+    timeout_s: float = 10.0,
+    own_session: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start tansu as a direct child on 127.0.0.1:`port` and wait until it answers.
 
     The caller owns the process: `proc.kill(); proc.wait()` (or terminate) when done.
+    `own_session` puts it in a session of its own, out of reach of the terminal's Ctrl-C
+    (the demo stops it itself, after the engine has delivered what it holds).
     """
     url = f"tcp://127.0.0.1:{port}"
     proc = subprocess.Popen(
@@ -59,6 +64,7 @@ def start_tansu(
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=own_session,
     )
     deadline = time.monotonic() + timeout_s
     while not broker_answers(port):

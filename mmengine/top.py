@@ -15,16 +15,17 @@ import sys
 import termios
 import time
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import zmq
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from mmengine.status import STATUS_TOPIC, percentile_us
+from mmengine.status import STATUS_TOPIC
 
 
 class Rates:
@@ -45,104 +46,178 @@ def _fmt(value: float | None, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def render(snap: dict[str, Any], rates: Rates, latency: dict[str, list[int]]) -> Group:
-    """The dashboard for one snapshot. `latency` keeps the previous histogram per worker, so
-    percentiles cover the last interval rather than the whole run."""
+WIDE = 120  # from this many columns on, the tables add protocols and venue names
+
+
+def _table(title: str, columns: list[tuple[str, str]]) -> Table:
+    """A table whose cells are never cut: numbers do not wrap, text columns fold."""
+    table = Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        expand=False,
+    )
+    for name, kind in columns:
+        if kind == "text":
+            table.add_column(name, justify="left", overflow="fold")
+        else:
+            table.add_column(name, justify="right", no_wrap=True)
+    return table
+
+
+def _fit(table: Table, rows: list[list[str]]) -> Table:
+    """Add `rows`; text columns get at least their longest word, so they fold between
+    words (venue lists) rather than inside a name."""
+    for row in rows:
+        table.add_row(*row)
+    for n, column in enumerate(table.columns):
+        if column.overflow == "fold":
+            words = [w for row in rows for w in row[n].split()] + [str(column.header)]
+            column.min_width = max((len(w) for w in words), default=1)
+    return table
+
+
+def render(
+    snap: dict[str, Any],
+    rates: Rates,
+    latency: dict[str, list[int]] | None = None,
+    width: int = 100,
+) -> Group:
+    """The dashboard for one snapshot, laid out for a terminal `width` columns wide (100 fits
+    every number; wider adds protocols and the names of the venues used).
+
+    Latency percentiles are the engine's own, over its latest priced instruments (a recent
+    window of real latencies, not histogram bucket edges). `latency` is unused (kept for
+    callers of the older signature)."""
+    wide = width >= WIDE
     ts = snap["ts_ns"] / 1e9
     head = Text(
-        f"mmengine  pid {snap['pid']}  epoch {snap['epoch']}  up {snap['uptime_s']:.0f}s   "
+        f"mmengine  pid {snap['pid']}  epoch {snap['epoch']}  up {snap['uptime_s']:,.0f}s   "
         "(q quits)",
         style="bold",
     )
-    venues = Table(title="venues", expand=True, title_justify="left")
-    for col in (
-        "venue",
-        "protocol",
-        "conn",
-        "msgs/s",
-        "LIVE/books",
-        "resyncs",
-        "skipped",
-        "reconnects",
-        "last msg age",
-    ):
-        venues.add_column(col, justify="left" if col in ("venue", "protocol") else "right")
+    venue_cols = [("venue", "text")]
+    if wide:
+        venue_cols.append(("protocol", "text"))
+    venue_cols += [
+        ("conn", "num"),
+        ("msgs/s", "num"),
+        ("LIVE/\nbooks", "num"),
+        ("resyncs", "num"),
+        ("skipped", "num"),
+        ("reconnect\ntries", "num"),
+        ("last msg\nage", "num"),
+    ]
+    venue_rows = []
     for v in snap["venues"]:
         ages = [b["age_s"] for b in v["books"] if b["age_s"] is not None]
-        venues.add_row(
-            v["name"],
-            v["protocol"],
+        row = [v["name"]] + ([v["protocol"]] if wide else [])
+        row += [
             "up" if v["connected"] else "DOWN",
             f"{rates.rate('v:' + v['name'], v['frames'], ts):,.0f}",
             f"{v['live']}/{len(v['books'])}",
-            str(sum(v["resyncs"].values())),
-            str(sum(v["skipped"].values())),
-            str(v["reconnects"]),
+            f"{sum(v['resyncs'].values()):,}",
+            f"{sum(v['skipped'].values()):,}",
+            f"{v['reconnects']:,}",
             _fmt(min(ages) if ages else None, ".2f") + "s",
-        )
-    instruments = Table(title="instruments", expand=True, title_justify="left")
-    for col in (
-        "instrument",
-        "seq",
-        "fair value",
-        "spread bp",
-        "vol bp",
-        "pos",
-        "venues used",
-        "excluded",
-        "state",
-    ):
-        instruments.add_column(
-            col,
-            justify="left"
-            if col in ("instrument", "venues used", "excluded", "state")
-            else "right",
-        )
+        ]
+        venue_rows.append(row)
+    venues = _fit(_table("venues", venue_cols), venue_rows)
+    instrument_rows = []
+    exclusions = []
     for i in snap["instruments"]:
-        instruments.add_row(
+        used, excluded = i["venues_used"], i["venues_excluded"]
+        row = [
             i["instrument"],
-            str(i["seq"]),
-            f"{i['fair_value']:.6g}",
-            _fmt(i["spread_bps"], ".2f"),
+            f"{i['seq']:,}",
+            f"{i['fair_value']:,.8g}",
+            _fmt(i.get("quoted_spread_bps"), ".2f"),
             f"{i['volatility_bps']:.2f}",
             f"{i['position']:g}",
-            ",".join(i["venues_used"]),
-            " ".join(i["venues_excluded"]) or "-",
-            f"HALTED {i['halt_reason']}" if i["halted"] else "quoting",
-        )
-    workers = Table(title="pricing", expand=True, title_justify="left")
-    for col in ("worker", "in/s", "prices/s", "conflation", "queue", "p50 µs", "p99 µs"):
-        workers.add_column(col, justify="right")
+            "CROSSED" if i.get("crossed") else "no",
+        ]
+        if wide:
+            row += [" ".join(used) or "-", " ".join(excluded) or "-"]
+        else:
+            row.append(f"{len(used)}/{len(used) + len(excluded)}")
+            if excluded:
+                exclusions.append(f"{i['instrument']}: {' '.join(excluded)}")
+        row.append(f"HALTED {i['halt_reason']}" if i["halted"] else "quoting")
+        instrument_rows.append(row)
+    instrument_cols = [
+        ("instrument", "text"),
+        ("seq", "num"),
+        ("fair value", "num"),
+        ("spread\nbp", "num"),
+        ("vol\nbp", "num"),
+        ("position", "num"),
+        ("venues\ncrossed", "num"),
+    ]
+    if wide:
+        instrument_cols += [("venues used", "text"), ("excluded", "text")]
+    else:
+        instrument_cols.append(("venues\nused", "num"))
+    instrument_cols.append(("state", "text"))
+    instruments = _fit(
+        _table(
+            "instruments (spread: of the quoted ladder; crossed: venues' books cross each other)",
+            instrument_cols,
+        ),
+        instrument_rows,
+    )
+    workers = _table(
+        "pricing (latency: received -> priced, recent prices)",
+        [
+            ("worker", "num"),
+            ("in/s", "num"),
+            ("prices/s", "num"),
+            ("conflation", "num"),
+            ("queue", "num"),
+            ("p50 µs", "num"),
+            ("p99 µs", "num"),
+        ],
+    )
     for w in snap["workers"]:
         key = f"w{w['worker']}"
-        prev = latency.get(key, [0] * len(w["latency_counts"]))
-        window = [a - b for a, b in zip(w["latency_counts"], prev, strict=True)]
-        latency[key] = w["latency_counts"]
         in_rate = rates.rate(key + ":in", w["inputs"], ts)
         out_rate = rates.rate(key + ":out", w["prices"], ts)
+        window = w.get("latency_window_us") or {}
         workers.add_row(
             str(w["worker"]),
             f"{in_rate:,.0f}",
             f"{out_rate:,.0f}",
             _fmt(in_rate / out_rate if out_rate else None, ".2f"),
-            str(w["last_drain"]),
-            _fmt(percentile_us(window, 0.5), ".0f"),
-            _fmt(percentile_us(window, 0.99), ".0f"),
+            f"{w['last_drain']:,}",
+            _fmt(window.get("p50"), ",.0f"),
+            _fmt(window.get("p99"), ",.0f"),
         )
-    parts: list[Any] = [head, venues, instruments, workers]
+    parts: list[Any] = [head, venues, instruments]
+    if exclusions:
+        parts.append(Text("excluded  " + "\n          ".join(exclusions)))
+    parts.append(workers)
     if snap["sinks"]:
-        sinks = Table(title="sinks", expand=True, title_justify="left")
-        for col in ("sink", "delivered", "spooled", "spool bytes", "dropped", "lag ms"):
-            sinks.add_column(col, justify="left" if col == "sink" else "right")
+        sinks = _table(
+            "sinks",
+            [
+                ("sink", "text"),
+                ("delivered", "num"),
+                ("in spool", "num"),
+                ("spool bytes", "num"),
+                ("dropped", "num"),
+                ("lag ms", "num"),
+            ],
+        )
         for s in snap["sinks"]:
             lag = s.get("delivery_lag_ns", s.get("lag_ns"))
             sinks.add_row(
                 s["name"],
-                str(s.get("acknowledged", s.get("written", 0))),
-                str(s.get("spooled", 0)),
-                str(s.get("spool_bytes", 0)),
-                str(s.get("dropped", 0)),
-                _fmt(lag / 1e6 if lag else None, ".1f"),
+                f"{s.get('acknowledged', s.get('written', 0)):,}",
+                f"{s.get('pending', 0):,}",
+                f"{s.get('spool_bytes', 0):,}",
+                f"{s.get('dropped', 0):,}",
+                _fmt(lag / 1e6 if lag else None, ",.1f"),
             )
         parts.append(sinks)
     return Group(*parts)
@@ -163,8 +238,16 @@ def _keys() -> Iterator[Any]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-def run_top(endpoint: str, once: bool = False, timeout_s: float = 10.0) -> int:
-    """Attach to a status endpoint and draw until `q`, Ctrl-C, or one frame with `once`."""
+def run_top(
+    endpoint: str,
+    once: bool = False,
+    timeout_s: float = 10.0,
+    alive: Callable[[], bool] | None = None,
+) -> int:
+    """Attach to a status endpoint and draw until `q`, Ctrl-C, or one frame with `once`.
+
+    `alive` says whether the engine still runs: while no status arrives, top checks it
+    every second and exits 1 with a message when the engine has stopped."""
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
@@ -172,21 +255,23 @@ def run_top(endpoint: str, once: bool = False, timeout_s: float = 10.0) -> int:
     sub.connect(endpoint)
     console = Console()
     rates = Rates()
-    latency: dict[str, list[int]] = {}
+    last_status = time.monotonic()
     try:
         if once:
-            # Two snapshots, so rates and latency cover one interval.
+            # Two snapshots, so rates cover one interval.
             snaps = []
             deadline = time.monotonic() + timeout_s
             while len(snaps) < 2 and time.monotonic() < deadline:
                 if sub.poll(200):
                     snaps.append(json.loads(sub.recv_multipart()[1]))
+                elif alive is not None and not alive():
+                    break
             if not snaps:
                 console.print(f"no status from {endpoint} within {timeout_s:.0f}s")
                 return 1
             for snap in snaps[:-1]:
-                render(snap, rates, latency)
-            console.print(render(snaps[-1], rates, latency))
+                render(snap, rates, width=console.width)
+            console.print(render(snaps[-1], rates, width=console.width))
             return 0
         with (
             _keys() as fd,
@@ -203,7 +288,11 @@ def run_top(endpoint: str, once: bool = False, timeout_s: float = 10.0) -> int:
                     return 0
                 if sub.poll(100):
                     snap = json.loads(sub.recv_multipart()[1])
-                    live.update(render(snap, rates, latency), refresh=True)
+                    live.update(render(snap, rates, width=console.width), refresh=True)
+                    last_status = time.monotonic()
+                elif time.monotonic() - last_status > 2.5 and alive is not None and not alive():
+                    live.update(Text("the engine has stopped"), refresh=True)
+                    return 1
     except KeyboardInterrupt:
         return 0
     finally:

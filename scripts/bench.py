@@ -14,13 +14,17 @@
 Writes bench/results/latest.json (and a dated copy) with the keys machine, commit, replay,
 e2e, sinks, memory, and PNG plots beside it. Ratios are what to read: the machine is shared.
 
-    python scripts/bench.py [--quick] [--soak MINUTES] [--no-peers]
+`--quick` (`make bench-quick`, under a minute) is a smoke check of the same figures on a
+smaller run: replay without cryptofeed, one end-to-end rate, the default Kafka client and
+Postgres. It prints a short table and writes bench/results/quick.json (untracked); the
+tracked latest.json and plots are only written by a full run, or with `--out`.
+
+    python scripts/bench.py [--quick] [--soak MINUTES] [--no-peers] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import datetime as dt
 import gzip
@@ -163,7 +167,7 @@ def replay_section(runs: int, peers: bool) -> dict[str, Any]:
             fig["ratio_vs_cryptofeed"] = round(cf / fig["mmengine_us"], 2) if cf else None
             fig["ratio_vs_floor"] = round(fig["mmengine_us"] / fig["floor_us"], 2)
             out[name] = fig
-            print(f"replay {name}: {fig}", file=sys.stderr)
+            print(f"replay {name}: {fig['mmengine_us']} us/book frame", file=sys.stderr)
     return out
 
 
@@ -217,8 +221,8 @@ def simulators(
             proc.terminate()
         for proc, (_, protocol, *_rest) in zip(procs, running, strict=False):
             out, _ = proc.communicate(timeout=20)
-            m = re.search(r"simulator stopped: (\{.*\})", out or "")
-            sent[protocol] = int(ast.literal_eval(m.group(1)).get("frames_sent", 0)) if m else 0
+            m = re.search(r"simulator stopped: .*?([\d,]+) frames sent", out or "")
+            sent[protocol] = int(m.group(1).replace(",", "")) if m else 0
 
 
 def engine_config(venues: list[tuple[str, str, list[str], int, str, str]], run_dir: Path) -> dict:
@@ -272,7 +276,9 @@ def last_status(run_dir: Path) -> dict[str, Any]:
         ctx.term()
 
 
-def e2e_run(rate: float, seconds: float, rss: list[tuple[float, float]]) -> dict[str, Any]:
+def e2e_run(
+    rate: float, seconds: float, rss: list[tuple[float, float]], sync_s: float = 3.0
+) -> dict[str, Any]:
     n_venues = len(E2E_VENUES)
     sent: dict[str, int] = {}
     with simulators(rate / n_venues, sent) as venues, tempfile.TemporaryDirectory() as tmp:
@@ -291,7 +297,7 @@ def e2e_run(rate: float, seconds: float, rss: list[tuple[float, float]]) -> dict
                 if engine.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"engine did not start: {engine.communicate()[0]}")
                 time.sleep(0.05)
-            time.sleep(3)  # books sync
+            time.sleep(sync_s)  # books sync
             proc = psutil.Process(engine.pid)
             before = last_status(run_dir)
             cpu0 = proc.cpu_times()
@@ -372,7 +378,7 @@ def _json_lines(script: str, args: list[str]) -> list[dict[str, Any]]:
 
 def kafka_figures(quick: bool, client: str) -> dict[str, Any] | None:
     """The writer flat out (Prices/s it sustains) and at 20,000/s offered (delivery lag)."""
-    seconds = "4" if quick else "8"
+    seconds = "2" if quick else "8"
     rows = _json_lines(
         "bench_kafka.py", ["--rates", "20000,max", "--seconds", seconds, "--client", client]
     )
@@ -393,13 +399,13 @@ def postgres_figures(quick: bool) -> dict[str, Any] | None:
     """The writer thread fed at 5,000 and 20,000 Prices/s."""
     args = [
         "--rows",
-        "20000" if quick else "100000",
+        "10000" if quick else "100000",
         "--sizes",
         "2000",
         "--rates",
         "5000,20000",
         "--seconds",
-        "4" if quick else "8",
+        "2" if quick else "8",
     ]
     rows = _json_lines("bench_postgres.py", args)
     if not rows:
@@ -523,12 +529,18 @@ def plots(result: dict[str, Any], rss: list[tuple[float, float]], out_dir: Path)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="under a minute")
+    parser.add_argument(
+        "--quick", action="store_true", help="under a minute; writes bench/results/quick.json"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where the JSON goes (plots: beside it)"
+    )
     parser.add_argument("--soak", type=float, default=None, metavar="MINUTES")
     parser.add_argument("--no-peers", action="store_true", help="skip cryptofeed")
     parser.add_argument("--only", choices=["replay", "e2e", "sinks"], default=None)
     args = parser.parse_args()
     runs = 3 if args.quick else 7
+    peers = not (args.no_peers or args.quick)  # cryptofeed's own venv takes minutes to build
     rss: list[tuple[float, float]] = []
     result: dict[str, Any] = {"machine": machine(), "commit": commit()}
     if args.soak:
@@ -537,18 +549,21 @@ def main() -> None:
         result["sinks"] = {}
     else:
         want = {args.only} if args.only else {"replay", "e2e", "sinks"}
-        result["replay"] = replay_section(runs, peers=not args.no_peers) if "replay" in want else {}
-        rates = (1_000, 10_000) if args.quick else (1_000, 10_000, 50_000)
-        seconds = 8 if args.quick else 20
+        result["replay"] = replay_section(runs, peers=peers) if "replay" in want else {}
+        rates = (1_000,) if args.quick else (1_000, 10_000, 50_000)
+        seconds = 4 if args.quick else 20
         result["e2e"] = []
         for rate in rates if "e2e" in want else ():
-            row = e2e_run(rate, seconds, rss)
-            print(f"e2e {rate}/s: {row}", file=sys.stderr)
+            row = e2e_run(rate, seconds, rss, sync_s=2.0 if args.quick else 3.0)
+            print(
+                f"e2e {rate:,}/s: p50 {row['p50_us']:,.0f} us, p99 {row['p99_us']:,.0f} us",
+                file=sys.stderr,
+            )
             result["e2e"].append(row)
         result["sinks"] = (
             {
                 "kafka": kafka_figures(args.quick, "kafka-python"),
-                "kafka_confluent": kafka_figures(args.quick, "confluent"),
+                "kafka_confluent": None if args.quick else kafka_figures(False, "confluent"),
                 "postgres": postgres_figures(args.quick),
             }
             if "sinks" in want
@@ -563,13 +578,63 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2) + "\n"
-    # A soak is its own record: it must not replace the full benchmark.
-    (RESULTS / ("soak.json" if args.soak else "latest.json")).write_text(text)
+    out = output_path(args.quick, bool(args.soak), args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    if args.quick:
+        # A smoke check: the tracked results and plots stay as the last full run left them.
+        if args.out is not None:
+            plots(result, rss, out.parent)
+        print(quick_table(result))
+        print(f"\n(written to {out.relative_to(REPO) if out.is_relative_to(REPO) else out})")
+        return
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     (RESULTS / f"{stamp}.json").write_text(text)
     if not args.soak:
-        plots(result, rss, RESULTS)
+        plots(result, rss, out.parent)
     print(text)
+
+
+def output_path(quick: bool, soak: bool, out: Path | None) -> Path:
+    """Where the results go: `out` when given; else a quick run's own file, the soak's, or
+    the full run's tracked latest.json."""
+    if out is not None:
+        return out
+    if quick:
+        return RESULTS / "quick.json"
+    # A soak is its own record: it must not replace the full benchmark.
+    return RESULTS / ("soak.json" if soak else "latest.json")
+
+
+def quick_table(result: dict[str, Any]) -> str:
+    """The quick run in a few lines: what a developer glances at after a change."""
+
+    def num(value: Any, spec: str = ",.0f") -> str:
+        return "-" if value is None else format(value, spec)
+
+    lines = ["replay (us per book frame, every check on)"]
+    for name, r in result["replay"].items():
+        lines.append(
+            f"  {name:<22} {num(r.get('mmengine_us'), '8.1f')}"
+            + (f"   error: {r['error']}" if "error" in r else "")
+        )
+    lines.append("end to end (five simulated venues -> engine -> subscriber)")
+    for r in result["e2e"]:
+        lines.append(
+            f"  {num(r['rate'])} msgs/s: delivered p50 {num(r['p50_us'])} us, p99 "
+            f"{num(r['p99_us'])} us; engine p50 {num(r['engine_p50_us'])} us; "
+            f"{num(r['priced'])} priced, {r['dropped']} dropped, CPU {num(r['cpu_pct'])} %"
+        )
+    lines.append("sinks (Prices/s sustained; delivery lag p50 / p99)")
+    for name, s in result["sinks"].items():
+        if s:
+            lines.append(
+                f"  {name:<16} {num(s['prices_per_s'])}/s; lag {num(s['lag_p50_ms'], '.1f')} / "
+                f"{num(s['lag_p99_ms'], '.1f')} ms"
+            )
+    mem = result["memory"]
+    lines.append(f"engine RSS {mem['rss_start_mb']} -> {mem['rss_end_mb']} MB")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 REQ/REP on `ipc://<run_dir>/control`, JSON both ways:
     {"op": "set_position", "instrument": "BTC-USDT", "qty": 1.5}  ->  {"ok": true, "worker": 0}
+(plus `"warning"` when |qty| is beyond the instrument's quote.max_position: accepted, and
+the skew stays at its cap).
 The position goes to the worker that owns the instrument, which re-prices it at once.
 """
 
@@ -27,12 +29,18 @@ class ControlServer(threading.Thread):
     """Answers control requests; owns the REP socket and one PUSH per pricing worker."""
 
     def __init__(
-        self, ctx: zmq.Context, endpoint: str, instruments: set[str], workers: int
+        self,
+        ctx: zmq.Context,
+        endpoint: str,
+        instruments: set[str],
+        workers: int,
+        max_positions: dict[str, float] | None = None,
     ) -> None:
         super().__init__(name="control", daemon=True)
         self.ctx = ctx
         self.endpoint = endpoint
         self.instruments = instruments
+        self.max_positions = max_positions or {}  # quote.max_position per instrument
         self.workers = workers
         self.ready = threading.Event()
         self.error: BaseException | None = None
@@ -88,4 +96,12 @@ class ControlServer(threading.Thread):
         k = stable_shard(name, self.workers)
         pushes[k].send(pickle.dumps((name, float(qty))))
         log.info("position %s = %s (worker %d)", name, qty, k)
-        return {"ok": True, "worker": k}
+        reply: dict[str, Any] = {"ok": True, "worker": k}
+        cap = self.max_positions.get(name)
+        if cap is not None and abs(qty) > cap:
+            # Accepted: the position is a fact. The skew is clamped at max_position.
+            reply["warning"] = (
+                f"|{qty:g}| is beyond {name}'s quote.max_position {cap:g}: the skew is capped "
+                f"at quote.skew_bps_at_max, as for a position of {math.copysign(cap, qty):g}"
+            )
+        return reply

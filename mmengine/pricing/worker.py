@@ -13,6 +13,7 @@ import struct
 import threading
 import time
 from bisect import bisect_left
+from collections import deque
 from dataclasses import dataclass, field, replace
 
 import zmq
@@ -27,6 +28,7 @@ log = logging.getLogger("mmengine.pricing")
 
 MAX_DRAIN = 10_000
 LATENCY_BOUNDS_US = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 50_000, 250_000)
+LATENCY_WINDOW = 2048
 # Sink message: [instrument, SINK_KEY(epoch, seq, priced_ts_ns), Avro single-object Price].
 SINK_KEY = struct.Struct(">qqq")
 SINK_HWM = 100_000  # bound one drain so a flood cannot delay pricing indefinitely
@@ -45,6 +47,9 @@ class WorkerStats:
     # recv -> priced latency: counts per bucket of LATENCY_BOUNDS_US (last: above them)
     latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS_US) + 1))
     latency_sum_us: float = 0.0
+    # The latest LATENCY_WINDOW latencies themselves: `top` shows real percentiles of a
+    # recent window from them (the histogram's buckets give only their edges).
+    recent_latency_us: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
 
 
 def control_endpoint(worker: int) -> str:
@@ -231,6 +236,7 @@ class PricingWorker(threading.Thread):
         latency_us = (priced_ns - recv_ns) / 1000
         stats.latency[bisect_left(LATENCY_BOUNDS_US, latency_us)] += 1
         stats.latency_sum_us += latency_us
+        stats.recent_latency_us.append(latency_us)
         price = Price(
             instrument=name,
             epoch=self.epoch,

@@ -486,7 +486,8 @@ class SimulatorHandle:
             keepalive = getattr(ws, "keepalive_thread", None)
             if keepalive is not None:
                 keepalive.join(timeout=2.0)
-        log.info("%s simulator stopped: %s", self.venue, self.stats)
+        # `stats` is the caller's to report (`mmengine simulate` says it in a sentence).
+        log.debug("%s simulator stopped: %s", self.venue, self.stats)
 
     def __enter__(self) -> SimulatorHandle:
         return self

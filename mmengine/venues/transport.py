@@ -143,6 +143,9 @@ class VenueConnection(threading.Thread):
                 if self._stop_event.is_set():
                     break
                 delay = self._backoff.next_delay()
+                # Every attempt counts, whether or not it connects: a venue that never
+                # answers must not report 0 reconnects.
+                self.venue.venue_stats.reconnects += 1
                 log.info("%s reconnecting in %.2fs", self.spec.name, delay)
                 self._stop_event.wait(delay)
         finally:
@@ -175,8 +178,6 @@ class VenueConnection(threading.Thread):
             return
         self._ws = ws
         self.connects += 1
-        if self.connects > 1:
-            venue.venue_stats.reconnects += 1
         if self._recorder is not None:
             self._recorder.connect(self.name, url)
         log.info("%s connected to %s", self.spec.name, url.split("?")[0])

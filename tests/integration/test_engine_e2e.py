@@ -57,7 +57,7 @@ def summary_counts(output: str, venue: str = "binance") -> dict[str, int]:
     return {
         key: int(n)
         for n, key in re.findall(
-            r"(\d+) (frames|book messages|resyncs|gaps|skipped|reconnects)", line
+            r"(\d+) (frames|book messages|resyncs|gaps|skipped|reconnect attempts)", line
         )
     }
 
@@ -188,7 +188,7 @@ def test_dropped_connection_reconnects_and_resyncs(engine_factory: Any) -> None:
         assert engine.stop() == 0, engine.output
         drops = sim.stats["faults"].get("drop", 0)
     assert drops == 2
-    assert summary_counts(engine.output)["reconnects"] == 2, engine.output
+    assert summary_counts(engine.output)["reconnect attempts"] >= drops, engine.output
     assert len(late) == 20 and all(not p["halted"] and p["bids"] for _, p in late)
     for inst in INSTRUMENTS:
         rows = [t for t in tops if t["instrument"] == inst]

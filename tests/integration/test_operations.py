@@ -118,6 +118,8 @@ def test_metrics_port_in_use_is_a_clear_start_error(tmp_path: Any) -> None:
         port = blocker.getsockname()[1]
         cfg = config(sim, port)
         cfg["engine"]["run_dir"] = str(tmp_path / "run")
+        # A sink too: its writer thread must not start (nor log) before the port check.
+        cfg["outputs"] = {"kafka": {"bootstrap_servers": f"127.0.0.1:{free_port()}"}}
         path = tmp_path / "c.yaml"
         path.write_text(yaml.safe_dump(cfg))
         run = subprocess.run(
@@ -129,3 +131,6 @@ def test_metrics_port_in_use_is_a_clear_start_error(tmp_path: Any) -> None:
     assert run.returncode == 1
     assert f"cannot serve metrics on 127.0.0.1:{port}" in run.stderr
     assert not (tmp_path / "run" / "prices").exists()
+    # Every check that can refuse a start comes before any thread: no line from another.
+    logged = [line for line in run.stderr.splitlines() if line[:4].isdigit()]
+    assert all(" MainThread " in line for line in logged), run.stderr

@@ -49,7 +49,7 @@ Key = tuple[str, int, int]
 
 
 def engine_config(
-    port: int, dsn: str, instruments: list[str] = INSTRUMENTS, **limits: Any
+    port: int, dsn: str | None, instruments: list[str] = INSTRUMENTS, **limits: Any
 ) -> dict[str, Any]:
     return {
         "engine": {"pricing_workers": 2},
@@ -166,10 +166,13 @@ def spooled_keys(spool_dir: Path) -> list[Key]:
 def test_history_is_exactly_the_ipc_prices_and_latest_is_the_last(
     pg: PgServer,  # noqa: F811
     engine_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     port = free_port()
-    # (trust auth ignores the password; it is there to check it is never shown)
-    cfg = engine_config(port, pg.dsn + " password=s3cret-pw")
+    # (trust auth ignores the password; it is there to check it is never shown). A password
+    # comes from the environment only: the config file refuses one.
+    monkeypatch.setenv("MMENGINE_PG_DSN", pg.dsn + " password=s3cret-pw")
+    cfg = engine_config(port, None)
     engine, ipc = start(engine_factory, cfg, "e0")
     # endpoints.json names the database, without the password.
     named = conninfo_to_dict(ipc.postgres["dsn"])
@@ -384,3 +387,5 @@ def test_engine_refuses_to_start_against_an_older_schema(
     with pytest.raises(MmengineError, match=r"db upgrade"):
         engine.start()
     assert engine.workers == [] and not (tmp_path / "run" / "endpoints.json").exists()
+    # Refused before any thread started: no IPC publisher, no writer.
+    assert engine.publishers == [] and engine.writers == []

@@ -41,3 +41,39 @@ def test_huge_gap_is_counted_without_unbounded_memory() -> None:
     t.see("A-B", 1, 10_000_000)
     assert t.missing == 9_999_998
     assert len(t.streams[("A-B", 1)].missing) <= 100_000
+
+
+def test_summary_is_a_sentence() -> None:
+    t = SeqTracker()
+    for seq in (1, 2, 2, 5):
+        t.see("BTC-USD", 7, seq)
+    assert t.summary() == "3 prices, 1 duplicates dropped, 1 gaps (2 seqs missing), 0 late"
+
+
+def test_only_the_close_race_of_the_kafka_client_is_filtered() -> None:
+    import logging
+    import sys
+
+    from mmengine.kafka_tail import CloseRaceFilter
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        try:
+            raise exc
+        except BaseException:
+            info = sys.exc_info()
+        return logging.LogRecord(
+            "kafka.net.selector",
+            logging.ERROR,
+            __file__,
+            1,
+            "Unhandled exception in task %s:",
+            ("t",),
+            info,
+        )
+
+    race = record(ValueError("Invalid file descriptor: -1"))
+    other = record(ValueError("something else"))
+    f = CloseRaceFilter()
+    assert f.filter(race) and f.filter(other)  # while the consumer runs, nothing is hidden
+    f.closing = True
+    assert not f.filter(race) and f.filter(other)

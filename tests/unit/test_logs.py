@@ -52,3 +52,47 @@ def test_cli_json_logs_never_show_a_password(tmp_path) -> None:  # type: ignore[
     doc = json.loads(run.stderr.strip())
     assert "hunter2" not in run.stderr
     assert doc["sink"] == "postgres" and doc["message"] == "connect to postgresql://u:***@h/db"
+
+
+def test_urls_keep_host_port_and_path_only_credentials_are_masked() -> None:
+    line = (
+        "binance connect to ws://127.0.0.1:9100/stream?streams=btcusdt@depth@100ms/"
+        "ethusdt@depth@100ms failed"
+    )
+    assert redact(line) == line  # the `@` of stream names is not a credential
+    assert redact("http://127.0.0.1:8080/api@v1?x=a:b@c") == "http://127.0.0.1:8080/api@v1?x=a:b@c"
+    assert redact("ws://user:pw@host:1/x?a=b@c") == "ws://user:***@host:1/x?a=b@c"
+    assert redact("postgresql://mm:p%40ss@db:5432/p") == "postgresql://mm:***@db:5432/p"
+    assert (
+        redact("dsn host=db password='s3 cr\\'et' user=mm") == "dsn host=db password='***' user=mm"
+    )
+
+
+def _log_lines(level: str) -> str:
+    code = (
+        "import logging; from mmengine.logs import setup_logging; "
+        f"setup_logging({level!r});"
+        "logging.getLogger('kafka.net.manager').info('kafka chatter');"
+        "logging.getLogger('kafka.net.manager').warning('kafka warning');"
+        "logging.getLogger('mmengine.cli').info('ours');"
+        "logging.getLogger('mmengine.cli').debug('our detail')"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return run.stderr
+
+
+def test_other_libraries_info_lines_show_only_at_debug() -> None:
+    info = _log_lines("info")
+    assert "kafka warning" in info and "ours" in info
+    assert "kafka chatter" not in info and "our detail" not in info
+    debug = _log_lines("DEBUG")
+    assert "kafka chatter" in debug and "our detail" in debug
+
+
+def test_an_unknown_level_is_an_error() -> None:
+    import pytest
+
+    from mmengine.logs import setup_logging
+
+    with pytest.raises(ValueError, match="unknown log level 'verbose'"):
+        setup_logging("verbose")

@@ -29,3 +29,30 @@ def test_rate_limiter_spends_and_refills() -> None:
     assert not limiter.try_acquire(6)
     time.sleep(0.45)
     assert limiter.try_acquire(6)
+
+
+def test_reconnect_attempts_are_counted_even_when_none_connects() -> None:
+    """A venue that never answers must not report "0 reconnects"."""
+    from mmengine.venues.base import VenueSpec
+    from mmengine.venues.registry import PROTOCOLS
+    from mmengine.venues.transport import VenueConnection
+    from tests.conftest import free_port
+
+    class Nowhere:
+        def send(self, top: object) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    spec = VenueSpec("okx", "okx-v5", ("BTC-USDT",), depth=400, url=f"ws://127.0.0.1:{free_port()}")
+    conn = VenueConnection(spec, PROTOCOLS["okx-v5"], Nowhere, reconnect_cap_s=0.2)
+    conn._backoff = Backoff(base_s=0.05, cap_s=0.1)
+    conn.start()
+    deadline = time.monotonic() + 5
+    while conn.venue.venue_stats.reconnects < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    conn.stop()
+    conn.join(5)
+    assert conn.connects == 0
+    assert conn.venue.venue_stats.reconnects >= 3

@@ -1,0 +1,223 @@
+"""The command line as a new user meets it: options, messages, finding the engine."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mmengine.cli import _check_capture_fits, main, simulator_summary, tap_filter
+from mmengine.locate import EngineNotFound, find_engine
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """`main` sets up logging for the process; give the other tests theirs back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def run(args: list[str], run_dir: Path | None = None) -> tuple[int, str, float]:
+    """(exit code, stderr + stdout, seconds) of `mmengine ARGS` in this process."""
+    env = {"MMENGINE_RUN_DIR": str(run_dir)} if run_dir else {}
+    started = time.monotonic()
+    result = CliRunner().invoke(main, args, env=env)
+    return result.exit_code, result.stderr + result.stdout, time.monotonic() - started
+
+
+def test_unknown_log_level_is_refused() -> None:
+    code, out, _ = run(["--log-level", "verbose", "top"])
+    assert code == 2
+    assert "'verbose' is not one of 'debug', 'info', 'warning', 'error'" in out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["top"],
+        ["tap"],
+        ["set-position", "BTC-USD", "-1"],
+        ["kafka-tail"],
+    ],
+)
+def test_without_an_engine_the_tools_answer_at_once_with_where_they_looked(
+    args: list[str], tmp_path: Path
+) -> None:
+    code, out, seconds = run(args, run_dir=tmp_path)
+    assert code == 1, out
+    assert f"no engine found: {tmp_path / 'endpoints.json'} does not exist" in out
+    assert "--run-dir DIR (or set MMENGINE_RUN_DIR)" in out
+    assert seconds < 1.0  # it used to wait 10 s before saying so
+
+
+def test_an_engine_killed_without_cleaning_up_is_reported_as_stopped(tmp_path: Path) -> None:
+    pid = dead_pid()
+    (tmp_path / "engine.lock").write_text(f"{pid}\n")
+    (tmp_path / "endpoints.json").write_text(
+        json.dumps({"pid": pid, "ipc": {}, "status": {"endpoint": "ipc:///nowhere"}})
+    )
+    for args in (["tap"], ["top"], ["--log-level", "debug", "set-position", "BTC-USD", "2"]):
+        code, out, seconds = run(args, run_dir=tmp_path)
+        assert code == 1 and seconds < 1.0, out
+        assert f"that wrote {tmp_path / 'endpoints.json'} (pid {pid}) is not running" in out
+
+
+def test_a_starting_engine_is_waited_for_and_a_dead_lock_is_not(tmp_path: Path) -> None:
+    (tmp_path / "engine.lock").write_text(f"{os.getpid()}\n")  # alive: "starting"
+    started = time.monotonic()
+    with pytest.raises(EngineNotFound, match="did not finish starting within 0 s"):
+        find_engine(tmp_path, wait_s=0.3)
+    assert time.monotonic() - started >= 0.3
+    (tmp_path / "engine.lock").write_text(f"{dead_pid()}\n")
+    with pytest.raises(EngineNotFound, match="does not exist"):
+        find_engine(tmp_path, wait_s=30)
+
+
+def test_tap_topic_takes_a_plain_instrument_or_venue() -> None:
+    assert tap_filter("prices", "") == (b"", None)
+    assert tap_filter("prices", "BTC-USD") == (b"price.BTC-USD", None)
+    assert tap_filter("prices", "BTC") == (b"price.BTC", None)
+    assert tap_filter("prices", "price.ETH-USD") == (b"price.ETH-USD", None)
+    assert tap_filter("books", "binance") == (b"book.binance", None)
+    assert tap_filter("books", "book.okx.BTC-USDT") == (b"book.okx.BTC-USDT", None)
+    assert tap_filter("books", "BTC-USDT") == (b"book.", "BTC-USDT")  # from every venue
+
+
+def test_a_simulator_refuses_a_capture_of_another_protocol() -> None:
+    code, out, _ = run(["simulate", "--venue", "okx-v5", "--replay", str(DATA / "KRAKEN.jsonl.gz")])
+    assert code == 1
+    assert "is a kraken-v1 capture; the okx-v5 simulator cannot replay it" in out
+    assert "--venue kraken-v1" in out
+    with pytest.raises(Exception, match="kraken-v1 capture; the kraken-v2 simulator"):
+        _check_capture_fits("kraken-v2", str(DATA / "KRAKEN.jsonl.gz"))
+    # What fits: the recorded protocol, either venue of a two-venue recording, and the
+    # deep Coinbase simulator for a Coinbase capture.
+    _check_capture_fits("kraken-v1", str(DATA / "KRAKEN.jsonl.gz"))
+    _check_capture_fits("bybit-v5-linear", str(DATA / "BYBIT.jsonl.gz"))
+    _check_capture_fits("coinbase-advanced-deep", str(DATA / "COINBASE.jsonl.gz"))
+
+
+def test_a_simulator_summary_is_a_sentence() -> None:
+    stats = {
+        "connections": 2,
+        "frames_sent": 12345,
+        "updates_generated": 6000,
+        "snapshots_served": 4,
+        "slow_consumer_drops": 0,
+        "faults": {"gap": 2, "drop": 1},
+        "open_connections": 0,
+    }
+    line = simulator_summary("binance", stats)
+    assert line == (
+        "binance simulator stopped: 2 connections, 12,345 frames sent, 6,000 book updates "
+        "generated, 4 REST snapshots served, 0 slow clients dropped, faults injected: "
+        "1 drop, 2 gap"
+    )
+
+
+def _replay(*extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mmengine.cli", *extra, "replay", str(DATA / "OKX.jsonl.gz")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_replay_prints_its_scorecard_and_state_lines_only_when_asked() -> None:
+    quiet = _replay()
+    assert quiet.returncode == 0, quiet.stderr
+    assert "OKX.jsonl.gz: protocol okx-v5" in quiet.stdout
+    assert quiet.stderr == ""
+    verbose = subprocess.run(
+        [sys.executable, "-m", "mmengine.cli", "replay", "--verbose", str(DATA / "OKX.jsonl.gz")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert " LIVE " in verbose.stderr and "INFO" in verbose.stderr
+    assert " LIVE " in _replay("--log-level", "info").stderr
+
+
+def test_engine_summary_counts_read_as_words() -> None:
+    from collections import Counter
+
+    from mmengine.engine import counted
+
+    assert counted(Counter(gap=5, checksum=2), "resyncs") == "7 resyncs (checksum 2, gap 5)"
+    assert counted(Counter(), "skipped") == "0 skipped"
+
+
+def test_a_stopped_simulator_says_what_it_did_once_in_words() -> None:
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mmengine.cli", "simulate", "--venue", "binance"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # log lines, then "binance simulator: ws ..."
+    while "simulator: ws" not in first and first:
+        first = proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, rest
+    assert rest.count("simulator stopped") == 1, rest
+    assert "binance simulator stopped: 0 connections, 0 frames sent" in rest
+    assert "{" not in rest, rest
+
+
+def test_tap_and_top_exit_when_the_engine_they_watch_stops(tmp_path: Path) -> None:
+    """An engine killed while a tool waits on it: the tool says so instead of hanging."""
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    nowhere = f"ipc://{tmp_path}/nothing"  # nobody binds it: the tool only waits
+    (tmp_path / "endpoints.json").write_text(
+        json.dumps(
+            {
+                "pid": stand_in.pid,
+                "ipc": {"prices": {"endpoint": nowhere, "schema": "price.avsc"}},
+                "status": {"endpoint": nowhere},
+            }
+        )
+    )
+    env = {**os.environ, "MMENGINE_RUN_DIR": str(tmp_path)}
+    tools = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mmengine.cli", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for args in (["tap"], ["top"])
+    ]
+    time.sleep(1.5)  # both attached and waiting
+    assert [t.poll() for t in tools] == [None, None]
+    stand_in.kill()
+    stand_in.wait()
+    _, tap_err = tools[0].communicate(timeout=10)
+    top_out, _ = tools[1].communicate(timeout=10)
+    assert tools[0].returncode == 1 and f"the engine (pid {stand_in.pid}) has stopped" in tap_err
+    assert tools[1].returncode == 1 and "the engine has stopped" in top_out
