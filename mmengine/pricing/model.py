@@ -236,7 +236,7 @@ def evaluate(
     fx_rates: dict[str, tuple[float, int]],
     state: InstrumentState,
     now_ns: int,
-    fx_max_age_ns: dict[str, int] | None = None,
+    fx_max_age_ns: dict[str, float] | None = None,
 ) -> Decision | None:
     """Price `spec` from the latest `tops` keyed by (venue, instrument).
 
@@ -292,7 +292,7 @@ def evaluate(
         # Every source that could be used has aged out: say so in the one word a consumer
         # can match on.
         stale = any(x.reason == "stale" for x in excluded)
-        return _halted(spec, state, excluded, STALE if stale else "no usable venue")
+        return halted_decision(spec, state, excluded, STALE if stale else "no usable venue")
 
     # Consolidated book: levels converted to the quote currency, equal prices summed.
     n = max(spec.micro_levels, 1)
@@ -333,7 +333,7 @@ def evaluate(
     if not math.isfinite(fair) or fair <= 0.0:
         # Sizes near the float limit make the microprice inf/inf; never let it into the
         # state (volatility, the jump check) or a Price.
-        return _halted(spec, state, excluded, f"non-finite fair value ({fair!r})")
+        return halted_decision(spec, state, excluded, f"non-finite fair value ({fair!r})")
     update_volatility(state, fair, now_ns, spec.vol_half_life_s)
     if not math.isfinite(state.var_rate):
         state.var_rate = 0.0
@@ -374,7 +374,7 @@ def evaluate(
     )
     bad = non_finite_field(decision)
     if bad is not None:
-        return _halted(spec, state, excluded, f"non-finite {bad}")
+        return halted_decision(spec, state, excluded, f"non-finite {bad}")
     return decision
 
 
@@ -420,7 +420,7 @@ def non_finite_field(d: Decision) -> str | None:
     return "sum of prices and sizes (overflow)"
 
 
-def _halted(
+def halted_decision(
     spec: InstrumentSpec, state: InstrumentState, excluded: list[VenueExcluded], reason: str
 ) -> Decision:
     """A Price that says "do not quote": no fair value could be formed.
