@@ -4,7 +4,6 @@ the latest top per instrument, which goes out, in order, once there is room."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import zmq
