@@ -5,6 +5,9 @@ price one instrument out of order. So worker k binds its own PULL at `inproc://p
 every venue thread holds one PUSH per worker, and a BookTop for instrument X goes to worker
 `stable_shard(X, K)`; per-instrument order holds end to end.
 
+The last hop, `IpcPublisher`, forwards each stream from the engine's inproc PUBs to local
+subscribers on IPC and counts what a full subscriber could not take (see its docstring).
+
 BookTops cross the inproc hop pickled: they never leave the process, and pickling a small
 tuple costs about a microsecond where Avro costs ten. The IPC `books` stream, which other
 processes read, carries them Avro-encoded.
@@ -20,9 +23,12 @@ loses nothing it uses, and a state change (LIVE -> RESYNCING) still arrives, in 
 
 from __future__ import annotations
 
+import os
 import pickle
+import threading
 import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import zmq
 
@@ -32,6 +38,8 @@ from mmengine.model import BookTop
 PRICES_IN = "inproc://prices.in"  # pricing workers' PUBs connect here (proxy XSUB)
 BOOKS_IN = "inproc://books.in"  # venue threads' PUBs connect here (proxy XSUB)
 PUSH_HWM = 100_000
+PUB_HWM = 100_000  # inproc PUB -> forwarder, and forwarder -> each IPC subscriber
+FORWARD_BATCH = 10_000  # messages forwarded per wake before looking at subscriptions again
 
 
 def stable_shard(instrument: str, workers: int) -> int:
@@ -90,6 +98,7 @@ class BookTopRouter:
         if publish_books:
             self._pub = ctx.socket(zmq.PUB)
             self._pub.setsockopt(zmq.LINGER, 0)
+            self._pub.setsockopt(zmq.SNDHWM, PUB_HWM)
             self._pub.connect(BOOKS_IN)
             self._codec = Codec("book_top.avsc")
         self.sent = 0
@@ -142,3 +151,109 @@ class BookTopRouter:
             sock.close()
         if self._pub is not None:
             self._pub.close()
+
+
+@dataclass(slots=True)
+class IpcStats:
+    """Counters of one IPC stream (plain ints read by the status thread)."""
+
+    sent: int = 0  # messages handed to the subscribers they matched
+    dropped: int = 0  # messages not sent: a matching subscriber's queue was full
+    subscriptions: int = 0  # subscribe/unsubscribe messages passed upstream
+
+
+class IpcPublisher(threading.Thread):
+    """One IPC stream (thread `ipc-<name>`): XSUB on `inproc` (the engine's PUBs connect
+    there) to XPUB on `endpoint` (local subscribers connect there), forwarding in both
+    directions like `zmq.proxy`, and counting drops.
+
+    ZeroMQ's PUB and XPUB drop a message for a subscriber whose queue is at its high-water
+    mark and report nothing. So the XPUB runs with ZMQ_XPUB_NODROP: a send that some matching
+    subscriber cannot take fails with EAGAIN instead, and the message is counted in
+    `dropped`. libzmq's send is all or nothing here, so such a message reaches no
+    subscriber: the count is exact, and the price is that one subscriber `hwm` messages
+    behind makes the stream drop for all until it catches up. (Sending such a message again
+    in lossy mode would spare the others, but libzmq then parks the full subscriber's pipe
+    and skips it silently until it drains, so the count would miss most drops; a count that
+    is wrong is worse than this trade.) ZMTP heartbeats disconnect a subscriber whose process
+    stopped answering, which frees its queue.
+
+    The C proxy cannot count (its sends block or end the proxy); the cost is a Python recv
+    and send per message, paid only for topics some subscriber subscribed to (subscriptions
+    go upstream, so unwanted messages are dropped at the PUBs, as with the proxy).
+    """
+
+    def __init__(
+        self, ctx: zmq.Context, name: str, inproc: str, endpoint: str, hwm: int = PUB_HWM
+    ) -> None:
+        super().__init__(name=f"ipc-{name}", daemon=True)
+        self.ctx = ctx
+        self.stream = name
+        self.inproc = inproc
+        self.endpoint = endpoint
+        self.hwm = hwm
+        self.stats = IpcStats()
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        xsub = self.ctx.socket(zmq.XSUB)
+        xpub = self.ctx.socket(zmq.XPUB)
+        try:
+            for sock in (xsub, xpub):
+                sock.setsockopt(zmq.LINGER, 0)
+            xsub.setsockopt(zmq.RCVHWM, PUB_HWM)
+            xpub.setsockopt(zmq.SNDHWM, self.hwm)
+            xpub.setsockopt(zmq.XPUB_NODROP, 1)
+            xpub.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+            xpub.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
+            xsub.bind(self.inproc)
+            xpub.bind(self.endpoint)
+            if self.endpoint.startswith("ipc://"):
+                os.chmod(self.endpoint.removeprefix("ipc://"), 0o600)
+        except (zmq.ZMQError, OSError) as exc:
+            self.error = exc
+            self.ready.set()
+            xsub.close()
+            xpub.close()
+            return
+        self.ready.set()
+        poller = zmq.Poller()
+        poller.register(xsub, zmq.POLLIN)
+        poller.register(xpub, zmq.POLLIN)
+        try:
+            while not self._stop_event.is_set():
+                events = dict(poller.poll(100))
+                if xpub in events:
+                    self._subscriptions(xpub, xsub)
+                if xsub in events:
+                    self._forward(xsub, xpub)
+        finally:
+            xsub.close()
+            xpub.close()
+
+    def _subscriptions(self, xpub: zmq.Socket, xsub: zmq.Socket) -> None:
+        while True:
+            try:
+                message = xpub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            xsub.send(message)
+            self.stats.subscriptions += 1
+
+    def _forward(self, xsub: zmq.Socket, xpub: zmq.Socket) -> None:
+        stats = self.stats
+        for _ in range(FORWARD_BATCH):
+            try:
+                frames = xsub.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                xpub.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                stats.sent += 1
+            except zmq.Again:  # a matching subscriber's queue is full: nobody gets it
+                stats.dropped += 1

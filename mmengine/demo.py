@@ -98,6 +98,9 @@ def demo_config(sims: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         )
     return {
         "engine": {"run_dir": str(run_dir), "pricing_workers": 2},
+        # The demo's sinks are throwaway: keep its spool beside its run dir, not in the
+        # user's state dir where a real engine's spool lives.
+        "limits": {"spool_dir": str(run_dir.parent / "spool")},
         "venues": venues,
         "fx": [{"pair": "USDT-USD", "fixed": 1.0}],
         "instruments": instruments,

@@ -54,6 +54,16 @@ def render(snap: dict[str, Any], rates: Rates, latency: dict[str, list[int]]) ->
         "(q quits)",
         style="bold",
     )
+    died = [t for t in snap.get("threads", ()) if t["deaths"]]
+    if died:  # supervision: which threads died, and whether they are back
+        head.append(
+            f"\n{sum(t['deaths'] for t in died)} thread death(s): "
+            + ", ".join(
+                f"{t['name']} ({t['restarts']} restarts{'' if t['alive'] else ', DOWN'})"
+                for t in died
+            ),
+            style="bold red",
+        )
     venues = Table(title="venues", expand=True, title_justify="left")
     for col in (
         "venue",

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 
 import zmq
 
-from mmengine.bus import PRICES_IN, decode_top, pricing_endpoint
+from mmengine.bus import PRICES_IN, PUB_HWM, decode_top, pricing_endpoint
 from mmengine.codec import Codec, encode_price
 from mmengine.logs import RepeatLimiter
 from mmengine.model import BookTop, Price
@@ -148,6 +148,7 @@ class PricingWorker(threading.Thread):
                 sock.setsockopt(zmq.LINGER, 0)
             pull.bind(pricing_endpoint(self.k))
             control.bind(control_endpoint(self.k))
+            pub.setsockopt(zmq.SNDHWM, PUB_HWM)
             pub.connect(PRICES_IN)
             for endpoint in self.sink_endpoints:
                 sock = self.ctx.socket(zmq.PUSH)
