@@ -246,14 +246,25 @@ class IpcPublisher(threading.Thread):
             self.stats.subscriptions += 1
 
     def _forward(self, xsub: zmq.Socket, xpub: zmq.Socket) -> None:
+        # recv/send by hand rather than *_multipart: a third less Python per message.
         stats = self.stats
+        recv = xsub.recv
+        more = xsub.getsockopt
+        send = xpub.send
         for _ in range(FORWARD_BATCH):
             try:
-                frames = xsub.recv_multipart(zmq.NOBLOCK, copy=False)
+                parts = [recv(zmq.NOBLOCK)]
             except zmq.Again:
                 return
+            while more(zmq.RCVMORE):
+                parts.append(recv())
+            last = parts.pop()
             try:
-                xpub.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                # With XPUB_NODROP only the first part can fail (libzmq counts whole
+                # messages against the high-water mark), so a message goes out whole or not.
+                for part in parts:
+                    send(part, zmq.SNDMORE | zmq.NOBLOCK)
+                send(last, zmq.NOBLOCK)
                 stats.sent += 1
             except zmq.Again:  # a matching subscriber's queue is full: nobody gets it
                 stats.dropped += 1

@@ -248,7 +248,7 @@ class LimitsConfig(Strict):
         "<spool_dir>/epoch; default $XDG_STATE_HOME/mmengine/spool (~/.local/state/...).",
     )
     fsync: Literal["none"] | FsyncInterval = Field(
-        default_factory=lambda: FsyncInterval(interval_ms=1000),
+        default_factory=lambda: FsyncInterval(interval_ms=100),
         description="'none', or {interval_ms: N}: what a power cut can lose (docs/operations.md).",
     )
     spool_max_bytes: Annotated[int, Field(ge=1024)] = 1024**3  # per sink

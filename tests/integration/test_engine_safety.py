@@ -143,7 +143,7 @@ def test_the_spool_defaults_to_the_users_state_dir(
 
 def test_the_fsync_policy_reaches_the_writers(tmp_path: Path) -> None:
     default = Engine(parse_config(config(tmp_path / "run")))
-    assert default.fsync_interval_s() == 1.0
+    assert default.fsync_interval_s() == 0.1
     none = Engine(parse_config(config(tmp_path / "run", limits={"fsync": "none"})))
     assert none.fsync_interval_s() is None
     fast = Engine(parse_config(config(tmp_path / "run", limits={"fsync": {"interval_ms": 20}})))
