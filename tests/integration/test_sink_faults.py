@@ -113,16 +113,27 @@ def test_kafka_writer_quarantines_a_record_it_cannot_send_and_goes_on(
     again.close()
 
 
+@pytest.mark.parametrize(
+    ("timeouts", "message"),
+    [
+        ({"lock_timeout_ms": 300}, "lock timeout"),
+        ({"statement_timeout_ms": 400, "lock_timeout_ms": 60_000}, "statement timeout"),
+    ],
+    ids=["lock_timeout", "statement_timeout"],
+)
 def test_postgres_batch_blocked_by_another_sessions_lock_is_abandoned_and_retried(
     ctx: zmq.Context,
     pg: PgServer,  # noqa: F811
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    timeouts: dict[str, int],
+    message: str,
 ) -> None:
     writer = PostgresWriter(
         ctx,
         PostgresOutput(
             dsn=pg.dsn,
-            lock_timeout_ms=300,
+            **timeouts,
             reconnect_min_s=0.1,
             reconnect_max_s=0.5,
             drain_timeout_s=2,
@@ -147,6 +158,9 @@ def test_postgres_batch_blocked_by_another_sessions_lock_is_abandoned_and_retrie
         push.send_multipart(sink_message(codec, "BTC-USDT", EPOCH, 2))
         wait_for(lambda: writer.stats.retries >= 2, 10, "the blocked batch to be retried")
         assert latest(pg)["BTC-USDT"] == (EPOCH, 1)
+        assert any(
+            f"canceling statement due to {message}" in r.getMessage() for r in caplog.records
+        )
         locker.rollback()  # the lock goes: the retried batch commits
         wait_for(lambda: latest(pg).get("BTC-USDT") == (EPOCH, 2), 10, "the retried batch")
         assert history(pg) == [("BTC-USDT", EPOCH, 1), ("BTC-USDT", EPOCH, 2)]
