@@ -192,7 +192,10 @@ class Spool:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
-            raise SpoolBusy(f"spool dir {self.directory} is in use by another writer") from None
+            raise SpoolBusy(
+                f"spool dir {self.directory} is in use by another writer (another engine? "
+                "give each engine its own limits.spool_dir)"
+            ) from None
         return lock
 
     def _recover(self) -> None:
