@@ -42,6 +42,27 @@ PUB_HWM = 100_000  # inproc PUB -> forwarder, and forwarder -> each IPC subscrib
 FORWARD_BATCH = 10_000  # messages forwarded per wake before looking at subscriptions again
 
 
+class ServiceThread(threading.Thread):
+    """An engine thread that makes its sockets when it starts: `ready` is set once they are
+    bound (or binding failed: then `error` says why and the sockets are closed), `stop()`
+    asks the thread to end within its poll timeout."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def _not_bound(self, exc: BaseException, sockets: Sequence[zmq.Socket]) -> None:
+        self.error = exc
+        for sock in sockets:
+            sock.close()
+        self.ready.set()
+
+
 def stable_shard(instrument: str, workers: int) -> int:
     """The pricing worker that owns `instrument`: the same in every run and every process.
 
@@ -162,7 +183,7 @@ class IpcStats:
     subscriptions: int = 0  # subscribe/unsubscribe messages passed upstream
 
 
-class IpcPublisher(threading.Thread):
+class IpcPublisher(ServiceThread):
     """One IPC stream (thread `ipc-<name>`): XSUB on `inproc` (the engine's PUBs connect
     there) to XPUB on `endpoint` (local subscribers connect there), forwarding in both
     directions like `zmq.proxy`, and counting drops.
@@ -186,19 +207,13 @@ class IpcPublisher(threading.Thread):
     def __init__(
         self, ctx: zmq.Context, name: str, inproc: str, endpoint: str, hwm: int = PUB_HWM
     ) -> None:
-        super().__init__(name=f"ipc-{name}", daemon=True)
+        super().__init__(f"ipc-{name}")
         self.ctx = ctx
         self.stream = name
         self.inproc = inproc
         self.endpoint = endpoint
         self.hwm = hwm
         self.stats = IpcStats()
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
-        self._stop_event = threading.Event()
-
-    def stop(self) -> None:
-        self._stop_event.set()
 
     def run(self) -> None:
         xsub = self.ctx.socket(zmq.XSUB)
@@ -216,10 +231,7 @@ class IpcPublisher(threading.Thread):
             if self.endpoint.startswith("ipc://"):
                 os.chmod(self.endpoint.removeprefix("ipc://"), 0o600)
         except (zmq.ZMQError, OSError) as exc:
-            self.error = exc
-            self.ready.set()
-            xsub.close()
-            xpub.close()
+            self._not_bound(exc, (xsub, xpub))
             return
         self.ready.set()
         poller = zmq.Poller()

@@ -16,14 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import zmq
 
-from mmengine.bus import IpcStats
+from mmengine.bus import IpcStats, ServiceThread
 from mmengine.model import Price
 from mmengine.pricing.worker import LATENCY_BOUNDS_US, WorkerStats
 
@@ -238,21 +237,15 @@ def _counters(stats: Any) -> dict[str, int]:
     return {name: getattr(stats, name) for name in getattr(stats, "__slots__", ())}
 
 
-class StatusPublisher(threading.Thread):
+class StatusPublisher(ServiceThread):
     """Publishes a status snapshot on `ipc://<run_dir>/status` once a second."""
 
     def __init__(self, engine: Reporting, ctx: zmq.Context, endpoint: str, interval_s: float = 1.0):
-        super().__init__(name="status", daemon=True)
+        super().__init__("status")
         self.engine = engine
         self.ctx = ctx
         self.endpoint = endpoint
         self.interval_s = interval_s
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
-        self._stop_event = threading.Event()
-
-    def stop(self) -> None:
-        self._stop_event.set()
 
     def run(self) -> None:
         pub = self.ctx.socket(zmq.PUB)
@@ -260,10 +253,8 @@ class StatusPublisher(threading.Thread):
         try:
             pub.bind(self.endpoint)
             os.chmod(self.endpoint.removeprefix("ipc://"), 0o600)
-        except zmq.ZMQError as exc:
-            self.error = exc
-            pub.close()
-            self.ready.set()
+        except (zmq.ZMQError, OSError) as exc:
+            self._not_bound(exc, (pub,))
             return
         self.ready.set()
         try:

@@ -18,13 +18,12 @@ import math
 import os
 import pickle
 import reprlib
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
-from mmengine.bus import stable_shard
+from mmengine.bus import ServiceThread, stable_shard
 from mmengine.logs import RepeatLimiter
 from mmengine.pricing.worker import control_endpoint
 
@@ -56,25 +55,19 @@ class ControlStats:
     errors: int = 0  # unexpected exceptions caught (answered ok: false, logged)
 
 
-class ControlServer(threading.Thread):
+class ControlServer(ServiceThread):
     """Answers control requests; owns the REP socket and one PUSH per pricing worker."""
 
     def __init__(
         self, ctx: zmq.Context, endpoint: str, instruments: set[str], workers: int
     ) -> None:
-        super().__init__(name="control", daemon=True)
+        super().__init__("control")
         self.ctx = ctx
         self.endpoint = endpoint
         self.instruments = instruments
         self.workers = workers
         self.stats = ControlStats()
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
-        self._stop_event = threading.Event()
         self._error_log = RepeatLimiter()
-
-    def stop(self) -> None:
-        self._stop_event.set()
 
     def run(self) -> None:
         rep = self.ctx.socket(zmq.REP)
@@ -90,10 +83,7 @@ class ControlServer(threading.Thread):
                 push.connect(control_endpoint(k))
                 pushes.append(push)
         except (zmq.ZMQError, OSError) as exc:
-            self.error = exc
-            self.ready.set()
-            for sock in (rep, *pushes):
-                sock.close()
+            self._not_bound(exc, (rep, *pushes))
             return
         self.ready.set()
         try:

@@ -21,14 +21,13 @@ import logging
 import math
 import pickle
 import struct
-import threading
 import time
 from bisect import bisect_left
 from dataclasses import dataclass, field, replace
 
 import zmq
 
-from mmengine.bus import PRICES_IN, PUB_HWM, decode_top, pricing_endpoint
+from mmengine.bus import PRICES_IN, PUB_HWM, ServiceThread, decode_top, pricing_endpoint
 from mmengine.codec import Codec, encode_price
 from mmengine.logs import RepeatLimiter
 from mmengine.model import BookTop, Price
@@ -76,7 +75,7 @@ def control_endpoint(worker: int) -> str:
     return f"inproc://pricing-control.{worker}"
 
 
-class PricingWorker(threading.Thread):
+class PricingWorker(ServiceThread):
     """Prices the instruments of shard `k`.
 
     `instruments` are the ones this worker owns and publishes. `fx_inputs` are FX
@@ -96,7 +95,7 @@ class PricingWorker(threading.Thread):
         fx_inputs: tuple[InstrumentSpec, ...] = (),
         positions: dict[str, float] | None = None,
     ) -> None:
-        super().__init__(name=f"pricing-{k}", daemon=True)
+        super().__init__(f"pricing-{k}")
         self.k = k
         self.ctx = ctx
         self.specs: dict[str, InstrumentSpec] = {s.name: s for s in instruments}
@@ -129,14 +128,8 @@ class PricingWorker(threading.Thread):
         # When each published instrument must be priced again without new input (ns).
         self.due: dict[str, float] = {}
         self.stats = WorkerStats()
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
-        self._stop_event = threading.Event()
         self._sink_log = RepeatLimiter()
         self._error_log = RepeatLimiter()
-
-    def stop(self) -> None:
-        self._stop_event.set()
 
     def run(self) -> None:
         pull = self.ctx.socket(zmq.PULL)
@@ -158,10 +151,7 @@ class PricingWorker(threading.Thread):
                 sock.connect(endpoint)
             header = Codec("price.avsc").header
         except Exception as exc:
-            self.error = exc
-            self.ready.set()
-            for sock in (pull, control, pub, *sinks):
-                sock.close()
+            self._not_bound(exc, (pull, control, pub, *sinks))
             raise
         self.ready.set()
         poller = zmq.Poller()

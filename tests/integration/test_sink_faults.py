@@ -3,8 +3,7 @@ cannot send (tansu), and a batch blocked by another session's lock (PostgreSQL).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from mmengine.config import KafkaOutput, PostgresOutput
 from mmengine.sinks.kafka import KafkaWriter
 from mmengine.sinks.postgres import PostgresWriter
 from mmengine.sinks.spool import FRAME, QUARANTINE_DIR, Spool, pack_frames, unpack_frames
+from tests.conftest import wait_for
 from tests.integration.kafka_support import (  # noqa: F401 (fixture)
     Broker,
     OfficialDecoder,
@@ -36,14 +36,6 @@ from tests.integration.pg_support import (  # noqa: F401 (fixtures)
 pytestmark = pytest.mark.integration
 
 EPOCH = 1_790_000_000_000_000_000
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture

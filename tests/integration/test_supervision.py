@@ -25,7 +25,7 @@ from mmengine.simulator import start_simulator
 from mmengine.status import snapshot
 from mmengine.top import Rates, render
 from mmengine.venues.transport import VenueConnection
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -48,13 +48,6 @@ def config(sim: Any, run_dir: Path, **engine: Any) -> dict[str, Any]:
             {"name": i, "sources": [{"venue": "binance"}], "min_venues": 1} for i in INSTRUMENTS
         ],
     }
-
-
-def wait_for(condition: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def thread(engine: Engine, name: str) -> dict[str, Any]:
