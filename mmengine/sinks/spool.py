@@ -96,6 +96,21 @@ def unpack_frames(record: bytes) -> list[bytes]:
     return frames
 
 
+def read_quarantine(directory: str | os.PathLike[str]) -> list[tuple[str, bytes]]:
+    """(why, data) of everything a spool in `directory` set aside, oldest first: for an
+    operator looking into `<spool_dir>/<sink>/quarantine/` (and for tests)."""
+    out = []
+    for path in sorted((Path(directory) / QUARANTINE_DIR).glob(f"*{SEGMENT_SUFFIX}")):
+        data = path.read_bytes()
+        pos = 0
+        while pos + FRAME.size <= len(data):
+            length, _crc = FRAME.unpack_from(data, pos)
+            why, body = unpack_frames(data[pos + FRAME.size : pos + FRAME.size + length])
+            out.append((why.decode(errors="replace"), body))
+            pos += FRAME.size + length
+    return out
+
+
 @dataclass(slots=True)
 class SpoolStats:
     """Counters of one spool; read by other threads for metrics (plain ints, no lock)."""

@@ -15,7 +15,7 @@ from mmengine.codec import Codec
 from mmengine.config import KafkaOutput, PostgresOutput
 from mmengine.sinks.kafka import KafkaWriter
 from mmengine.sinks.postgres import PostgresWriter
-from mmengine.sinks.spool import FRAME, QUARANTINE_DIR, Spool, pack_frames, unpack_frames
+from mmengine.sinks.spool import Spool, pack_frames, read_quarantine
 from tests.conftest import wait_for
 from tests.integration.kafka_support import (  # noqa: F401 (fixture)
     Broker,
@@ -43,19 +43,6 @@ def ctx() -> Iterator[zmq.Context]:
     c = zmq.Context()
     yield c
     c.term()
-
-
-def quarantined(spool_dir: Path) -> list[bytes]:
-    """The records set aside in a spool's quarantine/, in order."""
-    out = []
-    for path in sorted((spool_dir / QUARANTINE_DIR).glob("*.spool")):
-        data = path.read_bytes()
-        pos = 0
-        while pos < len(data):
-            length, _ = FRAME.unpack_from(data, pos)
-            out.append(unpack_frames(data[pos + FRAME.size : pos + FRAME.size + length])[1])
-            pos += FRAME.size + length
-    return out
 
 
 def test_kafka_writer_quarantines_a_record_it_cannot_send_and_goes_on(
@@ -98,7 +85,7 @@ def test_kafka_writer_quarantines_a_record_it_cannot_send_and_goes_on(
     decode = OfficialDecoder()
     records = consume_all(broker.bootstrap, "prices", expect=3)
     assert [decode(r.value)["seq"] for r in records] == [1, 2, 3]
-    assert quarantined(spool_dir) == bad
+    assert [data for _why, data in read_quarantine(spool_dir)] == bad
     # Acknowledged in their turn: nothing is left to meet again on the next start.
     again = Spool(spool_dir, 1 << 20)
     assert again.pending == 0
