@@ -50,6 +50,9 @@ class Harness:
         self.worker = PricingWorker(0, self.ctx, specs, epoch=7)
         self.worker.start()
         assert self.worker.ready.wait(5)
+        # The worker's PUB has connected; let the SUB take the connection and send its
+        # subscription down it now, or the first Price could find no subscriber (and drop).
+        self.prices.poll(50)
         self.push = self.ctx.socket(zmq.PUSH)
         self.push.connect(pricing_endpoint(0))
         self.control = self.ctx.socket(zmq.PUSH)
