@@ -127,6 +127,11 @@ class PricingWorker(ServiceThread):
         self.last_price: dict[str, Price] = {}
         # When each published instrument must be priced again without new input (ns).
         self.due: dict[str, float] = {}
+        self.max_age_ns = {n: s.max_age_ms * 1e6 for n, s in self.specs.items()}
+        self.fx_sources = {
+            n: [(src.venue, src.fx) for src in s.sources if src.fx is not None]
+            for n, s in self.specs.items()
+        }
         self.stats = WorkerStats()
         self._sink_log = RepeatLimiter()
         self._error_log = RepeatLimiter()
@@ -334,21 +339,21 @@ class PricingWorker(ServiceThread):
     def _schedule(self, name: str, decision: Decision, now_ns: int) -> None:
         """When `name` must be priced again without input: when its freshest used source (or
         the FX rate it used) turns stale; while it is halted stale, every max_age_ms."""
-        spec = self.specs[name]
-        max_age_ns = spec.max_age_ms * 1e6
+        max_age_ns = self.max_age_ns[name]
         if decision.halted and decision.halt_reason == STALE:
             self.due[name] = now_ns + max(max_age_ns, MIN_REPEAT_NS)
             return
-        tops = self.tops[name]
-        expiries = [tops[(u.venue, u.instrument)].recv_ts_ns + max_age_ns for u in decision.used]
-        for src in spec.sources:
-            known = self.fx_rates.get(src.fx) if src.fx is not None else None
-            if known is not None and any(u.venue == src.venue for u in decision.used):
-                expiries.append(known[1] + self.fx_max_age_ns.get(src.fx, max_age_ns))
-        if expiries:
-            self.due[name] = min(expiries) + 1  # ages must exceed max_age_ms to be stale
-        else:
+        used = decision.used
+        if not used:
             self.due.pop(name, None)
+            return
+        tops = self.tops[name]
+        due = min([tops[(u.venue, u.instrument)].recv_ts_ns for u in used]) + max_age_ns
+        for venue, fx in self.fx_sources[name]:  # empty unless a source needs a rate
+            known = self.fx_rates.get(fx)
+            if known is not None and any(u.venue == venue for u in used):
+                due = min(due, known[1] + self.fx_max_age_ns.get(fx, max_age_ns))
+        self.due[name] = due + 1  # an age must exceed max_age_ms to be stale
 
     def _internal_error_price(self, name: str, now_ns: int) -> Price | None:
         """After an unexpected error pricing `name`: a halted Price, so that the last live
