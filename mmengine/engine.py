@@ -445,8 +445,14 @@ class Engine:
             )
 
     def _new_venue(
-        self, spec: VenueSpec, make_router: Callable[[], BookTopRouter]
+        self,
+        spec: VenueSpec,
+        make_router: Callable[[], BookTopRouter],
+        previous: VenueConnection | None = None,
     ) -> VenueConnection:
+        """Start a venue connection. One that replaces a dead `previous` takes over its
+        counter objects (what the reporting protocol reads), so they never reset during a
+        run, and its first connect counts as a reconnect."""
         conn = VenueConnection(
             spec,
             PROTOCOLS[spec.protocol],
@@ -454,28 +460,18 @@ class Engine:
             reconnect_cap_s=self.cfg.limits.reconnect_max_s,
             recorder=self.recorder,
         )
+        if previous is not None:
+            conn.venue.venue_stats = previous.venue.venue_stats
+            conn.venue.stats = previous.venue.stats
+            conn.connects = max(previous.connects, 1)
         conn.start()
         return conn
 
     def _restart_venue(
         self, index: int, make_router: Callable[[], BookTopRouter]
     ) -> VenueConnection:
-        """A fresh connection for a venue whose thread died. It takes over the old one's
-        counter objects (what the reporting protocol reads), so they never reset during a
-        run, and its first connect counts as a reconnect."""
         old = self.connections[index]
-        conn = VenueConnection(
-            old.spec,
-            PROTOCOLS[old.spec.protocol],
-            make_router,
-            reconnect_cap_s=self.cfg.limits.reconnect_max_s,
-            recorder=self.recorder,
-        )
-        conn.venue.venue_stats = old.venue.venue_stats
-        conn.venue.stats = old.venue.stats
-        conn.connects = max(old.connects, 1)
-        conn.start()
-        self.connections[index] = conn
+        self.connections[index] = conn = self._new_venue(old.spec, make_router, previous=old)
         return conn
 
     def _write_endpoints(self, streams: list[Stream]) -> None:
