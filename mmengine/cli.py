@@ -141,10 +141,14 @@ def run(config_path: str, duration: float | None, metrics_port: int | None) -> N
         click.echo(f"cannot start: {exc}", err=True)
         sys.exit(1)
     click.echo(f"engine running; prices on {engine.endpoint('prices')} (run dir {engine.run_dir})")
-    stop.wait(duration)
-    engine.stop()
+    failed = engine.run_until(stop, duration)
+    clean = engine.stop() == 0
     for line in engine.summary():
         click.echo(line)
+    if failed:  # crash-only: a thread that cannot be restarted died; the supervisor said which
+        click.echo(f"engine stopped: {engine.failure}", err=True)
+    if failed or not clean:
+        sys.exit(1)
 
 
 RUN_DIR_HELP = f"Engine run dir (default ${RUN_DIR_ENV}, else <tmp>/mmengine)."
@@ -553,13 +557,15 @@ def record(config_path: str, out: str, duration: float | None) -> None:
             click.echo(f"cannot start: {exc}", err=True)
             sys.exit(1)
         click.echo(f"recording to {out}; prices on {engine.endpoint('prices')}")
-        stop.wait(duration)
-        engine.stop()
+        failed = engine.run_until(stop, duration)
+        clean = engine.stop() == 0
     finally:
         writer.close()
     for line in engine.summary():
         click.echo(line)
     click.echo(f"recorded {out}")
+    if failed or not clean:
+        sys.exit(1)
 
 
 @main.command("kafka-tail")

@@ -76,6 +76,10 @@ class EngineConfig(Strict):
     metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
         default=None, description="Serve Prometheus metrics on 127.0.0.1:PORT."
     )
+    shutdown_timeout_s: Annotated[float, Field(ge=1, le=600)] = Field(
+        default=15.0,
+        description="Stop joins every thread within this, or names those alive and exits 1.",
+    )
 
 
 class VenueConfig(Strict):
@@ -258,6 +262,12 @@ class PostgresOutput(Strict):
     reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 0.2
     reconnect_max_s: Annotated[float, Field(gt=0, le=600)] = 5.0
     drain_timeout_s: Annotated[float, Field(ge=0, le=600)] = 5.0
+    statement_timeout_ms: Annotated[int, Field(ge=100, le=3_600_000)] = Field(
+        default=10_000, description="A batch statement running longer is cancelled, retried."
+    )
+    lock_timeout_ms: Annotated[int, Field(ge=10, le=3_600_000)] = Field(
+        default=2_000, description="A batch waiting longer on another session's lock: retried."
+    )
 
     @field_validator("dsn")
     @classmethod
@@ -283,12 +293,35 @@ class OutputsConfig(Strict):
     postgres: PostgresOutput | None = None
 
 
+def default_state_dir() -> Path:
+    """Where the engine keeps what must survive a restart or a reboot (spools, the last
+    epoch): systemd's `$STATE_DIRECTORY` (StateDirectory=), else `$XDG_STATE_HOME/mmengine`,
+    else `~/.local/state/mmengine`. Never the temp dir, which many systems clear at boot."""
+    systemd = os.environ.get("STATE_DIRECTORY")
+    if systemd:
+        return Path(systemd.split(":")[0])
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
+    return base / "mmengine"
+
+
+class FsyncInterval(Strict):
+    """fsync the spool's segment files at most every `interval_ms` (and on shut-down)."""
+
+    interval_ms: Annotated[int, Field(ge=0, le=60_000)]
+
+
 class LimitsConfig(Strict):
     stale_after_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
-    spool_dir: str | None = Field(
-        default=None,
-        description="Writers' spools live in <spool_dir>/<sink>; default <run_dir>/spool.",
+    spool_dir: str = Field(
+        default_factory=lambda: str(default_state_dir() / "spool"),
+        description="Writers' spools live in <spool_dir>/<sink>, the last epoch in "
+        "<spool_dir>/epoch; default $XDG_STATE_HOME/mmengine/spool (~/.local/state/...).",
+    )
+    fsync: Literal["none"] | FsyncInterval = Field(
+        default_factory=lambda: FsyncInterval(interval_ms=100),
+        description="'none', or {interval_ms: N}: what a power cut can lose (docs/operations.md).",
     )
     spool_max_bytes: Annotated[int, Field(ge=1024)] = 1024**3  # per sink
     spool_memory_records: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
@@ -300,7 +333,7 @@ class Config(Strict):
     instruments: Annotated[list[InstrumentConfig], Field(min_length=1)]
     fx: list[FxConfig] = []
     outputs: OutputsConfig = OutputsConfig()
-    limits: LimitsConfig = LimitsConfig()
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)  # reads the environment
 
     def venue_specs(self) -> list[VenueSpec]:
         return [

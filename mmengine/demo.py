@@ -335,6 +335,7 @@ def run_demo(duration: float | None, rate: float) -> int:
             config = demo_config(sims, run_dir)
             # The demo's spool lives with its log, never in a run dir another engine (with
             # a real broker) could later use: what is left there belongs to this demo.
+            # (and never in the user's state dir, where a real engine's spool lives).
             config["limits"] = {"spool_dir": str(spool_dir)}
             pg_dsn = start_demo_postgres(stack, console)
             if pg_dsn is not None:

@@ -1,8 +1,16 @@
-"""Assembles and runs the engine (main thread): run dir, IPC publishers, pricing workers,
-venue threads; and takes them down in order on stop.
+"""Assembles and runs the engine (main thread): run dir, epoch, IPC publishers, writers,
+pricing workers, venue threads; supervises them; and takes them down in order on stop.
 
 Threads: one per venue connection (`venue-<name>`), one per pricing shard (`pricing-<k>`),
-one C-level `zmq.proxy` per IPC stream (`ipc-<stream>`). They share only the zmq.Context.
+one forwarder per IPC stream (`ipc-<stream>`), a writer per sink (`kafka-writer`,
+`pg-writer`, each with a helper), `control`, `status`, the metrics server, and the
+`supervisor` (see `mmengine.supervisor`: every other thread's death is noticed within a
+second and restarts it or ends the engine). They share only the zmq.Context.
+
+Start-up refuses what would be unsafe: a run dir owned by another user or writable by others
+(it is never chmod-ed once it exists), or a configured epoch not above the last run's.
+Stop is bounded: within `engine.shutdown_timeout_s` every thread is joined and the context
+terminated, or the threads still alive are named and `stop()` returns 1.
 """
 
 from __future__ import annotations
@@ -12,16 +20,18 @@ import json
 import logging
 import os
 import socket
+import stat
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import zmq
 
-from mmengine.bus import BOOKS_IN, PRICES_IN, BookTopRouter, stable_shard
+from mmengine.bus import BOOKS_IN, PRICES_IN, BookTopRouter, IpcPublisher, stable_shard
 from mmengine.codec import Codec
 from mmengine.config import Config
 from mmengine.errors import MmengineError
@@ -33,6 +43,7 @@ from mmengine.sinks.kafka import KafkaWriter
 from mmengine.sinks.postgres import PostgresWriter
 from mmengine.sinks.writer import SpoolingWriter
 from mmengine.status import StatusPublisher
+from mmengine.supervisor import Supervisor
 from mmengine.venues.base import VenueSpec
 from mmengine.venues.registry import PROTOCOLS
 from mmengine.venues.transport import Recorder, VenueConnection
@@ -42,6 +53,91 @@ log = logging.getLogger("mmengine.engine")
 
 class RunDirBusy(MmengineError):
     """Another engine holds the run dir."""
+
+
+class UnsafeDir(MmengineError):
+    """A directory the engine would use is not the user's own, or others can write it."""
+
+
+class EpochError(MmengineError):
+    """The epoch cannot be chosen safely (see `next_epoch`)."""
+
+
+EPOCH_FILE = "epoch"
+MAX_EPOCH = 2**63 - 1  # an Avro long
+
+
+def own_dir(path: Path, what: str) -> None:
+    """Create `path` 0700 if absent; if it exists it must be a directory owned by this user
+    and not writable by group or others. Never chmod an existing directory: `run_dir: /tmp`
+    would otherwise strip /tmp's permissions."""
+    try:
+        path.mkdir(mode=0o700, parents=True)
+        return
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise UnsafeDir(f"{what} {path}: cannot create it: {exc.strerror}") from None
+    info = path.stat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeDir(f"{what} {path} exists and is not a directory")
+    if info.st_uid != os.geteuid():
+        raise UnsafeDir(
+            f"{what} {path} is owned by uid {info.st_uid}, not by this user "
+            f"(uid {os.geteuid()}); give the engine a directory of its own"
+        )
+    if info.st_mode & 0o022:
+        raise UnsafeDir(
+            f"{what} {path} is writable by others (mode {stat.S_IMODE(info.st_mode):04o}); "
+            f"use a directory only its owner can write (chmod 0700 {path}, or another path)"
+        )
+
+
+def next_epoch(path: Path, configured: int | None, now_ns: int) -> int:
+    """This run's epoch, never below the last run's: `max(now, last + 1)`, or `configured`
+    if it is above the last one (else EpochError). Persisted to `path` (atomically, fsynced)
+    before any Price carries it: an epoch that went backwards (a clock stepped back, a
+    configured epoch reused) would have every row of the run refused by price_latest's
+    guard and skipped by db-tail's cursor."""
+    last: int | None = None
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        text = None
+    except OSError as exc:
+        raise EpochError(f"cannot read the last epoch from {path}: {exc.strerror}") from None
+    if text is not None:
+        try:
+            last = int(text)
+        except ValueError:
+            raise EpochError(
+                f"{path} should hold the last run's epoch, holds {text[:40]!r}; "
+                "fix it or remove it (then the epoch is the start time in ns)"
+            ) from None
+    if configured is not None:
+        if last is not None and configured <= last:
+            raise EpochError(
+                f"engine.epoch {configured} is not above the last run's epoch {last} "
+                f"(recorded in {path}); consumers would ignore this run's prices. Give a "
+                f"larger epoch, or leave engine.epoch unset"
+            )
+        epoch = configured
+    else:
+        epoch = now_ns if last is None else max(now_ns, last + 1)
+    if epoch > MAX_EPOCH:
+        raise EpochError(f"epoch {epoch} does not fit a signed 64-bit long")
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(f"{epoch}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return epoch
 
 
 @dataclass(frozen=True)
@@ -60,64 +156,19 @@ STREAMS = (
 )
 
 
-class IpcPublisher(threading.Thread):
-    """XSUB (inproc, the engine's PUBs connect) -> XPUB (ipc, local subscribers) in C."""
-
-    def __init__(self, ctx: zmq.Context, stream: Stream, endpoint: str) -> None:
-        super().__init__(name=f"ipc-{stream.name}", daemon=True)
-        self.ctx = ctx
-        self.stream = stream
-        self.endpoint = endpoint
-        self.control = f"inproc://control.{stream.name}"
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        xsub = self.ctx.socket(zmq.XSUB)
-        xpub = self.ctx.socket(zmq.XPUB)
-        control = self.ctx.socket(zmq.PAIR)
-        for sock in (xsub, xpub, control):
-            sock.setsockopt(zmq.LINGER, 0)
-        try:
-            xpub.setsockopt(zmq.SNDHWM, 100_000)
-            xsub.bind(self.stream.inproc)
-            xpub.bind(self.endpoint)
-            path = self.endpoint.removeprefix("ipc://")
-            os.chmod(path, 0o600)
-            control.bind(self.control)
-        except zmq.ZMQError as exc:
-            self.error = exc
-            self.ready.set()
-            for sock in (xsub, xpub, control):
-                sock.close()
-            return
-        self.ready.set()
-        try:
-            zmq.proxy_steerable(xsub, xpub, None, control)
-        except zmq.ContextTerminated:
-            pass  # stop() terminates the proxy first; this is only a late shutdown
-        finally:
-            for sock in (xsub, xpub, control):
-                sock.close()
-
-    def terminate(self, ctx: zmq.Context) -> None:
-        if self.error is not None or not self.is_alive():
-            return
-        sock = ctx.socket(zmq.PAIR)
-        sock.setsockopt(zmq.LINGER, 1000)  # 0 could discard the command before delivery
-        sock.connect(self.control)
-        sock.send(b"TERMINATE")
-        sock.close()
-        self.join(timeout=5)
-
-
 class Engine:
-    """One engine run: `start()`, then `stop()` (or `run_until(event)`)."""
+    """One engine run: `start()`, then `run_until(event)` (or `stop()`).
+
+    It is also what `mmengine.status` and `mmengine.metrics` read, through the reporting
+    protocol there (`Reporting`): `connections`, `workers`, `writers`, `publishers`,
+    `control`, `epoch`, `started_ns`, `thread_reports()` and `router_counters()`.
+    """
 
     def __init__(self, cfg: Config, recorder: Recorder | None = None) -> None:
         self.cfg = cfg
-        self.epoch = cfg.engine.epoch if cfg.engine.epoch is not None else time.time_ns()
+        self.epoch = 0  # chosen in start() (next_epoch)
         self.run_dir = Path(cfg.engine.run_dir)
+        self.state_dir = Path(cfg.limits.spool_dir)
         self.recorder = recorder
         self.ctx: zmq.Context | None = None
         self.publishers: list[IpcPublisher] = []
@@ -127,14 +178,22 @@ class Engine:
         self.control: ControlServer | None = None
         self.status: StatusPublisher | None = None
         self.metrics_server: Any = None
+        self.metrics_thread: threading.Thread | None = None
+        self.supervisor = Supervisor(self._fatal)
+        self.failed = threading.Event()  # a thread that cannot be restarted died
+        self.failure = ""
+        self._routers: dict[str, list[BookTopRouter]] = {}  # venue -> every router it had
         self._lock_file: IO[str] | None = None
         self.started_ns = 0
+
+    def _fatal(self, reason: str) -> None:
+        self.failure = reason
+        self.failed.set()
 
     # --- start ---------------------------------------------------------------------------
 
     def _claim_run_dir(self) -> None:
-        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.run_dir, 0o700)
+        own_dir(self.run_dir, "run dir")
         lock = open(self.run_dir / "engine.lock", "a+")  # noqa: SIM115 (held for the run)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -195,22 +254,26 @@ class Engine:
         cfg = self.cfg
         self._claim_run_dir()
         try:
+            own_dir(self.state_dir, "spool dir (limits.spool_dir)")
+            self.epoch = next_epoch(self.state_dir / EPOCH_FILE, cfg.engine.epoch, time.time_ns())
             self._preflight()
         except BaseException:
-            self.stop()
+            self._release_run_dir()
             raise
         sys.setswitchinterval(cfg.engine.switch_interval_us / 1e6)
         self.ctx = ctx = zmq.Context()
         self.started_ns = time.time_ns()
+        self.supervisor.install_hook()
         try:
             streams = [s for s in STREAMS if s.name != "books" or cfg.outputs.ipc.books]
             for stream in streams:
-                pub = IpcPublisher(ctx, stream, self.endpoint(stream.name))
+                pub = IpcPublisher(ctx, stream.name, stream.inproc, self.endpoint(stream.name))
                 pub.start()
                 pub.ready.wait(5)
                 if pub.error is not None:
                     raise MmengineError(f"cannot bind {pub.endpoint}: {pub.error}")
                 self.publishers.append(pub)
+                self.supervisor.watch(pub, "ipc")
             # Writers bind their inproc PULLs before the workers connect their PUSHes.
             self._start_writers(ctx)
             self._start_postgres_writer(ctx)
@@ -219,6 +282,7 @@ class Engine:
             self._start_status(ctx)
             self._start_venues(ctx, cfg.venue_specs(), cfg.instrument_specs())
             self._write_endpoints(streams)
+            self.supervisor.start()
         except BaseException:
             self.stop()
             raise
@@ -255,22 +319,45 @@ class Engine:
             worker.start()
             worker.ready.wait(5)
             self.workers.append(worker)
+            if worker.error is not None:
+                raise MmengineError(f"pricing worker {k} cannot start: {worker.error}")
+            self.supervisor.watch(worker, "pricing")
 
     def _start_status(self, ctx: zmq.Context) -> None:
+        self.status = self._new_status(ctx)
+        self.supervisor.watch(self.status, "status", lambda: self._restart_status(ctx))
+        port = self.cfg.engine.metrics_port
+        if port is not None:
+            self._serve_metrics(port)
+            assert self.metrics_thread is not None
+            self.supervisor.watch(self.metrics_thread, "metrics", lambda: self._serve_metrics(port))
+
+    def _new_status(self, ctx: zmq.Context) -> StatusPublisher:
         status = StatusPublisher(self, ctx, self.endpoint("status"))
         status.start()
         status.ready.wait(5)
-        self.status = status
         if status.error is not None:
             raise MmengineError(f"cannot bind {status.endpoint}: {status.error}")
-        port = self.cfg.engine.metrics_port
-        if port is not None:
-            try:
-                self.metrics_server = serve_metrics(self, port)
-            except OSError as exc:
-                raise MmengineError(f"cannot serve metrics on 127.0.0.1:{port}: {exc}") from exc
+        return status
+
+    def _restart_status(self, ctx: zmq.Context) -> StatusPublisher:
+        self.status = self._new_status(ctx)
+        return self.status
+
+    def _serve_metrics(self, port: int) -> threading.Thread:
+        if self.metrics_server is not None:  # a restart: free the port first
+            self.metrics_server.server_close()
+        try:
+            self.metrics_server, self.metrics_thread = serve_metrics(self, port)
+        except OSError as exc:
+            raise MmengineError(f"cannot serve metrics on 127.0.0.1:{port}: {exc}") from exc
+        return self.metrics_thread
 
     def _start_control(self, ctx: zmq.Context) -> None:
+        self.control = self._new_control(ctx)
+        self.supervisor.watch(self.control, "control", lambda: self._restart_control(ctx))
+
+    def _new_control(self, ctx: zmq.Context) -> ControlServer:
         control = ControlServer(
             ctx,
             self.endpoint("control"),
@@ -280,14 +367,24 @@ class Engine:
         )
         control.start()
         control.ready.wait(5)
-        self.control = control
         if control.error is not None:
             raise MmengineError(f"cannot bind {control.endpoint}: {control.error}")
+        return control
+
+    def _restart_control(self, ctx: zmq.Context) -> ControlServer:
+        previous = self.control
+        self.control = self._new_control(ctx)
+        if previous is not None:
+            self.control.stats = previous.stats  # counters never reset during a run
+        return self.control
 
     def spool_dir(self, sink: str) -> Path:
         """Where a writer keeps what its sink has not acknowledged: <limits.spool_dir>/<sink>."""
-        base = self.cfg.limits.spool_dir
-        return (Path(base) if base else self.run_dir / "spool") / sink
+        return self.state_dir / sink
+
+    def fsync_interval_s(self) -> float | None:
+        policy = self.cfg.limits.fsync
+        return None if policy == "none" else policy.interval_ms / 1000
 
     def _start_writers(self, ctx: zmq.Context) -> None:
         kafka = self.cfg.outputs.kafka
@@ -300,12 +397,19 @@ class Engine:
             self.spool_dir("kafka"),
             limits.spool_max_bytes,
             spool_memory_records=limits.spool_memory_records,
+            fsync_interval_s=self.fsync_interval_s(),
         )
         writer.start()
         writer.ready.wait(10)
         self.writers.append(writer)
         if writer.error is not None:
             raise MmengineError(f"kafka writer cannot start: {writer.error}")
+        self._watch_writer(writer)
+
+    def _watch_writer(self, writer: SpoolingWriter) -> None:
+        self.supervisor.watch(writer, "writer")
+        for helper in writer.helpers():
+            self.supervisor.watch(helper, "writer")
 
     def _start_postgres_writer(self, ctx: zmq.Context) -> None:
         pg = self.cfg.outputs.postgres
@@ -317,12 +421,14 @@ class Engine:
             self.spool_dir("postgres"),
             self.cfg.limits.spool_max_bytes,
             spool_memory_records=self.cfg.limits.spool_memory_records,
+            fsync_interval_s=self.fsync_interval_s(),
         )
         writer.start()
         writer.ready.wait(10)
         self.writers.append(writer)
         if writer.error is not None:
             raise MmengineError(f"postgres writer cannot start: {writer.error}")
+        self._watch_writer(writer)
 
     def _start_venues(
         self, ctx: zmq.Context, venues: list[VenueSpec], instruments: list[InstrumentSpec]
@@ -342,18 +448,50 @@ class Engine:
                         if fx_src.venue == spec.name:
                             routes.setdefault(fx_src.instrument, []).append(inst.name)
 
-            def make_router(routes: dict[str, list[str]] = routes) -> BookTopRouter:
-                return BookTopRouter(ctx, k_total, routes, publish_books)
+            def make_router(
+                routes: dict[str, list[str]] = routes, venue: str = spec.name
+            ) -> BookTopRouter:
+                # Made on the venue thread (it owns the sockets); kept here for the counters.
+                router = BookTopRouter(ctx, k_total, routes, publish_books)
+                self._routers.setdefault(venue, []).append(router)
+                return router
 
-            conn = VenueConnection(
-                spec,
-                PROTOCOLS[spec.protocol],
-                make_router,
-                reconnect_cap_s=self.cfg.limits.reconnect_max_s,
-                recorder=self.recorder,
-            )
-            conn.start()
+            conn = self._new_venue(spec, make_router)
+            index = len(self.connections)
             self.connections.append(conn)
+            self.supervisor.watch(
+                conn, "venue", lambda i=index, f=make_router: self._restart_venue(i, f)
+            )
+
+    def _new_venue(
+        self,
+        spec: VenueSpec,
+        make_router: Callable[[], BookTopRouter],
+        previous: VenueConnection | None = None,
+    ) -> VenueConnection:
+        """Start a venue connection. One that replaces a dead `previous` takes over its
+        counter objects (what the reporting protocol reads), so they never reset during a
+        run, and its first connect counts as a reconnect."""
+        conn = VenueConnection(
+            spec,
+            PROTOCOLS[spec.protocol],
+            make_router,
+            reconnect_cap_s=self.cfg.limits.reconnect_max_s,
+            recorder=self.recorder,
+        )
+        if previous is not None:
+            conn.venue.venue_stats = previous.venue.venue_stats
+            conn.venue.stats = previous.venue.stats
+            conn.connects = max(previous.connects, 1)
+        conn.start()
+        return conn
+
+    def _restart_venue(
+        self, index: int, make_router: Callable[[], BookTopRouter]
+    ) -> VenueConnection:
+        old = self.connections[index]
+        self.connections[index] = conn = self._new_venue(old.spec, make_router, previous=old)
+        return conn
 
     def _write_endpoints(self, streams: list[Stream]) -> None:
         doc: dict[str, Any] = {
@@ -389,12 +527,41 @@ class Engine:
 
     # --- stop ----------------------------------------------------------------------------
 
-    def stop(self) -> None:
-        """Join every thread, close every socket, remove the IPC socket files."""
+    def run_until(self, stop: threading.Event, duration_s: float | None = None) -> bool:
+        """Block until `stop` is set, `duration_s` passes, or a thread that cannot be
+        restarted dies (`failed`); True in the last case. The caller then calls `stop()`."""
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        while not stop.is_set() and not self.failed.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if self.supervisor.ident is not None and not self.supervisor.is_alive():
+                self._fatal("the supervisor thread died")
+                break
+            stop.wait(0.2 if deadline is None else min(0.2, max(0.0, deadline - time.monotonic())))
+        return self.failed.is_set()
+
+    def stop(self) -> int:
+        """Join every thread, close every socket, remove the IPC socket files; 0 when all
+        of it happened within `engine.shutdown_timeout_s`, else 1 after naming (at ERROR)
+        the threads still alive. A thread that outlives its join keeps its sockets open,
+        which would make `Context.term()` block forever: the context is then left alone
+        (the process is about to exit)."""
+        budget = self.cfg.engine.shutdown_timeout_s
+        deadline = time.monotonic() + budget
+
+        def left(cap: float | None = None) -> float:
+            rest = max(0.0, deadline - time.monotonic())
+            return rest if cap is None else min(cap, rest)
+
+        self.supervisor.stop()
+        if self.supervisor.is_alive():
+            self.supervisor.join(timeout=left(1.0))
         for conn in self.connections:
             conn.stop()
         for conn in self.connections:
-            conn.join(timeout=10)
+            # Venue threads notice stop() within a receive timeout (0.25 s), or after a REST
+            # fetch (10 s at most); keep a third of the budget for the rest.
+            conn.join(timeout=max(0.0, left() - budget * 2 / 3))
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
@@ -402,32 +569,95 @@ class Engine:
         for helper in (self.status, self.control):
             if helper is not None:
                 helper.stop()
-                helper.join(timeout=5)
+                helper.join(timeout=left(5.0))
         for worker in self.workers:
             worker.stop()
         for worker in self.workers:
-            worker.join(timeout=5)
+            worker.join(timeout=left(5.0))
         # After the workers (their queued Prices reach the writers' spools), before the
-        # context ends: each writer delivers what it can within its drain timeout and
-        # leaves the rest in its spool for the next start.
+        # context ends: each writer delivers what it can within its drain timeout (cut to
+        # what the budget leaves) and leaves the rest in its spool for the next start.
         for writer in self.writers:
-            writer.stop()
+            writer.stop(drain_s=left() - 3.0)
         for writer in self.writers:
-            writer.join(timeout=writer.cfg.drain_timeout_s + 15)
-        if self.ctx is not None:
-            for pub in self.publishers:
-                pub.terminate(self.ctx)
-            self.ctx.term()
-            self.ctx = None
-        if self._lock_file is not None:  # only the engine holding the run dir cleans it
-            for pub in self.publishers:
-                Path(pub.endpoint.removeprefix("ipc://")).unlink(missing_ok=True)
-            for extra in ("control", "status"):
-                Path(self.endpoint(extra).removeprefix("ipc://")).unlink(missing_ok=True)
-            (self.run_dir / "endpoints.json").unlink(missing_ok=True)
-            (self.run_dir / "engine.lock").unlink(missing_ok=True)
-            self._lock_file.close()
-            self._lock_file = None
+            writer.join(timeout=left())
+        for pub in self.publishers:
+            pub.stop()
+        for pub in self.publishers:
+            pub.join(timeout=left(2.0))
+        alive = [t.name for t in self._threads() if t.is_alive()]
+        clean = not alive
+        if alive:
+            log.error(
+                "shutdown: %d thread(s) still alive after %.0f s: %s; leaving their sockets "
+                "and exiting anyway",
+                len(alive),
+                budget,
+                ", ".join(alive),
+                extra={"event": "shutdown_incomplete"},
+            )
+        elif self.ctx is not None:
+            clean = self._term_context(left())
+        self.ctx = None
+        self.supervisor.remove_hook()
+        self._release_run_dir()
+        return 0 if clean else 1
+
+    def _threads(self) -> list[threading.Thread]:
+        """Every thread this engine started (the latest of each restarted one)."""
+        threads: list[threading.Thread] = [*self.connections, *self.workers, *self.publishers]
+        for writer in self.writers:
+            threads.append(writer)
+            threads.extend(writer.helpers())
+        threads.extend(t for t in (self.control, self.status, self.metrics_thread) if t)
+        return [t for t in threads if t.ident is not None]
+
+    def _term_context(self, timeout_s: float) -> bool:
+        """`ctx.term()` on a helper thread, waiting at most `timeout_s` (a socket left open
+        by a thread that died without closing it would block it forever)."""
+        ctx = self.ctx
+        assert ctx is not None
+        done = threading.Event()
+
+        def term() -> None:
+            ctx.term()
+            done.set()
+
+        threading.Thread(target=term, name="zmq-term", daemon=True).start()
+        if done.wait(max(timeout_s, 0.5)):
+            return True
+        log.error("shutdown: the zmq context did not terminate (a socket was left open)")
+        return False
+
+    def _release_run_dir(self) -> None:
+        if self._lock_file is None:  # only the engine holding the run dir cleans it
+            return
+        for pub in self.publishers:
+            Path(pub.endpoint.removeprefix("ipc://")).unlink(missing_ok=True)
+        for extra in ("control", "status"):
+            Path(self.endpoint(extra).removeprefix("ipc://")).unlink(missing_ok=True)
+        (self.run_dir / "endpoints.json").unlink(missing_ok=True)
+        (self.run_dir / "engine.lock").unlink(missing_ok=True)
+        self._lock_file.close()
+        self._lock_file = None
+
+    # --- what status and metrics read (the reporting protocol) -----------------------------
+
+    def thread_reports(self) -> list[dict[str, Any]]:
+        """Every supervised thread: alive, deaths, restarts, last error."""
+        return self.supervisor.reports()
+
+    def router_counters(self) -> dict[str, dict[str, int]]:
+        """Per venue: BookTops its threads' routers deferred (a worker queue was full) and
+        superseded before delivery, over every thread the venue had."""
+        out = {}
+        for venue, routers in list(self._routers.items()):
+            out[venue] = {
+                "deferred": sum(r.deferred for r in routers),
+                "superseded": sum(r.superseded for r in routers),
+                "waiting": sum(r.waiting for r in routers),
+            }
+        return out
 
     def summary(self) -> list[str]:
         """One line per venue: frames, book messages, resyncs, gaps, skips, reconnects."""

@@ -7,8 +7,9 @@ path pays nothing for metrics. Counters never reset during a run.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import (
@@ -18,10 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from mmengine.status import snapshot
-
-if TYPE_CHECKING:
-    from mmengine.engine import Engine
+from mmengine.status import Reporting, snapshot
 
 BOOK_STATES = ("SYNCING", "LIVE", "STALE", "RESYNCING")
 
@@ -29,7 +27,7 @@ BOOK_STATES = ("SYNCING", "LIVE", "STALE", "RESYNCING")
 class EngineCollector(Collector):
     """Reads one snapshot per scrape and yields every metric family from it."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Reporting) -> None:
         self.engine = engine
 
     def collect(self) -> Iterator[Any]:
@@ -37,6 +35,7 @@ class EngineCollector(Collector):
         yield from venue_metrics(snap)
         yield from pricing_metrics(snap)
         yield from sink_metrics(snap)
+        yield from engine_metrics(snap)
 
 
 def _counter(name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
@@ -51,6 +50,11 @@ def venue_metrics(snap: dict[str, Any]) -> Iterator[Any]:
     )
     resyncs = _counter("mmengine_venue_resyncs", "Book resyncs, by reason.", ["venue", "reason"])
     up = GaugeMetricFamily("mmengine_venue_connected", "1 while connected.", labels=["venue"])
+    deferred = _counter(
+        "mmengine_venue_deferred_tops",
+        "BookTops a full pricing queue refused (the latest per book is sent later).",
+        ["venue"],
+    )
     book = ["venue", "instrument"]
     msgs = _counter("mmengine_book_messages", "Book messages applied or checked.", book)
     gaps = _counter("mmengine_book_sequence_gaps", "Sequence gaps detected.", book)
@@ -72,6 +76,7 @@ def venue_metrics(snap: dict[str, Any]) -> Iterator[Any]:
         frames.add_metric([name], v["frames"])
         reconnects.add_metric([name], v["reconnects"])
         up.add_metric([name], 1.0 if v["connected"] else 0.0)
+        deferred.add_metric([name], v.get("deferred_tops", 0))
         for kind, n in v["skipped"].items():
             skipped.add_metric([name, kind], n)
         for reason, n in v["resyncs"].items():
@@ -95,6 +100,7 @@ def venue_metrics(snap: dict[str, Any]) -> Iterator[Any]:
         skipped,
         resyncs,
         up,
+        deferred,
         msgs,
         gaps,
         checks,
@@ -113,6 +119,11 @@ def pricing_metrics(snap: dict[str, Any]) -> Iterator[Any]:
     prices = _counter("mmengine_pricing_prices", "Prices published (IPC and sinks).", w)
     halted = _counter("mmengine_pricing_halted_prices", "Prices that said do not quote.", w)
     dropped = _counter("mmengine_pricing_sink_dropped", "Prices a full sink queue refused.", w)
+    timed = _counter("mmengine_pricing_timed_prices", "Prices published by the staleness timer.", w)
+    bad = _counter("mmengine_pricing_bad_inputs", "Inproc messages that did not decode.", w)
+    errors = _counter(
+        "mmengine_pricing_errors", "Unexpected exceptions caught (logged; loop goes on).", w
+    )
     depth = GaugeMetricFamily(
         "mmengine_pricing_queue_depth", "Book tops found by the last drain.", labels=w
     )
@@ -129,6 +140,9 @@ def pricing_metrics(snap: dict[str, Any]) -> Iterator[Any]:
         prices.add_metric(k, s["prices"])
         halted.add_metric(k, s["halted"])
         dropped.add_metric(k, s["sink_dropped"])
+        timed.add_metric(k, s["timed"])
+        bad.add_metric(k, s["bad_inputs"])
+        errors.add_metric(k, s["errors"])
         depth.add_metric(k, s["last_drain"])
         conflation.add_metric(k, s["inputs"] / s["prices"] if s["prices"] else 0.0)
         running = 0
@@ -137,7 +151,7 @@ def pricing_metrics(snap: dict[str, Any]) -> Iterator[Any]:
             running += n
             buckets.append((str(bound / 1e6) if bound != float("inf") else "+Inf", running))
         latency.add_metric(k, buckets, s["latency_sum_us"] / 1e6)
-    yield from (inputs, prices, halted, dropped, depth, conflation, latency)
+    yield from (inputs, prices, halted, dropped, timed, bad, errors, depth, conflation, latency)
 
 
 def sink_metrics(snap: dict[str, Any]) -> Iterator[Any]:
@@ -155,6 +169,9 @@ def sink_metrics(snap: dict[str, Any]) -> Iterator[Any]:
         "torn",
         "recovered",
         "failures",
+        "quarantined",
+        "undecodable",
+        "fsyncs",
     }
     for sink in snap["sinks"]:
         for key, value in sink.items():
@@ -164,6 +181,12 @@ def sink_metrics(snap: dict[str, Any]) -> Iterator[Any]:
                 fam = families.setdefault(
                     key, _counter(f"mmengine_sink_{key}", f"Sink {key}.", ["sink"])
                 )
+            elif key == "fsync_ns":  # time spent, cumulative
+                fam = families.setdefault(
+                    key,
+                    _counter("mmengine_sink_fsync_seconds", "Time spent in fsync.", ["sink"]),
+                )
+                value = value / 1e9
             elif key.endswith("_ns"):
                 fam = families.setdefault(
                     key,
@@ -180,9 +203,40 @@ def sink_metrics(snap: dict[str, Any]) -> Iterator[Any]:
     yield from families.values()
 
 
-def serve_metrics(engine: Engine, port: int, host: str = "127.0.0.1") -> Any:
-    """Start the Prometheus HTTP endpoint; returns the server (call `.shutdown()`)."""
+def engine_metrics(snap: dict[str, Any]) -> Iterator[Any]:
+    """Threads (supervision), IPC streams (drops at the HWM) and the control endpoint."""
+    t = ["thread", "kind"]
+    alive = GaugeMetricFamily("mmengine_thread_alive", "1 while the thread runs.", labels=t)
+    deaths = _counter("mmengine_thread_deaths", "Unexpected thread deaths.", t)
+    restarts = _counter("mmengine_thread_restarts", "Restarts after a death.", t)
+    for th in snap["threads"]:
+        key = [th["name"], th["kind"]]
+        alive.add_metric(key, 1.0 if th["alive"] else 0.0)
+        deaths.add_metric(key, th["deaths"])
+        restarts.add_metric(key, th["restarts"])
+    sent = _counter("mmengine_ipc_sent", "Messages sent to IPC subscribers.", ["stream"])
+    dropped = _counter(
+        "mmengine_ipc_dropped",
+        "Messages not sent: a subscriber's queue was at its high-water mark.",
+        ["stream"],
+    )
+    for stream in snap["ipc"]:
+        sent.add_metric([stream["name"]], stream["sent"])
+        dropped.add_metric([stream["name"]], stream["dropped"])
+    control = _counter("mmengine_control_requests", "Control requests, by outcome.", ["outcome"])
+    for outcome in ("accepted", "refused", "errors"):
+        if outcome in snap["control"]:
+            control.add_metric([outcome], snap["control"][outcome])
+    yield from (alive, deaths, restarts, sent, dropped, control)
+
+
+def serve_metrics(
+    engine: Reporting, port: int, host: str = "127.0.0.1"
+) -> tuple[Any, threading.Thread]:
+    """Start the Prometheus HTTP endpoint; returns (server, its thread): call
+    `server.shutdown()` and `server.server_close()` to stop it."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(EngineCollector(engine))
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    return server
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    thread.name = "metrics"
+    return server, thread

@@ -5,6 +5,10 @@ writer counters) and never locks for them: updating an int costs nothing on the 
 This module reads them from outside, which is safe under the GIL for ints and for copies of
 dicts made in C. Two consumers: the IPC status stream (`ipc://<run_dir>/status`, one JSON
 message a second, read by `mmengine top`) and the Prometheus endpoint (`mmengine.metrics`).
+
+It reads them through a small reporting protocol (`Reporting` and the sources below), never
+through the engine itself: status and metrics sit after the engine's parts and import none
+of the assembly (the engine imports them, not the other way round).
 """
 
 from __future__ import annotations
@@ -12,16 +16,98 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import zmq
 
-from mmengine.pricing.worker import LATENCY_BOUNDS_US
+from mmengine.bus import IpcStats, ServiceThread
+from mmengine.model import Price
+from mmengine.pricing.worker import LATENCY_BOUNDS_US, WorkerStats
 
-if TYPE_CHECKING:
-    from mmengine.engine import Engine
+
+class VenueSource(Protocol):
+    """What a venue connection hands out: exactly what `VenueConnection` exposes today.
+
+    - `connected`: whether a WebSocket is open now.
+    - `venue`: an object with `name` and `protocol` (str); `venue_stats` with `frames`,
+      `book_frames`, `reconnects` (ints) and `skipped`, `resyncs` (mappings kind -> count);
+      `stats`, a mapping instrument -> per-book counters (`messages`, `resyncs`,
+      `sequence_gaps`, `checksums_checked`, `checksums_failed`, `audit_agree`,
+      `audit_disagree`, `skipped`); and `books`, a mapping instrument -> book with `state`
+      (an enum whose `.value` is SYNCING, LIVE, STALE or RESYNCING) and `recv_ts_ns`.
+
+    A venue layer that keeps these names plugs in unchanged. When the engine restarts a
+    venue thread it hands the old `venue_stats` and `stats` objects to the new one, so the
+    counters never reset during a run.
+    """
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def venue(self) -> Any: ...
+
+
+class WorkerSource(Protocol):
+    """A pricing worker: its shard number, counters and the last Price per instrument."""
+
+    k: int
+    stats: WorkerStats
+    last_price: Mapping[str, Price]
+
+
+class WriterSource(Protocol):
+    """A sink writer: its `sink` label and a flat dict of int counters."""
+
+    sink_name: str
+
+    def counters(self) -> dict[str, int]: ...
+
+
+class StreamSource(Protocol):
+    """An IPC stream forwarder: its name and counters (sent, dropped at the HWM)."""
+
+    stream: str
+    stats: IpcStats
+
+
+class ControlSource(Protocol):
+    """The control thread's counters (requests, accepted, refused, errors)."""
+
+    stats: Any
+
+
+class Reporting(Protocol):
+    """Everything a status snapshot reads (the engine provides it)."""
+
+    epoch: int
+    started_ns: int
+
+    @property
+    def connections(self) -> Sequence[VenueSource]: ...
+
+    @property
+    def workers(self) -> Sequence[WorkerSource]: ...
+
+    @property
+    def writers(self) -> Sequence[WriterSource]: ...
+
+    @property
+    def publishers(self) -> Sequence[StreamSource]: ...
+
+    @property
+    def control(self) -> ControlSource | None: ...
+
+    def thread_reports(self) -> list[dict[str, Any]]:
+        """Each supervised thread: name, kind, alive, policy, deaths, restarts, last_error."""
+        ...
+
+    def router_counters(self) -> dict[str, dict[str, int]]:
+        """Per venue: BookTops deferred/superseded/waiting because a worker queue was full."""
+        ...
+
 
 log = logging.getLogger("mmengine.status")
 
@@ -51,11 +137,12 @@ def window_percentiles_us(samples: list[float]) -> dict[str, float | None]:
     return {q: ordered[min(last, int(f * len(ordered)))] for q, f in (("p50", 0.5), ("p99", 0.99))}
 
 
-def snapshot(engine: Engine, now_ns: int | None = None) -> dict[str, Any]:
+def snapshot(engine: Reporting, now_ns: int | None = None) -> dict[str, Any]:
     """Everything an operator looks at, as plain JSON-able data."""
     now_ns = now_ns or time.time_ns()
     venues = []
-    for conn in engine.connections:
+    routers = engine.router_counters()
+    for conn in list(engine.connections):
         venue = conn.venue
         vs = venue.venue_stats
         books = []
@@ -88,6 +175,7 @@ def snapshot(engine: Engine, now_ns: int | None = None) -> dict[str, Any]:
                 "resyncs": dict(vs.resyncs),
                 "books": books,
                 "live": sum(b["state"] == "LIVE" for b in books),
+                "deferred_tops": routers.get(venue.name, {}).get("deferred", 0),
             }
         )
     workers = []
@@ -104,6 +192,9 @@ def snapshot(engine: Engine, now_ns: int | None = None) -> dict[str, Any]:
                 "last_drain": s.last_drain,
                 "max_drain": s.max_drain,
                 "sink_dropped": s.sink_dropped,
+                "timed": s.timed,
+                "bad_inputs": s.bad_inputs,
+                "errors": s.errors,
                 "latency_counts": list(s.latency),
                 "latency_sum_us": s.latency_sum_us,
                 # list() of a deque is one C call under the GIL: a consistent copy.
@@ -133,10 +224,13 @@ def snapshot(engine: Engine, now_ns: int | None = None) -> dict[str, Any]:
                     "age_s": (now_ns - p.priced_ts_ns) / 1e9,
                 }
             )
-    sinks = []
-    for writer in getattr(engine, "writers", []):
-        counters = writer.counters() if hasattr(writer, "counters") else {}
-        sinks.append({"name": getattr(writer, "sink_name", type(writer).__name__), **counters})
+    sinks = [{"name": w.sink_name, **w.counters()} for w in engine.writers]
+    streams = [
+        {"name": p.stream, "sent": p.stats.sent, "dropped": p.stats.dropped}
+        for p in engine.publishers
+    ]
+    control = engine.control
+    threads = engine.thread_reports()
     return {
         "ts_ns": now_ns,
         "epoch": engine.epoch,
@@ -146,25 +240,28 @@ def snapshot(engine: Engine, now_ns: int | None = None) -> dict[str, Any]:
         "workers": workers,
         "instruments": sorted(instruments, key=lambda i: i["instrument"]),
         "sinks": sinks,
+        "ipc": streams,
+        "control": _counters(control.stats) if control is not None else {},
+        "threads": threads,
+        "thread_deaths": sum(t["deaths"] for t in threads),
+        "thread_restarts": sum(t["restarts"] for t in threads),
         "latency_bounds_us": list(LATENCY_BOUNDS_US),
     }
 
 
-class StatusPublisher(threading.Thread):
+def _counters(stats: Any) -> dict[str, int]:
+    return {name: getattr(stats, name) for name in getattr(stats, "__slots__", ())}
+
+
+class StatusPublisher(ServiceThread):
     """Publishes a status snapshot on `ipc://<run_dir>/status` once a second."""
 
-    def __init__(self, engine: Engine, ctx: zmq.Context, endpoint: str, interval_s: float = 1.0):
-        super().__init__(name="status", daemon=True)
+    def __init__(self, engine: Reporting, ctx: zmq.Context, endpoint: str, interval_s: float = 1.0):
+        super().__init__("status")
         self.engine = engine
         self.ctx = ctx
         self.endpoint = endpoint
         self.interval_s = interval_s
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
-        self._stop_event = threading.Event()
-
-    def stop(self) -> None:
-        self._stop_event.set()
 
     def run(self) -> None:
         pub = self.ctx.socket(zmq.PUB)
@@ -172,10 +269,8 @@ class StatusPublisher(threading.Thread):
         try:
             pub.bind(self.endpoint)
             os.chmod(self.endpoint.removeprefix("ipc://"), 0o600)
-        except zmq.ZMQError as exc:
-            self.error = exc
-            pub.close()
-            self.ready.set()
+        except (zmq.ZMQError, OSError) as exc:
+            self._not_bound(exc, (pub,))
             return
         self.ready.set()
         try:

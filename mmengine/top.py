@@ -98,6 +98,16 @@ def render(
         "(q quits)",
         style="bold",
     )
+    died = [t for t in snap.get("threads", ()) if t["deaths"]]
+    if died:  # supervision: which threads died, and whether they are back
+        head.append(
+            f"\n{sum(t['deaths'] for t in died)} thread death(s): "
+            + ", ".join(
+                f"{t['name']} ({t['restarts']} restarts{'' if t['alive'] else ', DOWN'})"
+                for t in died
+            ),
+            style="bold red",
+        )
     venue_cols = [("venue", "text")]
     if wide:
         venue_cols.append(("protocol", "text"))

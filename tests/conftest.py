@@ -17,16 +17,25 @@ def data_dir() -> Path:
     return DATA
 
 
+def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Poll `condition` every 10 ms until it holds; fail naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `cond` every 50 ms until it holds; fail naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+@pytest.fixture(autouse=True)
+def private_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's engines keep their spools and epoch in its own state dir (the default
+    is the user's ~/.local/state/mmengine, which tests must neither read nor fill)."""
+    state = tmp_path / "xdg-state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    return state

@@ -9,7 +9,12 @@ For one priced instrument, from the latest BookTop of each venue book that feeds
 5. volatility: a time-weighted EWMA of squared log returns of fair value;
 6. a quote ladder: half-spread from the spread floor and volatility, inventory skew, prices
    rounded away from fair to the tick, sizes to the lot, levels crossing fair dropped;
-7. halt (no quotes) on too few venues or a jump in fair value.
+7. halt (no quotes) on too few venues, a jump in fair value, every usable source older than
+   `max_age_ms` (`halt_reason` "stale"), or any number that is not finite.
+
+No Decision ever carries a non-finite number or a ladder level priced at or below zero:
+absurd inputs (sizes near the float limit, a zero or infinite rate) halt the instrument
+with a reason instead of raising or publishing NaN.
 
 Every number in the result can be traced to its inputs: venues used with their mid, weight
 and FX rate, venues excluded with the reason, and the spread and skew that shaped the ladder.
@@ -24,6 +29,8 @@ from functools import cache
 from mmengine.model import BookTop, VenueExcluded, VenueUsed
 
 LN2 = math.log(2.0)
+INF = math.inf
+STALE = "stale"  # halt_reason when every source that could be used is older than max_age_ms
 
 
 @dataclass(frozen=True)
@@ -178,8 +185,15 @@ def raw_ladder(
     out = []
     for i in range(q.levels):
         offset = (half_spread_bps + q.level_step_bps * i) / 1e4
+        bid = center * (1.0 - offset)
+        ask = center * (1.0 + offset)
+        # A level beyond the float range stays non-finite (quote_ladder drops it); rounding
+        # it would raise (math.floor of inf or nan).
         out.append(
-            (round_down(center * (1.0 - offset), tick), round_up(center * (1.0 + offset), tick))
+            (
+                round_down(bid, tick) if math.isfinite(bid / tick) else bid,
+                round_up(ask, tick) if math.isfinite(ask / tick) else ask,
+            )
         )
     return out
 
@@ -195,9 +209,9 @@ def quote_ladder(
 ) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
     """Bids (descending) and asks (ascending) around `fair`, each level strictly beyond fair.
 
-    Sizes round down to the lot; a level that would reach fair, repeat a price or have no
-    size is dropped, and so is a bid rounded down to zero or below (a coin priced under its
-    tick, or a half-spread of 100 % or more): no venue takes a bid at 0.
+    Sizes round down to the lot; a level that would reach fair, repeat a price, have no
+    size, or be priced at or below zero or beyond the float range is dropped (a wide ladder,
+    `levels: 50, level_step_bps: 250`, or a large volatility would otherwise bid <= 0).
     """
     lean = max(-1.0, min(1.0, position / q.max_position)) if q.skew_sizes and q.max_position else 0
     bids: list[tuple[float, float]] = []
@@ -208,7 +222,7 @@ def quote_ladder(
         ask_size = round_down(size * (1.0 + lean), lot)
         if 0.0 < bid < fair and bid_size > 0.0 and (not bids or bid < bids[-1][0]):
             bids.append((bid, bid_size))
-        if ask > fair and ask_size > 0.0 and (not asks or ask > asks[-1][0]):
+        if fair < ask < INF and ask_size > 0.0 and (not asks or ask > asks[-1][0]):
             asks.append((ask, ask_size))
     return bids, asks
 
@@ -222,14 +236,14 @@ def evaluate(
     fx_rates: dict[str, tuple[float, int]],
     state: InstrumentState,
     now_ns: int,
-    fx_max_age_ns: dict[str, int] | None = None,
+    fx_max_age_ns: dict[str, float] | None = None,
 ) -> Decision | None:
     """Price `spec` from the latest `tops` keyed by (venue, instrument).
 
     `fx_rates` maps an FX instrument to (rate, time it was priced in ns). Returns None only
     when no source has ever sent a LIVE top (nothing to say yet).
     """
-    max_age_ns = int(spec.max_age_ms * 1e6)
+    max_age_ns = spec.max_age_ms * 1e6  # a float: int() of a configured inf would raise
     used_tops: list[tuple[SourceSpec, BookTop, float]] = []
     excluded: list[VenueExcluded] = []
     seen_live = False
@@ -251,7 +265,7 @@ def evaluate(
         if src.fx is not None:
             known = fx_rates.get(src.fx)
             limit = (fx_max_age_ns or {}).get(src.fx, max_age_ns)
-            if known is None or known[0] <= 0.0 or now_ns - known[1] > limit:
+            if known is None or not 0.0 < known[0] < INF or now_ns - known[1] > limit:
                 excluded.append(VenueExcluded(src.venue, src.instrument, "no_fx"))
                 continue
             rate = 1.0 / known[0] if src.fx_invert else known[0]
@@ -275,7 +289,10 @@ def evaluate(
         used_tops = kept
 
     if not used_tops:
-        return _halted(spec, state, excluded, "no usable venue")
+        # Every source that could be used has aged out: say so in the one word a consumer
+        # can match on.
+        stale = any(x.reason == "stale" for x in excluded)
+        return halted_decision(spec, state, excluded, STALE if stale else "no usable venue")
 
     # Consolidated book: levels converted to the quote currency, equal prices summed.
     n = max(spec.micro_levels, 1)
@@ -313,7 +330,13 @@ def evaluate(
     else:
         fair = (best_bid + best_ask) / 2
 
+    if not math.isfinite(fair) or fair <= 0.0:
+        # Sizes near the float limit make the microprice inf/inf; never let it into the
+        # state (volatility, the jump check) or a Price.
+        return halted_decision(spec, state, excluded, f"non-finite fair value ({fair!r})")
     update_volatility(state, fair, now_ns, spec.vol_half_life_s)
+    if not math.isfinite(state.var_rate):
+        state.var_rate = 0.0
     jump_bps = abs(fair / state.last_fair - 1.0) * 1e4 if state.last_fair > 0 else 0.0
     state.last_fair = fair
     state.last_ts_ns = now_ns
@@ -331,7 +354,7 @@ def evaluate(
         bids, asks = [], []
     else:
         bids, asks = quote_ladder(fair, half_spread, skew, state.position, q, spec.tick, spec.lot)
-    return Decision(
+    decision = Decision(
         fair_value=fair,
         best_bid=best_bid,
         best_bid_size=bid_levels[best_bid],
@@ -349,24 +372,76 @@ def evaluate(
         used=used,
         excluded=excluded,
     )
+    bad = non_finite_field(decision)
+    if bad is not None:
+        return halted_decision(spec, state, excluded, f"non-finite {bad}")
+    return decision
 
 
-def _halted(
+def non_finite_field(d: Decision) -> str | None:
+    """The first number of `d` that is not finite (its field name), or None.
+
+    One sum decides the common case (about 1 us): NaN and inf propagate through it. A sum
+    that overflows from finite parts halts as well, which only absurd inputs can cause.
+    """
+    total = (
+        d.fair_value
+        + d.best_bid
+        + d.best_bid_size
+        + d.best_ask
+        + d.best_ask_size
+        + d.volatility_bps
+        + d.half_spread_bps
+        + d.skew_bps
+        + d.position
+        + sum(map(sum, d.bids))
+        + sum(map(sum, d.asks))
+    )
+    for u in d.used:
+        total += u.mid + u.weight + u.fx_rate
+    if math.isfinite(total):
+        return None
+    names = (
+        "fair_value",
+        "best_bid",
+        "best_bid_size",
+        "best_ask",
+        "best_ask_size",
+        "volatility_bps",
+        "half_spread_bps",
+        "skew_bps",
+        "position",
+    )
+    for name in names:
+        if not math.isfinite(getattr(d, name)):
+            return name
+    if not all(math.isfinite(x) for level in d.bids + d.asks for x in level):
+        return "ladder level"
+    if not all(math.isfinite(u.mid + u.weight + u.fx_rate) for u in d.used):
+        return "venue mid, weight or rate"
+    return "sum of prices and sizes (overflow)"
+
+
+def halted_decision(
     spec: InstrumentSpec, state: InstrumentState, excluded: list[VenueExcluded], reason: str
 ) -> Decision:
-    """A Price that says "do not quote": no fair value could be formed."""
-    last = state.last_fair
+    """A Price that says "do not quote": no fair value could be formed.
+
+    Only finite numbers from the state go into it (the state never holds a non-finite fair
+    value; a non-finite position or volatility is reported as 0)."""
+    volatility = math.sqrt(state.var_rate * spec.vol_horizon_s) * 1e4
+    position = state.position if math.isfinite(state.position) else 0.0
     return Decision(
-        fair_value=last,
+        fair_value=state.last_fair,
         best_bid=0.0,
         best_bid_size=0.0,
         best_ask=0.0,
         best_ask_size=0.0,
         cross_venue_crossed=False,
-        volatility_bps=math.sqrt(state.var_rate * spec.vol_horizon_s) * 1e4,
+        volatility_bps=volatility if math.isfinite(volatility) else 0.0,
         half_spread_bps=0.0,
-        skew_bps=skew_bps(state.position, spec.quote),
-        position=state.position,
+        skew_bps=skew_bps(position, spec.quote),
+        position=position,
         halted=True,
         halt_reason=reason,
         bids=[],

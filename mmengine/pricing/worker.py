@@ -3,14 +3,24 @@ sockets (PULL `inproc://pricing.k`, a PUB into the prices proxy, PUSHes to the s
 
 It drains everything queued before pricing, so a burst prices each touched instrument once
 (conflation keeps latency flat under load). It never waits on a sink.
+
+Nothing one input can do ends the thread: a message that does not decode is a counted skip,
+an exception while pricing one instrument is logged with its traceback, counted, and
+publishes that instrument halted ("internal error"), and the loop goes on.
+
+Staleness does not wait for input: each priced instrument has a deadline, the moment its
+freshest usable source turns older than `max_age_ms` (ages count from the frame's receive
+time). The worker blocks in `poll` until the nearest deadline (never spins), re-prices what
+is due, and while every source stays stale repeats the halted Price (`halt_reason` "stale")
+every `max_age_ms`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 import struct
-import threading
 import time
 from bisect import bisect_left
 from collections import deque
@@ -18,11 +28,19 @@ from dataclasses import dataclass, field, replace
 
 import zmq
 
-from mmengine.bus import PRICES_IN, decode_top, pricing_endpoint
+from mmengine.bus import PRICES_IN, PUB_HWM, ServiceThread, decode_top, pricing_endpoint
 from mmengine.codec import Codec, encode_price
 from mmengine.logs import RepeatLimiter
 from mmengine.model import BookTop, Price
-from mmengine.pricing.model import FxSpec, InstrumentSpec, InstrumentState, evaluate
+from mmengine.pricing.model import (
+    STALE,
+    Decision,
+    FxSpec,
+    InstrumentSpec,
+    InstrumentState,
+    evaluate,
+    halted_decision,
+)
 
 log = logging.getLogger("mmengine.pricing")
 
@@ -32,6 +50,8 @@ LATENCY_WINDOW = 2048
 # Sink message: [instrument, SINK_KEY(epoch, seq, priced_ts_ns), Avro single-object Price].
 SINK_KEY = struct.Struct(">qqq")
 SINK_HWM = 100_000  # bound one drain so a flood cannot delay pricing indefinitely
+POLL_MS = 100  # the longest the loop blocks: how soon it sees stop()
+MIN_REPEAT_NS = 10_000_000  # a stale halt repeats every max_age_ms, but at most every 10 ms
 
 
 @dataclass(slots=True)
@@ -44,6 +64,9 @@ class WorkerStats:
     sink_dropped: int = 0  # a writer's inproc queue was full (the writer is wedged)
     last_drain: int = 0  # BookTops taken in the last drain (the queue depth it found)
     max_drain: int = 0
+    timed: int = 0  # prices published by the staleness timer (no new input)
+    bad_inputs: int = 0  # inproc messages that did not decode (skipped)
+    errors: int = 0  # unexpected exceptions caught (logged with traceback; the loop goes on)
     # recv -> priced latency: counts per bucket of LATENCY_BOUNDS_US (last: above them)
     latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS_US) + 1))
     latency_sum_us: float = 0.0
@@ -57,7 +80,7 @@ def control_endpoint(worker: int) -> str:
     return f"inproc://pricing-control.{worker}"
 
 
-class PricingWorker(threading.Thread):
+class PricingWorker(ServiceThread):
     """Prices the instruments of shard `k`.
 
     `instruments` are the ones this worker owns and publishes. `fx_inputs` are FX
@@ -77,7 +100,7 @@ class PricingWorker(threading.Thread):
         fx_inputs: tuple[InstrumentSpec, ...] = (),
         positions: dict[str, float] | None = None,
     ) -> None:
-        super().__init__(name=f"pricing-{k}", daemon=True)
+        super().__init__(f"pricing-{k}")
         self.k = k
         self.ctx = ctx
         self.specs: dict[str, InstrumentSpec] = {s.name: s for s in instruments}
@@ -89,12 +112,12 @@ class PricingWorker(threading.Thread):
         fx_names = {f.instrument for f in fx if f.instrument}
         self.order = {name: (0 if name in fx_names else 1) for name in self.specs}
         self.fx_rates: dict[str, tuple[float, int]] = {}
-        self.fx_max_age_ns: dict[str, int] = {}
+        self.fx_max_age_ns: dict[str, float] = {}
         for f in fx:
             if f.fixed is not None:
                 self.fx_rates[f.pair] = (f.fixed, 2**62)  # a fixed rate never goes stale
             elif f.instrument is not None:
-                self.fx_max_age_ns[f.instrument] = int(f.max_age_ms * 1e6)
+                self.fx_max_age_ns[f.instrument] = f.max_age_ms * 1e6
         # (venue, venue instrument) -> instruments it feeds
         self.fed_by: dict[tuple[str, str], list[str]] = {}
         for spec in self.specs.values():
@@ -107,71 +130,144 @@ class PricingWorker(threading.Thread):
                 self.states[name].position = qty
         self.seq: dict[str, int] = {n: 0 for n in self.specs}
         self.last_price: dict[str, Price] = {}
+        # When each published instrument must be priced again without new input (ns).
+        self.due: dict[str, float] = {}
+        self.max_age_ns = {n: s.max_age_ms * 1e6 for n, s in self.specs.items()}
+        self.fx_sources = {
+            n: [(src.venue, src.fx) for src in s.sources if src.fx is not None]
+            for n, s in self.specs.items()
+        }
         self.stats = WorkerStats()
-        self.ready = threading.Event()
-        self._stop_event = threading.Event()
         self._sink_log = RepeatLimiter()
-
-    def stop(self) -> None:
-        self._stop_event.set()
+        self._error_log = RepeatLimiter()
 
     def run(self) -> None:
         pull = self.ctx.socket(zmq.PULL)
-        pull.setsockopt(zmq.LINGER, 0)
-        pull.bind(pricing_endpoint(self.k))
         control = self.ctx.socket(zmq.PULL)
-        control.setsockopt(zmq.LINGER, 0)
-        control.bind(control_endpoint(self.k))
         pub = self.ctx.socket(zmq.PUB)
-        pub.setsockopt(zmq.LINGER, 0)
-        pub.connect(PRICES_IN)
-        sinks = []
-        for endpoint in self.sink_endpoints:
-            sock = self.ctx.socket(zmq.PUSH)
-            sock.setsockopt(zmq.SNDHWM, SINK_HWM)
-            sock.setsockopt(zmq.LINGER, 5000)  # queued prices reach the writer on stop
-            sock.connect(endpoint)
-            sinks.append(sock)
-        header = Codec("price.avsc").header
+        sinks: list[zmq.Socket] = []
+        try:
+            for sock in (pull, control, pub):
+                sock.setsockopt(zmq.LINGER, 0)
+            pull.bind(pricing_endpoint(self.k))
+            control.bind(control_endpoint(self.k))
+            pub.setsockopt(zmq.SNDHWM, PUB_HWM)
+            pub.connect(PRICES_IN)
+            for endpoint in self.sink_endpoints:
+                sock = self.ctx.socket(zmq.PUSH)
+                sinks.append(sock)
+                sock.setsockopt(zmq.SNDHWM, SINK_HWM)
+                sock.setsockopt(zmq.LINGER, 5000)  # queued prices reach the writer on stop
+                sock.connect(endpoint)
+            header = Codec("price.avsc").header
+        except Exception as exc:
+            self._not_bound(exc, (pull, control, pub, *sinks))
+            raise
         self.ready.set()
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
         poller.register(control, zmq.POLLIN)
         try:
             while not self._stop_event.is_set():
-                events = dict(poller.poll(100))
-                if not events:
-                    continue
-                touched = self._drain(pull) if pull in events else {}
-                if control in events:
-                    self._apply_positions(control, touched)
-                now_ns = time.time_ns()
-                for name in sorted(touched, key=self.order.__getitem__):
-                    price = self.price(name, touched[name], now_ns)
-                    if price is None or not self.specs[name].publish:
-                        continue
-                    payload = encode_price(header, price)
-                    topic = b"price." + name.encode()
-                    pub.send_multipart((topic, payload))
-                    if sinks:
-                        key = SINK_KEY.pack(price.epoch, price.seq, price.priced_ts_ns)
-                        for sock in sinks:
-                            self._to_sink(sock, (name.encode(), key, payload))
+                try:
+                    self._step(poller, pull, control, pub, sinks, header)
+                except Exception:
+                    # A bug outside the per-input guards: count it, keep serving.
+                    self._count_error("pricing loop")
         finally:
             for sock in (pull, control, pub, *sinks):
                 sock.close()
+
+    def _step(
+        self,
+        poller: zmq.Poller,
+        pull: zmq.Socket,
+        control: zmq.Socket,
+        pub: zmq.Socket,
+        sinks: list[zmq.Socket],
+        header: bytes,
+    ) -> None:
+        """One turn: wait for input or the nearest staleness deadline, then price."""
+        events = dict(poller.poll(self._timeout_ms()))
+        touched = self._drain(pull) if pull in events else {}
+        if control in events:
+            self._apply_positions(control, touched)
+        now_ns = time.time_ns()
+        timed = self._due_now(now_ns, touched)
+        if not touched:
+            return
+        for name in sorted(touched, key=self.order.__getitem__):
+            try:
+                price = self.price(name, touched[name], now_ns, timed=name in timed)
+                if price is not None:
+                    self._publish(price, pub, sinks, header)
+            except Exception:
+                self._count_error(f"pricing {name}")
+                self.due.pop(name, None)  # a failing instrument waits for new input
+                price = self._internal_error_price(name, now_ns)
+                if price is not None:
+                    self._publish(price, pub, sinks, header)
+
+    def _publish(
+        self, price: Price, pub: zmq.Socket, sinks: list[zmq.Socket], header: bytes
+    ) -> None:
+        """To IPC subscribers (through the prices proxy) and to every sink's writer."""
+        name = price.instrument.encode()
+        payload = encode_price(header, price)
+        pub.send_multipart((b"price." + name, payload))
+        if sinks:
+            key = SINK_KEY.pack(price.epoch, price.seq, price.priced_ts_ns)
+            for sock in sinks:
+                self._to_sink(sock, (name, key, payload))
+
+    def _timeout_ms(self) -> int:
+        """Block until the nearest deadline (at most POLL_MS, to notice stop())."""
+        if not self.due:
+            return POLL_MS
+        wait_ns = min(self.due.values()) - time.time_ns()
+        return max(0, min(POLL_MS, math.ceil(wait_ns / 1e6)))
+
+    def _due_now(self, now_ns: int, touched: dict[str, BookTop | None]) -> set[str]:
+        """Instruments whose deadline passed and no new input re-prices: price them now."""
+        if not self.due:
+            return set()
+        timed = {n for n, due in self.due.items() if due <= now_ns and n not in touched}
+        for name in timed:
+            touched[name] = None
+        return timed
+
+    def _count_error(self, where: str) -> None:
+        self.stats.errors += 1
+        held = self._error_log.allow(where)
+        if held is not None:
+            log.exception(
+                "pricing-%d: unexpected error in %s (%d errors so far, %d such held back)",
+                self.k,
+                where,
+                self.stats.errors,
+                held,
+            )
 
     def _apply_positions(self, control: zmq.Socket, touched: dict[str, BookTop | None]) -> None:
         """Position updates: (instrument, quantity), pickled. Each re-prices at once."""
         while True:
             try:
-                name, qty = pickle.loads(control.recv(zmq.NOBLOCK))
+                raw = control.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            try:
+                name, qty = pickle.loads(raw)
+                qty = float(qty)
+                if not math.isfinite(qty):
+                    raise ValueError(f"position {qty!r} is not finite")
+            except Exception:
+                self.stats.bad_inputs += 1
+                self._count_error("a position update")
+                continue
             state = self.states.get(name)
             if state is None or not self.specs[name].publish:
                 continue
-            state.position = float(qty)
+            state.position = qty
             self.stats.positions += 1
             touched.setdefault(name, None)
             log.info("pricing-%d: %s position set to %s", self.k, name, qty)
@@ -203,9 +299,15 @@ class PricingWorker(threading.Thread):
             except zmq.Again:
                 break
             n += 1
-            top = decode_top(payload)
-            key = (top.venue, top.instrument)
-            for name in fed_by.get(key, ()):
+            try:
+                top = decode_top(payload)
+                key = (top.venue, top.instrument)
+                feeds = fed_by.get(key, ())
+            except Exception:
+                self.stats.bad_inputs += 1
+                self._count_error("decoding a book top")
+                continue
+            for name in feeds:
                 tops[name][key] = top
                 touched[name] = top
         stats = self.stats
@@ -216,8 +318,14 @@ class PricingWorker(threading.Thread):
             stats.max_drain = n
         return touched
 
-    def price(self, name: str, trigger: BookTop | None, now_ns: int) -> Price | None:
-        """Price one instrument from its latest venue tops; None before any venue was LIVE."""
+    def price(
+        self, name: str, trigger: BookTop | None, now_ns: int, timed: bool = False
+    ) -> Price | None:
+        """Price one instrument from its latest venue tops; None before any venue was LIVE.
+
+        `timed`: the staleness timer asked, with no new input; the Price then carries the
+        receive time of the freshest input it had, and stays out of the latency histogram.
+        """
         spec = self.specs[name]
         state = self.states[name]
         decision = evaluate(spec, self.tops[name], self.fx_rates, state, now_ns, self.fx_max_age_ns)
@@ -227,16 +335,65 @@ class PricingWorker(threading.Thread):
             self.fx_rates[spec.name] = (decision.fair_value, now_ns)
         if not spec.publish:
             return None
+        self._schedule(name, decision, now_ns)
+        if timed:
+            self.stats.timed += 1
+            trigger = max(self.tops[name].values(), key=lambda t: t.recv_ts_ns, default=None)
+        return self._publishable(name, decision, trigger, now_ns, count_latency=not timed)
+
+    def _schedule(self, name: str, decision: Decision, now_ns: int) -> None:
+        """When `name` must be priced again without input: when its freshest used source (or
+        the FX rate it used) turns stale; while it is halted stale, every max_age_ms."""
+        max_age_ns = self.max_age_ns[name]
+        if decision.halted and decision.halt_reason == STALE:
+            self.due[name] = now_ns + max(max_age_ns, MIN_REPEAT_NS)
+            return
+        used = decision.used
+        if not used:
+            self.due.pop(name, None)
+            return
+        tops = self.tops[name]
+        due = min([tops[(u.venue, u.instrument)].recv_ts_ns for u in used]) + max_age_ns
+        for venue, fx in self.fx_sources[name]:  # empty unless a source needs a rate
+            known = self.fx_rates.get(fx)
+            if known is not None and any(u.venue == venue for u in used):
+                due = min(due, known[1] + self.fx_max_age_ns.get(fx, max_age_ns))
+        self.due[name] = due + 1  # an age must exceed max_age_ms to be stale
+
+    def _internal_error_price(self, name: str, now_ns: int) -> Price | None:
+        """After an unexpected error pricing `name`: a halted Price, so that the last live
+        one does not stand (None if even that fails, or nothing was ever published)."""
+        if name not in self.last_price or not self.specs[name].publish:
+            return None
+        try:
+            spec = self.specs[name]
+            decision = halted_decision(spec, self.states[name], [], "internal error")
+            return self._publishable(name, decision, None, now_ns, count_latency=False)
+        except Exception:
+            self._count_error(f"halting {name}")
+            return None
+
+    def _publishable(
+        self,
+        name: str,
+        decision: Decision,
+        trigger: BookTop | None,
+        now_ns: int,
+        count_latency: bool = True,
+    ) -> Price:
+        """The next Price of `name` from a decision: assigns seq, counts, keeps it."""
+        spec = self.specs[name]
         self.seq[name] += 1
         stats = self.stats
         stats.prices += 1
         stats.halted += decision.halted
         priced_ns = time.time_ns()
         recv_ns = trigger.recv_ts_ns if trigger is not None else now_ns
-        latency_us = (priced_ns - recv_ns) / 1000
-        stats.latency[bisect_left(LATENCY_BOUNDS_US, latency_us)] += 1
-        stats.latency_sum_us += latency_us
-        stats.recent_latency_us.append(latency_us)
+        if count_latency:
+            latency_us = (priced_ns - recv_ns) / 1000
+            stats.latency[bisect_left(LATENCY_BOUNDS_US, latency_us)] += 1
+            stats.latency_sum_us += latency_us
+            stats.recent_latency_us.append(latency_us)
         price = Price(
             instrument=name,
             epoch=self.epoch,

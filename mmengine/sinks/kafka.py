@@ -49,9 +49,8 @@ import zmq
 
 from mmengine.codec import Codec
 from mmengine.logs import RepeatLimiter
-from mmengine.pricing.worker import SINK_KEY
-from mmengine.sinks.spool import Spool, pack_frames, unpack_frames
-from mmengine.sinks.writer import SpoolingWriter
+from mmengine.sinks.spool import Spool, pack_frames
+from mmengine.sinks.writer import SpoolingWriter, split_record
 
 if TYPE_CHECKING:
     from mmengine.config import KafkaOutput
@@ -67,6 +66,7 @@ FIRST_ACK_S = 5.0
 BUILD_BACKOFF_S = (0.25, 2.0)  # first and largest wait between producer builds
 MAX_DRAIN = 20_000  # inproc messages per loop before producing again
 HEADER_INT = struct.Struct(">q")
+QUARANTINED = -1  # a _Sent's priced_ts_ns for a record set aside instead of sent
 # Timeouts keep a dead or paused broker from tying up the helper thread for long.
 CLIENT_TIMEOUTS = {
     "request_timeout_ms": 5_000,
@@ -402,8 +402,11 @@ class KafkaWriter(SpoolingWriter):
         spool_max_bytes: int,
         spool_memory_records: int = 10_000,
         endpoint: str = ENDPOINT,
+        fsync_interval_s: float | None = None,
     ) -> None:
         super().__init__(name="kafka-writer", daemon=True)
+        self.fsync_interval_s = fsync_interval_s
+        self._header = Codec("price.avsc").header
         self.ctx = ctx
         self.cfg = cfg
         self.endpoint = endpoint
@@ -430,6 +433,9 @@ class KafkaWriter(SpoolingWriter):
             # kafka-python logs every connect and metadata refresh at INFO; our own lines
             # say what matters (away, back, rebuilt, topic created).
             kafka_log.setLevel(logging.WARNING)
+
+    def helpers(self) -> list[threading.Thread]:
+        return [self._connector]
 
     def summary_line(self) -> str:
         c = self.counters()
@@ -462,6 +468,7 @@ class KafkaWriter(SpoolingWriter):
                 self.spool_max_bytes,
                 memory_records=self.spool_memory_records,
                 name="kafka spool",
+                fsync_interval_s=self.fsync_interval_s,
             )
         except Exception as exc:
             self.error = exc
@@ -486,7 +493,7 @@ class KafkaWriter(SpoolingWriter):
                 spool.flush()
                 if self._stop_event.is_set():
                     if deadline is None:
-                        deadline = now + self.cfg.drain_timeout_s
+                        deadline = now + self.drain_timeout_s()
                     if got == 0 and (spool.pending == 0 or now > deadline):
                         break
                 # Acks arrive on kafka-python's thread, not on a socket we can poll: wake
@@ -525,17 +532,27 @@ class KafkaWriter(SpoolingWriter):
         send = gen.client.send
         topic = self.cfg.topic
         inflight = self._inflight
+        header = self._header
         for i, record in enumerate(records):
-            instrument, key, payload = unpack_frames(record)
-            epoch, seq, priced_ts_ns = SINK_KEY.unpack(key)
-            sent = _Sent(gen, priced_ts_ns)
+            try:
+                r = split_record(record, header)
+            except ValueError as exc:
+                # Passed its CRC, yet not a record this writer can send: set it aside and
+                # acknowledge it in its turn, so it never blocks the queue (nor kills the
+                # writer, which would meet it first again after every restart).
+                spool.quarantine(record, f"kafka: {exc}")
+                unusable = _Sent(gen, QUARANTINED)
+                unusable.done = True
+                inflight.append(unusable)
+                continue
+            sent = _Sent(gen, r.priced_ts_ns)
             try:
                 accepted = send(
                     topic,
-                    instrument,
-                    payload,
-                    headers_for(payload, epoch, seq),
-                    priced_ts_ns // 1_000_000,
+                    r.instrument,
+                    r.payload,
+                    headers_for(r.payload, r.epoch, r.seq),
+                    r.priced_ts_ns // 1_000_000,
                     sent,
                 )
             except Exception as exc:
@@ -557,16 +574,22 @@ class KafkaWriter(SpoolingWriter):
         last: _Sent | None = None
         now_ns = time.time_ns()
         lags = self.lag_log
+        delivered = 0
         while inflight and inflight[0].done:
-            last = inflight.popleft()
+            sent = inflight.popleft()
             n += 1
+            if sent.priced_ts_ns == QUARANTINED:
+                continue  # a quarantined record: acknowledged in its turn, not delivered
+            last = sent
+            delivered += 1
             if lags is not None:
-                lags.append(now_ns - last.priced_ts_ns)
-        if last is not None:
+                lags.append(now_ns - sent.priced_ts_ns)
+        if n:
             spool.ack(n)
+        if last is not None:
             if self._gen is not None:
                 self._gen.acked = True
-            self.stats.acknowledged += n
+            self.stats.acknowledged += delivered
             self.stats.delivery_lag_ns = now_ns - last.priced_ts_ns
             self._last_progress = now
             if spool.away:

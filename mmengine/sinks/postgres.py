@@ -24,7 +24,13 @@ One transaction per batch (`PgBatchWriter.write`):
    disconnect).
 
 On an error the helper drops its connection; the writer rewinds the spool (the batch goes
-out again, first), keeps everything on disk, and retries after a backoff with jitter.
+out again, first), keeps everything on disk, and retries after a backoff with jitter. The
+session sets `lock_timeout` and `statement_timeout`, so a batch waiting on a lock another
+session holds on `price_latest` (a long report, a manual `LOCK TABLE`) is abandoned and
+retried instead of holding the queue indefinitely.
+
+A spool record that passes its CRC but is not a Price this writer can read is quarantined
+(see `Spool.quarantine`) and counted in `undecodable`; it never stops the queue.
 Only one batch is in flight, so batches commit in spool (FIFO) order, which keeps each
 instrument's rows committing in (epoch, seq) order: what db-tail's catch-up relies on.
 """
@@ -39,7 +45,7 @@ import queue
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +57,6 @@ from psycopg.types.json import Jsonb
 
 from mmengine.codec import Codec
 from mmengine.logs import RepeatLimiter
-from mmengine.pricing.worker import SINK_KEY
 from mmengine.sinks.pgschema import (
     CHANNEL,
     PRICE_COLUMNS,
@@ -60,8 +65,8 @@ from mmengine.sinks.pgschema import (
     redact_dsn,
     resolve_dsn,
 )
-from mmengine.sinks.spool import Spool, pack_frames, unpack_frames
-from mmengine.sinks.writer import SpoolingWriter
+from mmengine.sinks.spool import Spool, pack_frames
+from mmengine.sinks.writer import SpoolingWriter, split_record
 
 if TYPE_CHECKING:
     from mmengine.config import PostgresOutput
@@ -161,6 +166,7 @@ class BatchResult:
     undecodable: int  # records skipped: not a Price this schema can read
     txn_s: float  # BEGIN .. COMMIT, seconds
     last_priced_ts_ns: int  # of the batch's last record
+    bad: list[tuple[bytes, str]] = field(default_factory=list)  # (record, why) skipped
 
 
 class PgBatchWriter:
@@ -169,9 +175,17 @@ class PgBatchWriter:
     Not thread-safe: one owner thread.
     """
 
-    def __init__(self, dsn: str, connect_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        connect_timeout_s: float = 5.0,
+        statement_timeout_ms: int | None = None,
+        lock_timeout_ms: int | None = None,
+    ) -> None:
         self.dsn = dsn
         self.connect_timeout_s = connect_timeout_s
+        self.statement_timeout_ms = statement_timeout_ms
+        self.lock_timeout_ms = lock_timeout_ms
         self.conn: psycopg.Connection[Any] | None = None
         self.codec = Codec("price.avsc")
         self._days: set[int] = set()  # partitions known to exist on this connection
@@ -193,6 +207,14 @@ class PgBatchWriter:
             keepalives_count=3,
         )
         try:
+            # Session settings (the connection is autocommit): a batch blocked by another
+            # session's lock fails after lock_timeout and is retried.
+            for name, value in (
+                ("statement_timeout", self.statement_timeout_ms),
+                ("lock_timeout", self.lock_timeout_ms),
+            ):
+                if value is not None:
+                    conn.execute("SELECT set_config(%s, %s, false)", (name, f"{value}ms"))
             check_schema(conn)
             conn.execute(CREATE_STAGE)
         except BaseException:
@@ -211,27 +233,20 @@ class PgBatchWriter:
             except Exception as exc:
                 log.debug("closing the postgres connection: %r", exc)
 
-    def rows(self, records: list[bytes]) -> tuple[list[tuple[Any, ...]], int]:
-        """Staging rows from spool records; (rows, undecodable)."""
+    def rows(self, records: list[bytes]) -> tuple[list[tuple[Any, ...]], list[tuple[bytes, str]]]:
+        """Staging rows from spool records; (rows, [(record, why) for each one skipped])."""
         decode = self.codec.decode
+        header = self.codec.header
         out = []
-        bad = 0
+        bad: list[tuple[bytes, str]] = []
         for record in records:
             try:
-                instrument, key, payload = unpack_frames(record)
-                epoch, seq, priced_ts_ns = SINK_KEY.unpack(key)
+                instrument, epoch, seq, priced_ts_ns, payload = split_record(record, header)
                 rec = decode(payload)
             except Exception as exc:
-                # A poison record must not stop the queue behind it: count and skip it.
-                bad += 1
-                held = self._log.allow("decode")
-                if held is not None:
-                    log.error(
-                        "postgres writer: skipping a record it cannot decode (%s); "
-                        "%d such records so far",
-                        exc,
-                        bad + held,
-                    )
+                # A poison record must not stop the queue behind it: skip it (the writer
+                # thread quarantines and counts it).
+                bad.append((record, f"postgres: {type(exc).__name__}: {exc}"))
                 continue
             for k in ("instrument", "epoch", "seq", "priced_ts_ns"):
                 rec.pop(k, None)
@@ -275,7 +290,7 @@ class PgBatchWriter:
         conn = self.open()
         rows, bad = self.rows(records)
         if not rows:
-            return BatchResult(0, 0, bad, 0.0, 0)
+            return BatchResult(0, 0, len(bad), 0.0, 0, bad)
         self._ensure_partitions(conn, rows)
         top = max((r[1], r[2]) for r in rows)
         note = orjson.dumps({"epoch": top[0], "seq": top[1], "rows": len(rows)}).decode()
@@ -290,7 +305,9 @@ class PgBatchWriter:
             inserted = cur.rowcount
             cur.execute(UPSERT_LATEST)
             cur.execute(NOTIFY, (CHANNEL, note))
-        return BatchResult(len(rows), inserted, bad, time.perf_counter() - t0, rows[-1][3])
+        return BatchResult(
+            len(rows), inserted, len(bad), time.perf_counter() - t0, rows[-1][3], bad
+        )
 
 
 @dataclass(slots=True)
@@ -332,7 +349,9 @@ class _Committer(threading.Thread):
     def __init__(self, wake_fd: int, dsn: str, cfg: PostgresOutput) -> None:
         super().__init__(name="pg-commit", daemon=True)
         self.wake_fd = wake_fd  # the pipe's write end; this thread closes it when it exits
-        self.batch = PgBatchWriter(dsn, cfg.connect_timeout_s)
+        self.batch = PgBatchWriter(
+            dsn, cfg.connect_timeout_s, cfg.statement_timeout_ms, cfg.lock_timeout_ms
+        )
         self.requests: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
         self.results: queue.SimpleQueue[_Done] = queue.SimpleQueue()
 
@@ -382,8 +401,10 @@ class PostgresWriter(SpoolingWriter):
         spool_max_bytes: int,
         spool_memory_records: int = 10_000,
         endpoint: str = ENDPOINT,
+        fsync_interval_s: float | None = None,
     ) -> None:
         super().__init__(name="pg-writer", daemon=True)
+        self.fsync_interval_s = fsync_interval_s
         self.ctx = ctx
         self.cfg = cfg
         self.endpoint = endpoint
@@ -407,6 +428,9 @@ class PostgresWriter(SpoolingWriter):
         self._backoff = cfg.reconnect_min_s
         self._next_try = 0.0
         self._log = RepeatLimiter()
+
+    def helpers(self) -> list[threading.Thread]:
+        return [self._committer]
 
     def summary_line(self) -> str:
         c = self.counters()
@@ -437,6 +461,7 @@ class PostgresWriter(SpoolingWriter):
                 self.spool_max_bytes,
                 memory_records=self.spool_memory_records,
                 name="postgres spool",
+                fsync_interval_s=self.fsync_interval_s,
             )
         except Exception as exc:
             self.error = exc
@@ -462,7 +487,7 @@ class PostgresWriter(SpoolingWriter):
                 spool.flush()
                 if stopping:
                     if deadline is None:
-                        deadline = now + self.cfg.drain_timeout_s
+                        deadline = now + self.drain_timeout_s()
                     if got == 0 and (spool.pending == 0 or now > deadline):
                         break
                 poller.poll(self._timeout_ms(spool, now))
@@ -542,6 +567,8 @@ class PostgresWriter(SpoolingWriter):
             log.info("postgres writer connected to %s", self.dsn_display)
         result = done.result
         if result is not None:
+            for record, why in result.bad:
+                spool.quarantine(record, why)
             spool.ack(done.n)
             stats.written += result.rows
             stats.inserted += result.inserted

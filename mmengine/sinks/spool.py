@@ -17,20 +17,30 @@ The pending records form one FIFO, oldest first::
   records once the sink has acknowledged them (at-least-once: nothing leaves the spool
   before that). `rewind()` makes every taken-but-unacknowledged record go out again, in
   order, for a sink that lost its connection or had to be rebuilt.
-- Segment files frame each record as `>II` (length, CRC32 of the record) + record bytes. On
-  start-up every segment in the directory is scanned: a frame that is short or fails its CRC
-  (a torn tail after a crash) is counted in `torn`, logged, and cut off the file; the valid
-  records before it are delivered first, in order. A segment whose records are all
-  acknowledged is deleted.
+- Segment files frame each record as `>II` (length, CRC32 of the record) + record bytes. A
+  record is never empty, so a length of 0 is damage: this is what rejects a zero-filled tail
+  (blocks a file system allocated but never wrote before an OS crash), which would otherwise
+  read as valid empty records because `crc32(b"") == 0`. On start-up every segment in the
+  directory is scanned: a frame that is short, empty or fails its CRC (a torn tail after a
+  crash) is counted in `torn`, logged, copied to `quarantine/` (unless it is all zeros) and
+  cut off the file; the valid records before it are delivered first, in order. A segment
+  whose records are all acknowledged is deleted.
+- A record that passes its CRC but is not what the writer expects (`quarantine()`, called by
+  the writer thread) is appended to `quarantine/` and counted, never delivered, and never
+  blocks the queue behind it.
 - The disk part is bounded by `max_bytes`. A record that must go to disk when it is full is
   the newest one and is dropped: counted, logged at ERROR at most once per interval. Pricing
   never waits and memory stays flat.
 
 Durability: records are handed to the OS (`flush`) once per writer loop, which survives the
-engine being killed but not a power cut (no fsync). A record that is only in memory (the
-sink was up and keeping pace) is lost if the process dies; on restart a segment that was
-partly acknowledged is replayed whole, so consumers see duplicates, never gaps: they dedupe
-on the record's idempotency key.
+engine being killed. With `fsync_interval_s` set, `flush` also fsyncs the segment being
+written (and the directory, after a segment file was created) at most that often, so a
+power cut loses at most that interval of what was on its way to disk; with None, nothing
+is fsynced and a power cut loses whatever the OS had not written back (often ~30 s). A
+record that is only in memory (the sink was up and keeping pace) is lost if the process
+dies; on restart a segment that was partly acknowledged is replayed whole, so consumers see
+duplicates, never gaps: they dedupe on the record's idempotency key. docs/operations.md
+lists what each fault can lose.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ import fcntl
 import logging
 import os
 import struct
+import time
 import zlib
 from collections import deque
 from collections.abc import Sequence
@@ -56,6 +67,7 @@ _LEN = struct.Struct(">I")
 SEGMENT_PREFIX = "seg-"
 SEGMENT_SUFFIX = ".spool"
 MAX_RECORD = 64 * 1024 * 1024  # a longer length field can only be a torn or corrupt frame
+QUARANTINE_DIR = "quarantine"
 
 
 class SpoolBusy(MmengineError):
@@ -68,16 +80,35 @@ def pack_frames(frames: Sequence[bytes]) -> bytes:
 
 
 def unpack_frames(record: bytes) -> list[bytes]:
-    """The frames `pack_frames` joined."""
+    """The frames `pack_frames` joined; ValueError if `record` is not such a join."""
     frames = []
     pos = 0
     end = len(record)
     while pos < end:
+        if end - pos < _LEN.size:
+            raise ValueError(f"record ends inside a frame length at byte {pos}")
         (n,) = _LEN.unpack_from(record, pos)
-        pos += 4
+        pos += _LEN.size
+        if pos + n > end:
+            raise ValueError(f"frame of {n} bytes at byte {pos} runs past the record ({end})")
         frames.append(record[pos : pos + n])
         pos += n
     return frames
+
+
+def read_quarantine(directory: str | os.PathLike[str]) -> list[tuple[str, bytes]]:
+    """(why, data) of everything a spool in `directory` set aside, oldest first: for an
+    operator looking into `<spool_dir>/<sink>/quarantine/` (and for tests)."""
+    out = []
+    for path in sorted((Path(directory) / QUARANTINE_DIR).glob(f"*{SEGMENT_SUFFIX}")):
+        data = path.read_bytes()
+        pos = 0
+        while pos + FRAME.size <= len(data):
+            length, _crc = FRAME.unpack_from(data, pos)
+            why, body = unpack_frames(data[pos + FRAME.size : pos + FRAME.size + length])
+            out.append((why.decode(errors="replace"), body))
+            pos += FRAME.size + length
+    return out
 
 
 @dataclass(slots=True)
@@ -94,6 +125,10 @@ class SpoolStats:
     recovered: int = 0  # records found in segment files at start-up
     acknowledged: int = 0  # records the sink acknowledged (removed from the spool)
     segments_deleted: int = 0
+    quarantined: int = 0  # records (or damaged tails) set aside in quarantine/, not delivered
+    quarantine_dropped: int = 0  # ... that did not fit in it (counted, not kept)
+    fsyncs: int = 0  # fsync calls (segments and directory)
+    fsync_ns: int = 0  # time spent in them
 
 
 class _Segment:
@@ -131,8 +166,15 @@ class Spool:
         segment_bytes: int = 8 * 1024 * 1024,
         name: str = "spool",
         log_interval_s: float = 10.0,
+        fsync_interval_s: float | None = None,
     ) -> None:
         self.directory = Path(directory)
+        self.fsync_interval_s = fsync_interval_s
+        self._unsynced = False  # bytes written since the last fsync
+        self._dir_unsynced = False  # a segment file was created since the last fsync
+        self._last_fsync = float("-inf")
+        self._quarantine: IO[bytes] | None = None
+        self._quarantine_bytes = 0
         self.max_bytes = max_bytes
         self.memory_records = memory_records
         self.segment_bytes = segment_bytes
@@ -165,7 +207,10 @@ class Spool:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
-            raise SpoolBusy(f"spool dir {self.directory} is in use by another writer") from None
+            raise SpoolBusy(
+                f"spool dir {self.directory} is in use by another writer (another engine? "
+                "give each engine its own limits.spool_dir)"
+            ) from None
         return lock
 
     def _recover(self) -> None:
@@ -211,7 +256,7 @@ class Spool:
                 break
             length, crc = FRAME.unpack_from(data, pos)
             start = pos + FRAME.size
-            if length > MAX_RECORD or start + length > end:
+            if length == 0 or length > MAX_RECORD or start + length > end:
                 break
             if zlib.crc32(data[start : start + length]) != crc:
                 break
@@ -222,13 +267,20 @@ class Spool:
             # trusted either (its length field may be garbage). Never deliver it.
             self.stats.torn += 1
             self.stats.torn_bytes += end - pos
+            tail = data[pos:]
+            zeros = not tail.strip(b"\0")
+            if not zeros:
+                self._set_aside(f"{path.name}@{pos}", tail)
             log.error(
-                "%s: %s has a torn or corrupt frame at byte %d; dropping its last %d bytes "
-                "(%d valid records kept)",
+                "%s: %s has a torn or corrupt frame at byte %d; cutting its last %d bytes "
+                "(%s; %d valid records kept)",
                 self.name,
                 path.name,
                 pos,
                 end - pos,
+                "all zeros: a tail the OS allocated but never wrote"
+                if zeros
+                else f"copied to {QUARANTINE_DIR}/",
                 records,
             )
             os.truncate(path, pos)
@@ -238,6 +290,8 @@ class Spool:
 
     def put(self, record: bytes) -> bool:
         """Accept a record; False if it was dropped because the spool is full."""
+        if not record:
+            raise ValueError("a spool record is never empty (an empty frame marks damage)")
         if not self._away and len(self._memory) < self.memory_records:
             self._memory.append(record)
             self.stats.accepted += 1
@@ -263,10 +317,66 @@ class Spool:
     def away(self) -> bool:
         return self._away
 
-    def flush(self) -> None:
-        """Hand buffered segment writes to the OS (survives a kill of the process)."""
+    def flush(self, force_sync: bool = False) -> None:
+        """Hand buffered segment writes to the OS (survives a kill of the process); with an
+        fsync policy, also fsync them once `fsync_interval_s` has passed (survives power
+        loss). `force_sync`: fsync now if the policy is on (shut-down)."""
         if self._writer is not None:
             self._writer.flush()
+        interval = self.fsync_interval_s
+        if interval is None or not (self._unsynced or self._dir_unsynced):
+            return
+        now = time.monotonic()
+        if not force_sync and now - self._last_fsync < interval:
+            return
+        self._last_fsync = now
+        t0 = time.perf_counter_ns()
+        if self._unsynced and self._writer is not None:
+            os.fsync(self._writer.fileno())
+            self.stats.fsyncs += 1
+        if self._dir_unsynced:
+            self._fsync_dir()
+        self._unsynced = self._dir_unsynced = False
+        self.stats.fsync_ns += time.perf_counter_ns() - t0
+
+    def _fsync_dir(self) -> None:
+        """Make the directory's entries (a new segment file) durable."""
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.stats.fsyncs += 1
+
+    def quarantine(self, record: bytes, reason: str) -> None:
+        """Set aside a record the writer cannot deliver (it passed its CRC but does not
+        decode): appended to quarantine/ for an operator, counted, logged. The caller still
+        acknowledges it, so it never blocks the records behind it."""
+        self._set_aside(reason, record)
+        log.error(
+            "%s: quarantined a record that cannot be delivered (%s); %d so far, in %s",
+            self.name,
+            reason,
+            self.stats.quarantined,
+            self.directory / QUARANTINE_DIR,
+        )
+
+    def _set_aside(self, what: str, data: bytes) -> None:
+        """Append `data` to this run's quarantine file, within max_bytes: spool framing, each
+        record `pack_frames((why, data))`."""
+        if self._quarantine_bytes + FRAME.size + len(data) > self.max_bytes:
+            self.stats.quarantine_dropped += 1
+            return
+        if self._quarantine is None:
+            where = self.directory / QUARANTINE_DIR
+            where.mkdir(mode=0o700, exist_ok=True)
+            path = where / f"q-{time.time_ns()}{SEGMENT_SUFFIX}"
+            self._quarantine = open(path, "ab")  # noqa: SIM115 (closed in close())
+        body = pack_frames((what.encode()[:200], data))
+        self._quarantine.write(FRAME.pack(len(body), zlib.crc32(body)) + body)
+        self._quarantine.flush()
+        self._quarantine_bytes += FRAME.size + len(body)
+        self.stats.quarantined += 1
 
     def _fits(self, nbytes: int) -> bool:
         return self._bytes + nbytes <= self.max_bytes
@@ -333,12 +443,14 @@ class Spool:
             self._writer = open(path, "ab", buffering=1024 * 1024)  # noqa: SIM115
             self._active = seg
             self._segments.append(seg)
+            self._dir_unsynced = True
         n = FRAME.size + len(record)
         self._writer.write(FRAME.pack(len(record), zlib.crc32(record)))
         self._writer.write(record)
         seg.size += n
         seg.records += 1
         self._bytes += n
+        self._unsynced = True
         self.stats.spooled += 1
         self._set_bytes()
         if seg.size >= self.segment_bytes:
@@ -347,6 +459,14 @@ class Spool:
 
     def _close_writer(self) -> None:
         if self._writer is not None:
+            if self.fsync_interval_s is not None and self._unsynced:
+                # Its last writes would escape the interval once the file is closed.
+                self._writer.flush()
+                t0 = time.perf_counter_ns()
+                os.fsync(self._writer.fileno())
+                self.stats.fsyncs += 1
+                self.stats.fsync_ns += time.perf_counter_ns() - t0
+                self._unsynced = False
             self._writer.close()
         self._writer = None
         self._active = None
@@ -437,8 +557,8 @@ class Spool:
         header = reader.read(FRAME.size)
         if len(header) == FRAME.size:
             length, crc = FRAME.unpack(header)
-            data = reader.read(length)
-            if len(data) == length and zlib.crc32(data) == crc:
+            data = reader.read(length) if 0 < length <= MAX_RECORD else b""
+            if data and len(data) == length and zlib.crc32(data) == crc:
                 seg.read += 1
                 self._disk_pending -= 1
                 return _Entry(data, seg)
@@ -486,6 +606,9 @@ class Spool:
             "dropped": s.dropped,
             "torn": s.torn,
             "recovered": s.recovered,
+            "quarantined": s.quarantined,
+            "fsyncs": s.fsyncs,
+            "fsync_ns": s.fsync_ns,
             "pending": self.pending,
         }
 
@@ -500,8 +623,12 @@ class Spool:
                 self.name,
                 lost,
             )
+        self.flush(force_sync=True)
         self._close_writer()
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._quarantine is not None:
+            self._quarantine.close()
+            self._quarantine = None
         self._lock.close()

@@ -58,6 +58,9 @@ class EngineProcess:
 def start_engine(config: dict[str, Any], tmp_path: Path) -> EngineProcess:
     run_dir = tmp_path / "run"
     config.setdefault("engine", {})["run_dir"] = str(run_dir)
+    # Each engine its own spool (and epoch file), as docs/operations.md asks of engines
+    # that run side by side; the default, the user's state dir, is one per user.
+    config.setdefault("limits", {}).setdefault("spool_dir", str(tmp_path / "spool"))
     config_path = tmp_path / "engine.yaml"
     config_path.write_text(yaml.safe_dump(config))
     proc = subprocess.Popen(

@@ -1,0 +1,184 @@
+"""A pricing worker on real inproc sockets: it survives what it did not expect, and it
+publishes a stale halt on time with no new input (issue 16)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from mmengine.bus import PRICES_IN, encode_top, pricing_endpoint
+from mmengine.codec import Codec
+from mmengine.model import BookTop
+from mmengine.pricing.model import InstrumentSpec, SourceSpec
+from mmengine.pricing.worker import PricingWorker, control_endpoint
+
+
+def book_top(instrument: str, bid: float = 100.0, ask: float = 101.0, **kw: Any) -> BookTop:
+    fields: dict[str, Any] = {
+        "venue": "v",
+        "instrument": instrument,
+        "state": "LIVE",
+        "venue_seq": 1,
+        "cross_seq": -1,
+        "exchange_ts_ns": 0,
+        "recv_ts_ns": time.time_ns(),
+        "bid_prices": [bid],
+        "bid_sizes": [1.0],
+        "ask_prices": [ask],
+        "ask_sizes": [1.0],
+    }
+    fields.update(kw)
+    return BookTop(**fields)
+
+
+class Harness:
+    """One worker with its inputs pushed and its prices read on real inproc sockets."""
+
+    def __init__(self, specs: list[InstrumentSpec]) -> None:
+        self.ctx = zmq.Context()
+        self.prices = self.ctx.socket(zmq.SUB)
+        self.prices.setsockopt(zmq.SUBSCRIBE, b"")
+        self.prices.bind(PRICES_IN)  # the worker's PUB connects here
+        self.worker = PricingWorker(0, self.ctx, specs, epoch=7)
+        self.worker.start()
+        assert self.worker.ready.wait(5)
+        # The worker's PUB has connected; let the SUB take the connection and send its
+        # subscription down it now, or the first Price could find no subscriber (and drop).
+        self.prices.poll(50)
+        self.push = self.ctx.socket(zmq.PUSH)
+        self.push.connect(pricing_endpoint(0))
+        self.control = self.ctx.socket(zmq.PUSH)
+        self.control.connect(control_endpoint(0))
+        self.codec = Codec("price.avsc")
+
+    def next_price(self, timeout_s: float = 3.0) -> tuple[float, dict[str, Any]]:
+        """(arrival monotonic time, decoded Price)."""
+        assert self.prices.poll(int(timeout_s * 1000)), "no price"
+        _topic, payload = self.prices.recv_multipart()
+        return time.monotonic(), self.codec.decode(payload)
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.worker.join(5)
+        for sock in (self.prices, self.push, self.control):
+            sock.close(0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def harness() -> Iterator[Any]:
+    made: list[Harness] = []
+
+    def make(specs: list[InstrumentSpec]) -> Harness:
+        h = Harness(specs)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def spec(name: str, max_age_ms: float = 5000.0) -> InstrumentSpec:
+    return InstrumentSpec(name, (SourceSpec("v", name),), max_age_ms=max_age_ms, min_venues=1)
+
+
+def test_what_the_worker_did_not_expect_is_counted_and_it_goes_on(harness: Any) -> None:
+    h = harness([spec("AAA-USD"), spec("BBB-USD")])
+    h.push.send(encode_top(book_top("AAA-USD")))
+    assert h.next_price()[1]["halted"] is False
+    # Garbage on the inproc queue, a top the model cannot read (a string level), and a
+    # position update that is not a pair: the old worker ended at the first one.
+    h.push.send(b"not a pickled book top")
+    h.push.send(encode_top(book_top("AAA-USD", bid_prices=["x"])))
+    h.control.send(b"\x80\x05garbage")
+    h.push.send(encode_top(book_top("BBB-USD")))
+    got = {}
+    deadline = time.monotonic() + 3
+    while len(got) < 2 and time.monotonic() < deadline:
+        _, price = h.next_price()
+        got[price["instrument"]] = price
+    # AAA is halted rather than left standing on its last live price; BBB prices normally.
+    assert got["AAA-USD"]["halted"] and got["AAA-USD"]["halt_reason"] == "internal error"
+    assert got["BBB-USD"]["halted"] is False
+    assert h.worker.is_alive()
+    stats = h.worker.stats
+    assert stats.bad_inputs == 2 and stats.errors >= 3
+    # And it still prices AAA once its input is sane again.
+    h.push.send(encode_top(book_top("AAA-USD", bid=100.5)))
+    price = h.next_price()[1]
+    assert price["instrument"] == "AAA-USD" and not price["halted"]
+    assert price["seq"] == 3  # live, internal-error halt, live: no seq skipped
+
+
+def test_stale_is_published_on_time_and_repeated_without_new_input(harness: Any) -> None:
+    max_age_ms = 300
+    h = harness([spec("AAA-USD", max_age_ms=max_age_ms)])
+    sent = book_top("AAA-USD")
+    sent_at = time.monotonic() - (time.time_ns() - sent.recv_ts_ns) / 1e9
+    h.push.send(encode_top(sent))
+    _, first = h.next_price()
+    assert not first["halted"]
+    # Nothing more arrives. Within max_age + 250 ms of the frame's receive time: stale.
+    at, stale = h.next_price(timeout_s=2)
+    assert stale["halted"] and stale["halt_reason"] == "stale"
+    assert at - sent_at <= (max_age_ms + 250) / 1000, at - sent_at
+    assert at - sent_at > max_age_ms / 1000
+    assert stale["recv_ts_ns"] == sent.recv_ts_ns  # its age is visible to a consumer
+    assert [x["reason"] for x in stale["venues_excluded"]] == ["stale"]
+    # Repeated every max_age_ms while it lasts.
+    times = [at]
+    for _ in range(3):
+        at, again = h.next_price(timeout_s=2)
+        assert again["halt_reason"] == "stale"
+        times.append(at)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(0.25 <= g <= 0.55 for g in gaps), gaps
+    assert h.worker.stats.timed == 4
+    # A fresh input ends it at once.
+    h.push.send(encode_top(book_top("AAA-USD")))
+    while True:
+        _, price = h.next_price()
+        if not price["halted"]:
+            break
+
+
+def thread_cpu_s(native_id: int) -> float:
+    """User + system CPU seconds of one thread of this process (Linux /proc)."""
+    stat = Path(f"/proc/self/task/{native_id}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_the_worker_blocks_between_deadlines_instead_of_spinning(harness: Any) -> None:
+    """CPU time of the worker thread over one second while it waits for the next stale
+    repeats: a spinning loop would burn most of that second."""
+    h = harness([spec("AAA-USD", max_age_ms=400)])
+    h.push.send(encode_top(book_top("AAA-USD")))
+    h.next_price()
+    assert h.worker.native_id is not None
+    before = thread_cpu_s(h.worker.native_id)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 1.0:
+        if h.prices.poll(100):
+            h.prices.recv_multipart()
+    assert thread_cpu_s(h.worker.native_id) - before < 0.1
+
+
+def test_a_position_that_is_not_finite_is_refused(harness: Any) -> None:
+    h = harness([spec("AAA-USD")])
+    h.push.send(encode_top(book_top("AAA-USD")))
+    h.next_price()
+    h.control.send(pickle.dumps(("AAA-USD", float("nan"))))
+    h.control.send(pickle.dumps(("AAA-USD", 2.0)))
+    _, price = h.next_price()
+    assert price["position"] == 2.0
+    assert h.worker.stats.bad_inputs == 1 and h.worker.stats.positions == 1
