@@ -471,7 +471,7 @@ class Engine:
     ) -> VenueConnection:
         """Start a venue connection. One that replaces a dead `previous` takes over its
         counter objects (what the reporting protocol reads), so they never reset during a
-        run, and its first connect counts as a reconnect."""
+        run, and its first connect counts as a reconnect attempt."""
         conn = VenueConnection(
             spec,
             PROTOCOLS[spec.protocol],
@@ -483,6 +483,7 @@ class Engine:
             conn.venue.venue_stats = previous.venue.venue_stats
             conn.venue.stats = previous.venue.stats
             conn.connects = max(previous.connects, 1)
+            conn.venue.venue_stats.reconnects += 1  # the restart is a reconnect attempt
         conn.start()
         return conn
 
