@@ -13,29 +13,16 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from mmengine.book import L2Book
+from mmengine.book.sync import BookDriver
 from mmengine.capture import CaptureEvent, read_capture
-from mmengine.errors import TransportError
 from mmengine.model import BookTop
-from mmengine.venues.base import Venue, VenueSpec
-from mmengine.venues.registry import PROTOCOLS
+from mmengine.venues.base import VenueSpec
+from mmengine.venues.registry import PROTOCOLS, open_venue
+from mmengine.venues.registry import detect_protocol as detect_address
 
 
 class UnsupportedCapture(Exception):
     """The capture's venue or protocol has no venue module (yet)."""
-
-
-# (exchange in the header, what the WebSocket address contains, protocol), first match wins
-_ADDRESSES = (
-    ("BINANCE", "binance.com", "binance"),
-    ("KRAKEN", "kraken.com/v2", "kraken-v2"),
-    ("KRAKEN", "kraken.com", "kraken-v1"),
-    ("OKX", "okx.com", "okx-v5"),
-    ("COINBASE", "advanced-trade-ws.coinbase.com", "coinbase-advanced"),
-    ("BYBIT", "stream.bybit.com/v5/public/spot", "bybit-v5-spot"),
-    ("BYBIT", "stream.bybit.com/v5/public/linear", "bybit-v5-linear"),
-    ("BYBIT", "stream-testnet.bybit.com/v5/public/spot", "bybit-v5-spot"),
-    ("BYBIT", "stream-testnet.bybit.com/v5/public/linear", "bybit-v5-linear"),
-)
 
 
 def recorded_venues(header: dict[str, Any]) -> list[dict[str, Any]]:
@@ -76,9 +63,9 @@ def detect_protocol(header: dict[str, Any], events: list[CaptureEvent]) -> str:
         return str(recorded[0]["protocol"])
     exchange = str(header.get("exchange", "")).upper()
     addr = next((e.url for e in events if e.kind == "connect"), "")
-    for name, where, protocol in _ADDRESSES:
-        if exchange == name and where in addr:
-            return protocol
+    protocol = detect_address(exchange, addr)
+    if protocol is not None:
+        return protocol
     raise UnsupportedCapture(
         f"unsupported protocol: no venue module for exchange {exchange or '?'} at "
         f"{addr or 'an unknown address'} (supported: {', '.join(sorted(PROTOCOLS))})"
@@ -87,22 +74,29 @@ def detect_protocol(header: dict[str, Any], events: list[CaptureEvent]) -> str:
 
 @dataclass
 class CaptureSession:
-    """A `Session` fed from a capture: REST answers come from the recorded responses."""
+    """A `Session` fed from a capture: REST answers come from the recorded responses, at
+    once (the next `fetched` returns them), as they did when the capture was recorded."""
 
     http_records: list[CaptureEvent]
     tops: list[BookTop] = field(default_factory=list)
     keep_tops: bool = False
     published: int = 0
+    _answers: list[tuple[Any, str | None, str]] = field(default_factory=list)
 
     def send(self, text: str) -> None:
         pass  # nothing listens; the recorded frames already reflect what was sent
 
-    def http_get(self, url: str) -> str:
+    def fetch(self, key: Any, url: str) -> None:
         want = _url_key(url)
         for rec in self.http_records:
             if _url_key(rec.url) == want:
-                return rec.data
-        raise TransportError(f"the capture has no recorded response for {url}")
+                self._answers.append((key, rec.data, ""))
+                return
+        self._answers.append((key, None, f"the capture has no recorded response for {url}"))
+
+    def fetched(self) -> list[tuple[Any, str | None, str]]:
+        answers, self._answers = self._answers, []
+        return answers
 
     def publish(self, top: BookTop) -> None:
         self.published += 1
@@ -123,7 +117,7 @@ def _url_key(url: str) -> tuple[str, tuple[tuple[str, str], ...]]:
 @dataclass
 class ReplayResult:
     protocol: str
-    venue: Venue
+    venue: BookDriver
     session: CaptureSession
     frames: int
     seconds: float  # wall time of the book path: the venue's receive() over every frame
@@ -227,7 +221,7 @@ def replay_events(
     """
     plan = plan_replay(header, events, audit=audit, depth=depth, venue_name=venue_name)
     session = CaptureSession([e for e in plan.events if e.kind == "http"], keep_tops=keep_tops)
-    venue = PROTOCOLS[plan.protocol](plan.spec, session)
+    venue = open_venue(plan.spec, session)
     venue.on_connected()
     # (frame, recv ns); a None frame marks a reconnect. Built before the clock starts.
     steps: list[tuple[str | None, int]] = []
@@ -249,7 +243,7 @@ def replay_events(
     return ReplayResult(plan.protocol, venue, session, frames, seconds)
 
 
-def _run(venue: Venue, steps: list[tuple[str | None, int]]) -> float:
+def _run(venue: BookDriver, steps: list[tuple[str | None, int]]) -> float:
     """Replay; returns the wall time of the book path: `receive` of the frames that were
     book messages (tickers, trades, heartbeats and acks are replayed but not counted)."""
     receive = venue.receive
@@ -270,7 +264,7 @@ def _run(venue: Venue, steps: list[tuple[str | None, int]]) -> float:
     return book_ns / 1e9
 
 
-def _run_traced(venue: Venue, steps: list[tuple[str | None, int]], out: IO[str]) -> float:
+def _run_traced(venue: BookDriver, steps: list[tuple[str | None, int]], out: IO[str]) -> float:
     """Replay writing one trace line per book message; only `receive` of book messages is
     timed, as in `_run`."""
     stats = list(venue.stats.items())

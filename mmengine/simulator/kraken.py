@@ -2,7 +2,7 @@
 connection threads).
 
 Written from `shared/docs/venue-protocols.md` section 3 and the capture, never from our client
-(`mmengine.venues.kraken`), so that a mistake in the client is not copied here:
+(`mmengine.venues.kraken_v1`, `kraken_v2`), so that a mistake in the client is not copied here:
 
 - v1 at `/`: `{"event":"subscribe","pair":["XBT/USD"],"subscription":{"name":"book",
   "depth":10}}` -> one `subscriptionStatus` per pair, then the array snapshot

@@ -20,12 +20,13 @@ from typing import Any
 import pytest
 import yaml
 
+from mmengine.book.sync import BookDriver as Venue
+from mmengine.book.sync import InstrumentStats
 from mmengine.config import parse_config
 from mmengine.engine import Engine
 from mmengine.model import BookState
 from mmengine.replay import replay_capture
 from mmengine.simulator import start_simulator
-from mmengine.venues.base import InstrumentStats, Venue
 from tests.integration.conftest import Subscriber, official_decode
 
 pytestmark = pytest.mark.integration

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import orjson
 
+from mmengine.book.sync import BookDriver
 from mmengine.capture import read_capture
 from mmengine.model import BookState
 from mmengine.replay import CaptureSession, replay_capture
 from mmengine.venues.base import VenueSpec
-from mmengine.venues.binance import BinanceSpot
+from mmengine.venues.registry import open_venue
 
 INSTRUMENTS = ("NKN-USDT", "BLZ-ETH", "LRC-BTC", "RUNE-EUR")
 
@@ -57,11 +58,11 @@ def test_final_books_match_the_independent_reference(data_dir: Path) -> None:
         ), inst
 
 
-def _venue(data_dir: Path) -> tuple[BinanceSpot, CaptureSession, list]:
+def _venue(data_dir: Path) -> tuple[BookDriver, CaptureSession, list]:
     _header, events = read_capture(data_dir / "BINANCE.jsonl.gz")
     session = CaptureSession([e for e in events if e.kind == "http"], keep_tops=True)
     spec = VenueSpec("binance", "binance", INSTRUMENTS, depth=1000, audit=True)
-    venue = BinanceSpot(spec, session)
+    venue = open_venue(spec, session)
     venue.on_connected()
     return venue, session, [e for e in events if e.kind == "recv"]
 

@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mmengine.book.sync import BookDriver as Venue
 from mmengine.capture import read_capture
 from mmengine.model import BookTop
 from mmengine.replay import replay_capture
-from mmengine.venues.base import Venue
 
 # capture, or capture:venue where one capture holds several venue connections
 CAPTURES = [
