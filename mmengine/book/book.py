@@ -138,25 +138,19 @@ class BookSide:
                 wire[price] = (price_str, size_str)
         return touched
 
-    def load(self, levels: Iterable[Level]) -> None:
+    def load(self, levels: list[Level]) -> None:
         """Replace the side with `levels` (any order); zero sizes are ignored."""
         self.clear()
-        sizes = self.sizes
-        for price, size in levels:
-            if size != 0.0:
-                sizes[price] = size
-        self.keys = sorted(-p for p in sizes) if self.is_bid else sorted(sizes)
+        sizes = self.sizes = {p: q for p, q in levels if q != 0.0}
+        self.keys = sorted(map(neg, sizes)) if self.is_bid else sorted(sizes)
 
-    def load_wire(self, levels: Iterable[WireLevel]) -> None:
+    def load_wire(self, levels: list[WireLevel]) -> None:
         """`load`, keeping the venue's strings."""
         self.clear()
-        sizes = self.sizes
-        wire = self.wire if self.wire is not None else {}
-        for price, size, price_str, size_str in levels:
-            if size != 0.0:
-                sizes[price] = size
-                wire[price] = (price_str, size_str)
-        self.keys = sorted(-p for p in sizes) if self.is_bid else sorted(sizes)
+        sizes = self.sizes = {p: q for p, q, _, _ in levels if q != 0.0}
+        if self.wire is not None:
+            self.wire = {p: (ps, qs) for p, q, ps, qs in levels if q != 0.0}
+        self.keys = sorted(map(neg, sizes)) if self.is_bid else sorted(sizes)
 
     def truncate(self, depth: int) -> None:
         """Drop levels beyond `depth`: venues send no deletes for levels leaving their window."""

@@ -158,6 +158,7 @@ class InstrumentSync:
     __slots__ = (
         "audits",
         "book",
+        "checks_deltas",
         "checksum",
         "crossed",
         "disagree_since",
@@ -174,6 +175,9 @@ class InstrumentSync:
         self.book = book
         self.stats = InstrumentStats()
         self.rule = rule
+        # Whether the rule looks at deltas at all (a checksum-only venue's does not: the
+        # call is skipped on the hot path, and the driver keeps the id itself).
+        self.checks_deltas = type(rule).delta is not SequenceRule.delta
         self.checksum = checksum
         self.wire = wire
         self.crossed = False  # the book is crossed and held (a venue that can be)
@@ -229,6 +233,7 @@ class BookDriver:
         self._fetching = 0  # fetches asked for and not answered yet
         self._resyncing_connection = False
         self._log_limiter = RepeatLimiter()
+        self._parse = venue.parse
         self._handlers = {
             AuditTop: self.on_audit,
             Sequenced: self.on_sequenced,
@@ -307,7 +312,7 @@ class BookDriver:
             self.skip("awaiting_reconnect")
             return
         try:
-            events = self.venue.parse(frame)
+            events = self._parse(frame)
         except FrameError as exc:
             self._unusable(exc)
             return
@@ -317,6 +322,12 @@ class BookDriver:
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
             # Venues decode a whole frame before anything is applied: every book unchanged.
             self.skip("malformed", f"{type(exc).__name__}: {exc}")
+            return
+        if type(events) is BookUpdate:  # the common case: one book message
+            try:
+                self.on_book(events, recv_ns)
+            except IntegrityError as exc:
+                self._failed(exc, events)
             return
         for ev in events:
             try:
@@ -345,12 +356,22 @@ class BookDriver:
         if state is not LIVE and state is not STALE:
             sync.rule.not_synced(sync, ev, self, recv_ns)
             return
-        if not sync.rule.delta(sync, ev):
-            return
+        if sync.checks_deltas:
+            if not sync.rule.delta(sync, ev):
+                return
+        elif ev.last_id is not None:
+            sync.book.venue_seq = ev.last_id
         self.apply(sync, ev)
         stats.updates += 1
-        if ev.checksum is not None and sync.checksum is not None:
-            self.verify(sync, ev.checksum)
+        checksum = ev.checksum
+        if checksum is not None and sync.checksum is not None:
+            stats.checksums_checked += 1
+            got = sync.checksum.value(sync.book)
+            if got != checksum:
+                stats.checksums_failed += 1
+                raise IntegrityError(
+                    sync.instrument, "checksum", f"computed {got}, venue {checksum}"
+                )
         self.emit(sync, recv_ns)
         if sync.audits:
             self._audit_waiting(sync)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from mmengine.book.events import Event
+from mmengine.book.events import BookUpdate, Event
 from mmengine.book.integrity import ChecksumRule, SequenceRule, Unsequenced
 from mmengine.errors import FrameError
 
@@ -111,9 +111,10 @@ class VenueProtocol:
     def on_connected(self) -> None:
         """A new connection: forget per-connection protocol state."""
 
-    def parse(self, frame: str) -> list[Event]:
-        """The events of one frame; raise FrameError (or let a decoding error out) for a
-        frame that cannot be used. Nothing is applied here."""
+    def parse(self, frame: str) -> list[Event] | BookUpdate:
+        """The events of one frame (a lone book message may be returned as it is); raise
+        FrameError (or let a decoding error out) for a frame that cannot be used. Nothing is
+        applied here."""
         raise NotImplementedError
 
 

@@ -72,15 +72,13 @@ def parse_diff(instrument: str, data: dict) -> BookUpdate:
     Sample: {"e":"depthUpdate","E":1633998512568,"s":"NKNUSDT","U":499869753,"u":499869754,
              "b":[["0.35170000","4265.00000000"]],"a":[["0.35290000","10968.00000000"]]}
     """
+    first = data["U"]
+    last = data["u"]
+    ms = data["E"]
+    if type(first) is not int or type(last) is not int or type(ms) is not int:
+        raise FrameError("malformed", f"U {first!r} u {last!r} E {ms!r}"[:80])
     return BookUpdate(
-        instrument,
-        False,
-        rows(data["b"]),
-        rows(data["a"]),
-        integer(data["u"], "u"),
-        integer(data["U"], "U"),
-        -1,
-        integer(data["E"], "E") * 1_000_000,
+        instrument, False, rows(data["b"]), rows(data["a"]), last, first, -1, ms * 1_000_000
     )
 
 
@@ -131,7 +129,7 @@ class BinanceSpot(VenueProtocol):
     def parse_snapshot(self, body: str) -> tuple[int, list[Level], list[Level]]:
         return parse_snapshot(body)
 
-    def parse(self, frame: str) -> list[Event]:
+    def parse(self, frame: str) -> list[Event] | BookUpdate:
         """Combined-stream frames: `{"stream":"<name>","data":{...}}`."""
         msg = orjson.loads(frame)
         data = msg.get("data") if type(msg) is dict else None
@@ -145,7 +143,7 @@ class BinanceSpot(VenueProtocol):
             raise FrameError("unknown_symbol", repr(symbol)[:40])
         if data.get("e") == "depthUpdate":
             try:
-                return [parse_diff(instrument, data)]
+                return parse_diff(instrument, data)
             except DECODE_ERRORS as exc:
                 raise lost_update((instrument,), exc) from None
         if "b" in data and "B" in data and "e" not in data:

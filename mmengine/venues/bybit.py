@@ -169,7 +169,7 @@ class _Bybit(VenueProtocol):
         for state in self.tickers.values():
             state.clear()
 
-    def parse(self, frame: str) -> list[Event]:
+    def parse(self, frame: str) -> list[Event] | BookUpdate:
         msg = orjson.loads(frame)
         if type(msg) is not dict:
             raise FrameError("not_an_object", repr(msg)[:80])
@@ -187,7 +187,7 @@ class _Bybit(VenueProtocol):
                     raise FrameError("unknown_symbol", f"{msg['data']['s']!r} on {topic}"[:80])
             except DECODE_ERRORS as exc:
                 raise lost_update((instrument,), exc) from None
-            return [update]
+            return update
         instrument = self.by_ticker.get(topic) if type(topic) is str else None
         if instrument is not None:
             if self.spec.audit and self.ticker_audit:

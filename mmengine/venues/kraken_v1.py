@@ -170,7 +170,7 @@ class KrakenV1(VenueProtocol):
         self._req_id += 1
         return f'{{"event":"ping","reqid":{self._req_id}}}'
 
-    def parse(self, frame: str) -> list[Event]:
+    def parse(self, frame: str) -> list[Event] | BookUpdate:
         msg = orjson.loads(frame)
         if type(msg) is not list:
             return self._event(msg)
@@ -185,7 +185,7 @@ class KrakenV1(VenueProtocol):
         if instrument is None:
             raise FrameError("unknown_symbol", repr(msg[-1])[:40])
         try:
-            return [parse_book(instrument, msg)]
+            return parse_book(instrument, msg)
         except DECODE_ERRORS as exc:
             raise lost_update((instrument,), exc) from None
 

@@ -195,7 +195,7 @@ class OkxV5(VenueProtocol):
     def keepalive_frame(self) -> str:
         return "ping"
 
-    def parse(self, frame: str) -> list[Event]:
+    def parse(self, frame: str) -> list[Event] | BookUpdate:
         if frame == "pong":
             return []
         msg = orjson.loads(frame)
@@ -213,7 +213,7 @@ class OkxV5(VenueProtocol):
         if instrument is None:
             raise FrameError("unknown_symbol", repr(arg.get("instId"))[:40])  # type: ignore[union-attr]
         try:
-            return [parse_book(instrument, channel, msg, self.decimals)]
+            return parse_book(instrument, channel, msg, self.decimals)
         except DECODE_ERRORS as exc:
             raise lost_update((instrument,), exc) from None
 
