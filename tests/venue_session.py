@@ -34,15 +34,22 @@ class RecordingSession:
         self.reconnects.append(reason)
 
     def fetch(self, key: Any, url: str) -> None:
-        self.requested.append((key, url))
-        if not self.hold:
+        if self.hold:
+            self.requested.append((key, url))
+        else:
             self.answer(key, url)
 
     def answer(self, key: Any, url: str) -> None:
-        """Answer a fetch from `rest` (an error when there is no body for `url`)."""
-        path = url.split("://", 1)[-1].split("/", 1)[-1]
-        body = next((b for u, b in self.rest.items() if path.startswith(u.lstrip("/"))), None)
+        """Answer a fetch from `rest`: the body of the first key found in `url` (an error
+        when there is none)."""
+        body = next((b for part, b in self.rest.items() if part in url), None)
         self._answers.append((key, body, "" if body is not None else f"no answer for {url}"))
+
+    def answer_all(self) -> None:
+        """Answer every fetch asked for so far (a held, slow REST comes back)."""
+        for key, url in self.requested:
+            self.answer(key, url)
+        self.requested.clear()
 
     def fetched(self) -> list[tuple[Any, str | None, str]]:
         answers, self._answers = self._answers, []

@@ -453,7 +453,6 @@ class BookDriver:
         if last_id is not None:
             book.venue_seq = last_id
         sync.stats.snapshots += 1
-        sync.crossed = False
         checksum = sync.checksum
         if checksum is not None:
             checksum.reset()

@@ -16,6 +16,9 @@ mistake in the client is not copied here and cancelled out:
   with `u` = that diff's `u`.
 - `GET /api/v3/depth?symbol=BTCUSDT&limit=N`: `lastUpdateId` is the `u` of the last diff
   generated when the snapshot was taken, so the documented sync procedure bridges it.
+- `binance-merged` (`BinanceMergedSim`) is the venue as it is at 100 ms: one update id per
+  market step, and each diff merges 1 to 4 steps, so a REST snapshot taken between two
+  diffs has a `lastUpdateId` that falls inside the next diff's `[U, u]` (1.4, step 5).
 - On stop, `{"stream":"!serverShutdown","data":{"e":"serverShutdown","E":...}}` to everyone.
 """
 
@@ -24,12 +27,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
 from mmengine.capture import CaptureEvent
+from mmengine.simulator.kraken import MirrorBook
 from mmengine.simulator.market import ASK, BID, Change
 from mmengine.simulator.server import (
     ClientConn,
@@ -162,6 +166,20 @@ class BinanceSim(SimProtocol):
         first = self.last_id[instrument] + 1
         last = first + self.rng.choice(ID_SPANS) - 1
         self.last_id[instrument] = last
+        bids = [(c.price, c.size) for c in changes if c.side == BID]
+        asks = [(c.price, c.size) for c in changes if c.side == ASK]
+        return self._diff_frames(instrument, first, last, bids, asks, wanted)
+
+    def _diff_frames(
+        self,
+        instrument: str,
+        first: int,
+        last: int,
+        bids: list[tuple[Decimal, Decimal]],
+        asks: list[tuple[Decimal, Decimal]],
+        wanted: frozenset[str],
+    ) -> list[OutFrame]:
+        """A diff covering ids `first`..`last`, and a bookTicker if the best levels moved."""
         market = self.markets[instrument]
         top = (market.best(BID), market.best(ASK))
         top_changed = top != self._top.get(instrument)
@@ -176,8 +194,8 @@ class BinanceSim(SimProtocol):
                 "s": symbol,
                 "U": first,
                 "u": last,
-                "b": [[fmt(c.price), fmt(c.size)] for c in changes if c.side == BID],
-                "a": [[fmt(c.price), fmt(c.size)] for c in changes if c.side == ASK],
+                "b": [[fmt(p), fmt(q)] for p, q in bids],
+                "a": [[fmt(p), fmt(q)] for p, q in asks],
             }
             for topic in depth_topics:
                 frames.append(OutFrame(topic, _dumps({"stream": topic, "data": data})))
@@ -286,6 +304,58 @@ class BinanceSim(SimProtocol):
                 responses.setdefault(symbol, event.data)
         self._replay_http = responses
         return frames
+
+
+class BinanceMergedSim(BinanceSim):
+    """Binance as it is at 100 ms: each market step is one update id, and a diff merges the
+    levels of 1 to `max_merged` steps (the last size of a level wins). A REST snapshot is
+    the book at the current step, so its `lastUpdateId` can fall inside the next diff."""
+
+    venue = "binance-merged"
+    max_merged: ClassVar[int] = 4
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # per instrument: first id of the diff being merged, its levels by (side, price),
+        # and how many steps it still takes
+        self._merging: dict[str, tuple[int, dict[tuple[str, Decimal], Decimal], int]] = {}
+        self.snapshots_inside_a_diff = 0  # REST snapshots taken while a diff was merging
+        self._sent = {i: MirrorBook(m) for i, m in self.markets.items()}
+
+    def sent_book(
+        self, instrument: str
+    ) -> tuple[list[tuple[Decimal, Decimal]], list[tuple[Decimal, Decimal]]]:
+        """The book as of the last diff sent (the market may be a merging diff ahead)."""
+        with self.lock:
+            mirror = self._sent[instrument]
+            return mirror.top(BID, 1_000_000), mirror.top(ASK, 1_000_000)
+
+    def update_frames(
+        self, instrument: str, changes: Sequence[Change], wanted: frozenset[str]
+    ) -> list[OutFrame]:
+        step = self.last_id[instrument] + 1
+        self.last_id[instrument] = step
+        first, levels, left = self._merging.pop(
+            instrument, (step, {}, self.rng.randint(1, self.max_merged))
+        )
+        for c in changes:
+            levels[(c.side, c.price)] = c.size
+        if left > 1:
+            self._merging[instrument] = (first, levels, left - 1)
+            return []
+        self._sent[instrument].apply([Change(side, p, q) for (side, p), q in levels.items()])
+        bids = [(p, q) for (side, p), q in levels.items() if side == BID]
+        asks = [(p, q) for (side, p), q in levels.items() if side == ASK]
+        return self._diff_frames(instrument, first, step, bids, asks, wanted)
+
+    def http(self, path: str, query: Query) -> tuple[int, str] | None:
+        with self.lock:
+            inside = self.by_symbol.get(query.get("symbol", "")) in self._merging
+        reply = super().http(path, query)
+        if inside and reply is not None and reply[0] == 200:
+            with self.lock:
+                self.snapshots_inside_a_diff += 1
+        return reply
 
 
 def _result(result: Any, req_id: int | None) -> str:

@@ -48,7 +48,10 @@ class Registration:
 
 
 REGISTRY: tuple[Registration, ...] = (
-    Registration(BinanceSpot, ("mmengine.simulator.binance:BinanceSim",)),
+    Registration(
+        BinanceSpot,
+        ("mmengine.simulator.binance:BinanceSim", "mmengine.simulator.binance:BinanceMergedSim"),
+    ),
     Registration(KrakenV1, ("mmengine.simulator.kraken:KrakenV1Sim",)),
     Registration(KrakenV2, ("mmengine.simulator.kraken:KrakenV2Sim",)),
     Registration(OkxV5, ("mmengine.simulator.okx:OkxSim",)),
