@@ -19,7 +19,7 @@ class RecordingSession:
         self.sent: list[str] = []
         self.tops: list[BookTop] = []
         self.reconnects: list[str] = []
-        self.rest = rest or {}
+        self.rest = rest if rest is not None else {}
         self.hold = hold
         self.requested: list[tuple[Any, str]] = []
         self._answers: list[tuple[Any, str | None, str]] = []

@@ -15,8 +15,6 @@ a message. `ConnectionCounter` is the one rule kept per connection (Coinbase).
 | `KrakenCrc32`, `OkxCrc32` | the CRC32 over the top levels, cached per side between messages |
 | `ConnectionCounter` | Coinbase `sequence_num`: one counter across every channel |
 
-`reveals_loss` says whether the rule would notice a message that never arrived or could not
-be used: where it would not, the driver resyncs a book whose message was unusable.
 """
 
 from __future__ import annotations
@@ -48,10 +46,6 @@ class SequenceRule:
 
     def __init__(self, venue: Any, instrument: str) -> None:
         self.instrument = instrument
-
-    def reveals_loss(self, sync: InstrumentSync) -> bool:
-        """Whether a lost message would be seen by this rule on a later message."""
-        return False
 
     def reset(self) -> None:
         """A new connection: forget everything."""
@@ -109,9 +103,6 @@ class ContiguousIds(SequenceRule):
     replaces the book at any time; one with id 1 is the venue restarting the book (counted
     in `restarts`, not a gap). A delta before any snapshot is a gap."""
 
-    def reveals_loss(self, sync: InstrumentSync) -> bool:
-        return True
-
     def snapshot(self, sync: InstrumentSync, ev: BookUpdate) -> None:
         book = sync.book
         if ev.last_id == 1 and book.venue_seq > 1:
@@ -145,9 +136,6 @@ class PreviousIdChain(SequenceRule):
     previous `seqId`; a snapshot has `prevSeqId == -1`). That also accepts OKX's heartbeat
     (`seqId == prevSeqId`) and its reset after maintenance (`seqId < prevSeqId`). Messages
     without ids (the 2022 capture) are not chained."""
-
-    def reveals_loss(self, sync: InstrumentSync) -> bool:
-        return sync.book.venue_seq >= 0
 
     def snapshot(self, sync: InstrumentSync, ev: BookUpdate) -> None:
         if ev.last_id is not None and ev.first_id != -1:
@@ -197,9 +185,6 @@ class RestSnapshotBridge(SequenceRule):
         self.generation = 0  # a snapshot answers the request of its own generation only
         self.in_flight = False
         self.next_attempt = 0.0  # monotonic time before which no snapshot is requested
-
-    def reveals_loss(self, sync: InstrumentSync) -> bool:
-        return True
 
     def reset(self) -> None:
         self.buffered.clear()

@@ -9,8 +9,9 @@ resubscribe frames (through the venue's subscribe rate limit) and the top-of-boo
 
 Failures map once, here:
 - a frame that cannot be used is a counted skip, logged once per kind per interval; when it
-  carried an update for a book whose rule would not notice the loss, that book resyncs
-  (the connection, where the venue's counter is connection-wide);
+  carried an update for a LIVE book, that book missed it and resyncs at once, before any
+  later message could be priced from it (the connection, where the venue's counter is
+  connection-wide);
 - a failed integrity rule (gap, checksum, audit) resyncs that one book; the connection's own
   counter (Coinbase) resyncs every book on it and reconnects.
 Anything else is a bug and propagates (the transport logs it and reconnects).
@@ -657,7 +658,8 @@ class BookDriver:
 
     def _unusable(self, exc: FrameError) -> None:
         """A frame that cannot be used; if it carried updates, resync what the loss
-        touched where no rule would notice it."""
+        touched: a sequence rule would see it only on the next message, a checksum maybe
+        never (a level below the checksummed top)."""
         lost = exc.lost
         self.skip(exc.kind, exc.detail, lost[0] if len(lost) == 1 else None)
         if not lost:
@@ -668,11 +670,7 @@ class BookDriver:
             return
         for instrument in self.syncs if EVERY_BOOK in lost else lost:
             sync = self.syncs.get(instrument)
-            if (
-                sync is not None
-                and sync.book.state in (LIVE, STALE)
-                and not sync.rule.reveals_loss(sync)
-            ):
+            if sync is not None and sync.book.state in (LIVE, STALE):
                 self.resync(sync, "unusable_update")
 
     # --- audits ----------------------------------------------------------------------------

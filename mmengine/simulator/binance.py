@@ -33,6 +33,7 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from mmengine.capture import CaptureEvent
+from mmengine.simulator.kit import Level, Part, WireKit
 from mmengine.simulator.kraken import MirrorBook
 from mmengine.simulator.market import ASK, BID, Change
 from mmengine.simulator.server import (
@@ -84,11 +85,61 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class BinanceKit(WireKit):
+    """Binance spot for the conformance suite: a REST snapshot per symbol (its
+    `lastUpdateId` L) and a first diff ending at L (dropped by the sync), then diffs
+    `U == previous u + 1`."""
+
+    protocol = "binance"
+    instruments = ("BTC-USDT", "ETH-USDT")
+    depth = 100
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_id = dict.fromkeys(self.instruments, 1000)
+        self._rest: dict[str, str] = {}
+
+    def rest(self) -> dict[str, str]:
+        return self._rest
+
+    def _diff(self, instrument: str, first: int, bids: list[Level], asks: list[Level]) -> str:
+        symbol = wire_symbol(instrument)
+        data = {
+            "e": "depthUpdate",
+            "E": 1_700_000_000_000,
+            "s": symbol,
+            "U": first,
+            "u": self.last_id[instrument],
+            "b": [list(lv) for lv in bids],
+            "a": [list(lv) for lv in asks],
+        }
+        return _dumps({"stream": f"{symbol.lower()}@depth@100ms", "data": data})
+
+    def snapshot(self, instrument: str, bids: list[Level], asks: list[Level]) -> list[str]:
+        self.load(instrument, bids, asks)
+        body = {
+            "lastUpdateId": self.last_id[instrument],
+            "bids": [list(lv) for lv in bids],
+            "asks": [list(lv) for lv in asks],
+        }
+        self._rest[f"symbol={wire_symbol(instrument)}&"] = _dumps(body)
+        return [self._diff(instrument, self.last_id[instrument] - 1, [], [])]
+
+    def update(self, parts: list[Part]) -> str:
+        (instrument,) = {inst for inst, _, _ in parts}
+        bids = [lv for _, b, _ in parts for lv in b]
+        asks = [lv for _, _, a in parts for lv in a]
+        self.apply(instrument, bids, asks)
+        self.last_id[instrument] += 1
+        return self._diff(instrument, self.last_id[instrument], bids, asks)
+
+
 class BinanceSim(SimProtocol):
     """Binance spot: combined-stream diffs and bookTicker, plus the REST depth snapshot."""
 
     venue = "binance"
     ws_path = WS_PATH
+    kit = BinanceKit
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -244,11 +244,13 @@ def test_config_depths_are_those_bybit_offers(protocol: str) -> None:
 
 # --- hostile frames --------------------------------------------------------------------------
 
-HOSTILE = [
+UNATTRIBUTABLE = [
     '{"topic":"orderbook.200.BTCUSDT","type":"delta","data":{"s":"BTCU',  # truncated
     "[]",
     '{"success":false,"ret_msg":"Invalid symbol :[orderbook.200.FOO]","op":"subscribe"}',
     _frame("delta", "DOGEUSDT", 501, 1001, [["1", "1"]]),  # unknown topic
+]
+UNUSABLE_UPDATES = [
     _frame("delta", "ETHUSDT", 501, 1001, [["1", "1"]]).replace(
         "orderbook.200.ETHUSDT", "orderbook.200.BTCUSDT"
     ),  # symbol does not match the topic
@@ -263,10 +265,15 @@ HOSTILE = [
 ]
 
 
-@pytest.mark.parametrize("frame", HOSTILE)
-def test_hostile_frames_are_counted_and_change_no_book(frame: str) -> None:
+def _live_btc() -> tuple[Any, Any]:
     venue, session = _venue()
     venue.receive(_frame("snapshot", "BTCUSDT", 500, 1000, [["100", "1"]], [["101", "1"]]), 1)
+    return venue, session
+
+
+@pytest.mark.parametrize("frame", UNATTRIBUTABLE)
+def test_hostile_frames_for_no_book_are_counted_and_change_no_book(frame: str) -> None:
+    venue, session = _live_btc()
     book = venue.books["BTC-USDT"]
     before = (book.state, dict(book.bids.sizes), dict(book.asks.sizes), book.venue_seq)
     venue.receive(frame, 2)
@@ -275,6 +282,20 @@ def test_hostile_frames_are_counted_and_change_no_book(frame: str) -> None:
     # The next good delta still applies: nothing was consumed by the hostile frame.
     venue.receive(_frame("delta", "BTCUSDT", 501, 1001, [["100", "3"]]), 3)
     assert book.bids.sizes[100.0] == 3.0 and not session.sent
+
+
+@pytest.mark.parametrize("frame", UNUSABLE_UPDATES)
+def test_an_unusable_update_of_a_topic_resyncs_that_topic_at_once(frame: str) -> None:
+    """The venue sent that book an update we cannot apply: the book missed it. It resyncs
+    now (unsubscribe, subscribe) rather than stay LIVE until the next delta shows a gap."""
+    venue, session = _live_btc()
+    venue.receive(frame, 2)
+    assert sum(venue.venue_stats.skipped.values()) == 1
+    book = venue.books["BTC-USDT"]
+    assert book.state is BookState.RESYNCING and len(book.bids) == 0
+    assert [orjson.loads(s)["op"] for s in session.sent] == ["unsubscribe", "subscribe"]
+    venue.receive(_frame("snapshot", "BTCUSDT", 600, 1100, [["99", "1"]], [["101", "1"]]), 3)
+    assert book.state is BookState.LIVE and book.bids.prices(5) == [99.0]
 
 
 def test_empty_level_arrays_are_a_valid_delta() -> None:

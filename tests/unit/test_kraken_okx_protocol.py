@@ -354,8 +354,8 @@ def test_replay_reports_a_venue_without_a_module_as_unsupported(tmp_path: Path) 
     assert text.exit_code == 2 and "unsupported protocol" in text.stdout
 
 
-def test_okx_malformed_frames_are_counted_skips_and_leave_the_book_alone() -> None:
-    okx, _ = venue("okx-v5", ("BTC-USDT",), depth=400)
+def test_okx_frames_that_cannot_be_used_are_counted_and_resync_only_what_they_touched() -> None:
+    okx, session = venue("okx-v5", ("BTC-USDT",), depth=400)
     okx.receive(_okx_frame("snapshot", -1, 10, [["100", "1", "0", "1"]]), 1)
     book = okx.books["BTC-USDT"]
     before = (book.bids.prices(5), book.asks.prices(5))
@@ -366,18 +366,31 @@ def test_okx_malformed_frames_are_counted_skips_and_leave_the_book_alone() -> No
         msg["data"][0].update(data)
         return orjson.dumps(msg).decode()
 
+    # Frames that name no book of ours: the book stays, and its chain goes on from 10.
     for bad in (
-        variant(bids=[["99", "1", "0", "1"], ["NaN", "1", "0", "1"]]),
-        variant(bids=[["99", 1, "0", "1"]]),
-        variant(checksum="123"),
-        variant(seqId="11"),
         _okx_frame("update", 10, 11).replace("BTC-USDT", "ETH-USDT"),
         _okx_frame("update", 10, 11)[:40],
         '{"event":"error","code":"60012","msg":"Invalid request"}',
     ):
         okx.receive(bad, 2)
     assert (book.bids.prices(5), book.asks.prices(5)) == before
-    assert book.state is BookState.LIVE and book.venue_seq == 10
+    assert book.state is BookState.LIVE and book.venue_seq == 10 and not session.sent
+    okx.receive(variant(), 3)
+    assert book.bids.prices(5) == [100.0, 99.0] and book.venue_seq == 11
+    # An update of BTC-USDT that cannot be used: that book missed it, and resyncs at once.
+    for n, bad in enumerate(
+        (
+            variant(bids=[["99", "1", "0", "1"], ["NaN", "1", "0", "1"]]),
+            variant(bids=[["99", 1, "0", "1"]]),
+            variant(checksum="123"),
+            variant(seqId="11"),
+        )
+    ):
+        okx.receive(_okx_frame("snapshot", -1, 20, [["100", "1", "0", "1"]]), 4)
+        assert book.state is BookState.LIVE
+        okx.receive(bad, 5)
+        assert book.state is BookState.RESYNCING and book.bids.prices(5) == []
+        assert okx.venue_stats.resyncs["unusable_update"] == n + 1
     assert dict(okx.venue_stats.skipped) == {
         "bad_level": 2,
         "malformed": 2,
@@ -385,5 +398,4 @@ def test_okx_malformed_frames_are_counted_skips_and_leave_the_book_alone() -> No
         "bad_json": 1,
         "venue_error": 1,
     }
-    okx.receive(variant(), 3)  # the chain goes on from 10
-    assert book.bids.prices(5) == [100.0, 99.0] and book.venue_seq == 11
+    assert [orjson.loads(s)["op"] for s in session.sent] == ["unsubscribe", "subscribe"] * 4
