@@ -285,6 +285,8 @@ def test_replay_json(
         "book_frames",
         "seconds",
         "us_per_book_frame",
+        "connection_sequence",
+        "totals",
         "instruments",
         "errors",
     }
@@ -301,12 +303,16 @@ def test_replay_json(
             "messages",
             "snapshots",
             "updates",
+            "dropped_stale",
             "checksums",
             "sequence",
+            "audit",
             "resyncs",
+            "restarts",
             "crossed",
             "skipped",
             "state",
+            "levels",
             "top",
         }
         assert inst["state"] == "LIVE"
@@ -345,7 +351,7 @@ def test_replay_reports_a_venue_without_a_module_as_unsupported(tmp_path: Path) 
     out = CliRunner().invoke(main, ["replay", str(capture), "--json"])
     assert out.exit_code == 2
     card = json.loads(out.stdout)
-    assert card["protocol"] is None and card["instruments"] == {}
+    assert card["protocol"] is None and card["instruments"] == {} and card["totals"] is None
     assert card["errors"] == [
         "unsupported protocol: no venue module for exchange DERIBIT at "
         f"wss://www.deribit.com/ws/api/v2 (supported: {', '.join(sorted(PROTOCOLS))})"
