@@ -85,17 +85,19 @@ class CountedByConnection(Unsequenced):
 
     def snapshot(self, sync: InstrumentSync, ev: BookUpdate) -> None:
         sync.stats.sequence_checked += 1
-        super().snapshot(sync, ev)
+        sync.book.venue_seq = ev.last_id if ev.last_id is not None else -1
 
     def delta(self, sync: InstrumentSync, ev: BookUpdate) -> bool:
         sync.stats.sequence_checked += 1
-        return super().delta(sync, ev)
+        if ev.last_id is not None:
+            sync.book.venue_seq = ev.last_id
+        return True
 
     def not_synced(
         self, sync: InstrumentSync, ev: BookUpdate, driver: BookDriver, recv_ns: int
     ) -> None:
         sync.stats.sequence_checked += 1
-        super().not_synced(sync, ev, driver, recv_ns)
+        sync.stats.dropped_stale += 1  # before its (new) snapshot: superseded by it
 
 
 class ContiguousIds(SequenceRule):

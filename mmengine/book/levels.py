@@ -18,6 +18,7 @@ from mmengine.book.book import Level, WireLevel
 from mmengine.errors import FrameError
 
 INF = float("inf")
+_STR = str.__str__
 COLUMNAR_FROM = 64  # entries from which `sided` works column-wise (snapshots)
 
 
@@ -74,14 +75,16 @@ def rows(raw: Any) -> list[Level]:
 
 
 class ParsedDecimals:
-    """Decimal string -> float, remembered per venue connection: prices and sizes repeat all
-    the time (3 in 4 strings of the OKX capture had been seen before) and `float()` is the
-    main cost of a frame. Bounded: it starts over beyond `limit` strings (about 2.5 MB)."""
+    """Decimal string -> float (and -> (float, Kraken checksum form)), remembered per venue
+    connection: prices and sizes repeat all the time (3 in 4 strings of the OKX capture had
+    been seen before), and `float()` and the checksum text are the main per-level costs.
+    Bounded: it starts over beyond `limit` strings (about 2.5 MB)."""
 
-    __slots__ = ("floats", "limit")
+    __slots__ = ("floats", "forms", "limit")
 
     def __init__(self, limit: int = 1 << 14) -> None:
         self.floats: dict[str, float] = {}
+        self.forms: dict[str, str] = {}  # Kraken's checksum form of each string in `floats`
         self.limit = limit
 
 
@@ -125,27 +128,58 @@ def checksum_form(s: str) -> str:
     return s.replace(".", "").lstrip("0")
 
 
-def kraken_rows(raw: Any) -> list[WireLevel]:
+def kraken_rows(raw: Any, decimals: ParsedDecimals | None = None) -> list[WireLevel]:
     """Kraken v1 `[price, volume, timestamp(, "r")]` strings -> (price, size, and both strings
-    in Kraken's checksum form), so the checksum never re-reads a level. (A value that is not
-    a string fails on `.replace`.)
+    in Kraken's checksum form), so the checksum never re-reads a level.
 
     Sample: [["0.042990","364630.28272081","1618678145.920470"]]
+
+    With `decimals` (updates: a few levels, mostly seen before) each string is converted
+    once per connection; a snapshot (1,000 new levels) goes without.
     """
-    if type(raw) is not list:
+    if raw.__class__ is not list:
         raise _not_list(raw)
     out: list[WireLevel] = []
     append = out.append
+    if decimals is None:
+        for row in raw:
+            if row.__class__ is not list:
+                raise _not_list(row)
+            p = row[0]
+            q = row[1]
+            price = float(p)
+            size = float(q)
+            if not (0.0 < price < INF and 0.0 <= size < INF):
+                raise _bad(p, q)
+            # (a value that is not a string fails on `.replace`)
+            append((price, size, p.replace(".", "").lstrip("0"), q.replace(".", "").lstrip("0")))
+        return out
+    floats = decimals.floats
+    forms = decimals.forms
+    if len(floats) > decimals.limit:
+        floats.clear()
+        forms.clear()
+    get = floats.get
     for row in raw:
-        if type(row) is not list:
+        if row.__class__ is not list:
             raise _not_list(row)
         p = row[0]
         q = row[1]
-        price = float(p)
-        size = float(q)
+        price = get(p)  # an unhashable value raises TypeError here: malformed
+        if price is None:
+            if p.__class__ is not str:
+                raise _bad(p, q)
+            price = floats[p] = float(p)
+            forms[p] = p.replace(".", "").lstrip("0")
+        size = get(q)
+        if size is None:
+            if q.__class__ is not str:
+                raise _bad(p, q)
+            size = floats[q] = float(q)
+            forms[q] = q.replace(".", "").lstrip("0")
         if not (0.0 < price < INF and 0.0 <= size < INF):
             raise _bad(p, q)
-        append((price, size, p.replace(".", "").lstrip("0"), q.replace(".", "").lstrip("0")))
+        append((price, size, forms[p], forms[q]))
     return out
 
 
@@ -202,10 +236,8 @@ def sided(
     for entry in raw:
         p = entry[price_key]
         q = entry[size_key]
-        if type(p) is not str or type(q) is not str:
-            raise _bad(p, q)
-        price = float(p)
-        size = float(q)
+        price = float(p + "")  # `+ ""` refuses a value that is not a string
+        size = float(q + "")
         if not (0.0 < price < INF and 0.0 <= size < INF):
             raise _bad(p, q)
         side = entry[side_key]
@@ -221,15 +253,12 @@ def sided(
 def _sided_columns(
     raw: list[Any], bid: str, ask: str, price_key: str, size_key: str, side_key: str
 ) -> tuple[list[Level], list[Level]]:
-    price_strs = list(map(itemgetter(price_key), raw))
-    size_strs = list(map(itemgetter(size_key), raw))
+    # `str.__str__` refuses any value that is not a string, inside the same C-level pass.
     try:
-        "".join(price_strs)  # refuses any value that is not a string, in one C-level pass
-        "".join(size_strs)
+        prices = list(map(float, map(_STR, map(itemgetter(price_key), raw))))
+        sizes = list(map(float, map(_STR, map(itemgetter(size_key), raw))))
     except TypeError:
         raise FrameError("bad_level", "a price or size is not a decimal string") from None
-    prices = list(map(float, price_strs))
-    sizes = list(map(float, size_strs))
     if not (min(prices) > 0.0 and sum(prices) < INF and min(sizes) >= 0.0 and sum(sizes) < INF):
         raise FrameError("bad_level", f"prices {min(prices)}..{max(prices)}, sizes {max(sizes)}")
     sides = list(map(itemgetter(side_key), raw))

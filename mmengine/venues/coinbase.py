@@ -164,7 +164,7 @@ class CoinbaseAdvanced(VenueProtocol):
         events: list[Event] = [Sequenced(seq)]  # 3. checked before anything is applied
         if channel == L2_DATA:
             try:
-                events += self._l2(msg, seq)
+                self._l2(msg, seq, events)
             except DECODE_ERRORS as exc:
                 raise lost_update((EVERY_BOOK,), exc) from None
         elif channel == TICKER and self.spec.audit:
@@ -176,13 +176,12 @@ class CoinbaseAdvanced(VenueProtocol):
         # (market_trades, candles) are not ours to use
         return events
 
-    def _l2(self, msg: dict[str, Any], seq: int) -> list[Event]:
+    def _l2(self, msg: dict[str, Any], seq: int, out: list[Event]) -> None:
         """Every event of an `l2_data` frame, validated before any book is touched."""
         entries = msg["events"]
         if type(entries) is not list:
             raise FrameError("malformed", "events is not a list")
         ts_ns = self.timestamps.ns(msg["timestamp"])
-        out: list[Event] = []
         for event in entries:
             product = event["product_id"]
             instrument = self.by_product.get(product) if type(product) is str else None
@@ -195,7 +194,6 @@ class CoinbaseAdvanced(VenueProtocol):
                 raise FrameError("malformed", f"event type {kind!r}"[:80])
             bids, asks = sided(event["updates"], BID, OFFER, "price_level", "new_quantity", "side")
             out.append(BookUpdate(instrument, kind == "snapshot", bids, asks, seq, None, -1, ts_ns))
-        return out
 
     def _tickers(self, msg: dict[str, Any]) -> list[Event]:
         """5. Sample ticker: {"type":"ticker","product_id":"ETH-USD","price":"1919.41",...,

@@ -234,7 +234,12 @@ def levels_of(low: int) -> st.SearchStrategy[list[Level]]:
 
 
 @pytest.mark.parametrize("venue_protocol", PROTOCOLS)
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,  # the same examples on every run: a failure is never a fluke
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     book=st.tuples(levels_of(90), levels_of(101)),
     update=st.tuples(levels_of(90), levels_of(101)),
@@ -246,7 +251,11 @@ def test_structured_frames_in_the_venue_shape(
 ) -> None:
     kit = kit_of(venue_protocol)
     x, y = kit.instruments
-    start = ([lv for lv in book[0] if lv[1] != "0"], [lv for lv in book[1] if lv[1] != "0"])
+    # A snapshot as venues send one: one level per price, no zero sizes.
+    start = tuple(
+        list({float(p): (p, q) for p, q in reversed(side) if float(q) != 0}.values())
+        for side in book
+    )
     driver, session = live_books(kit, {x: start, y: ([("90", "1")], [("110", "1")])})
     bids, asks = list(update[0]), list(update[1])
     if poison is not None and poison[2] not in poisons(kit):
