@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from mmengine.book.sync import BookDriver
@@ -69,3 +71,25 @@ def venue(
     if connect:
         driver.on_connected()
     return driver, session
+
+
+class Tops:
+    """A transport's TopPublisher that keeps every BookTop with its arrival time."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[float, BookTop]] = []
+
+    def send(self, top: BookTop) -> None:
+        self.got.append((time.monotonic(), top))
+
+    def close(self) -> None:
+        pass
+
+
+def wait_for(cond: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Poll `cond` until true; AssertionError after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.02)

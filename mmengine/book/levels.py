@@ -94,12 +94,20 @@ def wire_rows(raw: Any, decimals: ParsedDecimals) -> list[WireLevel]:
 
     Sample: [["30249.4","0","0","0"],["30261","4","0","1"]]
     """
+    return _remembered_rows(raw, decimals, False)
+
+
+def _remembered_rows(raw: Any, decimals: ParsedDecimals, kraken: bool) -> list[WireLevel]:
+    """Rows of decimal strings, each string converted once per connection; with `kraken`,
+    the strings kept are Kraken's checksum forms."""
     if raw.__class__ is not list:
         raise _not_list(raw)
-    memo = decimals.floats
-    if len(memo) > decimals.limit:
-        memo.clear()
-    get = memo.get
+    floats = decimals.floats
+    forms = decimals.forms
+    if len(floats) > decimals.limit:
+        floats.clear()
+        forms.clear()
+    get = floats.get
     out: list[WireLevel] = []
     append = out.append
     for row in raw:
@@ -111,15 +119,19 @@ def wire_rows(raw: Any, decimals: ParsedDecimals) -> list[WireLevel]:
         if price is None:
             if p.__class__ is not str:
                 raise _bad(p, q)
-            price = memo[p] = float(p)
+            price = floats[p] = float(p)
+            if kraken:
+                forms[p] = p.replace(".", "").lstrip("0")
         size = get(q)
         if size is None:
             if q.__class__ is not str:
                 raise _bad(p, q)
-            size = memo[q] = float(q)
+            size = floats[q] = float(q)
+            if kraken:
+                forms[q] = q.replace(".", "").lstrip("0")
         if not (0.0 < price < INF and 0.0 <= size < INF):
             raise _bad(p, q)
-        append((price, size, p, q))
+        append((price, size, forms[p], forms[q]) if kraken else (price, size, p, q))
     return out
 
 
@@ -137,49 +149,23 @@ def kraken_rows(raw: Any, decimals: ParsedDecimals | None = None) -> list[WireLe
     With `decimals` (updates: a few levels, mostly seen before) each string is converted
     once per connection; a snapshot (1,000 new levels) goes without.
     """
+    if decimals is not None:
+        return _remembered_rows(raw, decimals, True)
     if raw.__class__ is not list:
         raise _not_list(raw)
     out: list[WireLevel] = []
     append = out.append
-    if decimals is None:
-        for row in raw:
-            if row.__class__ is not list:
-                raise _not_list(row)
-            p = row[0]
-            q = row[1]
-            price = float(p)
-            size = float(q)
-            if not (0.0 < price < INF and 0.0 <= size < INF):
-                raise _bad(p, q)
-            # (a value that is not a string fails on `.replace`)
-            append((price, size, p.replace(".", "").lstrip("0"), q.replace(".", "").lstrip("0")))
-        return out
-    floats = decimals.floats
-    forms = decimals.forms
-    if len(floats) > decimals.limit:
-        floats.clear()
-        forms.clear()
-    get = floats.get
     for row in raw:
         if row.__class__ is not list:
             raise _not_list(row)
         p = row[0]
         q = row[1]
-        price = get(p)  # an unhashable value raises TypeError here: malformed
-        if price is None:
-            if p.__class__ is not str:
-                raise _bad(p, q)
-            price = floats[p] = float(p)
-            forms[p] = p.replace(".", "").lstrip("0")
-        size = get(q)
-        if size is None:
-            if q.__class__ is not str:
-                raise _bad(p, q)
-            size = floats[q] = float(q)
-            forms[q] = q.replace(".", "").lstrip("0")
+        price = float(p)
+        size = float(q)
         if not (0.0 < price < INF and 0.0 <= size < INF):
             raise _bad(p, q)
-        append((price, size, forms[p], forms[q]))
+        # (a value that is not a string fails on `.replace`)
+        append((price, size, p.replace(".", "").lstrip("0"), q.replace(".", "").lstrip("0")))
     return out
 
 

@@ -229,10 +229,13 @@ class BinanceSim(SimProtocol):
         bids: list[tuple[Decimal, Decimal]],
         asks: list[tuple[Decimal, Decimal]],
         wanted: frozenset[str],
+        top: tuple[Any, Any] | None = None,
     ) -> list[OutFrame]:
-        """A diff covering ids `first`..`last`, and a bookTicker if the best levels moved."""
+        """A diff covering ids `first`..`last`, and a bookTicker if the best levels moved
+        (`top`: the best levels at `last`, when the market has moved on since)."""
         market = self.markets[instrument]
-        top = (market.best(BID), market.best(ASK))
+        if top is None:
+            top = (market.best(BID), market.best(ASK))
         top_changed = top != self._top.get(instrument)
         self._top[instrument] = top
         frames: list[OutFrame] = []
@@ -358,9 +361,11 @@ class BinanceSim(SimProtocol):
 
 
 class BinanceMergedSim(BinanceSim):
-    """Binance as it is at 100 ms: each market step is one update id, and a diff merges the
-    levels of 1 to `max_merged` steps (the last size of a level wins). A REST snapshot is
-    the book at the current step, so its `lastUpdateId` can fall inside the next diff."""
+    """Binance as it is at 100 ms: each market step is one update id, a diff merges the
+    levels of 1 to `max_merged` steps (the last size of a level wins), and it goes out when
+    the next step has begun, as a venue sends a window's batch once the next window runs.
+    A REST snapshot is the book at the current step, so its `lastUpdateId` usually falls
+    inside the diff being merged, which the client receives after the snapshot."""
 
     venue = "binance-merged"
     max_merged: ClassVar[int] = 4
@@ -368,15 +373,16 @@ class BinanceMergedSim(BinanceSim):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # per instrument: first id of the diff being merged, its levels by (side, price),
-        # and how many steps it still takes
+        # and how many steps it still takes; then, complete, waiting for the next step
         self._merging: dict[str, tuple[int, dict[tuple[str, Decimal], Decimal], int]] = {}
+        self._ready: dict[str, tuple[int, int, dict[tuple[str, Decimal], Decimal]]] = {}
         self.snapshots_inside_a_diff = 0  # REST snapshots taken while a diff was merging
         self._sent = {i: MirrorBook(m) for i, m in self.markets.items()}
 
     def sent_book(
         self, instrument: str
     ) -> tuple[list[tuple[Decimal, Decimal]], list[tuple[Decimal, Decimal]]]:
-        """The book as of the last diff sent (the market may be a merging diff ahead)."""
+        """The book as of the last diff sent (the market may be a diff or two ahead)."""
         with self.lock:
             mirror = self._sent[instrument]
             return mirror.top(BID, 1_000_000), mirror.top(ASK, 1_000_000)
@@ -386,18 +392,26 @@ class BinanceMergedSim(BinanceSim):
     ) -> list[OutFrame]:
         step = self.last_id[instrument] + 1
         self.last_id[instrument] = step
-        first, levels, left = self._merging.pop(
+        frames: list[OutFrame] = []
+        ready = self._ready.pop(instrument, None)
+        if ready is not None:  # the window before this step: out now
+            first, last, levels = ready
+            mirror = self._sent[instrument]
+            mirror.apply([Change(side, p, q) for (side, p), q in levels.items()])
+            top = (next(iter(mirror.top(BID, 1)), None), next(iter(mirror.top(ASK, 1)), None))
+            bids = [(p, q) for (side, p), q in levels.items() if side == BID]
+            asks = [(p, q) for (side, p), q in levels.items() if side == ASK]
+            frames = self._diff_frames(instrument, first, last, bids, asks, wanted, top)
+        first, merged, left = self._merging.pop(
             instrument, (step, {}, self.rng.randint(1, self.max_merged))
         )
         for c in changes:
-            levels[(c.side, c.price)] = c.size
+            merged[(c.side, c.price)] = c.size
         if left > 1:
-            self._merging[instrument] = (first, levels, left - 1)
-            return []
-        self._sent[instrument].apply([Change(side, p, q) for (side, p), q in levels.items()])
-        bids = [(p, q) for (side, p), q in levels.items() if side == BID]
-        asks = [(p, q) for (side, p), q in levels.items() if side == ASK]
-        return self._diff_frames(instrument, first, step, bids, asks, wanted)
+            self._merging[instrument] = (first, merged, left - 1)
+        else:
+            self._ready[instrument] = (first, step, merged)
+        return frames
 
     def http(self, path: str, query: Query) -> tuple[int, str] | None:
         with self.lock:

@@ -103,27 +103,16 @@ def parse_book(instrument: str, msg: list[Any], decimals: ParsedDecimals) -> Boo
     return BookUpdate(instrument, False, bids, asks, None, None, -1, ts_ns, checksum)
 
 
-class KrakenV1(VenueProtocol):
-    """Kraken WebSocket v1: array frames, string levels, string checksum `c`."""
+class KrakenBook(VenueProtocol):
+    """What both Kraken versions share: spot pairs, depths, keepalive, the checksum."""
 
-    protocol = "kraken-v1"
-    default_url = WS_URL_V1
     capture_exchange = "KRAKEN"
-    capture_addresses = ("kraken.com",)
     keep_wire = True
     keepalive_interval_s = KEEPALIVE_S
     silence_timeout_s = SILENCE_S
     depths = DEPTHS
     subscribe_limit = SUBSCRIBE_LIMIT
     checksum = KrakenCrc32
-
-    def __init__(self, spec: VenueSpec) -> None:
-        super().__init__(spec)
-        self.pairs = {inst: v1_pair(inst) for inst in spec.instruments}
-        self.by_pair = {pair: inst for inst, pair in self.pairs.items()}
-        self.channel = f"book-{spec.depth}"  # route on channelName and pair (3.7)
-        self.decimals = ParsedDecimals()
-        self._req_id = 0
 
     @classmethod
     def instrument_problem(cls, instrument: str) -> str | None:
@@ -132,6 +121,22 @@ class KrakenV1(VenueProtocol):
         except ValueError as exc:
             return str(exc)
         return None
+
+
+class KrakenV1(KrakenBook):
+    """Kraken WebSocket v1: array frames, string levels, string checksum `c`."""
+
+    protocol = "kraken-v1"
+    default_url = WS_URL_V1
+    capture_addresses = ("kraken.com",)
+
+    def __init__(self, spec: VenueSpec) -> None:
+        super().__init__(spec)
+        self.pairs = {inst: v1_pair(inst) for inst in spec.instruments}
+        self.by_pair = {pair: inst for inst, pair in self.pairs.items()}
+        self.channel = f"book-{spec.depth}"  # route on channelName and pair (3.7)
+        self.decimals = ParsedDecimals()
+        self._req_id = 0
 
     @classmethod
     def capture_subscription(cls, sent: list[str]) -> tuple[tuple[str, ...], int | None] | None:

@@ -28,18 +28,10 @@ from mmengine.book.events import (
     Skipped,
     lost_update,
 )
-from mmengine.book.integrity import KrakenCrc32
 from mmengine.book.levels import kraken_numbers, number
 from mmengine.errors import FrameError, VenueRejected
-from mmengine.venues.base import VenueProtocol, VenueSpec
-from mmengine.venues.kraken_v1 import (
-    DEPTHS,
-    KEEPALIVE_S,
-    SILENCE_S,
-    SUBSCRIBE_LIMIT,
-    KrakenV1,
-    spot_pair,
-)
+from mmengine.venues.base import VenueSpec
+from mmengine.venues.kraken_v1 import KrakenBook, spot_pair
 
 WS_URL_V2 = "wss://ws.kraken.com/v2"
 
@@ -58,7 +50,7 @@ def rfc3339_ns(ts: str) -> int:
     return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
 
 
-class KrakenV2(VenueProtocol):
+class KrakenV2(KrakenBook):
     """Kraken WebSocket v2 `book`: JSON-number levels, integer `checksum` on every message.
 
     Snapshot: {"channel":"book","type":"snapshot","data":[{"symbol":"BTC/USD",
@@ -71,15 +63,7 @@ class KrakenV2(VenueProtocol):
 
     protocol = "kraken-v2"
     default_url = WS_URL_V2
-    capture_exchange = "KRAKEN"
     capture_addresses = ("kraken.com/v2",)
-    keep_wire = True
-    keepalive_interval_s = KEEPALIVE_S
-    silence_timeout_s = SILENCE_S
-    depths = DEPTHS
-    subscribe_limit = SUBSCRIBE_LIMIT
-    checksum = KrakenCrc32
-    instrument_problem = KrakenV1.instrument_problem
 
     def __init__(self, spec: VenueSpec) -> None:
         super().__init__(spec)

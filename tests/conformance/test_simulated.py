@@ -11,37 +11,18 @@ transport (the venue thread, its REST fetcher) as the engine runs it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 
-from mmengine.model import BookTop
 from mmengine.simulator import SimulatorHandle, start_simulator
 from mmengine.venues.base import VenueSpec
 from mmengine.venues.transport import VenueConnection
 from tests.conformance.conftest import all_live, kit_of, registration
+from tests.venue_session import Tops, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-class Tops:
-    def __init__(self) -> None:
-        self.got: list[BookTop] = []
-
-    def send(self, top: BookTop) -> None:
-        self.got.append(top)
-
-    def close(self) -> None:
-        pass
-
-
-def wait_for(cond: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.02)
 
 
 @contextmanager

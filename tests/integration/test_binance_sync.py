@@ -13,42 +13,22 @@ from __future__ import annotations
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
-from mmengine.model import BookState, BookTop
+from mmengine.model import BookState
 from mmengine.simulator import SimulatorHandle, start_simulator
 from mmengine.venues.base import VenueSpec
 from mmengine.venues.binance import BinanceSpot
 from mmengine.venues.transport import VenueConnection
+from tests.venue_session import Tops, wait_for
 
 pytestmark = pytest.mark.integration
 
 INSTRUMENTS = ["BTC-USDT", "ETH-USDT"]
-
-
-class Tops:
-    """A TopPublisher keeping every BookTop with its arrival time (one writer thread)."""
-
-    def __init__(self) -> None:
-        self.got: list[tuple[float, BookTop]] = []
-
-    def send(self, top: BookTop) -> None:
-        self.got.append((time.monotonic(), top))
-
-    def close(self) -> None:
-        pass
-
-
-def wait_for(cond: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.02)
 
 
 def connect(sim: SimulatorHandle, tops: Tops, rest_url: str | None = None) -> VenueConnection:

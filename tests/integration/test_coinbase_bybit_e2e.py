@@ -13,7 +13,6 @@ import contextlib
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +26,11 @@ from mmengine.engine import Engine
 from mmengine.model import BookState
 from mmengine.simulator import SimulatorHandle, start_simulator
 from tests.integration.conftest import Subscriber
+from tests.venue_session import wait_for
 
 pytestmark = pytest.mark.integration
 
 DATA = Path(__file__).parent.parent / "data"
-
-
-def wait_for(cond: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.02)
 
 
 def all_live(venue: Venue) -> bool:

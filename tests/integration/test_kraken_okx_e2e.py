@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from mmengine.model import BookState
 from mmengine.replay import replay_capture
 from mmengine.simulator import start_simulator
 from tests.integration.conftest import Subscriber, official_decode
+from tests.venue_session import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -48,14 +48,6 @@ def config(protocol: str, url: str, run_dir: Path, depth: int = 10) -> dict[str,
         "instruments": [{"name": i, "sources": [{"venue": "v"}]} for i in insts],
         "limits": {"reconnect_max_s": 0.5},
     }
-
-
-def wait_for(cond: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.02)
 
 
 def snapshot(venue: Venue) -> dict[str, tuple[int, int, int]]:
