@@ -313,16 +313,21 @@ class RestSnapshotBridge(SequenceRule):
 
 
 class ChecksumRule:
-    """The venue's CRC32 over the top `levels` of a book, cached between messages: the
-    driver says which sides' top levels a message touched."""
+    """The venue's CRC32 over the top `levels` of a book, cached between messages in two
+    parts, one per side (`parts[0]` asks, `parts[1]` bids): the driver sets a part to None
+    when a message touched that side's top `levels`, and `value` rebuilds what is missing."""
 
     levels: ClassVar[int]
 
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: list[Any] = [None, None]
+
     def reset(self) -> None:
         """The book was replaced: nothing cached holds."""
-
-    def touched(self, asks: bool, bids: bool) -> None:
-        """A message changed the top `levels` of the asks and/or bids."""
+        parts = self.parts
+        parts[0] = parts[1] = None
 
     def value(self, book: L2Book) -> int:
         """The checksum of the book as it is now."""
@@ -330,58 +335,38 @@ class ChecksumRule:
 
 
 class KrakenCrc32(ChecksumRule):
-    """Kraken, v1 and v2 (`mmengine.book.checksum`); each side's top-10 text is cached and
-    rebuilt only after a message touches that side's top 10."""
+    """Kraken, v1 and v2 (`mmengine.book.checksum`): each part is a side's top-10 text."""
 
     levels = KRAKEN_LEVELS
 
-    __slots__ = ("ask_text", "bid_text")
-
-    def __init__(self) -> None:
-        self.ask_text: bytes | None = None
-        self.bid_text: bytes | None = None
-
-    def reset(self) -> None:
-        self.ask_text = self.bid_text = None
-
-    def touched(self, asks: bool, bids: bool) -> None:
-        if asks:
-            self.ask_text = None
-        if bids:
-            self.bid_text = None
+    __slots__ = ()
 
     def value(self, book: L2Book) -> int:
-        ask_text = self.ask_text
+        parts = self.parts
+        ask_text = parts[0]
         if ask_text is None:
-            ask_text = self.ask_text = kraken_side_text(book.asks)
-        bid_text = self.bid_text
+            ask_text = parts[0] = kraken_side_text(book.asks)
+        bid_text = parts[1]
         if bid_text is None:
-            bid_text = self.bid_text = kraken_side_text(book.bids)
+            bid_text = parts[1] = kraken_side_text(book.bids)
         return crc32(bid_text, crc32(ask_text))
 
 
 class OkxCrc32(ChecksumRule):
-    """OKX legacy (`mmengine.book.checksum`); the value is kept until a message touches the
-    top 25 of either side."""
+    """OKX legacy (`mmengine.book.checksum`): the sides interleave, so the value is kept
+    whole (in part 0) until a message touches the top 25 of either side."""
 
     levels = OKX_LEVELS
 
-    __slots__ = ("crc",)
-
-    def __init__(self) -> None:
-        self.crc: int | None = None
-
-    def reset(self) -> None:
-        self.crc = None
-
-    def touched(self, asks: bool, bids: bool) -> None:
-        self.crc = None
+    __slots__ = ()
 
     def value(self, book: L2Book) -> int:
-        crc = self.crc
-        if crc is None:
-            crc = self.crc = okx_checksum(book.bids, book.asks)
-        return crc
+        parts = self.parts
+        crc = parts[0]
+        if crc is None or parts[1] is None:
+            crc = parts[0] = okx_checksum(book.bids, book.asks)
+            parts[1] = True
+        return crc  # type: ignore[no-any-return]
 
 
 # --- per connection ------------------------------------------------------------------------

@@ -75,17 +75,46 @@ def rows(raw: Any) -> list[Level]:
 
 
 class ParsedDecimals:
-    """Decimal string -> float (and -> (float, Kraken checksum form)), remembered per venue
+    """Decimal string -> float (and -> Kraken checksum form), remembered per venue
     connection: prices and sizes repeat all the time (3 in 4 strings of the OKX capture had
     been seen before), and `float()` and the checksum text are the main per-level costs.
-    Bounded: it starts over beyond `limit` strings (about 2.5 MB)."""
+    Only valid values are remembered (a price finite and > 0, a size finite and >= 0), so a
+    string found here needs no further check. Bounded: it starts over beyond `limit`
+    strings (about 2.5 MB)."""
 
-    __slots__ = ("floats", "forms", "limit")
+    __slots__ = ("forms", "limit", "prices", "sizes")
 
     def __init__(self, limit: int = 1 << 14) -> None:
-        self.floats: dict[str, float] = {}
-        self.forms: dict[str, str] = {}  # Kraken's checksum form of each string in `floats`
+        self.prices: dict[str, float] = {}
+        self.sizes: dict[str, float] = {}
+        self.forms: dict[str, str] = {}  # Kraken's checksum form of a string remembered
         self.limit = limit
+
+    def start_over_if_full(self) -> None:
+        if len(self.prices) + len(self.sizes) > self.limit:
+            self.prices.clear()
+            self.sizes.clear()
+            self.forms.clear()
+
+    def price(self, p: Any, q: Any) -> float:
+        """A price string not remembered yet: checked, converted, remembered."""
+        if p.__class__ is not str:
+            raise _bad(p, q)
+        price = float(p)
+        if not 0.0 < price < INF:
+            raise _bad(p, q)
+        self.prices[p] = price
+        return price
+
+    def size(self, p: Any, q: Any) -> float:
+        """A size string not remembered yet: checked, converted, remembered."""
+        if q.__class__ is not str:
+            raise _bad(p, q)
+        size = float(q)
+        if not 0.0 <= size < INF:
+            raise _bad(p, q)
+        self.sizes[q] = size
+        return size
 
 
 def wire_rows(raw: Any, decimals: ParsedDecimals) -> list[WireLevel]:
@@ -94,20 +123,11 @@ def wire_rows(raw: Any, decimals: ParsedDecimals) -> list[WireLevel]:
 
     Sample: [["30249.4","0","0","0"],["30261","4","0","1"]]
     """
-    return _remembered_rows(raw, decimals, False)
-
-
-def _remembered_rows(raw: Any, decimals: ParsedDecimals, kraken: bool) -> list[WireLevel]:
-    """Rows of decimal strings, each string converted once per connection; with `kraken`,
-    the strings kept are Kraken's checksum forms."""
     if raw.__class__ is not list:
         raise _not_list(raw)
-    floats = decimals.floats
-    forms = decimals.forms
-    if len(floats) > decimals.limit:
-        floats.clear()
-        forms.clear()
-    get = floats.get
+    decimals.start_over_if_full()
+    get_price = decimals.prices.get
+    get_size = decimals.sizes.get
     out: list[WireLevel] = []
     append = out.append
     for row in raw:
@@ -115,23 +135,12 @@ def _remembered_rows(raw: Any, decimals: ParsedDecimals, kraken: bool) -> list[W
             raise _not_list(row)
         p = row[0]
         q = row[1]
-        price = get(p)  # an unhashable value raises TypeError here: malformed
-        if price is None:
-            if p.__class__ is not str:
-                raise _bad(p, q)
-            price = floats[p] = float(p)
-            if kraken:
-                forms[p] = p.replace(".", "").lstrip("0")
-        size = get(q)
+        # (an unhashable value raises TypeError in `get`: malformed)
+        price = get_price(p) or decimals.price(p, q)
+        size = get_size(q)
         if size is None:
-            if q.__class__ is not str:
-                raise _bad(p, q)
-            size = floats[q] = float(q)
-            if kraken:
-                forms[q] = q.replace(".", "").lstrip("0")
-        if not (0.0 < price < INF and 0.0 <= size < INF):
-            raise _bad(p, q)
-        append((price, size, forms[p], forms[q]) if kraken else (price, size, p, q))
+            size = decimals.size(p, q)
+        append((price, size, p, q))
     return out
 
 
@@ -149,55 +158,100 @@ def kraken_rows(raw: Any, decimals: ParsedDecimals | None = None) -> list[WireLe
     With `decimals` (updates: a few levels, mostly seen before) each string is converted
     once per connection; a snapshot (1,000 new levels) goes without.
     """
-    if decimals is not None:
-        return _remembered_rows(raw, decimals, True)
     if raw.__class__ is not list:
         raise _not_list(raw)
     out: list[WireLevel] = []
     append = out.append
+    if decimals is None:
+        for row in raw:
+            if row.__class__ is not list:
+                raise _not_list(row)
+            p = row[0]
+            q = row[1]
+            price = float(p)
+            size = float(q)
+            if not (0.0 < price < INF and 0.0 <= size < INF):
+                raise _bad(p, q)
+            # (a value that is not a string fails on `.replace`)
+            append((price, size, p.replace(".", "").lstrip("0"), q.replace(".", "").lstrip("0")))
+        return out
+    decimals.start_over_if_full()
+    get_price = decimals.prices.get
+    get_size = decimals.sizes.get
+    forms = decimals.forms
     for row in raw:
         if row.__class__ is not list:
             raise _not_list(row)
         p = row[0]
         q = row[1]
-        price = float(p)
-        size = float(q)
-        if not (0.0 < price < INF and 0.0 <= size < INF):
-            raise _bad(p, q)
-        # (a value that is not a string fails on `.replace`)
-        append((price, size, p.replace(".", "").lstrip("0"), q.replace(".", "").lstrip("0")))
+        price = get_price(p)  # an unhashable value raises TypeError here: malformed
+        if price is None:
+            price = decimals.price(p, q)
+            forms[p] = p.replace(".", "").lstrip("0")
+        size = get_size(q)
+        if size is None:
+            size = decimals.size(p, q)
+            forms[q] = q.replace(".", "").lstrip("0")
+        append((price, size, forms[p], forms[q]))
     return out
 
 
-def kraken_numbers(raw: Any, price_format: str, size_format: str) -> list[WireLevel]:
+class PairFormats:
+    """A Kraken v2 pair's precisions (`.1f`-style formats) and, per connection, the checksum
+    form of each number already written with them (prices and sizes repeat; `format` is the
+    main per-level cost). Bounded like `ParsedDecimals`."""
+
+    __slots__ = ("limit", "price_format", "price_forms", "size_format", "size_forms")
+
+    def __init__(self, price_format: str, size_format: str, limit: int = 1 << 14) -> None:
+        self.price_format = price_format
+        self.size_format = size_format
+        self.price_forms: dict[float, str] = {}
+        self.size_forms: dict[float, str] = {}
+        self.limit = limit
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PairFormats) and (self.price_format, self.size_format) == (
+            other.price_format,
+            other.size_format,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def kraken_numbers(raw: Any, formats: PairFormats) -> list[WireLevel]:
     """Kraken v2 `{"price": 45283.5, "qty": 0.1}` JSON numbers -> (price, size, and both
     written with the pair's precisions (`price_format` like ".1f") in checksum form).
 
     Sample: [{"price":45283.5,"qty":0.10000000}]
     """
-    if type(raw) is not list:
+    if raw.__class__ is not list:
         raise _not_list(raw)
+    price_forms = formats.price_forms
+    size_forms = formats.size_forms
+    if len(price_forms) + len(size_forms) > formats.limit:
+        price_forms.clear()
+        size_forms.clear()
     out: list[WireLevel] = []
     append = out.append
     for lv in raw:
-        if type(lv) is not dict:
+        if lv.__class__ is not dict:
             raise _not_list(lv)
         price = lv["price"]
         size = lv["qty"]
-        if type(price) is not float:
-            price = float(price) if type(price) is int else INF
-        if type(size) is not float:
-            size = float(size) if type(size) is int else INF
+        if price.__class__ is not float:
+            price = float(price) if price.__class__ is int else INF
+        if size.__class__ is not float:
+            size = float(size) if size.__class__ is int else INF
         if not (0.0 < price < INF and 0.0 <= size < INF):
             raise _bad(lv.get("price"), lv.get("qty"))
-        append(
-            (
-                price,
-                size,
-                checksum_form(format(price, price_format)),
-                checksum_form(format(size, size_format)),
-            )
-        )
+        price_form = price_forms.get(price)
+        if price_form is None:
+            price_form = price_forms[price] = checksum_form(format(price, formats.price_format))
+        size_form = size_forms.get(size)
+        if size_form is None:
+            size_form = size_forms[size] = checksum_form(format(size, formats.size_format))
+        append((price, size, price_form, size_form))
     return out
 
 

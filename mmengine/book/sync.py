@@ -357,11 +357,13 @@ class BookDriver:
         if state is not LIVE and state is not STALE:
             sync.rule.not_synced(sync, ev, self, recv_ns)
             return
-        if sync.checks_deltas:
-            if not sync.rule.delta(sync, ev):
-                return
-        elif ev.last_id is not None:
-            sync.book.venue_seq = ev.last_id
+        last_id = ev.last_id
+        if last_id is not None:  # a message without ids leaves a sequence rule nothing
+            if sync.checks_deltas:
+                if not sync.rule.delta(sync, ev):
+                    return
+            else:
+                sync.book.venue_seq = last_id
         self.apply(sync, ev)
         stats.updates += 1
         checksum = ev.checksum
@@ -470,11 +472,18 @@ class BookDriver:
         book = sync.book
         if sync.wire:
             checksum = sync.checksum
-            watch = checksum.levels if checksum is not None else 0
-            asks = book.asks.apply_wire(ev.asks, watch) if ev.asks else False
-            bids = book.bids.apply_wire(ev.bids, watch) if ev.bids else False
-            if checksum is not None and (asks or bids):
-                checksum.touched(asks, bids)
+            if checksum is None:
+                if ev.asks:
+                    book.asks.apply_wire(ev.asks)
+                if ev.bids:
+                    book.bids.apply_wire(ev.bids)
+            else:
+                watch = checksum.levels
+                parts = checksum.parts
+                if ev.asks and book.asks.apply_wire(ev.asks, watch):
+                    parts[0] = None
+                if ev.bids and book.bids.apply_wire(ev.bids, watch):
+                    parts[1] = None
         else:
             if ev.bids:
                 book.bids.apply(ev.bids)

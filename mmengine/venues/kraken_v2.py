@@ -28,7 +28,7 @@ from mmengine.book.events import (
     Skipped,
     lost_update,
 )
-from mmengine.book.levels import kraken_numbers, number
+from mmengine.book.levels import PairFormats, kraken_numbers, number
 from mmengine.errors import FrameError, VenueRejected
 from mmengine.venues.base import VenueSpec
 from mmengine.venues.kraken_v1 import KrakenBook, spot_pair
@@ -69,8 +69,8 @@ class KrakenV2(KrakenBook):
         super().__init__(spec)
         self.symbols = {inst: v2_symbol(inst) for inst in spec.instruments}
         self.by_symbol = {symbol: inst for inst, symbol in self.symbols.items()}
-        # symbol -> (price format, qty format), e.g. (".1f", ".8f"), from `instrument`
-        self.formats: dict[str, tuple[str, str]] = {}
+        # symbol -> its precisions as formats (".1f", ".8f"), from `instrument`
+        self.formats: dict[str, PairFormats] = {}
         self.book_subscribed: set[str] = set()  # on this connection
         self._req_id = 0
 
@@ -126,7 +126,7 @@ class KrakenV2(KrakenBook):
     def on_connected(self) -> None:
         self.book_subscribed.clear()
 
-    def parse(self, frame: str) -> list[Event]:
+    def parse(self, frame: str) -> list[Event] | BookUpdate:
         msg = orjson.loads(frame)
         if type(msg) is not dict:
             raise FrameError("not_an_object", repr(msg)[:80])
@@ -141,18 +141,17 @@ class KrakenV2(KrakenBook):
             raise VenueRejected(f"{msg.get('symbol')}: {msg.get('error')}")
         return []  # heartbeat, status, pong, acks
 
-    def _book(self, msg: dict[str, Any]) -> list[Event]:
+    def _book(self, msg: dict[str, Any]) -> list[Event] | BookUpdate:
         """Every entry is validated before any book is touched; if one fails, the books of
         the entries before it missed their update too."""
         snapshot = msg["type"] == "snapshot"
         events: list[Event] = []
-        touched: list[str] = []
+        instrument = None
         try:
             for item in msg["data"]:
                 instrument = self.by_symbol.get(item["symbol"])
                 if instrument is None:
                     raise FrameError("unknown_symbol", repr(item["symbol"])[:40])
-                touched.append(instrument)
                 formats = self.formats.get(item["symbol"])
                 if formats is None:
                     raise FrameError("no_precision", repr(item["symbol"])[:40])
@@ -164,8 +163,8 @@ class KrakenV2(KrakenBook):
                     BookUpdate(
                         instrument,
                         snapshot,
-                        kraken_numbers(item.get("bids") or [], *formats),
-                        kraken_numbers(item.get("asks") or [], *formats),
+                        kraken_numbers(item.get("bids") or [], formats),
+                        kraken_numbers(item.get("asks") or [], formats),
                         None,
                         None,
                         -1,
@@ -174,8 +173,9 @@ class KrakenV2(KrakenBook):
                     )
                 )
         except DECODE_ERRORS as exc:
-            raise lost_update(touched, exc) from None
-        return events
+            touched = [e.instrument for e in events if isinstance(e, BookUpdate)]
+            raise lost_update([*touched, instrument] if instrument else touched, exc) from None
+        return events[0] if len(events) == 1 else events  # type: ignore[return-value]
 
     def _instrument(self, msg: dict[str, Any]) -> list[Event]:
         """`{"channel":"instrument","type":"snapshot","data":{"assets":[...],"pairs":[{"symbol":
@@ -186,9 +186,12 @@ class KrakenV2(KrakenBook):
             symbol = pair.get("symbol")
             if symbol not in self.by_symbol:
                 continue
-            formats = (f".{int(pair['price_precision'])}f", f".{int(pair['qty_precision'])}f")
+            formats = PairFormats(
+                f".{int(pair['price_precision'])}f", f".{int(pair['qty_precision'])}f"
+            )
             previous = self.formats.get(symbol)
-            self.formats[symbol] = formats
+            if previous != formats:  # the same precisions: keep the forms written with them
+                self.formats[symbol] = formats
             if symbol not in self.book_subscribed:
                 found.append(symbol)
             elif previous != formats:

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from mmengine.book.book import BookSide
 from mmengine.book.checksum import kraken_checksum, okx_checksum
-from mmengine.book.levels import checksum_form, kraken_numbers
+from mmengine.book.levels import PairFormats, checksum_form, kraken_numbers
 from mmengine.cli import main
 from mmengine.config import parse_config
 from mmengine.errors import ConfigError
@@ -68,7 +68,7 @@ def test_kraken_v2_vector_from_json_numbers() -> None:
 
     def numbers(text: str, pfmt: str, qfmt: str) -> list[tuple[float, float, str, str]]:
         levels = [{"price": p, "qty": q} for p, q in _v2_levels(text)]
-        return kraken_numbers(levels, pfmt, qfmt)
+        return kraken_numbers(levels, PairFormats(pfmt, qfmt))
 
     asks = _side(False, numbers(V2_ASKS, ".1f", ".8f"))
     bids = _side(True, numbers(V2_BIDS, ".1f", ".8f"))
