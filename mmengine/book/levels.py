@@ -96,26 +96,6 @@ class ParsedDecimals:
             self.sizes.clear()
             self.forms.clear()
 
-    def price(self, p: Any, q: Any) -> float:
-        """A price string not remembered yet: checked, converted, remembered."""
-        if p.__class__ is not str:
-            raise _bad(p, q)
-        price = float(p)
-        if not 0.0 < price < INF:
-            raise _bad(p, q)
-        self.prices[p] = price
-        return price
-
-    def size(self, p: Any, q: Any) -> float:
-        """A size string not remembered yet: checked, converted, remembered."""
-        if q.__class__ is not str:
-            raise _bad(p, q)
-        size = float(q)
-        if not 0.0 <= size < INF:
-            raise _bad(p, q)
-        self.sizes[q] = size
-        return size
-
 
 def wire_rows(raw: Any, decimals: ParsedDecimals) -> list[WireLevel]:
     """`[[price, size, ...], ...]` of decimal strings -> (price, size, price str, size str),
@@ -126,8 +106,10 @@ def wire_rows(raw: Any, decimals: ParsedDecimals) -> list[WireLevel]:
     if raw.__class__ is not list:
         raise _not_list(raw)
     decimals.start_over_if_full()
-    get_price = decimals.prices.get
-    get_size = decimals.sizes.get
+    prices = decimals.prices
+    sizes = decimals.sizes
+    get_price = prices.get
+    get_size = sizes.get
     out: list[WireLevel] = []
     append = out.append
     for row in raw:
@@ -135,11 +117,22 @@ def wire_rows(raw: Any, decimals: ParsedDecimals) -> list[WireLevel]:
             raise _not_list(row)
         p = row[0]
         q = row[1]
-        # (an unhashable value raises TypeError in `get`: malformed)
-        price = get_price(p) or decimals.price(p, q)
+        price = get_price(p)  # an unhashable value raises TypeError here: malformed
+        if price is None:
+            if p.__class__ is not str:
+                raise _bad(p, q)
+            price = float(p)
+            if not 0.0 < price < INF:
+                raise _bad(p, q)
+            prices[p] = price
         size = get_size(q)
         if size is None:
-            size = decimals.size(p, q)
+            if q.__class__ is not str:
+                raise _bad(p, q)
+            size = float(q)
+            if not 0.0 <= size < INF:
+                raise _bad(p, q)
+            sizes[q] = size
         append((price, size, p, q))
     return out
 
@@ -176,8 +169,10 @@ def kraken_rows(raw: Any, decimals: ParsedDecimals | None = None) -> list[WireLe
             append((price, size, p.replace(".", "").lstrip("0"), q.replace(".", "").lstrip("0")))
         return out
     decimals.start_over_if_full()
-    get_price = decimals.prices.get
-    get_size = decimals.sizes.get
+    prices = decimals.prices
+    sizes = decimals.sizes
+    get_price = prices.get
+    get_size = sizes.get
     forms = decimals.forms
     for row in raw:
         if row.__class__ is not list:
@@ -186,11 +181,21 @@ def kraken_rows(raw: Any, decimals: ParsedDecimals | None = None) -> list[WireLe
         q = row[1]
         price = get_price(p)  # an unhashable value raises TypeError here: malformed
         if price is None:
-            price = decimals.price(p, q)
+            if p.__class__ is not str:
+                raise _bad(p, q)
+            price = float(p)
+            if not 0.0 < price < INF:
+                raise _bad(p, q)
+            prices[p] = price
             forms[p] = p.replace(".", "").lstrip("0")
         size = get_size(q)
         if size is None:
-            size = decimals.size(p, q)
+            if q.__class__ is not str:
+                raise _bad(p, q)
+            size = float(q)
+            if not 0.0 <= size < INF:
+                raise _bad(p, q)
+            sizes[q] = size
             forms[q] = q.replace(".", "").lstrip("0")
         append((price, size, forms[p], forms[q]))
     return out
