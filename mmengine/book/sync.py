@@ -232,7 +232,6 @@ class BookDriver:
         )
         self._waiting: deque[tuple[str | None, list[str]]] = deque()  # requests held back
         self._fetching = 0  # fetches asked for and not answered yet
-        self._resyncing_connection = False
         self._log_limiter = RepeatLimiter()
         self._parse = venue.parse
         self._handlers = {
@@ -273,7 +272,7 @@ class BookDriver:
         self.requests.reset()
         self._waiting.clear()
         self._fetching = 0
-        self._resyncing_connection = False
+        self._parse = self.venue.parse
         if self.connection is not None:
             self.connection.reset()
         for sync in self.syncs.values():
@@ -308,12 +307,8 @@ class BookDriver:
         if len(frame) > self.max_frame_bytes:
             self.skip("frame_too_large", f"{len(frame)} characters")
             return
-        if self._resyncing_connection:
-            # Nothing on this connection can be trusted until it is re-established.
-            self.skip("awaiting_reconnect")
-            return
         try:
-            events = self._parse(frame)
+            events = self._parse(frame)  # `_awaiting_reconnect` while the connection resyncs
         except FrameError as exc:
             self._unusable(exc)
             return
@@ -364,7 +359,29 @@ class BookDriver:
                     return
             else:
                 sync.book.venue_seq = last_id
-        self.apply(sync, ev)
+        # `apply`, inlined: the hot path of every venue.
+        book = sync.book
+        if sync.wire:
+            rule = sync.checksum
+            watch = rule.levels if rule is not None else 0
+            if ev.asks and book.asks.apply_wire(ev.asks, watch) and rule is not None:
+                rule.parts[0] = None
+            if ev.bids and book.bids.apply_wire(ev.bids, watch) and rule is not None:
+                rule.parts[1] = None
+        else:
+            if ev.bids:
+                book.bids.apply(ev.bids)
+            if ev.asks:
+                book.asks.apply(ev.asks)
+        depth = book.depth
+        if len(book.bids.keys) > depth or len(book.asks.keys) > depth:
+            book.truncate()
+            if sync.checksum is not None and depth < sync.checksum.levels:
+                sync.checksum.reset()
+        if ev.cross_seq >= 0:
+            book.cross_seq = ev.cross_seq
+        if ev.ts_ns is not None:
+            book.exchange_ts_ns = ev.ts_ns
         stats.updates += 1
         checksum = ev.checksum
         if checksum is not None and sync.checksum is not None:
@@ -468,22 +485,15 @@ class BookDriver:
 
     def apply(self, sync: InstrumentSync, ev: BookUpdate) -> None:
         """Apply every level of a delta, then truncate to depth (venues send no deletes for
-        levels leaving their window)."""
+        levels leaving their window). `on_book` holds a copy of this, inlined."""
         book = sync.book
         if sync.wire:
-            checksum = sync.checksum
-            if checksum is None:
-                if ev.asks:
-                    book.asks.apply_wire(ev.asks)
-                if ev.bids:
-                    book.bids.apply_wire(ev.bids)
-            else:
-                watch = checksum.levels
-                parts = checksum.parts
-                if ev.asks and book.asks.apply_wire(ev.asks, watch):
-                    parts[0] = None
-                if ev.bids and book.bids.apply_wire(ev.bids, watch):
-                    parts[1] = None
+            rule = sync.checksum
+            watch = rule.levels if rule is not None else 0
+            if ev.asks and book.asks.apply_wire(ev.asks, watch) and rule is not None:
+                rule.parts[0] = None
+            if ev.bids and book.bids.apply_wire(ev.bids, watch) and rule is not None:
+                rule.parts[1] = None
         else:
             if ev.bids:
                 book.bids.apply(ev.bids)
@@ -604,7 +614,7 @@ class BookDriver:
             self.venue_stats.resyncs[reason] += 1
             self._drop(sync)
             self.set_state(sync, BookState.RESYNCING, detail)
-        self._resyncing_connection = True
+        self._parse = self._awaiting_reconnect
         self.session.reconnect(detail)
 
     def request(self, key: str | None, frames: list[str]) -> None:
@@ -650,6 +660,12 @@ class BookDriver:
                 sync.rule.fetched(sync, generation, body, error, self, recv_ns)  # type: ignore[attr-defined]
             except IntegrityError as exc:
                 self._failed(exc, None)
+
+    def _awaiting_reconnect(self, frame: str) -> list[Any]:
+        """`parse` while the connection resyncs: nothing on it can be trusted until it is
+        re-established."""
+        self.skip("awaiting_reconnect")
+        return []
 
     def _drop(self, sync: InstrumentSync, keep_audits: bool = False) -> None:
         sync.book.clear()
