@@ -138,8 +138,9 @@ class BookSide:
                 wire[price] = (price_str, size_str)
         return touched
 
-    def load(self, levels: list[Level]) -> None:
-        """Replace the side with `levels` (any order); zero sizes are ignored."""
+    def load(self, levels: Iterable[Level]) -> None:
+        """Replace the side with `levels` (any order, iterated once); zero sizes are
+        ignored."""
         self.clear()
         sizes = self.sizes = {p: q for p, q in levels if q != 0.0}
         self.keys = sorted(map(neg, sizes)) if self.is_bid else sorted(sizes)

@@ -27,7 +27,8 @@ from tests.venue_session import RecordingSession, venue
 
 
 def parse_levels(updates: Any) -> tuple[list[Any], list[Any]]:
-    return sided(updates, "bid", "offer", "price_level", "new_quantity", "side")
+    bids, asks = sided(updates, "bid", "offer", "price_level", "new_quantity", "side")
+    return list(bids), list(asks)
 
 
 def timestamp_ns(text: str) -> int:
