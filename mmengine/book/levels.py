@@ -148,8 +148,8 @@ def kraken_rows(raw: Any, decimals: ParsedDecimals | None = None) -> list[WireLe
 
     Sample: [["0.042990","364630.28272081","1618678145.920470"]]
 
-    With `decimals` (updates: a few levels, mostly seen before) each string is converted
-    once per connection; a snapshot (1,000 new levels) goes without.
+    With `decimals` (updates: a few levels at prices mostly seen before) each price string
+    is converted once per connection; a snapshot (1,000 new levels) goes without.
     """
     if raw.__class__ is not list:
         raise _not_list(raw)
@@ -170,9 +170,7 @@ def kraken_rows(raw: Any, decimals: ParsedDecimals | None = None) -> list[WireLe
         return out
     decimals.start_over_if_full()
     prices = decimals.prices
-    sizes = decimals.sizes
     get_price = prices.get
-    get_size = sizes.get
     forms = decimals.forms
     for row in raw:
         if row.__class__ is not list:
@@ -188,16 +186,11 @@ def kraken_rows(raw: Any, decimals: ParsedDecimals | None = None) -> list[WireLe
                 raise _bad(p, q)
             prices[p] = price
             forms[p] = p.replace(".", "").lstrip("0")
-        size = get_size(q)
-        if size is None:
-            if q.__class__ is not str:
-                raise _bad(p, q)
-            size = float(q)
-            if not 0.0 <= size < INF:
-                raise _bad(p, q)
-            sizes[q] = size
-            forms[q] = q.replace(".", "").lstrip("0")
-        append((price, size, forms[p], forms[q]))
+        # Kraken's volumes carry 8 decimals and rarely repeat: converted every time.
+        size = float(q)
+        if not 0.0 <= size < INF:
+            raise _bad(p, q)
+        append((price, size, forms[p], q.replace(".", "").lstrip("0")))
     return out
 
 
