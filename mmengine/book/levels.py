@@ -51,17 +51,21 @@ def number(value: Any) -> float:
     return price
 
 
-def rows(raw: Any) -> list[Level]:
+def rows(raw: Any, decimals: ParsedDecimals | None = None) -> list[Level]:
     """`[[price, size], ...]` of decimal strings (Binance, Bybit) -> (price, size).
 
     Sample: [["0.35170000","4265.00000000"],["0.35290000","0"]]
 
-    (`p + ""` refuses any value that is not a string; a row that is not a list is dropped
-    by the comprehension's filter and so fails the length check: C-level checks that keep
-    a 1,000-level REST snapshot close to the cost of the floats alone.)
+    An update's few levels take their price from the connection's remembered `decimals`
+    when given (prices repeat, sizes rarely do). A long list (a REST snapshot) is one
+    comprehension: `p + ""` refuses any value that is not a string, and a row that is not a
+    list is dropped by its filter and so fails the length check: C-level checks that keep
+    1,000 levels close to the cost of their floats alone.
     """
     if raw.__class__ is not list:
         raise _not_list(raw)
+    if decimals is not None and len(raw) < COLUMNAR_FROM:
+        return _rows_remembered(raw, decimals)
     try:
         out = [(float(r[0] + ""), float(r[1] + "")) for r in raw if r.__class__ is list]
     except TypeError:
@@ -71,6 +75,32 @@ def rows(raw: Any) -> list[Level]:
     for price, size in out:
         if not (0.0 < price < INF and 0.0 <= size < INF):
             raise _bad(price, size)
+    return out
+
+
+def _rows_remembered(raw: list[Any], decimals: ParsedDecimals) -> list[Level]:
+    decimals.start_over_if_full()
+    prices = decimals.prices
+    get_price = prices.get
+    out: list[Level] = []
+    append = out.append
+    for row in raw:
+        if row.__class__ is not list:
+            raise _not_list(row)
+        p = row[0]
+        q = row[1]
+        price = get_price(p)  # an unhashable value raises TypeError here: malformed
+        if price is None:
+            if p.__class__ is not str:
+                raise _bad(p, q)
+            price = float(p)
+            if not 0.0 < price < INF:
+                raise _bad(p, q)
+            prices[p] = price
+        size = float(q + "")  # `+ ""` refuses a value that is not a string
+        if not 0.0 <= size < INF:
+            raise _bad(p, q)
+        append((price, size))
     return out
 
 

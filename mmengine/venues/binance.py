@@ -24,7 +24,7 @@ from mmengine.book.events import (
     lost_update,
 )
 from mmengine.book.integrity import RestSnapshotBridge
-from mmengine.book.levels import Level, one, rows
+from mmengine.book.levels import Level, ParsedDecimals, one, rows
 from mmengine.errors import FrameError, VenueRejected
 from mmengine.venues.base import VenueProtocol, VenueSpec, integer
 
@@ -66,7 +66,7 @@ def parse_snapshot(body: str) -> tuple[int, list[Level], list[Level]]:
     return integer(doc["lastUpdateId"], "lastUpdateId"), rows(doc["bids"]), rows(doc["asks"])
 
 
-def parse_diff(instrument: str, data: dict) -> BookUpdate:
+def parse_diff(instrument: str, data: dict, decimals: ParsedDecimals | None = None) -> BookUpdate:
     """A `depthUpdate` -> a delta with `U` as first id and `u` as last.
 
     Sample: {"e":"depthUpdate","E":1633998512568,"s":"NKNUSDT","U":499869753,"u":499869754,
@@ -78,7 +78,14 @@ def parse_diff(instrument: str, data: dict) -> BookUpdate:
     if type(first) is not int or type(last) is not int or type(ms) is not int:
         raise FrameError("malformed", f"U {first!r} u {last!r} E {ms!r}"[:80])
     return BookUpdate(
-        instrument, False, rows(data["b"]), rows(data["a"]), last, first, -1, ms * 1_000_000
+        instrument,
+        False,
+        rows(data["b"], decimals),
+        rows(data["a"], decimals),
+        last,
+        first,
+        -1,
+        ms * 1_000_000,
     )
 
 
@@ -109,6 +116,7 @@ class BinanceSpot(VenueProtocol):
         super().__init__(spec)
         self.by_symbol = {wire_symbol(i): i for i in spec.instruments}
         self.snapshot_limit = next((x for x in SNAPSHOT_LIMITS if x >= spec.depth), 5000)
+        self.decimals = ParsedDecimals()
 
     def venue_symbol(self, instrument: str) -> str:
         return wire_symbol(instrument)
@@ -143,7 +151,7 @@ class BinanceSpot(VenueProtocol):
             raise FrameError("unknown_symbol", repr(symbol)[:40])
         if data.get("e") == "depthUpdate":
             try:
-                return parse_diff(instrument, data)
+                return parse_diff(instrument, data, self.decimals)
             except DECODE_ERRORS as exc:
                 raise lost_update((instrument,), exc) from None
         if "b" in data and "B" in data and "e" not in data:
