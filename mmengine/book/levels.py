@@ -105,26 +105,24 @@ def _rows_remembered(raw: list[Any], decimals: ParsedDecimals) -> list[Level]:
 
 
 class ParsedDecimals:
-    """Decimal string -> float (and -> Kraken checksum form), remembered per venue
-    connection: prices and sizes repeat all the time (3 in 4 strings of the OKX capture had
-    been seen before), and `float()` and the checksum text are the main per-level costs.
+    """Decimal string -> float, remembered per venue connection: prices (and OKX's contract
+    sizes) repeat all the time (3 in 4 strings of the OKX capture had been seen before), and
+    `float()` is the main per-level cost.
     Only valid values are remembered (a price finite and > 0, a size finite and >= 0), so a
     string found here needs no further check. Bounded: it starts over beyond `limit`
     strings (about 2.5 MB)."""
 
-    __slots__ = ("forms", "limit", "prices", "sizes")
+    __slots__ = ("limit", "prices", "sizes")
 
     def __init__(self, limit: int = 1 << 14) -> None:
         self.prices: dict[str, float] = {}
         self.sizes: dict[str, float] = {}
-        self.forms: dict[str, str] = {}  # Kraken's checksum form of a string remembered
         self.limit = limit
 
     def start_over_if_full(self) -> None:
         if len(self.prices) + len(self.sizes) > self.limit:
             self.prices.clear()
             self.sizes.clear()
-            self.forms.clear()
 
 
 def wire_rows(raw: Any, decimals: ParsedDecimals) -> list[WireLevel]:
@@ -172,55 +170,27 @@ def checksum_form(s: str) -> str:
     return s.replace(".", "").lstrip("0")
 
 
-def kraken_rows(raw: Any, decimals: ParsedDecimals | None = None) -> list[WireLevel]:
+def kraken_rows(raw: Any) -> list[WireLevel]:
     """Kraken v1 `[price, volume, timestamp(, "r")]` strings -> (price, size, and both strings
-    in Kraken's checksum form), so the checksum never re-reads a level.
+    in Kraken's checksum form), so the checksum never re-reads a level. (A value that is not
+    a string fails on `.replace`.)
 
     Sample: [["0.042990","364630.28272081","1618678145.920470"]]
-
-    With `decimals` (updates: a few levels at prices mostly seen before) each price string
-    is converted once per connection; a snapshot (1,000 new levels) goes without.
     """
     if raw.__class__ is not list:
         raise _not_list(raw)
     out: list[WireLevel] = []
     append = out.append
-    if decimals is None:
-        for row in raw:
-            if row.__class__ is not list:
-                raise _not_list(row)
-            p = row[0]
-            q = row[1]
-            price = float(p)
-            size = float(q)
-            if not (0.0 < price < INF and 0.0 <= size < INF):
-                raise _bad(p, q)
-            # (a value that is not a string fails on `.replace`)
-            append((price, size, p.replace(".", "").lstrip("0"), q.replace(".", "").lstrip("0")))
-        return out
-    decimals.start_over_if_full()
-    prices = decimals.prices
-    get_price = prices.get
-    forms = decimals.forms
     for row in raw:
         if row.__class__ is not list:
             raise _not_list(row)
         p = row[0]
         q = row[1]
-        price = get_price(p)  # an unhashable value raises TypeError here: malformed
-        if price is None:
-            if p.__class__ is not str:
-                raise _bad(p, q)
-            price = float(p)
-            if not 0.0 < price < INF:
-                raise _bad(p, q)
-            prices[p] = price
-            forms[p] = p.replace(".", "").lstrip("0")
-        # Kraken's volumes carry 8 decimals and rarely repeat: converted every time.
+        price = float(p)
         size = float(q)
-        if not 0.0 <= size < INF:
+        if not (0.0 < price < INF and 0.0 <= size < INF):
             raise _bad(p, q)
-        append((price, size, forms[p], q.replace(".", "").lstrip("0")))
+        append((price, size, p.replace(".", "").lstrip("0"), q.replace(".", "").lstrip("0")))
     return out
 
 

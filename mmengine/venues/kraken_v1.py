@@ -22,7 +22,7 @@ import orjson
 
 from mmengine.book.events import DECODE_ERRORS, AuditTop, BookUpdate, Event, lost_update
 from mmengine.book.integrity import KrakenCrc32
-from mmengine.book.levels import ParsedDecimals, kraken_rows, one
+from mmengine.book.levels import kraken_rows, one
 from mmengine.errors import FrameError, VenueRejected
 from mmengine.venues.base import UNPUBLISHED_LIMIT, VenueProtocol, VenueSpec, seconds_to_ns
 
@@ -60,7 +60,7 @@ def v1_pair(instrument: str) -> str:
     return f"{V1_ASSET.get(base, base)}/{V1_ASSET.get(quote, quote)}"
 
 
-def parse_book(instrument: str, msg: list[Any], decimals: ParsedDecimals) -> BookUpdate:
+def parse_book(instrument: str, msg: list[Any]) -> BookUpdate:
     """A `book-<depth>` array frame -> a snapshot or an update.
 
     Snapshot: [1360,{"as":[["0.000022900","13355.87450757","1618678123.481570"]],
@@ -88,12 +88,12 @@ def parse_book(instrument: str, msg: list[Any], decimals: ParsedDecimals) -> Boo
     for obj in msg[1:-2]:
         a = obj.get("a")
         if a is not None:
-            asks = kraken_rows(a, decimals)
+            asks = kraken_rows(a)
             if a:
                 ts = a[-1][2]
         b = obj.get("b")
         if b is not None:
-            bids = kraken_rows(b, decimals)
+            bids = kraken_rows(b)
             if b:
                 ts = b[-1][2]
         c = obj.get("c")
@@ -135,7 +135,6 @@ class KrakenV1(KrakenBook):
         self.pairs = {inst: v1_pair(inst) for inst in spec.instruments}
         self.by_pair = {pair: inst for inst, pair in self.pairs.items()}
         self.channel = f"book-{spec.depth}"  # route on channelName and pair (3.7)
-        self.decimals = ParsedDecimals()
         self._req_id = 0
 
     @classmethod
@@ -191,7 +190,7 @@ class KrakenV1(KrakenBook):
         if instrument is None:
             raise FrameError("unknown_symbol", repr(msg[-1])[:40])
         try:
-            return parse_book(instrument, msg, self.decimals)
+            return parse_book(instrument, msg)
         except DECODE_ERRORS as exc:
             raise lost_update((instrument,), exc) from None
 
