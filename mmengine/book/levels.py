@@ -80,8 +80,7 @@ def rows(raw: Any, decimals: ParsedDecimals | None = None) -> list[Level]:
 
 def _rows_remembered(raw: list[Any], decimals: ParsedDecimals) -> list[Level]:
     decimals.start_over_if_full()
-    prices = decimals.prices
-    get_price = prices.get
+    get_price = decimals.prices.get
     out: list[Level] = []
     append = out.append
     for row in raw:
@@ -89,14 +88,8 @@ def _rows_remembered(raw: list[Any], decimals: ParsedDecimals) -> list[Level]:
             raise _not_list(row)
         p = row[0]
         q = row[1]
-        price = get_price(p)  # an unhashable value raises TypeError here: malformed
-        if price is None:
-            if p.__class__ is not str:
-                raise _bad(p, q)
-            price = float(p)
-            if not 0.0 < price < INF:
-                raise _bad(p, q)
-            prices[p] = price
+        # (an unhashable value raises TypeError in `get`: malformed)
+        price = get_price(p) or decimals.new_price(p, q)
         size = float(q + "")  # `+ ""` refuses a value that is not a string
         if not 0.0 <= size < INF:
             raise _bad(p, q)
@@ -124,6 +117,17 @@ class ParsedDecimals:
             self.prices.clear()
             self.sizes.clear()
 
+    def new_price(self, p: Any, q: Any) -> float:
+        """A price string not remembered yet: checked, converted, remembered (prices
+        repeat: this runs for a fraction of the levels)."""
+        if p.__class__ is not str:
+            raise _bad(p, q)
+        price = float(p)
+        if not 0.0 < price < INF:
+            raise _bad(p, q)
+        self.prices[p] = price
+        return price
+
 
 def wire_rows(raw: Any, decimals: ParsedDecimals) -> list[WireLevel]:
     """`[[price, size, ...], ...]` of decimal strings -> (price, size, price str, size str),
@@ -134,9 +138,8 @@ def wire_rows(raw: Any, decimals: ParsedDecimals) -> list[WireLevel]:
     if raw.__class__ is not list:
         raise _not_list(raw)
     decimals.start_over_if_full()
-    prices = decimals.prices
     sizes = decimals.sizes
-    get_price = prices.get
+    get_price = decimals.prices.get
     get_size = sizes.get
     out: list[WireLevel] = []
     append = out.append
@@ -145,14 +148,8 @@ def wire_rows(raw: Any, decimals: ParsedDecimals) -> list[WireLevel]:
             raise _not_list(row)
         p = row[0]
         q = row[1]
-        price = get_price(p)  # an unhashable value raises TypeError here: malformed
-        if price is None:
-            if p.__class__ is not str:
-                raise _bad(p, q)
-            price = float(p)
-            if not 0.0 < price < INF:
-                raise _bad(p, q)
-            prices[p] = price
+        # (an unhashable value raises TypeError in `get`: malformed)
+        price = get_price(p) or decimals.new_price(p, q)
         size = get_size(q)
         if size is None:
             if q.__class__ is not str:
