@@ -24,12 +24,14 @@ class ConfigError(MmengineError):
 
 
 class FrameError(MmengineError):
-    """A frame that cannot be used. `kind` is a short stable label used for counting."""
+    """A frame that cannot be used. `kind` is a short stable label used for counting;
+    `lost` names the books whose update the frame carried (empty: none known)."""
 
     def __init__(self, kind: str, detail: str = "") -> None:
         super().__init__(f"{kind}: {detail}" if detail else kind)
         self.kind = kind
         self.detail = detail
+        self.lost: tuple[str, ...] = ()
 
 
 class VenueRejected(FrameError):

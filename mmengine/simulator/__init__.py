@@ -6,8 +6,9 @@ returns). Tests, the offline demo and the benchmarks use it:
     with start_simulator("binance", instruments=["BTC-USDT"], rate=200, seed=1) as sim:
         ...  # point a client at sim.ws_url and sim.rest_url
 
-A venue plugs in by subclassing `SimProtocol` (see `server.py`) and adding its class to
-`SIM_PROTOCOLS`.
+A venue plugs in by subclassing `SimProtocol` (see `server.py`) in its own module; the
+protocol registry (`mmengine.venues.registry`) names it, and `SIM_PROTOCOLS` is read from
+there.
 """
 
 from __future__ import annotations
@@ -15,23 +16,10 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from mmengine.simulator.binance import BinanceSim
-from mmengine.simulator.bybit import BybitSim, BybitSpotSim
-from mmengine.simulator.coinbase import CoinbaseDeepSim, CoinbaseSim
-from mmengine.simulator.kraken import KrakenV1Sim, KrakenV2Sim
-from mmengine.simulator.okx import OkxSim
 from mmengine.simulator.server import FAULT_KINDS, SimProtocol, SimulatorHandle
+from mmengine.venues.registry import simulators
 
-SIM_PROTOCOLS: dict[str, type[SimProtocol]] = {
-    "binance": BinanceSim,
-    "kraken-v1": KrakenV1Sim,
-    "kraken-v2": KrakenV2Sim,
-    "okx-v5": OkxSim,
-    "coinbase-advanced": CoinbaseSim,
-    "coinbase-advanced-deep": CoinbaseDeepSim,
-    "bybit-v5-spot": BybitSpotSim,
-    "bybit-v5-linear": BybitSim,
-}
+SIM_PROTOCOLS: dict[str, type[SimProtocol]] = simulators()
 
 DEFAULT_INSTRUMENTS = ["BTC-USDT", "ETH-USDT"]
 

@@ -16,6 +16,9 @@ mistake in the client is not copied here and cancelled out:
   with `u` = that diff's `u`.
 - `GET /api/v3/depth?symbol=BTCUSDT&limit=N`: `lastUpdateId` is the `u` of the last diff
   generated when the snapshot was taken, so the documented sync procedure bridges it.
+- `binance-merged` (`BinanceMergedSim`) is the venue as it is at 100 ms: one update id per
+  market step, and each diff merges 1 to 4 steps, so a REST snapshot taken between two
+  diffs has a `lastUpdateId` that falls inside the next diff's `[U, u]` (1.4, step 5).
 - On stop, `{"stream":"!serverShutdown","data":{"e":"serverShutdown","E":...}}` to everyone.
 """
 
@@ -24,12 +27,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
 from mmengine.capture import CaptureEvent
+from mmengine.simulator.kit import Level, Part, WireKit
+from mmengine.simulator.kraken import MirrorBook
 from mmengine.simulator.market import ASK, BID, Change
 from mmengine.simulator.server import (
     ClientConn,
@@ -80,11 +85,61 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class BinanceKit(WireKit):
+    """Binance spot for the conformance suite: a REST snapshot per symbol (its
+    `lastUpdateId` L) and a first diff ending at L (dropped by the sync), then diffs
+    `U == previous u + 1`."""
+
+    protocol = "binance"
+    instruments = ("BTC-USDT", "ETH-USDT")
+    depth = 100
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_id = dict.fromkeys(self.instruments, 1000)
+        self._rest: dict[str, str] = {}
+
+    def rest(self) -> dict[str, str]:
+        return self._rest
+
+    def _diff(self, instrument: str, first: int, bids: list[Level], asks: list[Level]) -> str:
+        symbol = wire_symbol(instrument)
+        data = {
+            "e": "depthUpdate",
+            "E": 1_700_000_000_000,
+            "s": symbol,
+            "U": first,
+            "u": self.last_id[instrument],
+            "b": [list(lv) for lv in bids],
+            "a": [list(lv) for lv in asks],
+        }
+        return _dumps({"stream": f"{symbol.lower()}@depth@100ms", "data": data})
+
+    def snapshot(self, instrument: str, bids: list[Level], asks: list[Level]) -> list[str]:
+        self.load(instrument, bids, asks)
+        body = {
+            "lastUpdateId": self.last_id[instrument],
+            "bids": [list(lv) for lv in bids],
+            "asks": [list(lv) for lv in asks],
+        }
+        self._rest[f"symbol={wire_symbol(instrument)}&"] = _dumps(body)
+        return [self._diff(instrument, self.last_id[instrument] - 1, [], [])]
+
+    def update(self, parts: list[Part]) -> str:
+        (instrument,) = {inst for inst, _, _ in parts}
+        bids = [lv for _, b, _ in parts for lv in b]
+        asks = [lv for _, _, a in parts for lv in a]
+        self.apply(instrument, bids, asks)
+        self.last_id[instrument] += 1
+        return self._diff(instrument, self.last_id[instrument], bids, asks)
+
+
 class BinanceSim(SimProtocol):
     """Binance spot: combined-stream diffs and bookTicker, plus the REST depth snapshot."""
 
     venue = "binance"
     ws_path = WS_PATH
+    kit = BinanceKit
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -163,8 +218,25 @@ class BinanceSim(SimProtocol):
         first = self.last_id[instrument] + 1
         last = first + self.rng.choice(ID_SPANS) - 1
         self.last_id[instrument] = last
+        bids = [(c.price, c.size) for c in changes if c.side == BID]
+        asks = [(c.price, c.size) for c in changes if c.side == ASK]
+        return self._diff_frames(instrument, first, last, bids, asks, wanted)
+
+    def _diff_frames(
+        self,
+        instrument: str,
+        first: int,
+        last: int,
+        bids: list[tuple[Decimal, Decimal]],
+        asks: list[tuple[Decimal, Decimal]],
+        wanted: frozenset[str],
+        top: tuple[Any, Any] | None = None,
+    ) -> list[OutFrame]:
+        """A diff covering ids `first`..`last`, and a bookTicker if the best levels moved
+        (`top`: the best levels at `last`, when the market has moved on since)."""
         market = self.markets[instrument]
-        top = (market.best(BID), market.best(ASK))
+        if top is None:
+            top = (market.best(BID), market.best(ASK))
         top_changed = top != self._top.get(instrument)
         self._top[instrument] = top
         frames: list[OutFrame] = []
@@ -177,8 +249,8 @@ class BinanceSim(SimProtocol):
                 "s": symbol,
                 "U": first,
                 "u": last,
-                "b": [[fmt(c.price), fmt(c.size)] for c in changes if c.side == BID],
-                "a": [[fmt(c.price), fmt(c.size)] for c in changes if c.side == ASK],
+                "b": [[fmt(p), fmt(q)] for p, q in bids],
+                "a": [[fmt(p), fmt(q)] for p, q in asks],
             }
             for topic in depth_topics:
                 frames.append(OutFrame(topic, _dumps({"stream": topic, "data": data})))
@@ -299,6 +371,69 @@ class BinanceSim(SimProtocol):
                 responses.setdefault(symbol, event.data)
         self._replay_http = responses
         return frames
+
+
+class BinanceMergedSim(BinanceSim):
+    """Binance as it is at 100 ms: each market step is one update id, a diff merges the
+    levels of 1 to `max_merged` steps (the last size of a level wins), and it goes out when
+    the next step has begun, as a venue sends a window's batch once the next window runs.
+    A REST snapshot is the book at the current step, so its `lastUpdateId` usually falls
+    inside the diff being merged, which the client receives after the snapshot."""
+
+    venue = "binance-merged"
+    max_merged: ClassVar[int] = 4
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # per instrument: first id of the diff being merged, its levels by (side, price),
+        # and how many steps it still takes; then, complete, waiting for the next step
+        self._merging: dict[str, tuple[int, dict[tuple[str, Decimal], Decimal], int]] = {}
+        self._ready: dict[str, tuple[int, int, dict[tuple[str, Decimal], Decimal]]] = {}
+        self.snapshots_inside_a_diff = 0  # REST snapshots taken while a diff was merging
+        self._sent = {i: MirrorBook(m) for i, m in self.markets.items()}
+
+    def sent_book(
+        self, instrument: str
+    ) -> tuple[list[tuple[Decimal, Decimal]], list[tuple[Decimal, Decimal]]]:
+        """The book as of the last diff sent (the market may be a diff or two ahead)."""
+        with self.lock:
+            mirror = self._sent[instrument]
+            return mirror.top(BID, 1_000_000), mirror.top(ASK, 1_000_000)
+
+    def update_frames(
+        self, instrument: str, changes: Sequence[Change], wanted: frozenset[str]
+    ) -> list[OutFrame]:
+        step = self.last_id[instrument] + 1
+        self.last_id[instrument] = step
+        frames: list[OutFrame] = []
+        ready = self._ready.pop(instrument, None)
+        if ready is not None:  # the window before this step: out now
+            first, last, levels = ready
+            mirror = self._sent[instrument]
+            mirror.apply([Change(side, p, q) for (side, p), q in levels.items()])
+            top = (next(iter(mirror.top(BID, 1)), None), next(iter(mirror.top(ASK, 1)), None))
+            bids = [(p, q) for (side, p), q in levels.items() if side == BID]
+            asks = [(p, q) for (side, p), q in levels.items() if side == ASK]
+            frames = self._diff_frames(instrument, first, last, bids, asks, wanted, top)
+        first, merged, left = self._merging.pop(
+            instrument, (step, {}, self.rng.randint(1, self.max_merged))
+        )
+        for c in changes:
+            merged[(c.side, c.price)] = c.size
+        if left > 1:
+            self._merging[instrument] = (first, merged, left - 1)
+        else:
+            self._ready[instrument] = (first, step, merged)
+        return frames
+
+    def http(self, path: str, query: Query) -> tuple[int, str] | None:
+        with self.lock:
+            inside = self.by_symbol.get(query.get("symbol", "")) in self._merging
+        reply = super().http(path, query)
+        if inside and reply is not None and reply[0] == 200:
+            with self.lock:
+                self.snapshots_inside_a_diff += 1
+        return reply
 
 
 def _result(result: Any, req_id: int | None) -> str:

@@ -35,12 +35,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import orjson
 
 from mmengine.capture import CaptureEvent
+from mmengine.simulator.kit import Level, Part, WireKit
 from mmengine.simulator.kraken import MirrorBook
 from mmengine.simulator.market import ASK, BID, Change
 from mmengine.simulator.server import ClientConn, OutFrame, Query, ReplayFrame, SimProtocol
@@ -76,11 +77,64 @@ def _ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class BybitKit(WireKit):
+    """Bybit v5 linear for the conformance suite: `orderbook.50` snapshots, then deltas
+    `u == previous u + 1` with a rising cross sequence."""
+
+    protocol = "bybit-v5-linear"
+    instruments = ("BTC-USDT-PERP", "ETH-USDT-PERP")
+    depth = 50
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.u = dict.fromkeys(self.instruments, 5000)
+        self.seq = 900_000
+
+    def _frame(self, kind: str, instrument: str, bids: list[Level], asks: list[Level]) -> str:
+        name = wire_name(instrument)
+        assert name is not None
+        symbol = name[1]
+        self.seq += 3
+        return _dumps(
+            {
+                "topic": f"orderbook.{self.depth}.{symbol}",
+                "ts": 1_786_310_816_618,
+                "type": kind,
+                "data": {
+                    "s": symbol,
+                    "b": [list(lv) for lv in bids],
+                    "a": [list(lv) for lv in asks],
+                    "u": self.u[instrument],
+                    "seq": self.seq,
+                },
+                "cts": 1_786_310_816_585,
+            }
+        )
+
+    def snapshot(self, instrument: str, bids: list[Level], asks: list[Level]) -> list[str]:
+        self.load(instrument, bids, asks)
+        return [self._frame("snapshot", instrument, bids, asks)]
+
+    def update(self, parts: list[Part]) -> str:
+        (instrument,) = {inst for inst, _, _ in parts}
+        bids = [lv for _, b, _ in parts for lv in b]
+        asks = [lv for _, _, a in parts for lv in a]
+        self.apply(instrument, bids, asks)
+        self.u[instrument] += 1
+        return self._frame("delta", instrument, bids, asks)
+
+
+class BybitSpotKit(BybitKit):
+    protocol = "bybit-v5-spot"
+    instruments = ("BTC-USDT", "ETH-USDT")
+
+
 class BybitSim(SimProtocol):
     """Bybit v5 public spot and linear: `orderbook.N` and `tickers`."""
 
     venue = "bybit-v5-linear"
     ws_path = "/v5/public/linear"
+    kit: ClassVar[type[WireKit]] = BybitKit
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -377,3 +431,4 @@ class BybitSpotSim(BybitSim):
 
     venue = "bybit-v5-spot"
     ws_path = "/v5/public/spot"
+    kit = BybitSpotKit

@@ -41,6 +41,7 @@ import orjson
 from websockets.protocol import State
 
 from mmengine.capture import CaptureEvent
+from mmengine.simulator.kit import Level, Part, WireKit
 from mmengine.simulator.kraken import MirrorBook
 from mmengine.simulator.market import ASK, BID, Change
 from mmengine.simulator.server import ClientConn, OutFrame, Query, ReplayFrame, SimProtocol
@@ -83,11 +84,59 @@ class _Client:
     next_heartbeat: float = 0.0
 
 
+class CoinbaseKit(WireKit):
+    """Coinbase Advanced Trade `l2_data` for the conformance suite: one `sequence_num` per
+    connection across every frame, full-book snapshots, update events naming their side."""
+
+    protocol = "coinbase-advanced"
+    instruments = ("BTC-USD", "ETH-USD")
+    truncates = False
+    multi_instrument = True  # `events` holds one event per product
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seq = 0
+
+    def _frame(self, events: list[dict[str, Any]]) -> str:
+        frame = {
+            "channel": "l2_data",
+            "client_id": "",
+            "timestamp": "2026-08-09T21:05:48.507547362Z",
+            "sequence_num": self.seq,
+            "events": events,
+        }
+        self.seq += 1
+        return _dumps(frame)
+
+    def _event(self, kind: str, instrument: str, bids: list[Level], asks: list[Level]) -> Any:
+        entries = [(SIDE[BID], lv) for lv in bids] + [(SIDE[ASK], lv) for lv in asks]
+        updates = [
+            {
+                "side": side,
+                "event_time": "2026-08-09T21:05:48.407682Z",
+                "price_level": p,
+                "new_quantity": q,
+            }
+            for side, (p, q) in entries
+        ]
+        return {"type": kind, "product_id": instrument, "updates": updates}
+
+    def snapshot(self, instrument: str, bids: list[Level], asks: list[Level]) -> list[str]:
+        self.load(instrument, bids, asks)
+        return [self._frame([self._event("snapshot", instrument, bids, asks)])]
+
+    def update(self, parts: list[Part]) -> str:
+        for instrument, bids, asks in parts:
+            self.apply(instrument, bids, asks)
+        return self._frame([self._event("update", *part) for part in parts])
+
+
 class CoinbaseSim(SimProtocol):
     """Coinbase Advanced Trade: `level2` (`l2_data`), `heartbeats`, `ticker`."""
 
     venue = "coinbase-advanced"
     ws_path = WS_PATH
+    kit = CoinbaseKit
     padding_levels: ClassVar[int] = 0  # far levels added to each snapshot side
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

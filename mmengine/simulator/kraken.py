@@ -2,7 +2,7 @@
 connection threads).
 
 Written from `shared/docs/venue-protocols.md` section 3 and the capture, never from our client
-(`mmengine.venues.kraken`), so that a mistake in the client is not copied here:
+(`mmengine.venues.kraken_v1`, `kraken_v2`), so that a mistake in the client is not copied here:
 
 - v1 at `/`: `{"event":"subscribe","pair":["XBT/USD"],"subscription":{"name":"book",
   "depth":10}}` -> one `subscriptionStatus` per pair, then the array snapshot
@@ -38,6 +38,9 @@ from typing import Any
 import orjson
 
 from mmengine.capture import CaptureEvent
+from mmengine.simulator.kit import ASK as KIT_ASK
+from mmengine.simulator.kit import BID as KIT_BID
+from mmengine.simulator.kit import Level, Part, WireKit, number
 from mmengine.simulator.market import ASK, BID, Change, Market
 from mmengine.simulator.server import ClientConn, OutFrame, Query, ReplayFrame, SimProtocol
 
@@ -266,12 +269,121 @@ def _diff(
     return out
 
 
+class KrakenV1Kit(WireKit):
+    """Kraken v1 `book-10` for the conformance suite: array frames with string levels,
+    the CRC32 of the book after each update in `c` (in the last object)."""
+
+    protocol = "kraken-v1"
+    instruments = ("BTC-USD", "ETH-USD")
+    depth = 10
+
+    def pair(self, instrument: str) -> str:
+        base, quote = instrument.split("-")
+        return f"{V1_NAMES.get(base, base)}/{V1_NAMES.get(quote, quote)}"
+
+    def checksum(self, instrument: str) -> int:
+        levels = self.top(instrument, KIT_ASK, 10) + self.top(instrument, KIT_BID, 10)
+        return zlib.crc32("".join(self.form(p) + self.form(q) for p, q in levels).encode())
+
+    def form(self, value: str) -> str:
+        return crc_text(value)
+
+    def _levels(self, levels: list[Level]) -> list[list[Any]]:
+        return [[p, q, "1618678145.920470"] for p, q in levels]
+
+    def snapshot(self, instrument: str, bids: list[Level], asks: list[Level]) -> list[str]:
+        self.load(instrument, bids, asks)
+        body = {"as": self._levels(asks), "bs": self._levels(bids)}
+        return [_dumps([42, body, f"book-{self.depth}", self.pair(instrument)])]
+
+    def update(self, parts: list[Part]) -> str:
+        """One object per side of each part, in order; `c` in the last one."""
+        (instrument,) = {inst for inst, _, _ in parts}
+        objects: list[dict[str, Any]] = []
+        for _, bids, asks in parts:
+            self.apply(instrument, bids, asks)
+            if asks:
+                objects.append({"a": self._levels(asks)})
+            if bids:
+                objects.append({"b": self._levels(bids)})
+        if not objects:
+            objects.append({"a": []})
+        objects[-1]["c"] = str(self.checksum(instrument))
+        return _dumps([42, *objects, f"book-{self.depth}", self.pair(instrument)])
+
+
+class KrakenV2Kit(KrakenV1Kit):
+    """Kraken v2 `book` for the conformance suite: the `instrument` channel's precisions
+    first, then JSON-number levels with the CRC32 in `checksum` on every message."""
+
+    protocol = "kraken-v2"
+    multi_instrument = True  # `data` holds one entry per symbol
+    numbers = True
+    PRICE = ".2f"
+    QTY = ".8f"
+
+    def pair(self, instrument: str) -> str:
+        return instrument.replace("-", "/")
+
+    def form(self, value: str) -> str:
+        return crc_text(value)
+
+    def checksum(self, instrument: str) -> int:
+        levels = self.top(instrument, KIT_ASK, 10) + self.top(instrument, KIT_BID, 10)
+        text = "".join(
+            crc_text(format(float(p), self.PRICE)) + crc_text(format(float(q), self.QTY))
+            for p, q in levels
+        )
+        return zlib.crc32(text.encode())
+
+    def connect_frames(self) -> list[str]:
+        pairs = [
+            {"symbol": self.pair(i), "price_precision": 2, "qty_precision": 8}
+            for i in self.instruments
+        ]
+        return [_dumps({"channel": "instrument", "type": "snapshot", "data": {"pairs": pairs}})]
+
+    def _numbers(self, levels: list[Level]) -> list[dict[str, Any]]:
+        # A decimal string of a finite number goes out as a JSON number; poison as it is.
+        out = []
+        for p, q in levels:
+            out.append(
+                {
+                    "price": number(p) if number(p) is not None else p,
+                    "qty": number(q) if number(q) is not None else q,
+                }
+            )
+        return out
+
+    def _entry(self, instrument: str, bids: list[Level], asks: list[Level]) -> dict[str, Any]:
+        return {
+            "symbol": self.pair(instrument),
+            "bids": self._numbers(bids),
+            "asks": self._numbers(asks),
+            "checksum": self.checksum(instrument),
+            "timestamp": "2023-10-06T17:35:55.440295Z",
+        }
+
+    def snapshot(self, instrument: str, bids: list[Level], asks: list[Level]) -> list[str]:
+        self.load(instrument, bids, asks)
+        entry = self._entry(instrument, bids, asks)
+        return [_dumps({"channel": "book", "type": "snapshot", "data": [entry]})]
+
+    def update(self, parts: list[Part]) -> str:
+        data = []
+        for instrument, bids, asks in parts:
+            self.apply(instrument, bids, asks)
+            data.append(self._entry(instrument, bids, asks))
+        return _dumps({"channel": "book", "type": "update", "data": data})
+
+
 class KrakenV1Sim(_KrakenSim):
     """Kraken WebSocket v1 (`wss://ws.kraken.com`)."""
 
     venue = "kraken-v1"
     ws_path = "/"
     version = 1
+    kit = KrakenV1Kit
 
     def _level(self, instrument: str, price: Decimal, qty: Decimal, ts: str) -> list[str]:
         return [self.price_str(instrument, price), self.qty_str(instrument, qty), ts]
@@ -366,6 +478,7 @@ class KrakenV2Sim(_KrakenSim):
     venue = "kraken-v2"
     ws_path = "/v2"
     version = 2
+    kit = KrakenV2Kit
 
     def _levels(self, items: list[tuple[Decimal, Decimal]]) -> list[dict[str, float]]:
         return [{"price": float(p), "qty": float(q)} for p, q in items]

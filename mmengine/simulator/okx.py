@@ -31,6 +31,9 @@ from typing import Any
 import orjson
 
 from mmengine.capture import CaptureEvent
+from mmengine.simulator.kit import ASK as KIT_ASK
+from mmengine.simulator.kit import BID as KIT_BID
+from mmengine.simulator.kit import Level, Part, WireKit
 from mmengine.simulator.kraken import MirrorBook
 from mmengine.simulator.market import ASK, BID, Change
 from mmengine.simulator.server import ClientConn, OutFrame, Query, ReplayFrame, SimProtocol
@@ -74,11 +77,56 @@ def legacy_checksum(bids: list[tuple[str, str]], asks: list[tuple[str, str]]) ->
     return value - 2**32 if value >= 2**31 else value
 
 
+class OkxKit(WireKit):
+    """OKX v5 `books` for the conformance suite: a snapshot (`prevSeqId` -1), then updates
+    chained by `prevSeqId`, each with the legacy checksum of the book after it."""
+
+    protocol = "okx-v5"
+    instruments = ("BTC-USDT", "ETH-USDT")
+    depth = 400
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seq = dict.fromkeys(self.instruments, 70_000)
+
+    def _frame(
+        self, action: str, instrument: str, bids: list[Level], asks: list[Level], prev: int
+    ) -> str:
+        checksum = legacy_checksum(
+            self.top(instrument, KIT_BID, CHECKSUM_LEVELS),
+            self.top(instrument, KIT_ASK, CHECKSUM_LEVELS),
+        )
+        entry = {
+            "asks": [[p, q, "0", "1"] for p, q in asks],
+            "bids": [[p, q, "0", "1"] for p, q in bids],
+            "ts": "1597026383085",
+            "checksum": checksum,
+            "prevSeqId": prev,
+            "seqId": self.seq[instrument],
+        }
+        arg = {"channel": "books", "instId": inst_id(instrument)}
+        return _dumps({"arg": arg, "action": action, "data": [entry]})
+
+    def snapshot(self, instrument: str, bids: list[Level], asks: list[Level]) -> list[str]:
+        self.load(instrument, bids, asks)
+        return [self._frame("snapshot", instrument, bids, asks, -1)]
+
+    def update(self, parts: list[Part]) -> str:
+        (instrument,) = {inst for inst, _, _ in parts}
+        bids = [lv for _, b, _ in parts for lv in b]
+        asks = [lv for _, _, a in parts for lv in a]
+        self.apply(instrument, bids, asks)
+        prev = self.seq[instrument]
+        self.seq[instrument] += 1
+        return self._frame("update", instrument, bids, asks, prev)
+
+
 class OkxSim(SimProtocol):
     """OKX v5 public: `books` (incremental, seqId, legacy checksum), `books5`, `bbo-tbt`."""
 
     venue = "okx-v5"
     ws_path = WS_PATH
+    kit = OkxKit
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

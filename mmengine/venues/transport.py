@@ -1,16 +1,19 @@
 """The shared WebSocket connection: one thread per venue connection (the venue thread).
 
-It owns the socket, the venue object and its books. It reconnects with capped exponential
-backoff and jitter, answers server pings (websocket-client pongs inside `recv`), sends the
-venue's application-level keepalive, reconnects after `silence_timeout_s` without any frame,
-and runs the venue's timers. It knows no venue by name: everything venue-specific comes
-through the `Venue` seam.
+It owns the socket and the connection's book driver (`mmengine.book.sync.BookDriver`, around
+the venue's protocol object). It reconnects with capped exponential backoff and jitter,
+answers server pings (websocket-client pongs inside `recv`), sends the venue's
+application-level keepalive, reconnects after `silence_timeout_s` without any frame, and
+runs the driver's timers. REST snapshots are fetched by a small second thread of the
+connection (`RestFetcher`), so a slow snapshot never stops the socket being read. It knows
+no venue by name: everything venue-specific comes through the `VenueProtocol` seam.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import random
 import ssl
 import threading
@@ -18,13 +21,14 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import websocket
 
+from mmengine.book.sync import BookDriver
 from mmengine.errors import TransportError
 from mmengine.model import BookTop
-from mmengine.venues.base import Venue, VenueSpec
+from mmengine.venues.base import VenueProtocol, VenueSpec
 
 log = logging.getLogger("mmengine.transport")
 
@@ -68,6 +72,66 @@ class Backoff:
         self.attempt = 0
 
 
+class RestFetcher:
+    """GETs for one venue connection on a thread of their own (`venue-<name>-rest`), so that
+    a slow REST snapshot (10 s timeout) never stops the venue thread reading its socket.
+    Answers come back through a queue the venue thread polls; it still owns every book."""
+
+    def __init__(
+        self,
+        name: str,
+        recorder: Recorder | None,
+        timeout_s: float = 10.0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.name = name
+        self.timeout_s = timeout_s
+        self._tls = tls  # None: the system's trust store
+        self._recorder = recorder
+        self._requests: queue.SimpleQueue[tuple[Any, str] | None] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[tuple[Any, str | None, str]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def fetch(self, key: Any, url: str) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"{self.name}-rest", daemon=True)
+            self._thread.start()
+        self._requests.put((key, url))
+
+    def fetched(self) -> list[tuple[Any, str | None, str]]:
+        out = []
+        while True:
+            try:
+                out.append(self._results.get_nowait())
+            except queue.Empty:
+                return out
+
+    def stop(self, timeout_s: float = 1.0) -> None:
+        """Ask the thread to end; a fetch still in flight is abandoned (daemon thread)."""
+        if self._thread is not None:
+            self._requests.put(None)
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning("%s: a REST fetch is still in flight at stop", self.name)
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            item = self._requests.get()
+            if item is None:
+                return
+            key, url = item
+            try:
+                with urllib.request.urlopen(url, timeout=self.timeout_s, context=self._tls) as resp:
+                    body: str = resp.read().decode()
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                self._results.put((key, None, f"GET {url}: {exc}"))
+                continue
+            if self._recorder is not None:
+                self._recorder.http(self.name, url, body)
+            self._results.put((key, body, ""))
+
+
 class _Reconnect(Exception):
     """Raised inside the read loop when the venue or a timer asks for a new connection."""
 
@@ -78,14 +142,19 @@ class VenueConnection(threading.Thread):
     def __init__(
         self,
         spec: VenueSpec,
-        venue_cls: type[Venue],
+        venue_cls: type[VenueProtocol],
         make_publisher: Callable[[], TopPublisher],
         reconnect_cap_s: float = 30.0,
         recorder: Recorder | None = None,
     ) -> None:
         super().__init__(name=f"venue-{spec.name}", daemon=True)
         self.spec = spec
-        self.venue = venue_cls(spec, self)
+        # TLS trust: the venue's own CA file (a private venue, the TLS simulator), else the
+        # system's store. Server name (SNI) and certificate checks are always on.
+        self._sslopt = {"ca_certs": spec.ca_file} if spec.ca_file else None
+        https = ssl.create_default_context(cafile=spec.ca_file) if spec.ca_file else None
+        self._rest = RestFetcher(self.name, recorder, tls=https)
+        self.venue = BookDriver(venue_cls(spec), self)
         self._make_publisher = make_publisher
         self._publisher: TopPublisher | None = None
         self._stop_event = threading.Event()
@@ -94,10 +163,6 @@ class VenueConnection(threading.Thread):
         self._reconnect_reason: str | None = None
         self._recorder = recorder
         self.connects = 0
-        # TLS trust: the venue's own CA file (a private venue, the TLS simulator), else the
-        # system's store. Server name (SNI) and certificate checks are always on.
-        self._sslopt = {"ca_certs": spec.ca_file} if spec.ca_file else None
-        self._https = ssl.create_default_context(cafile=spec.ca_file) if spec.ca_file else None
 
     @property
     def connected(self) -> bool:
@@ -113,15 +178,11 @@ class VenueConnection(threading.Thread):
             self._recorder.sent(self.name, text)
         self._ws.send(text)
 
-    def http_get(self, url: str) -> str:
-        try:
-            with urllib.request.urlopen(url, timeout=10, context=self._https) as resp:
-                body: str = resp.read().decode()
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise TransportError(f"GET {url}: {exc}") from exc
-        if self._recorder is not None:
-            self._recorder.http(self.name, url, body)
-        return body
+    def fetch(self, key: Any, url: str) -> None:
+        self._rest.fetch(key, url)
+
+    def fetched(self) -> list[tuple[Any, str | None, str]]:
+        return self._rest.fetched()
 
     def publish(self, top: BookTop) -> None:
         if self._publisher is not None:
@@ -150,6 +211,7 @@ class VenueConnection(threading.Thread):
                 self._stop_event.wait(delay)
         finally:
             self.venue.on_disconnected()
+            self._rest.stop()
             self._publisher.close()
 
     def _run_one_connection(self) -> None:

@@ -13,32 +13,24 @@ import contextlib
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from mmengine.book.sync import BookDriver as Venue
 from mmengine.config import parse_config
 from mmengine.demo import DEMO_INSTRUMENTS, DEMO_VENUES, demo_config
 from mmengine.engine import Engine
 from mmengine.model import BookState
 from mmengine.simulator import SimulatorHandle, start_simulator
-from mmengine.venues.base import Venue
 from tests.integration.conftest import Subscriber
+from tests.venue_session import wait_for
 
 pytestmark = pytest.mark.integration
 
 DATA = Path(__file__).parent.parent / "data"
-
-
-def wait_for(cond: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.02)
 
 
 def all_live(venue: Venue) -> bool:
@@ -150,7 +142,7 @@ def test_bybit_gap_resubscribes_and_u1_snapshot_replaces(tmp_path: Path) -> None
             wait_for(lambda: all_live(venue) and stats.snapshots == 2)
             assert venue.venue_stats.reconnects == 0  # one topic resubscribed, no reconnect
             sim.protocol.restart("BTC-USDT")  # type: ignore[attr-defined]
-            wait_for(lambda: venue.restarts["BTC-USDT"] == 1)
+            wait_for(lambda: stats.restarts == 1)
             assert stats.sequence_gaps == 1 and stats.resyncs == 1  # a restart is no gap
             wait_for(lambda: venue.books["BTC-USDT"].venue_seq > 20)
             freeze(sim)
@@ -221,7 +213,7 @@ def test_coinbase_gap_rebuilds_every_book_from_full_size_snapshots(tmp_path: Pat
             wait_for(lambda: all_live(venue))
             assert all(len(b.asks) > 20_000 and len(b.bids) > 20_000 for b in venue.books.values())
             sim.inject("gap")
-            wait_for(lambda: venue.sequence_gaps == 1)
+            wait_for(lambda: venue.connection.gaps == 1)
             wait_for(lambda: venue.venue_stats.reconnects == 1 and all_live(venue))
             # Both books were dropped and rebuilt (the gap cannot be attributed).
             assert all(s.sequence_gaps == 1 and s.snapshots == 2 for s in venue.stats.values())
@@ -233,7 +225,6 @@ def test_coinbase_gap_rebuilds_every_book_from_full_size_snapshots(tmp_path: Pat
             stats = venue.stats.values()
             assert sum(s.audit_loose_agree for s in stats) > 10
             assert sum(s.audit_loose_disagree for s in stats) == 0
-            assert venue.snapshot_seconds  # measured on the live path too
         finally:
             engine.stop()
 
@@ -260,10 +251,10 @@ def test_coinbase_capture_replayed_by_the_simulator_over_a_socket(tmp_path: Path
         engine.start()
         try:
             venue = engine.connections[0].venue
-            wait_for(lambda: venue.last_seq == 1029, 15)
+            wait_for(lambda: venue.connection.last == 1029, 15)
             book = venue.books["BTC-USD"]
             assert (len(book.bids), len(book.asks)) == (18_769, 27_238)
-            assert venue.sequence_gaps == 0
+            assert venue.connection.gaps == 0
             doc = orjson.loads((DATA / "cryptofeed_final_books.json").read_bytes())
             ref = doc["venues"]["COINBASE"]["BTC-USD"]["harness_reference"]
             ref = ref if isinstance(ref, dict) else ast.literal_eval(ref)

@@ -13,20 +13,21 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from mmengine.book.sync import BookDriver as Venue
+from mmengine.book.sync import InstrumentStats
 from mmengine.config import parse_config
 from mmengine.engine import Engine
 from mmengine.model import BookState
 from mmengine.replay import replay_capture
 from mmengine.simulator import start_simulator
-from mmengine.venues.base import InstrumentStats, Venue
 from tests.integration.conftest import Subscriber, official_decode
+from tests.venue_session import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -48,14 +49,6 @@ def config(protocol: str, url: str, run_dir: Path, depth: int = 10) -> dict[str,
         "instruments": [{"name": i, "sources": [{"venue": "v"}], "min_venues": 1} for i in insts],
         "limits": {"reconnect_max_s": 0.5},
     }
-
-
-def wait_for(cond: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.02)
 
 
 def snapshot(venue: Venue) -> dict[str, tuple[int, int, int]]:

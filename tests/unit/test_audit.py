@@ -11,9 +11,8 @@ from pathlib import Path
 
 import orjson
 
-from mmengine.replay import CaptureSession, replay_capture
-from mmengine.venues.base import VenueSpec
-from mmengine.venues.kraken import KrakenV2
+from mmengine.replay import replay_capture
+from tests.venue_session import venue
 
 
 def loose(name: str, data_dir: Path) -> tuple[int, int]:
@@ -49,11 +48,11 @@ def test_loose_disagreements_never_resync(data_dir: Path) -> None:
 
 
 def test_audit_subscribes_the_ticker_channels() -> None:
-    spec = VenueSpec("k", "kraken-v2", ("BTC-USD",), depth=10, audit=True)
-    frames = [orjson.loads(f) for f in KrakenV2(spec, CaptureSession([])).subscribe_frames()]
+    loud, _ = venue("kraken-v2", ("BTC-USD",), depth=10, audit=True)
+    frames = [orjson.loads(f) for f in loud.subscribe_frames()]
     ticker = [f for f in frames if f["params"]["channel"] == "ticker"]
     assert ticker and ticker[0]["params"]["event_trigger"] == "bbo"
     assert ticker[0]["params"]["symbol"] == ["BTC/USD"]
-    quiet = VenueSpec("k", "kraken-v2", ("BTC-USD",), depth=10, audit=False)
-    frames = [orjson.loads(f) for f in KrakenV2(quiet, CaptureSession([])).subscribe_frames()]
+    quiet, _ = venue("kraken-v2", ("BTC-USD",), depth=10, audit=False)
+    frames = [orjson.loads(f) for f in quiet.subscribe_frames()]
     assert all(f["params"]["channel"] != "ticker" for f in frames)

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import orjson
 
+from mmengine.book.sync import BookDriver
 from mmengine.capture import read_capture
 from mmengine.model import BookState
 from mmengine.replay import CaptureSession, replay_capture
 from mmengine.venues.base import VenueSpec
-from mmengine.venues.binance import BinanceSpot
+from mmengine.venues.registry import open_venue
 
 INSTRUMENTS = ("NKN-USDT", "BLZ-ETH", "LRC-BTC", "RUNE-EUR")
 
@@ -57,11 +58,11 @@ def test_final_books_match_the_independent_reference(data_dir: Path) -> None:
         ), inst
 
 
-def _venue(data_dir: Path) -> tuple[BinanceSpot, CaptureSession, list]:
+def _venue(data_dir: Path) -> tuple[BookDriver, CaptureSession, list]:
     _header, events = read_capture(data_dir / "BINANCE.jsonl.gz")
     session = CaptureSession([e for e in events if e.kind == "http"], keep_tops=True)
     spec = VenueSpec("binance", "binance", INSTRUMENTS, depth=1000, audit=True)
-    venue = BinanceSpot(spec, session)
+    venue = open_venue(spec, session)
     venue.on_connected()
     return venue, session, [e for e in events if e.kind == "recv"]
 
@@ -88,28 +89,44 @@ def test_a_missing_diff_resyncs_that_symbol_only(data_dir: Path) -> None:
         assert venue.stats[inst].resyncs == 0
 
 
-def test_malformed_frames_are_counted_skips(data_dir: Path) -> None:
+def test_frames_that_cannot_be_used_are_counted_and_an_unusable_diff_resyncs_its_symbol(
+    data_dir: Path,
+) -> None:
     venue, _session, frames = _venue(data_dir)
     for event in frames[:20]:
         venue.receive(event.data, int(event.ts * 1e9))
-    before = venue.books["NKN-USDT"].bids.prices(10)
-    bad = [
+
+    def books() -> dict[str, tuple[BookState, list[float], list[float]]]:
+        return {i: (b.state, b.bids.prices(10), b.asks.prices(10)) for i, b in venue.books.items()}
+
+    before = books()
+    assert before["NKN-USDT"][0] is BookState.LIVE
+    # Frames that name no book of ours: counted, and every book stays as it was.
+    for frame in (
         '{"stream":"nknusdt@depth@100ms","data":{"e":"depthUpdate"',  # truncated
-        '{"stream":"x","data":{"e":"depthUpdate","s":"NKNUSDT","U":"a","u":1,"b":[],"a":[]}}',
-        '{"stream":"x","data":{"e":"depthUpdate","E":1,"s":"NKNUSDT","U":1,"u":2,'
-        '"b":[["NaN","1"]],"a":[]}}',
         '{"stream":"x","data":{"e":"depthUpdate","E":1,"s":"NOPEUSDT","U":1,"u":2,"b":[],"a":[]}}',
         '{"code":2,"msg":"Invalid request: unknown stream","id":1}',
         "[1,2,3]",
-    ]
-    for frame in bad:
+    ):
         venue.receive(frame, 0)
-    skipped = venue.venue_stats.skipped
-    assert skipped["bad_json"] == 1
-    assert skipped["malformed"] == 1
-    assert skipped["bad_level"] == 1
-    assert skipped["unknown_symbol"] == 1
-    assert skipped["venue_error"] == 1
-    assert skipped["not_an_object"] == 1
-    assert venue.books["NKN-USDT"].bids.prices(10) == before
-    assert venue.books["NKN-USDT"].state is BookState.LIVE
+    assert books() == before
+    # A diff of NKNUSDT that cannot be used is an update that book missed: it resyncs at
+    # once rather than wait for the next diff to show the hole; the others are untouched.
+    for frame in (
+        '{"stream":"x","data":{"e":"depthUpdate","s":"NKNUSDT","U":"a","u":1,"b":[],"a":[]}}',
+        '{"stream":"x","data":{"e":"depthUpdate","E":1,"s":"NKNUSDT","U":1,"u":2,'
+        '"b":[["NaN","1"]],"a":[]}}',
+    ):
+        venue.receive(frame, 0)
+    assert dict(venue.venue_stats.skipped) == {
+        "bad_json": 1,
+        "malformed": 1,
+        "bad_level": 1,
+        "unknown_symbol": 1,
+        "venue_error": 1,
+        "not_an_object": 1,
+    }
+    assert dict(venue.venue_stats.resyncs) == {"unusable_update": 1}
+    after = books()
+    assert after.pop("NKN-USDT")[0] is not BookState.LIVE
+    assert after == {i: b for i, b in before.items() if i != "NKN-USDT"}

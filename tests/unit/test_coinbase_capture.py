@@ -16,12 +16,23 @@ from typing import Any
 import orjson
 import pytest
 
+from mmengine.book.levels import sided
+from mmengine.book.sync import BookDriver
 from mmengine.capture import read_capture
 from mmengine.errors import FrameError
-from mmengine.model import BookState, BookTop
+from mmengine.model import BookState
 from mmengine.replay import replay_capture, replay_events, scorecard
-from mmengine.venues.base import VenueSpec
-from mmengine.venues.coinbase import CoinbaseAdvanced, parse_levels, timestamp_ns
+from mmengine.venues.coinbase import RfcSeconds
+from tests.venue_session import RecordingSession, venue
+
+
+def parse_levels(updates: Any) -> tuple[list[Any], list[Any]]:
+    bids, asks = sided(updates, "bid", "offer", "price_level", "new_quantity", "side")
+    return list(bids), list(asks)
+
+
+def timestamp_ns(text: str) -> int:
+    return RfcSeconds().ns(text)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +44,8 @@ def test_capture_has_no_sequence_gap_over_its_1029_increments(replayed: Any) -> 
     venue = replayed.venue
     assert replayed.protocol == "coinbase-advanced"
     assert replayed.frames == 1030
-    assert venue.sequence_checked == 1029
-    assert venue.sequence_gaps == 0
+    assert venue.connection.checked == 1029
+    assert venue.connection.gaps == 0
     assert venue.venue_stats.book_frames == 775
     assert dict(venue.venue_stats.skipped) == {}
     for inst in ("BTC-USD", "ETH-USD"):
@@ -80,15 +91,13 @@ def test_ticker_audit_is_a_loose_count_and_never_resyncs(replayed: Any) -> None:
 
 def test_snapshot_parse_cost_is_measured(data_dir: Path) -> None:
     """The 5 MB BTC-USD snapshot: JSON decode plus level parse plus book load, measured
-    per frame (the figures are printed; the bound only catches a pathological regression
+    per frame (the figure is printed; the bound only catches a pathological regression
     on a shared machine)."""
     header, events = read_capture(data_dir / "COINBASE.jsonl.gz")
     result = replay_events(header, events)
-    venue = result.venue
-    assert len(venue.snapshot_seconds) == 2
     big = max((e.data for e in events if e.kind == "recv"), key=len)
     assert len(big) == 5_079_379
-    fresh = CoinbaseAdvanced(VenueSpec("cb", "coinbase-advanced", ("BTC-USD",)), _Session())
+    fresh, _ = venue("coinbase-advanced", ("BTC-USD",))
     best = float("inf")
     for _ in range(3):
         fresh.on_connected()
@@ -96,35 +105,16 @@ def test_snapshot_parse_cost_is_measured(data_dir: Path) -> None:
         fresh.receive(big, 0)
         best = min(best, time.perf_counter() - start)
     assert fresh.books["BTC-USD"].state is BookState.LIVE
+    assert len(fresh.books["BTC-USD"].asks) > 27_000
     card = scorecard(result)
-    parse_ms = [round(s * 1e3, 1) for s in venue.snapshot_seconds]
     print(
         f"\ncoinbase: whole snapshot frame {best * 1e3:.1f} ms (decode + parse + load), "
-        f"parse + load {parse_ms} ms, replay {card['us_per_book_frame']:.1f} us/book frame"
+        f"replay {card['us_per_book_frame']:.1f} us/book frame"
     )
     assert best < 2.0
 
 
 # --- hostile frames --------------------------------------------------------------------------
-
-
-class _Session:
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-        self.tops: list[BookTop] = []
-        self.reconnects: list[str] = []
-
-    def send(self, text: str) -> None:
-        self.sent.append(text)
-
-    def http_get(self, url: str) -> str:
-        raise AssertionError("Coinbase needs no REST")
-
-    def publish(self, top: BookTop) -> None:
-        self.tops.append(top)
-
-    def reconnect(self, reason: str) -> None:
-        self.reconnects.append(reason)
 
 
 def _frame(seq: int, events: list[dict[str, Any]], channel: str = "l2_data") -> str:
@@ -148,14 +138,10 @@ def _entry(side: str, price: str, qty: str) -> dict[str, str]:
     }
 
 
-def _live_venue() -> tuple[CoinbaseAdvanced, _Session]:
-    session = _Session()
-    venue = CoinbaseAdvanced(
-        VenueSpec("cb", "coinbase-advanced", ("BTC-USD", "ETH-USD"), audit=True), session
-    )
-    venue.on_connected()
+def _live_venue() -> tuple[BookDriver, RecordingSession]:
+    coinbase, session = venue("coinbase-advanced", ("BTC-USD", "ETH-USD"), audit=True)
     for seq, inst in ((0, "BTC-USD"), (1, "ETH-USD")):
-        venue.receive(
+        coinbase.receive(
             _frame(
                 seq,
                 [
@@ -173,11 +159,11 @@ def _live_venue() -> tuple[CoinbaseAdvanced, _Session]:
             ),
             1,
         )
-    assert all(b.state is BookState.LIVE for b in venue.books.values())
-    return venue, session
+    assert all(b.state is BookState.LIVE for b in coinbase.books.values())
+    return coinbase, session
 
 
-def _books(venue: CoinbaseAdvanced) -> dict[str, Any]:
+def _books(venue: BookDriver) -> dict[str, Any]:
     return {
         i: (b.state, dict(b.bids.sizes), dict(b.asks.sizes), b.venue_seq)
         for i, b in venue.books.items()
@@ -235,11 +221,12 @@ def test_hostile_frames_are_counted_and_change_no_book(frame: str) -> None:
         None,  # no updates at all
     ],
 )
-def test_an_unusable_update_for_our_product_resyncs_that_product_only(updates: Any) -> None:
-    """It carried a sequence number, so the venue counted it into the book: skipping it
-    silently would leave a wrong book. Nothing of it is applied; ETH-USD stays LIVE."""
+def test_an_unusable_update_resyncs_the_connection(updates: Any) -> None:
+    """It carried a sequence number, so the venue counted it into a book, and the next
+    number will look contiguous: skipping it silently would leave a wrong book that nothing
+    reveals. Nothing of it is applied; by Coinbase's connection-wide rule every book is
+    dropped and the connection re-established (issue 16)."""
     venue, session = _live_venue()
-    eth = _books(venue)["ETH-USD"]
     venue.receive(
         _frame(
             2,
@@ -248,11 +235,33 @@ def test_an_unusable_update_for_our_product_resyncs_that_product_only(updates: A
         3,
     )
     assert sum(venue.venue_stats.skipped.values()) == 1
+    assert all(b.state is BookState.RESYNCING for b in venue.books.values())
+    assert all(len(b.bids) == 0 for b in venue.books.values())
+    assert session.reconnects and venue.venue_stats.resyncs["unusable_update"] == 2
+    # Nothing more is applied until the connection is new.
+    venue.receive(_frame(3, [{"type": "snapshot", "product_id": "BTC-USD", "updates": []}]), 4)
     assert venue.books["BTC-USD"].state is BookState.RESYNCING
-    assert len(venue.books["BTC-USD"].bids) == 0
-    assert _books(venue)["ETH-USD"] == eth
-    assert [orjson.loads(s)["type"] for s in session.sent] == ["unsubscribe", "subscribe"]
-    assert all(orjson.loads(s)["product_ids"] == ["BTC-USD"] for s in session.sent)
+
+
+def test_a_frame_whose_second_event_is_unusable_leaves_no_book_live() -> None:
+    """Issue 16: the events of a frame are parsed before any is applied; when a later one
+    fails, the earlier ones are lost too, and their books must not stay LIVE."""
+    venue, session = _live_venue()
+    venue.receive(
+        _frame(
+            2,
+            [
+                {"type": "update", "product_id": "BTC-USD", "updates": [_entry("bid", "100", "5")]},
+                {"type": "update", "product_id": "ETH-USD", "updates": [_entry("bid", "x", "1")]},
+            ],
+        ),
+        3,
+    )
+    assert venue.books["BTC-USD"].bids.sizes.get(100.0) != 5.0
+    assert all(b.state is BookState.RESYNCING for b in venue.books.values())
+    assert session.reconnects
+    tops = [t for t in session.tops if t.instrument == "BTC-USD"]
+    assert tops[-1].state == "RESYNCING" and not tops[-1].bid_prices
 
 
 def test_an_empty_update_is_harmless() -> None:
@@ -267,7 +276,7 @@ def test_an_empty_update_is_harmless() -> None:
 def test_a_sequence_gap_drops_every_book_and_reconnects() -> None:
     venue, session = _live_venue()
     venue.receive(_frame(5, [], channel="heartbeats"), 3)  # 2, 3, 4 never came
-    assert venue.sequence_gaps == 1
+    assert venue.connection.gaps == 1
     assert session.reconnects and "gap" in session.reconnects[0]
     assert all(b.state is BookState.RESYNCING for b in venue.books.values())
     assert all(len(b.bids) == 0 for b in venue.books.values())
@@ -277,7 +286,7 @@ def test_a_sequence_gap_drops_every_book_and_reconnects() -> None:
     assert venue.books["BTC-USD"].state is BookState.RESYNCING
     venue.on_disconnected()
     venue.on_connected()
-    assert venue.last_seq == -1
+    assert venue.connection.last == -1
 
 
 def test_rfc3339_nanosecond_timestamps() -> None:
@@ -299,12 +308,12 @@ def test_subscribes_heartbeats_and_level2_at_once_and_watches_for_silence() -> N
     assert all(
         f["type"] == "subscribe" and f["product_ids"] == ["BTC-USD", "ETH-USD"] for f in frames
     )
-    assert CoinbaseAdvanced.silence_timeout_s == 5.0  # heartbeats come every second
+    assert venue.silence_timeout_s == 5.0  # heartbeats come every second
 
 
-def test_a_frame_above_the_size_limit_is_a_counted_skip(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_frame_above_the_size_limit_is_a_counted_skip() -> None:
     venue, _ = _live_venue()
-    monkeypatch.setattr(CoinbaseAdvanced, "max_frame_bytes", 1000)
+    venue.max_frame_bytes = 1000
     before = _books(venue)
     venue.receive(
         _frame(

@@ -14,13 +14,14 @@ from pathlib import Path
 import orjson
 import pytest
 
+from mmengine.book.checksum import kraken_checksum, okx_checksum
+from mmengine.book.sync import BookDriver
 from mmengine.capture import CaptureEvent, read_capture
 from mmengine.model import BookState
 from mmengine.replay import CaptureSession, plan_replay, replay_capture
-from mmengine.venues.base import Venue
-from mmengine.venues.kraken import KrakenV1, book_checksum, normalize_pair
-from mmengine.venues.okx import OkxV5, normalize_inst_id
-from mmengine.venues.okx import book_checksum as okx_book_checksum
+from mmengine.venues.kraken_v1 import normalize_pair
+from mmengine.venues.okx import normalize_inst_id
+from mmengine.venues.registry import open_venue
 
 KRAKEN_PAIRS = {
     "KSM-BTC": "KSM/XBT",
@@ -103,9 +104,9 @@ def test_final_books_match_the_independent_reference(
         assert (len(book.bids), len(book.asks)) == (entry["bid_levels"], entry["ask_levels"])
         # The venue's checksum after the last frame, from our own book.
         if capture == "KRAKEN":
-            got = book_checksum(book.asks, book.bids)
+            got = kraken_checksum(book.asks, book.bids)
         else:
-            got = okx_book_checksum(book.bids, book.asks)
+            got = okx_checksum(book.bids, book.asks)
         assert got & 0xFFFFFFFF == entry["venue_checksum_after_last_frame"] & 0xFFFFFFFF, inst
 
 
@@ -122,17 +123,13 @@ class SendingSession(CaptureSession):
         self.sent.append(text)
 
 
-def _venue(path: Path) -> tuple[Venue, SendingSession, list[CaptureEvent]]:
+def _venue(path: Path) -> tuple[BookDriver, SendingSession, list[CaptureEvent]]:
     header, events = read_capture(path)
     plan = plan_replay(header, events)
     session = SendingSession([], keep_tops=True)
-    venue = type_of(plan.protocol)(plan.spec, session)
+    venue = open_venue(plan.spec, session)
     venue.on_connected()
     return venue, session, [e for e in events if e.kind == "recv"]
-
-
-def type_of(protocol: str) -> type[Venue]:
-    return {"kraken-v1": KrakenV1, "okx-v5": OkxV5}[protocol]
 
 
 def _bump_last_digit(price: str) -> str:
@@ -140,7 +137,7 @@ def _bump_last_digit(price: str) -> str:
 
 
 def _corrupt_in_top(
-    venue: Venue, frames: list[CaptureEvent], start: int, symbol: str, level_of
+    venue: BookDriver, frames: list[CaptureEvent], start: int, symbol: str, level_of
 ) -> tuple[int, str]:
     """Replay clean frames up to the first update of `symbol` from `start` whose first level
     is inside the book's top 10; return its index and the frame with that price changed."""

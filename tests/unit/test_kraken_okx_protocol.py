@@ -10,31 +10,41 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from mmengine.book.book import BookSide
+from mmengine.book.checksum import kraken_checksum, okx_checksum
+from mmengine.book.levels import PairFormats, checksum_form, kraken_numbers
 from mmengine.cli import main
 from mmengine.config import parse_config
 from mmengine.errors import ConfigError
 from mmengine.model import BookState
-from mmengine.replay import CaptureSession
-from mmengine.venues.base import VenueSpec
-from mmengine.venues.kraken import (
-    KrakenV1,
-    KrakenV2,
-    checksum_of_strings,
-    normalize_pair,
-    v1_pair,
-    v2_symbol,
-)
-from mmengine.venues.okx import OkxV5, inst_id, normalize_inst_id
-from mmengine.venues.okx import checksum_of_strings as okx_checksum
+from mmengine.venues.kraken_v1 import normalize_pair, v1_pair
+from mmengine.venues.kraken_v2 import v2_symbol
+from mmengine.venues.okx import inst_id, normalize_inst_id
 from mmengine.venues.registry import PROTOCOLS
+from tests.venue_session import venue
 
-# --- checksum test vectors ------------------------------------------------------------------
+# --- checksum test vectors: the book core's checksums over books holding these levels --------
+
+
+def _side(is_bid: bool, levels: list[tuple[float, float, str, str]]) -> BookSide:
+    side = BookSide(is_bid, keep_wire=True)
+    side.load_wire(levels)
+    return side
+
+
+def _kraken_strings(levels: list[tuple[str, str]]) -> list[tuple[float, float, str, str]]:
+    return [(float(p), float(q), checksum_form(p), checksum_form(q)) for p, q in levels]
+
+
+def _okx_strings(levels: list[tuple[str, str]]) -> list[tuple[float, float, str, str]]:
+    return [(float(p), float(q), p, q) for p, q in levels]
 
 
 def test_kraken_v1_vector() -> None:
     asks = [("0.05005", "0.00000500"), ("0.05010", "1.50000000")]
     bids = [("0.05000", "0.00000300"), ("0.04990", "12.00000000")]
-    assert checksum_of_strings(asks, bids) == 1798879697
+    got = kraken_checksum(_side(False, _kraken_strings(asks)), _side(True, _kraken_strings(bids)))
+    assert got == 1798879697
 
 
 V2_ASKS = (
@@ -56,23 +66,26 @@ def _v2_levels(text: str) -> list[tuple[float, float]]:
 def test_kraken_v2_vector_from_json_numbers() -> None:
     """The docs' worked example: numbers formatted with price precision 1, qty precision 8."""
 
-    def strings(levels: list[tuple[float, float]]) -> list[tuple[str, str]]:
-        return [(f"{p:.1f}", f"{q:.8f}") for p, q in levels]
+    def numbers(text: str, pfmt: str, qfmt: str) -> list[tuple[float, float, str, str]]:
+        levels = [{"price": p, "qty": q} for p, q in _v2_levels(text)]
+        return kraken_numbers(levels, PairFormats(pfmt, qfmt))
 
-    asks = strings(_v2_levels(V2_ASKS))
-    bids = strings(_v2_levels(V2_BIDS))
-    assert checksum_of_strings(asks, bids) == 3310070434
+    asks = _side(False, numbers(V2_ASKS, ".1f", ".8f"))
+    bids = _side(True, numbers(V2_BIDS, ".1f", ".8f"))
+    assert kraken_checksum(asks, bids) == 3310070434
     # repr(float) loses the trailing zeros, and with them the checksum.
     naive = [(repr(p), repr(q)) for p, q in _v2_levels(V2_ASKS)]
-    assert checksum_of_strings(naive, [(repr(p), repr(q)) for p, q in _v2_levels(V2_BIDS)]) != (
-        3310070434
+    naive_bids = [(repr(p), repr(q)) for p, q in _v2_levels(V2_BIDS)]
+    got = kraken_checksum(
+        _side(False, _kraken_strings(naive)), _side(True, _kraken_strings(naive_bids))
     )
+    assert got != 3310070434
 
 
 def test_okx_legacy_vector() -> None:
-    assert okx_checksum([("3366.1", "7"), ("3366", "6")], [("3366.8", "9"), ("3368", "8")]) == (
-        -1881014294
-    )
+    bids = _side(True, _okx_strings([("3366.1", "7"), ("3366", "6")]))
+    asks = _side(False, _okx_strings([("3366.8", "9"), ("3368", "8")]))
+    assert okx_checksum(bids, asks) == -1881014294
 
 
 # --- symbols --------------------------------------------------------------------------------
@@ -94,9 +107,6 @@ def test_symbols() -> None:
 
 
 def test_kraken_rejects_a_depth_it_does_not_offer() -> None:
-    spec = VenueSpec("k", "kraken-v2", ("BTC-USD",), depth=50)
-    with pytest.raises(ConfigError, match="depth"):
-        KrakenV2(spec, CaptureSession([]))
     doc = {
         "venues": [{"name": "k", "protocol": "kraken-v2", "instruments": ["BTC-USD"], "depth": 50}],
         "instruments": [{"name": "BTC-USD", "sources": [{"venue": "k"}]}],
@@ -125,22 +135,11 @@ UPDATE = (
 )
 
 
-class Sent(CaptureSession):
-    def __init__(self) -> None:
-        super().__init__([], keep_tops=True)
-        self.sent: list[str] = []
-
-    def send(self, text: str) -> None:
-        self.sent.append(text)
-
-
 def test_kraken_v2_subscribes_the_book_once_precisions_are_known_and_verifies_it() -> None:
-    session = Sent()
-    venue = KrakenV2(VenueSpec("k", "kraken-v2", ("BTC-USD",), depth=10), session)
-    venue.on_connected()
-    first = [orjson.loads(f) for f in venue.subscribe_frames()]
+    kraken, session = venue("kraken-v2", ("BTC-USD",), depth=10)
+    first = [orjson.loads(f) for f in kraken.subscribe_frames()]
     assert [f["params"]["channel"] for f in first] == ["instrument"]
-    venue.receive(INSTRUMENT, 1)
+    kraken.receive(INSTRUMENT, 1)
     sub = orjson.loads(session.sent[-1])
     assert sub["method"] == "subscribe"
     assert sub["params"] == {
@@ -149,52 +148,63 @@ def test_kraken_v2_subscribes_the_book_once_precisions_are_known_and_verifies_it
         "depth": 10,
         "snapshot": True,
     }
-    venue.receive(SNAPSHOT, 2)
-    venue.receive(UPDATE, 3)
-    stats = venue.stats["BTC-USD"]
+    kraken.receive(SNAPSHOT, 2)
+    kraken.receive(UPDATE, 3)
+    stats = kraken.stats["BTC-USD"]
     assert (stats.checksums_checked, stats.checksums_failed) == (2, 0)
-    book = venue.books["BTC-USD"]
+    book = kraken.books["BTC-USD"]
     assert book.state is BookState.LIVE
     assert book.bids.prices(2) == [45283.5, 45283.4]
     assert book.exchange_ts_ns == 1696613755440295000
     # A wrong checksum resyncs that pair alone: unsubscribe, then subscribe.
     session.sent.clear()
-    venue.receive(UPDATE.replace("66975070", "66975071"), 4)
+    kraken.receive(UPDATE.replace("66975070", "66975071"), 4)
     assert stats.checksums_failed == 1 and book.state is BookState.RESYNCING
     assert [orjson.loads(s)["method"] for s in session.sent] == ["unsubscribe", "subscribe"]
     # Updates before the new snapshot are dropped; the snapshot brings it back.
-    venue.receive(UPDATE, 5)
+    kraken.receive(UPDATE, 5)
     assert book.state is BookState.RESYNCING and stats.dropped_stale == 1
-    venue.receive(SNAPSHOT, 6)
+    kraken.receive(SNAPSHOT, 6)
     assert book.state is BookState.LIVE
 
 
-def test_kraken_malformed_frames_are_counted_skips_and_leave_the_book_alone() -> None:
-    venue = KrakenV1(VenueSpec("k", "kraken-v1", ("BTC-USD",), depth=10), Sent())
-    venue.on_connected()
-    venue.receive(
-        '[1,{"as":[["100.0","1.0","1.0"]],"bs":[["99.0","1.0","1.0"]]},"book-10","XBT/USD"]', 1
-    )
-    book = venue.books["BTC-USD"]
-    assert book.state is BookState.LIVE
+def test_kraken_frames_that_cannot_be_used_are_counted_and_resync_only_their_pair() -> None:
+    """Kraken has no sequence numbers: an update for a pair that cannot be used is an update
+    that book missed and that no later message would reveal (its checksum covers only the
+    top 10), so that pair resyncs. Frames that name no pair of ours leave every book be."""
+    kraken, session = venue("kraken-v1", ("BTC-USD", "ETH-USD"), depth=10)
+    for pair in ("XBT/USD", "ETH/USD"):
+        kraken.receive(
+            f'[1,{{"as":[["100.0","1.0","1.0"]],"bs":[["99.0","1.0","1.0"]]}},"book-10","{pair}"]',
+            1,
+        )
+    btc, eth = kraken.books["BTC-USD"], kraken.books["ETH-USD"]
+    assert btc.state is eth.state is BookState.LIVE
     for bad in (
-        '[1,{"a":[["NaN","1.0","1.0"]],"c":"1"},"book-10","XBT/USD"]',
-        '[1,{"a":[["101.0","1.0","1.0"]],"c":"x"},"book-10","XBT/USD"]',
         '[1,{"a":[["101.0","1.0","1.0"]],"c":"1"},"book-10","XBT/EUR"]',
         '[1,{"a":[["101.0","1.0"',
         '{"errorMessage":"Currency pair not supported","event":"subscriptionStatus",'
         '"pair":"XBT/USDX","status":"error"}',
     ):
-        venue.receive(bad, 2)
-    assert book.asks.prices(5) == [100.0]
-    assert book.state is BookState.LIVE
-    assert dict(venue.venue_stats.skipped) == {
+        kraken.receive(bad, 2)
+    assert btc.asks.prices(5) == [100.0] and eth.asks.prices(5) == [100.0]
+    assert btc.state is eth.state is BookState.LIVE and not session.sent
+    kraken.receive('[1,{"a":[["NaN","1.0","1.0"]],"c":"1"},"book-10","XBT/USD"]', 3)
+    assert btc.state is BookState.RESYNCING and eth.state is BookState.LIVE
+    assert [(m["event"], m["pair"]) for m in map(orjson.loads, session.sent)] == [
+        ("unsubscribe", ["XBT/USD"]),
+        ("subscribe", ["XBT/USD"]),
+    ]
+    kraken.receive('[1,{"a":[["101.0","1.0","1.0"]],"c":"x"},"book-10","ETH/USD"]', 4)
+    assert eth.state is BookState.RESYNCING and eth.asks.prices(5) == []
+    assert dict(kraken.venue_stats.skipped) == {
         "bad_level": 1,
         "malformed": 1,
         "unknown_symbol": 1,
         "bad_json": 1,
         "venue_error": 1,
     }
+    assert dict(kraken.venue_stats.resyncs) == {"unusable_update": 2}
 
 
 # --- OKX sequence chain (4.4) ----------------------------------------------------------------
@@ -220,36 +230,31 @@ def _okx_frame(action: str, prev: int, seq: int, bids: list[list[str]] | None = 
 
 
 def test_okx_sequence_chain_with_heartbeat_and_reset_then_a_gap() -> None:
-    session = Sent()
-    venue = OkxV5(VenueSpec("o", "okx-v5", ("BTC-USDT",), depth=400), session)
-    venue.on_connected()
-    book = venue.books["BTC-USDT"]
-    stats = venue.stats["BTC-USDT"]
+    okx, session = venue("okx-v5", ("BTC-USDT",), depth=400)
+    book = okx.books["BTC-USDT"]
+    stats = okx.stats["BTC-USDT"]
     # The docs' example: -1->10, 10->15, 15->15 (heartbeat), 15->3 (reset), 3->5.
-    venue.receive(_okx_frame("snapshot", -1, 10, [["100", "1", "0", "1"]]), 1)
-    venue.receive(_okx_frame("update", 10, 15, [["99", "2", "0", "1"]]), 2)
-    venue.receive(_okx_frame("update", 15, 15), 3)
-    venue.receive(_okx_frame("update", 15, 3, [["99", "0", "0", "0"]]), 4)
-    venue.receive(_okx_frame("update", 3, 5, [["98", "1", "0", "1"]]), 5)
+    okx.receive(_okx_frame("snapshot", -1, 10, [["100", "1", "0", "1"]]), 1)
+    okx.receive(_okx_frame("update", 10, 15, [["99", "2", "0", "1"]]), 2)
+    okx.receive(_okx_frame("update", 15, 15), 3)
+    okx.receive(_okx_frame("update", 15, 3, [["99", "0", "0", "0"]]), 4)
+    okx.receive(_okx_frame("update", 3, 5, [["98", "1", "0", "1"]]), 5)
     assert (stats.sequence_checked, stats.sequence_gaps) == (4, 0)
     assert stats.checksums_checked == 0  # checksum 0 means "not provided"
     assert book.state is BookState.LIVE and book.venue_seq == 5
     assert book.bids.prices(5) == [100.0, 98.0]
-    venue.receive(_okx_frame("update", 6, 7, [["97", "1", "0", "1"]]), 6)
+    okx.receive(_okx_frame("update", 6, 7, [["97", "1", "0", "1"]]), 6)
     assert stats.sequence_gaps == 1 and book.state is BookState.RESYNCING
     assert [orjson.loads(s)["op"] for s in session.sent] == ["unsubscribe", "subscribe"]
     assert book.bids.prices(5) == []
 
 
 def test_okx_ping_pong_and_upgrade_notice() -> None:
-    session = Sent()
-    reasons: list[str] = []
-    session.reconnect = reasons.append  # type: ignore[method-assign]
-    venue = OkxV5(VenueSpec("o", "okx-v5", ("BTC-USDT",), depth=400), session)
-    assert venue.keepalive_frame() == "ping" and venue.keepalive_interval_s < 30
-    venue.receive("pong", 1)
-    venue.receive('{"event":"notice","code":"64008","msg":"upgrade","connId":"a"}', 2)
-    assert reasons and not venue.venue_stats.skipped
+    okx, session = venue("okx-v5", ("BTC-USDT",), depth=400)
+    assert okx.keepalive_frame() == "ping" and okx.keepalive_interval_s < 30
+    okx.receive("pong", 1)
+    okx.receive('{"event":"notice","code":"64008","msg":"upgrade","connId":"a"}', 2)
+    assert session.reconnects and not okx.venue_stats.skipped
 
 
 # --- the replay scorecard on the four shared captures -----------------------------------------
@@ -280,6 +285,8 @@ def test_replay_json(
         "book_frames",
         "seconds",
         "us_per_book_frame",
+        "connection_sequence",
+        "totals",
         "instruments",
         "errors",
     }
@@ -296,12 +303,16 @@ def test_replay_json(
             "messages",
             "snapshots",
             "updates",
+            "dropped_stale",
             "checksums",
             "sequence",
+            "audit",
             "resyncs",
+            "restarts",
             "crossed",
             "skipped",
             "state",
+            "levels",
             "top",
         }
         assert inst["state"] == "LIVE"
@@ -340,7 +351,7 @@ def test_replay_reports_a_venue_without_a_module_as_unsupported(tmp_path: Path) 
     out = CliRunner().invoke(main, ["replay", str(capture), "--json"])
     assert out.exit_code == 2
     card = json.loads(out.stdout)
-    assert card["protocol"] is None and card["instruments"] == {}
+    assert card["protocol"] is None and card["instruments"] == {} and card["totals"] is None
     assert card["errors"] == [
         "unsupported protocol: no venue module for exchange DERIBIT at "
         f"wss://www.deribit.com/ws/api/v2 (supported: {', '.join(sorted(PROTOCOLS))})"
@@ -349,11 +360,10 @@ def test_replay_reports_a_venue_without_a_module_as_unsupported(tmp_path: Path) 
     assert text.exit_code == 2 and "unsupported protocol" in text.stdout
 
 
-def test_okx_malformed_frames_are_counted_skips_and_leave_the_book_alone() -> None:
-    venue = OkxV5(VenueSpec("o", "okx-v5", ("BTC-USDT",), depth=400), Sent())
-    venue.on_connected()
-    venue.receive(_okx_frame("snapshot", -1, 10, [["100", "1", "0", "1"]]), 1)
-    book = venue.books["BTC-USDT"]
+def test_okx_frames_that_cannot_be_used_are_counted_and_resync_only_what_they_touched() -> None:
+    okx, session = venue("okx-v5", ("BTC-USDT",), depth=400)
+    okx.receive(_okx_frame("snapshot", -1, 10, [["100", "1", "0", "1"]]), 1)
+    book = okx.books["BTC-USDT"]
     before = (book.bids.prices(5), book.asks.prices(5))
     update = orjson.loads(_okx_frame("update", 10, 11, [["99", "1", "0", "1"]]))
 
@@ -362,24 +372,36 @@ def test_okx_malformed_frames_are_counted_skips_and_leave_the_book_alone() -> No
         msg["data"][0].update(data)
         return orjson.dumps(msg).decode()
 
+    # Frames that name no book of ours: the book stays, and its chain goes on from 10.
     for bad in (
-        variant(bids=[["99", "1", "0", "1"], ["NaN", "1", "0", "1"]]),
-        variant(bids=[["99", 1, "0", "1"]]),
-        variant(checksum="123"),
-        variant(seqId="11"),
         _okx_frame("update", 10, 11).replace("BTC-USDT", "ETH-USDT"),
         _okx_frame("update", 10, 11)[:40],
         '{"event":"error","code":"60012","msg":"Invalid request"}',
     ):
-        venue.receive(bad, 2)
+        okx.receive(bad, 2)
     assert (book.bids.prices(5), book.asks.prices(5)) == before
-    assert book.state is BookState.LIVE and book.venue_seq == 10
-    assert dict(venue.venue_stats.skipped) == {
+    assert book.state is BookState.LIVE and book.venue_seq == 10 and not session.sent
+    okx.receive(variant(), 3)
+    assert book.bids.prices(5) == [100.0, 99.0] and book.venue_seq == 11
+    # An update of BTC-USDT that cannot be used: that book missed it, and resyncs at once.
+    for n, bad in enumerate(
+        (
+            variant(bids=[["99", "1", "0", "1"], ["NaN", "1", "0", "1"]]),
+            variant(bids=[["99", 1, "0", "1"]]),
+            variant(checksum="123"),
+            variant(seqId="11"),
+        )
+    ):
+        okx.receive(_okx_frame("snapshot", -1, 20, [["100", "1", "0", "1"]]), 4)
+        assert book.state is BookState.LIVE
+        okx.receive(bad, 5)
+        assert book.state is BookState.RESYNCING and book.bids.prices(5) == []
+        assert okx.venue_stats.resyncs["unusable_update"] == n + 1
+    assert dict(okx.venue_stats.skipped) == {
         "bad_level": 2,
         "malformed": 2,
         "unknown_symbol": 1,
         "bad_json": 1,
         "venue_error": 1,
     }
-    venue.receive(variant(), 3)  # the chain goes on from 10
-    assert book.bids.prices(5) == [100.0, 99.0] and book.venue_seq == 11
+    assert [orjson.loads(s)["op"] for s in session.sent] == ["unsubscribe", "subscribe"] * 4

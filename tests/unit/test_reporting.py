@@ -13,13 +13,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 
 import mmengine
+from mmengine.book.sync import InstrumentStats, VenueStats
 from mmengine.bus import IpcStats
 from mmengine.metrics import EngineCollector
 from mmengine.model import BookState, Price
 from mmengine.pricing.control import ControlStats
 from mmengine.pricing.worker import WorkerStats
 from mmengine.status import snapshot
-from mmengine.venues.base import InstrumentStats, VenueStats
 
 PACKAGE = Path(mmengine.__file__).parent
 

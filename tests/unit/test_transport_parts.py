@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from mmengine.venues.base import RateLimiter
+from mmengine.book.sync import RestBudget
 from mmengine.venues.transport import Backoff
 
 
@@ -24,7 +24,7 @@ def test_backoff_jitter_spreads_reconnects() -> None:
 
 
 def test_rate_limiter_spends_and_refills() -> None:
-    limiter = RateLimiter(capacity=10, per_seconds=1.0)
+    limiter = RestBudget(capacity=10, per_seconds=1.0)
     assert limiter.try_acquire(6)
     assert not limiter.try_acquire(6)
     time.sleep(0.45)

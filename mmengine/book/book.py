@@ -5,6 +5,10 @@ keyed by -price so both sides read their best levels from the front. An update i
 write and, for a new or removed price, one bisect into the list: no whole-book copies and no
 Decimal on the per-message path. Venues whose checksum is computed over the venue's own
 decimal strings (Kraken, OKX legacy) keep those strings per level as well.
+
+The driver (`mmengine.book.sync`) touches a side through `load`/`load_wire` (a snapshot) and
+`apply`/`apply_wire` (an update): one call per side of a frame, with levels already
+validated by `mmengine.book.levels`. That is the seam a compiled book core replaces.
 """
 
 from __future__ import annotations
@@ -78,6 +82,31 @@ class BookSide:
         if size != 0.0 and self.wire is not None:
             self.wire[price] = (price_str, size_str)
 
+    def apply(self, levels: Iterable[Level]) -> None:
+        """`set` each (price, size) level, in order, in one call (the per-message hot path)."""
+        sizes = self.sizes
+        keys = self.keys
+        if self.is_bid:
+            for price, size in levels:
+                if size == 0.0:
+                    if price in sizes:
+                        del sizes[price]
+                        del keys[bisect_left(keys, -price)]
+                    continue
+                if price not in sizes:
+                    insort(keys, -price)
+                sizes[price] = size
+            return
+        for price, size in levels:
+            if size == 0.0:
+                if price in sizes:
+                    del sizes[price]
+                    del keys[bisect_left(keys, price)]
+                continue
+            if price not in sizes:
+                insort(keys, price)
+            sizes[price] = size
+
     def apply_wire(self, levels: Iterable[WireLevel], watch: int = 0) -> bool:
         """`set_wire` each (price, size, price string, size string) level, in order, in one
         call (the per-message hot path). Returns whether any level was at or better than the
@@ -110,24 +139,19 @@ class BookSide:
         return touched
 
     def load(self, levels: Iterable[Level]) -> None:
-        """Replace the side with `levels` (any order); zero sizes are ignored."""
+        """Replace the side with `levels` (any order, iterated once); zero sizes are
+        ignored."""
         self.clear()
-        sizes = self.sizes
-        for price, size in levels:
-            if size != 0.0:
-                sizes[price] = size
-        self.keys = sorted(-p for p in sizes) if self.is_bid else sorted(sizes)
+        sizes = self.sizes = {p: q for p, q in levels if q != 0.0}
+        self.keys = sorted(map(neg, sizes)) if self.is_bid else sorted(sizes)
 
-    def load_wire(self, levels: Iterable[WireLevel]) -> None:
+    def load_wire(self, levels: list[WireLevel]) -> None:
         """`load`, keeping the venue's strings."""
         self.clear()
-        sizes = self.sizes
-        wire = self.wire if self.wire is not None else {}
-        for price, size, price_str, size_str in levels:
-            if size != 0.0:
-                sizes[price] = size
-                wire[price] = (price_str, size_str)
-        self.keys = sorted(-p for p in sizes) if self.is_bid else sorted(sizes)
+        sizes = self.sizes = {p: q for p, q, _, _ in levels if q != 0.0}
+        if self.wire is not None:
+            self.wire = {p: (ps, qs) for p, q, ps, qs in levels if q != 0.0}
+        self.keys = sorted(map(neg, sizes)) if self.is_bid else sorted(sizes)
 
     def truncate(self, depth: int) -> None:
         """Drop levels beyond `depth`: venues send no deletes for levels leaving their window."""

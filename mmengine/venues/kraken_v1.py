@@ -1,0 +1,214 @@
+"""Kraken spot WebSocket v1 `book-<depth>` (venue thread); what the 2021 capture speaks.
+
+Integrity is Kraken's CRC32 book checksum (venue-protocols.md 3.4), the shared `KrakenCrc32`
+(one function for v1 and v2): there are no sequence numbers. After applying a whole message
+and truncating each side to the subscribed depth (Kraken sends no deletes for levels leaving
+the window), the CRC32 of the top 10 asks then the top 10 bids, each level written as
+`price + qty` with the `.` removed and leading zeros stripped, must equal the message's `c`
+(a string, on updates only; in the *last* object of a two-sided update). v1 checksums the
+wire strings as received. Snapshots carry no checksum: the book is LIVE from its snapshot.
+
+A mismatch drops that pair's book and resubscribes that pair alone (unsubscribe, then
+subscribe for a new snapshot); the other pairs on the connection stay LIVE. A book update
+that cannot be used resyncs its pair too: no sequence number would reveal the loss.
+"""
+
+from __future__ import annotations
+
+from operator import itemgetter
+from typing import Any
+
+import orjson
+
+from mmengine.book.events import DECODE_ERRORS, AuditTop, BookUpdate, Event, lost_update
+from mmengine.book.integrity import KrakenCrc32
+from mmengine.book.levels import kraken_rows, one
+from mmengine.errors import FrameError, VenueRejected
+from mmengine.venues.base import UNPUBLISHED_LIMIT, VenueProtocol, VenueSpec, seconds_to_ns
+
+WS_URL_V1 = "wss://ws.kraken.com"
+DEPTHS = (10, 25, 100, 500, 1000)  # book depths both versions offer (3.1)
+KEEPALIVE_S = 30.0  # the server closes a connection after ~1 min without requests (3.5)
+SILENCE_S = 15.0  # heartbeats arrive about once a second, even on busy connections (3.5)
+# Kraken publishes no fixed subscribe-request rate: it is dynamic, and the server answers
+# "Exceeded msg rate" (docs.kraken.com/api/docs/guides/spot-ratelimits).
+SUBSCRIBE_LIMIT = UNPUBLISHED_LIMIT
+# v1 spells these assets the legacy way (AssetPairs `wsname`); v2 uses the common names (3.6).
+V1_ASSET = {"BTC": "XBT", "DOGE": "XDG"}
+FROM_V1_ASSET = {v: k for k, v in V1_ASSET.items()}
+
+
+def normalize_pair(pair: str) -> str:
+    """`XBT/USD` (v1) or `BTC/USD` (v2) -> `BTC-USD`; `XDG` -> `DOGE`."""
+    base, sep, quote = pair.partition("/")
+    if not sep or not base or not quote:
+        raise ValueError(f"expected BASE/QUOTE, was {pair!r}")
+    return f"{FROM_V1_ASSET.get(base, base)}-{FROM_V1_ASSET.get(quote, quote)}"
+
+
+def spot_pair(instrument: str) -> tuple[str, str]:
+    """`BTC-USD` -> ("BTC", "USD"); Kraken takes spot pairs only."""
+    parts = instrument.split("-")
+    if len(parts) != 2:
+        raise ValueError(f"kraken: {instrument!r} is not a spot BASE-QUOTE pair")
+    return parts[0], parts[1]
+
+
+def v1_pair(instrument: str) -> str:
+    """`BTC-USD` -> `XBT/USD` (v1 wsname)."""
+    base, quote = spot_pair(instrument)
+    return f"{V1_ASSET.get(base, base)}/{V1_ASSET.get(quote, quote)}"
+
+
+def parse_book(instrument: str, msg: list[Any]) -> BookUpdate:
+    """A `book-<depth>` array frame -> a snapshot or an update.
+
+    Snapshot: [1360,{"as":[["0.000022900","13355.87450757","1618678123.481570"]],
+               "bs":[...]},"book-1000","ADA/XBT"]
+    Update:   [1920,{"a":[["0.042990","364630.28272081","1618678145.920470"]]},
+               {"b":[["0.042990","0.00000000","1618678145.920708"]],"c":"4105471083"},
+               "book-1000","SC/EUR"]
+    """
+    first = msg[1]
+    if type(first) is not dict:
+        raise FrameError("malformed", "a book payload is an object")
+    if "as" in first or "bs" in first:
+        wire_asks = first.get("as") or []
+        wire_bids = first.get("bs") or []
+        asks = kraken_rows(wire_asks)
+        bids = kraken_rows(wire_bids)
+        # The newest level timestamp stands for the snapshot's time (the strings all read
+        # `seconds.micros`, so the greatest string is the latest time).
+        ts = seconds_to_ns(max(map(itemgetter(2), wire_asks + wire_bids), default="0"))
+        return BookUpdate(instrument, True, bids, asks, None, None, -1, ts)
+    # An update is one object, or two when both sides change; `c` sits in the last one.
+    asks = bids = []
+    checksum = None
+    ts = None
+    for obj in msg[1:-2]:
+        a = obj.get("a")
+        if a is not None:
+            asks = kraken_rows(a)
+            if a:
+                ts = a[-1][2]
+        b = obj.get("b")
+        if b is not None:
+            bids = kraken_rows(b)
+            if b:
+                ts = b[-1][2]
+        c = obj.get("c")
+        if c is not None:
+            checksum = int(c)
+    ts_ns = seconds_to_ns(ts) if ts is not None else None
+    return BookUpdate(instrument, False, bids, asks, None, None, -1, ts_ns, checksum)
+
+
+class KrakenBook(VenueProtocol):
+    """What both Kraken versions share: spot pairs, depths, keepalive, the checksum."""
+
+    capture_exchange = "KRAKEN"
+    keep_wire = True
+    keepalive_interval_s = KEEPALIVE_S
+    silence_timeout_s = SILENCE_S
+    depths = DEPTHS
+    subscribe_limit = SUBSCRIBE_LIMIT
+    checksum = KrakenCrc32
+
+    @classmethod
+    def instrument_problem(cls, instrument: str) -> str | None:
+        try:
+            spot_pair(instrument)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+
+class KrakenV1(KrakenBook):
+    """Kraken WebSocket v1: array frames, string levels, string checksum `c`."""
+
+    protocol = "kraken-v1"
+    default_url = WS_URL_V1
+    capture_addresses = ("kraken.com",)
+
+    def __init__(self, spec: VenueSpec) -> None:
+        super().__init__(spec)
+        self.pairs = {inst: v1_pair(inst) for inst in spec.instruments}
+        self.by_pair = {pair: inst for inst, pair in self.pairs.items()}
+        self.channel = f"book-{spec.depth}"  # route on channelName and pair (3.7)
+        self._req_id = 0
+
+    @classmethod
+    def capture_subscription(cls, sent: list[str]) -> tuple[tuple[str, ...], int | None] | None:
+        for text in sent:
+            msg = orjson.loads(text)
+            sub = msg.get("subscription") if isinstance(msg, dict) else None
+            if (
+                isinstance(sub, dict)
+                and msg.get("event") == "subscribe"
+                and sub.get("name") == "book"
+            ):
+                pairs = tuple(normalize_pair(p) for p in msg.get("pair", ()))
+                return pairs, int(sub.get("depth", 10))
+        return None
+
+    def venue_symbol(self, instrument: str) -> str:
+        return self.pairs[instrument]
+
+    def _subscription(self, event: str, pairs: list[str], name: str = "book") -> str:
+        sub: dict[str, Any] = {"name": name}
+        if name == "book":
+            sub["depth"] = self.spec.depth
+        return orjson.dumps({"event": event, "pair": pairs, "subscription": sub}).decode()
+
+    def subscribe_frames(self) -> list[str]:
+        frames = [self._subscription("subscribe", list(self.by_pair))]
+        if self.spec.audit:
+            # v1 `ticker` (3.3): best bid/ask, updated on trades: a loose audit by arrival.
+            frames.append(self._subscription("subscribe", list(self.by_pair), "ticker"))
+        return frames
+
+    def resync_frames(self, instrument: str) -> list[str]:
+        pair = [self.pairs[instrument]]  # 3.4: unsubscribe, subscribe for a new snapshot
+        return [self._subscription("unsubscribe", pair), self._subscription("subscribe", pair)]
+
+    def keepalive_frame(self) -> str:
+        self._req_id += 1
+        return f'{{"event":"ping","reqid":{self._req_id}}}'
+
+    def parse(self, frame: str) -> list[Event] | BookUpdate:
+        msg = orjson.loads(frame)
+        if type(msg) is not list:
+            return self._event(msg)
+        channel = msg[-2] if len(msg) >= 4 else None
+        if type(channel) is not str or type(msg[-1]) is not str:
+            raise FrameError("malformed", "a data frame is [channelID, payload..., name, pair]")
+        if channel != self.channel:
+            if channel == "ticker" and self.spec.audit:
+                return [self._ticker(msg)]
+            return []  # trade, spread: not ours to use
+        instrument = self.by_pair.get(msg[-1])
+        if instrument is None:
+            raise FrameError("unknown_symbol", repr(msg[-1])[:40])
+        try:
+            return parse_book(instrument, msg)
+        except DECODE_ERRORS as exc:
+            raise lost_update((instrument,), exc) from None
+
+    def _ticker(self, msg: list[Any]) -> AuditTop:
+        """`[1668,{"a":["13.253900",35,"35.72"],"b":["13.232900",185,"185.18"],...},"ticker",
+        "WAVES/EUR"]`: `a`/`b` are [price, whole lot volume, lot volume]."""
+        instrument = self.by_pair.get(msg[-1])
+        if instrument is None:
+            raise FrameError("unknown_symbol", repr(msg[-1])[:40])
+        body = msg[1]
+        return AuditTop(instrument, one(body["b"][0], "0")[0], one(body["a"][0], "0")[0])
+
+    def _event(self, msg: Any) -> list[Event]:
+        if not isinstance(msg, dict):
+            raise FrameError("not_an_object", repr(msg)[:80])
+        event = msg.get("event")
+        if event == "subscriptionStatus" and msg.get("status") == "error":
+            raise VenueRejected(f"{msg.get('pair')}: {msg.get('errorMessage')}")
+        if event == "error":
+            raise VenueRejected(str(msg.get("errorMessage")))
+        return []  # heartbeat, pong, systemStatus, acks
