@@ -7,7 +7,7 @@ import logging
 import subprocess
 import sys
 
-from mmengine.logs import JsonFormatter, RepeatLimiter, redact
+from mmengine.logs import JsonFormatter, LibraryFilter, RepeatLimiter, redact
 
 
 def test_secrets_are_masked() -> None:
@@ -96,3 +96,21 @@ def test_an_unknown_level_is_an_error() -> None:
 
     with pytest.raises(ValueError, match="unknown log level 'verbose'"):
         setup_logging("verbose")
+
+
+def test_kafka_pythons_event_loop_timing_warning_shows_only_at_debug() -> None:
+    """kafka-python warns 'Task ... ran for 0.222s (>0.100s threshold)' whenever its IO
+    thread is descheduled on a busy machine; a kafka-tail user cannot act on it."""
+    record = logging.LogRecord(
+        "kafka.net.selector",
+        logging.WARNING,
+        __file__,
+        1,
+        "Task %s ran for %.3fs (>%.3fs threshold). It is blocking the event loop",
+        ("t", 0.2, 0.1),
+        None,
+    )
+    assert not LibraryFilter(logging.INFO).filter(record)
+    assert LibraryFilter(logging.DEBUG).filter(record)
+    other = logging.LogRecord("kafka.conn", logging.WARNING, __file__, 1, "broker down", (), None)
+    assert LibraryFilter(logging.INFO).filter(other)
