@@ -296,3 +296,17 @@ def test_the_capture_replays_with_no_gap_and_every_ticker_at_an_equal_u_agrees(
         assert stats.audit_disagree == 0 and stats.audit_agree == len(mine) > 50, instrument
         assert driver.books[instrument].state is BookState.LIVE
     assert not driver.venue_stats.skipped and not driver.venue_stats.resyncs
+
+
+@pytest.mark.parametrize(("name", "agree"), [("binance-usdm", 137), ("binance-coinm", 170)])
+def test_the_readme_replay_rows_are_the_tools_output(data_dir: Any, name: str, agree: int) -> None:
+    from click.testing import CliRunner
+
+    from mmengine.cli import main
+
+    capture = str(data_dir / "BINANCE_FUTURES.jsonl.gz")
+    args = ["--log-level", "WARNING", "replay", capture, "--venue", name]
+    run = CliRunner().invoke(main, args)
+    assert run.exit_code == 0, run.output
+    assert "0 gaps in 321 sequence checks" in run.stdout
+    assert f"exact audit {agree} of {agree} agree" in run.stdout
