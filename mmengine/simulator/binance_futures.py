@@ -251,6 +251,14 @@ class BinanceUsdmSim(BinanceSim):
         doc["asks"] = [[f"{p:.{price_dp}f}", f"{q:.{size_dp}f}"] for p, q in asks]
         return 200, _dumps(doc)
 
+    def replay_connection(self, events: Sequence[CaptureEvent]) -> str | None:
+        """The first recorded connection to this venue's stream path (a capture of both
+        futures venues, as `mmengine record` makes, holds one connection of each)."""
+        for e in events:
+            if e.kind == "connect" and urlsplit(e.url).path == self.ws_path:
+                return e.conn
+        return super().replay_connection(events)
+
     def load_replay(
         self, recv: Sequence[CaptureEvent], http_events: Sequence[CaptureEvent]
     ) -> list[ReplayFrame]:
