@@ -176,6 +176,7 @@ class RestSnapshotBridge(SequenceRule):
     max_buffered: ClassVar[int] = 1000
     retry_failed_s: ClassVar[float] = 1.0
     retry_unbridged_s: ClassVar[float] = 0.25
+    bridge_offset: ClassVar[int] = 1  # the first diff applied holds L + 1 (steps 3 to 5)
 
     def __init__(self, venue: Any, instrument: str) -> None:
         super().__init__(venue, instrument)
@@ -278,23 +279,29 @@ class RestSnapshotBridge(SequenceRule):
     ) -> None:
         buffered = self.buffered
         stats = sync.stats
+        edge = last_id + self.bridge_offset  # the id the first diff applied must hold
         # 3. A hole between the snapshot and the first buffered diff: a newer one is needed.
-        if buffered and last_id + 1 < buffered[0].first_id:  # type: ignore[operator]
+        if buffered and buffered[0].first_id > edge:  # type: ignore[operator]
             self.next_attempt = time.monotonic() + self.retry_unbridged_s
             return
         # 4. Drop the buffered diffs the snapshot already holds.
-        pending = [d for d in buffered if d.last_id > last_id]  # type: ignore[operator]
+        pending = [d for d in buffered if d.last_id >= edge]  # type: ignore[operator]
         # 5. The first remaining diff must bridge the snapshot: U <= L+1 <= u.
-        if pending and pending[0].first_id > last_id + 1:  # type: ignore[operator]
+        if pending and pending[0].first_id > edge:  # type: ignore[operator]
             self.next_attempt = time.monotonic() + self.retry_unbridged_s
             stats.sequence_gaps += 1
             return
         stats.dropped_stale += len(buffered) - len(pending)
         buffered.clear()
-        # 6. Book = snapshot, then the buffered diffs in order.
-        book = sync.book
         driver.load(sync, bids, asks, last_id)
         stats.updates += len(pending)
+        self.apply_buffered(sync, pending, driver)
+        driver.go_live(sync, recv_ns)
+
+    def apply_buffered(self, sync: InstrumentSync, pending: list[Any], driver: BookDriver) -> None:
+        """6. Book = snapshot, then the buffered diffs in order."""
+        book = sync.book
+        stats = sync.stats
         for diff in pending:
             if diff.last_id <= book.venue_seq:  # type: ignore[operator]
                 continue
@@ -303,7 +310,6 @@ class RestSnapshotBridge(SequenceRule):
                 raise IntegrityError(self.instrument, "gap", "inside the buffered diffs")
             book.venue_seq = diff.last_id  # type: ignore[assignment]
             driver.apply(sync, diff)
-        driver.go_live(sync, recv_ns)
 
 
 class RestSnapshotChain(RestSnapshotBridge):
@@ -320,6 +326,8 @@ class RestSnapshotChain(RestSnapshotBridge):
     A snapshot with no later event buffered is the book at `L`: LIVE at once, and the next
     event must bridge it (step 5) before the chain (step 6) takes over.
     """
+
+    bridge_offset = 0  # the first event applied holds L itself: U <= L <= u
 
     def __init__(self, venue: Any, instrument: str) -> None:
         super().__init__(venue, instrument)
@@ -348,33 +356,9 @@ class RestSnapshotChain(RestSnapshotBridge):
         book.venue_seq = ev.last_id  # type: ignore[assignment]
         return True
 
-    def bridge(
-        self,
-        sync: InstrumentSync,
-        last_id: int,
-        bids: list[Any],
-        asks: list[Any],
-        driver: BookDriver,
-        recv_ns: int,
-    ) -> None:
-        buffered = self.buffered
-        stats = sync.stats
-        # 3. The snapshot is older than every buffered event: none can bridge it.
-        if buffered and buffered[0].first_id > last_id:  # type: ignore[operator]
-            self.next_attempt = time.monotonic() + self.retry_unbridged_s
-            return
-        # 4. Drop the buffered events the snapshot already holds.
-        pending = [d for d in buffered if d.last_id >= last_id]  # type: ignore[operator]
-        # 5. The first remaining event must bridge the snapshot: U <= L <= u.
-        if pending and pending[0].first_id > last_id:  # type: ignore[operator]
-            self.next_attempt = time.monotonic() + self.retry_unbridged_s
-            stats.sequence_gaps += 1
-            return
-        stats.dropped_stale += len(buffered) - len(pending)
-        buffered.clear()
+    def apply_buffered(self, sync: InstrumentSync, pending: list[Any], driver: BookDriver) -> None:
         book = sync.book
-        driver.load(sync, bids, asks, last_id)
-        stats.updates += len(pending)
+        stats = sync.stats
         self.bridged = bool(pending)
         for n, event in enumerate(pending):
             stats.sequence_checked += 1  # the first bridged (5.), the others chain (6.)
@@ -383,7 +367,6 @@ class RestSnapshotChain(RestSnapshotBridge):
                 raise IntegrityError(self.instrument, "gap", "inside the buffered events")
             book.venue_seq = event.last_id  # type: ignore[assignment]
             driver.apply(sync, event)
-        driver.go_live(sync, recv_ns)
 
 
 # --- checksums ---------------------------------------------------------------------------
