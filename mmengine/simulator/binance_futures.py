@@ -38,9 +38,10 @@ from mmengine.simulator.binance import (
     ERR_ILLEGAL_LIMIT,
     ERR_INVALID_SYMBOL,
     ERR_MANDATORY_SYMBOL,
+    BinanceKit,
     BinanceSim,
 )
-from mmengine.simulator.kit import Level, Part, WireKit
+from mmengine.simulator.kit import Level, Part
 from mmengine.simulator.market import ASK, BID, Change, MarketParams, default_params
 from mmengine.simulator.server import OutFrame, Query, ReplayFrame
 
@@ -71,22 +72,15 @@ def _places(step: Decimal) -> int:
     return max(0, -int(step.as_tuple().exponent))
 
 
-class BinanceFuturesKit(WireKit):
+class BinanceFuturesKit(BinanceKit):
     """USDⓈ-M frames for the conformance suite: a REST snapshot per symbol (`L`), a first
-    event bridging it (`U = L - 1`, `u = L`), then events chained by `pu`, ids jumping."""
+    event bridging it (`U = L - 1`, `u = L`), then events chained by `pu`, ids jumping (the
+    spot kit's REST answers and ids, the futures frames)."""
 
     protocol = "binance-usdm"
     instruments = ("BTC-USDT-PERP", "ETH-USDT-PERP")
     depth = 100  # deeper than a simulated book: the REST snapshot holds all of it
     coin_margined: ClassVar[bool] = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.last_id = dict.fromkeys(self.instruments, 1000)
-        self._rest: dict[str, str] = {}
-
-    def rest(self) -> dict[str, str]:
-        return self._rest
 
     def _event(self, instrument: str, first: int, prev: int, bids: Any, asks: Any) -> str:
         symbol = futures_symbol(instrument, self.coin_margined)
