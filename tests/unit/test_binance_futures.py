@@ -310,3 +310,15 @@ def test_the_readme_replay_rows_are_the_tools_output(data_dir: Any, name: str, a
     assert run.exit_code == 0, run.output
     assert "0 gaps in 321 sequence checks" in run.stdout
     assert f"exact audit {agree} of {agree} agree" in run.stdout
+
+
+def test_contract_sizes_of_either_kind_convert_sizes_and_leave_the_rest() -> None:
+    from mmengine.book.events import ContractSize
+    from mmengine.model import BookTop
+
+    top = BookTop("v", "i", "LIVE", 7, -1, 1, 2, [100.0, 99.0], [3.0, 1.0], [101.0], [2.0])
+    inverse = ContractSize(100.0, in_quote=True).to_base(top)  # 100 USD a contract
+    assert inverse == top._replace(bid_sizes=[3.0, 100.0 / 99.0], ask_sizes=[200.0 / 101.0])
+    linear = ContractSize(0.01, in_quote=False).to_base(top)  # 0.01 BTC a contract
+    assert linear == top._replace(bid_sizes=[0.03, 0.01], ask_sizes=[0.02])
+    assert type(linear) is BookTop and top.bid_sizes == [3.0, 1.0]  # the input is untouched
