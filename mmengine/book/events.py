@@ -9,9 +9,15 @@ whose update it carried, so that the driver can resync what the loss touched.
 
 from __future__ import annotations
 
+from itertools import repeat
+from operator import mul, truediv
 from typing import Any
 
 from mmengine.errors import FrameError
+from mmengine.model import BookTop
+
+_BID_SIZES = BookTop._fields.index("bid_sizes")
+_ASK_SIZES = BookTop._fields.index("ask_sizes")
 
 EVERY_BOOK = "*"  # `lost_update`: the loss cannot be attributed to one book
 
@@ -22,8 +28,10 @@ class BookUpdate:
     Levels are already validated by a `mmengine.book.levels` decoder. Ids are the venue's
     own, None where the message has none: `last_id` is the update id after the message
     (Binance `u`, Bybit `u`, OKX `seqId`, Coinbase `sequence_num`), `first_id` the id it
-    follows from (Binance `U`, OKX `prevSeqId`), `cross_seq` Bybit's `seq`; `checksum` the
-    venue's CRC32 of the book after the message; `ts_ns` the venue's time of the message.
+    follows from (Binance `U`, OKX `prevSeqId`), `prev_id` the last id of the message before
+    it where the venue names both (Binance futures `pu`, beside `U`), `cross_seq` Bybit's
+    `seq`; `checksum` the venue's CRC32 of the book after the message; `ts_ns` the venue's
+    time of the message.
     """
 
     __slots__ = (
@@ -34,6 +42,7 @@ class BookUpdate:
         "first_id",
         "instrument",
         "last_id",
+        "prev_id",
         "snapshot",
         "ts_ns",
     )
@@ -49,6 +58,7 @@ class BookUpdate:
         cross_seq: int = -1,
         ts_ns: int | None = None,
         checksum: int | None = None,
+        prev_id: int | None = None,
     ) -> None:
         self.instrument = instrument
         self.snapshot = snapshot
@@ -59,6 +69,7 @@ class BookUpdate:
         self.cross_seq = cross_seq
         self.ts_ns = ts_ns
         self.checksum = checksum
+        self.prev_id = prev_id
 
 
 class AuditTop:
@@ -136,6 +147,42 @@ class Reconnect:
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
+
+
+class ContractSize:
+    """How one instrument's book sizes become base units (a venue fact, learned from the
+    venue's instrument data; the driver applies it to each BookTop it publishes).
+
+    The book keeps the venue's own sizes, which its checks and audit compare; pricing gets
+    base units, so that books of contracts consolidate with spot books. A contract is worth
+    `value` of the quote currency when `in_quote` (inverse contracts, Binance COIN-M: 100 USD
+    for BTC, so `q` contracts at price `p` are `q * 100 / p` BTC), else `value` of the base
+    currency (`q * value`).
+    """
+
+    __slots__ = ("in_quote", "value")
+
+    def __init__(self, value: float, in_quote: bool) -> None:
+        self.value = value
+        self.in_quote = in_quote
+
+    def __repr__(self) -> str:
+        return f"ContractSize({self.value!r}, in_quote={self.in_quote})"
+
+    def to_base(self, top: BookTop) -> BookTop:
+        """`top` with its sizes in base units (prices unchanged). Once per published top of
+        such a venue: C-level map() and the plain tuple constructor, not `_replace` (1.5 us
+        instead of 2.5 for 5 levels a side)."""
+        v = repeat(self.value)
+        bids = map(mul, top.bid_sizes, v)
+        asks = map(mul, top.ask_sizes, v)
+        if self.in_quote:
+            bids = map(truediv, bids, top.bid_prices)
+            asks = map(truediv, asks, top.ask_prices)
+        fields = list(top)
+        fields[_BID_SIZES] = list(bids)
+        fields[_ASK_SIZES] = list(asks)
+        return tuple.__new__(BookTop, fields)
 
 
 Event = BookUpdate | AuditTop | Sequenced | Skipped | Send | Resync | Reconnect

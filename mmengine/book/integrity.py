@@ -10,8 +10,9 @@ a message. `ConnectionCounter` is the one rule kept per connection (Coinbase).
 | `Unsequenced` | Kraken (checksum only), OKX `books5`/`bbo-tbt` |
 | `CountedByConnection` | Coinbase's books, checked by the connection's counter |
 | `ContiguousIds` | Bybit: `u == previous u + 1` per topic; a snapshot replaces, `u == 1` restarts |
-| `PreviousIdChain` | OKX: `prevSeqId == previous seqId` (Binance futures' `pu` likewise) |
+| `PreviousIdChain` | OKX: `prevSeqId == previous seqId` |
 | `RestSnapshotBridge` | Binance spot: diffs buffered and bridged to a REST snapshot |
+| `RestSnapshotChain` | Binance futures: bridged to a REST snapshot, then `pu == previous u` |
 | `KrakenCrc32`, `OkxCrc32` | the CRC32 over the top levels, cached per side between messages |
 | `ConnectionCounter` | Coinbase `sequence_num`: one counter across every channel |
 
@@ -175,6 +176,7 @@ class RestSnapshotBridge(SequenceRule):
     max_buffered: ClassVar[int] = 1000
     retry_failed_s: ClassVar[float] = 1.0
     retry_unbridged_s: ClassVar[float] = 0.25
+    bridge_offset: ClassVar[int] = 1  # the first diff applied holds L + 1 (steps 3 to 5)
 
     def __init__(self, venue: Any, instrument: str) -> None:
         super().__init__(venue, instrument)
@@ -277,23 +279,29 @@ class RestSnapshotBridge(SequenceRule):
     ) -> None:
         buffered = self.buffered
         stats = sync.stats
+        edge = last_id + self.bridge_offset  # the id the first diff applied must hold
         # 3. A hole between the snapshot and the first buffered diff: a newer one is needed.
-        if buffered and last_id + 1 < buffered[0].first_id:  # type: ignore[operator]
+        if buffered and buffered[0].first_id > edge:  # type: ignore[operator]
             self.next_attempt = time.monotonic() + self.retry_unbridged_s
             return
         # 4. Drop the buffered diffs the snapshot already holds.
-        pending = [d for d in buffered if d.last_id > last_id]  # type: ignore[operator]
+        pending = [d for d in buffered if d.last_id >= edge]  # type: ignore[operator]
         # 5. The first remaining diff must bridge the snapshot: U <= L+1 <= u.
-        if pending and pending[0].first_id > last_id + 1:  # type: ignore[operator]
+        if pending and pending[0].first_id > edge:  # type: ignore[operator]
             self.next_attempt = time.monotonic() + self.retry_unbridged_s
             stats.sequence_gaps += 1
             return
         stats.dropped_stale += len(buffered) - len(pending)
         buffered.clear()
-        # 6. Book = snapshot, then the buffered diffs in order.
-        book = sync.book
         driver.load(sync, bids, asks, last_id)
         stats.updates += len(pending)
+        self.apply_buffered(sync, pending, driver)
+        driver.go_live(sync, recv_ns)
+
+    def apply_buffered(self, sync: InstrumentSync, pending: list[Any], driver: BookDriver) -> None:
+        """6. Book = snapshot, then the buffered diffs in order."""
+        book = sync.book
+        stats = sync.stats
         for diff in pending:
             if diff.last_id <= book.venue_seq:  # type: ignore[operator]
                 continue
@@ -302,7 +310,63 @@ class RestSnapshotBridge(SequenceRule):
                 raise IntegrityError(self.instrument, "gap", "inside the buffered diffs")
             book.venue_seq = diff.last_id  # type: ignore[assignment]
             driver.apply(sync, diff)
-        driver.go_live(sync, recv_ns)
+
+
+class RestSnapshotChain(RestSnapshotBridge):
+    """Binance USDⓈ-M and COIN-M futures (and options), "How to manage a local order book
+    correctly", numbered as there. Events carry `U` (`first_id`), `u` (`last_id`) and `pu`
+    (`prev_id`, the previous event's `u`). Ids are not contiguous from one event to the next
+    (`U` may exceed `pu + 1`), so unlike spot a hole in the ids is no gap: the chain is.
+
+    2-3. Buffer the events (as spot), get a REST snapshot, `L = lastUpdateId`.
+    4. Drop the events with `u < L` (an event ending at `L` is kept, unlike spot's `u <= L`).
+    5. The first processed event must have `U <= L <= u`; otherwise fetch again.
+    6. From then on every event's `pu` must equal the previous event's `u`; anything else is a
+       gap that resyncs the symbol from a new snapshot.
+    A snapshot with no later event buffered is the book at `L`: LIVE at once, and the next
+    event must bridge it (step 5) before the chain (step 6) takes over.
+    """
+
+    bridge_offset = 0  # the first event applied holds L itself: U <= L <= u
+
+    def __init__(self, venue: Any, instrument: str) -> None:
+        super().__init__(venue, instrument)
+        self.bridged = False  # an event has bridged the snapshot: the `pu` chain holds
+
+    def delta(self, sync: InstrumentSync, ev: BookUpdate) -> bool:
+        book = sync.book
+        last = book.venue_seq
+        stats = sync.stats
+        if self.bridged:
+            # 6.
+            stats.sequence_checked += 1
+            if ev.prev_id != last:
+                stats.sequence_gaps += 1
+                raise IntegrityError(self.instrument, "gap", f"pu={ev.prev_id} after u={last}")
+        else:
+            # 4. and 5. for the first event after a snapshot that had none buffered after it.
+            if ev.last_id < last:  # type: ignore[operator]
+                stats.dropped_stale += 1
+                return False
+            stats.sequence_checked += 1
+            if ev.first_id > last:  # type: ignore[operator]
+                stats.sequence_gaps += 1
+                raise IntegrityError(self.instrument, "gap", f"U={ev.first_id} after L={last}")
+            self.bridged = True
+        book.venue_seq = ev.last_id  # type: ignore[assignment]
+        return True
+
+    def apply_buffered(self, sync: InstrumentSync, pending: list[Any], driver: BookDriver) -> None:
+        book = sync.book
+        stats = sync.stats
+        self.bridged = bool(pending)
+        for n, event in enumerate(pending):
+            stats.sequence_checked += 1  # the first bridged (5.), the others chain (6.)
+            if n and event.prev_id != book.venue_seq:
+                stats.sequence_gaps += 1
+                raise IntegrityError(self.instrument, "gap", "inside the buffered events")
+            book.venue_seq = event.last_id  # type: ignore[assignment]
+            driver.apply(sync, event)
 
 
 # --- checksums ---------------------------------------------------------------------------

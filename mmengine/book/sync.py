@@ -32,6 +32,7 @@ from mmengine.book.events import (
     EVERY_BOOK,
     AuditTop,
     BookUpdate,
+    ContractSize,
     Reconnect,
     Resync,
     Send,
@@ -51,6 +52,9 @@ log = logging.getLogger("mmengine.venue")
 LIVE = BookState.LIVE
 STALE = BookState.STALE
 MAX_WAITING_AUDITS = 1000  # tickers held until the book reaches their update id
+CONTRACT_SIZES = "contract sizes"  # the key of the connection's contract-size fetch
+RETRY_SIZES_S = 1.0  # after a failed fetch of contract sizes
+RETRY_MISSING_S = 60.0  # after an answer that lists not every instrument of ours
 
 
 class Session(Protocol):
@@ -165,6 +169,7 @@ class InstrumentSync:
         "disagree_since",
         "instrument",
         "rule",
+        "size",
         "stats",
         "wire",
     )
@@ -184,6 +189,7 @@ class InstrumentSync:
         self.crossed = False  # the book is crossed and held (a venue that can be)
         self.audits: deque[AuditTop] = deque()  # tickers waiting for the book's update id
         self.disagree_since = 0  # loose audit: first disagreeing ticker, ns; 0: agreeing
+        self.size: ContractSize | None = None  # book sizes -> base units (None: they are)
 
 
 class _ConnectionResync(Exception):
@@ -232,6 +238,12 @@ class BookDriver:
         )
         self._waiting: deque[tuple[str | None, list[str]]] = deque()  # requests held back
         self._fetching = 0  # fetches asked for and not answered yet
+        # The venue's contract sizes (`VenueProtocol.contract_sizes_request`): fetched on
+        # every connection before any snapshot; the generation tells a late answer apart.
+        self._sizes_request: tuple[str, int] | None = None
+        self._sizes_generation = 0
+        self._sizes_in_flight = False
+        self._sizes_next = 0.0  # monotonic time before which they are not asked for again
         self._log_limiter = RepeatLimiter()
         self._parse = venue.parse
         self._handlers = {
@@ -279,6 +291,14 @@ class BookDriver:
             sync.rule.reset()
             self._drop(sync)
             self.set_state(sync, BookState.SYNCING, "connected")
+        self._sizes_request = self.venue.contract_sizes_request()
+        self._sizes_generation += 1
+        self._sizes_in_flight = False
+        self._sizes_next = 0.0
+        if self._sizes_request is not None:
+            for sync in self.syncs.values():
+                sync.size = None
+            self._fetch_sizes()
 
     def on_disconnected(self) -> None:
         """The connection is gone: no book on it can be trusted until resynced."""
@@ -292,6 +312,12 @@ class BookDriver:
         retries, and the staleness timer."""
         if self._waiting:
             self._send_waiting()
+        if (
+            self._sizes_request is not None
+            and not self._sizes_in_flight
+            and any(s.size is None for s in self.syncs.values())
+        ):
+            self._fetch_sizes()
         for sync in self.syncs.values():
             try:
                 sync.rule.tick(sync, self)
@@ -522,6 +548,11 @@ class BookDriver:
 
     def go_live(self, sync: InstrumentSync, recv_ns: int) -> None:
         """The book is verified: mark it LIVE and publish its top."""
+        if sync.size is None and self._sizes_request is not None:
+            # Never published in the venue's units as if they were base units (a snapshot
+            # is asked for only once the sizes are known: this is not expected).
+            self.resync(sync, "no_contract_size")
+            return
         book = sync.book
         if book.is_crossed() and not self.hold_crossed:
             sync.stats.crossed += 1
@@ -561,7 +592,10 @@ class BookDriver:
                 )
         elif sync.crossed:
             sync.crossed = False
-        self.session.publish(book.top(self.top_levels))
+        top = book.top(self.top_levels)
+        if sync.size is not None:
+            top = sync.size.to_base(top)
+        self.session.publish(top)
 
     # --- states, resyncs, requests ------------------------------------------------------------
 
@@ -642,7 +676,10 @@ class BookDriver:
 
     def fetch(self, instrument: str, generation: int, url: str, weight: float) -> bool:
         """Fetch a REST snapshot off the venue thread, within the venue's REST weight
-        budget; False when the budget is spent (the rule asks again later)."""
+        budget; False when the budget is spent, or while the venue's contract sizes are not
+        known (the rule asks again later)."""
+        if self._sizes_request is not None and self.syncs[instrument].size is None:
+            return False
         if self.rest is not None and not self.rest.try_acquire(weight):
             return False
         self._fetching += 1
@@ -650,16 +687,63 @@ class BookDriver:
         return True
 
     def poll_fetches(self, recv_ns: int) -> None:
-        """Hand finished snapshot fetches to their books' rules."""
-        for (instrument, generation), body, error in self.session.fetched():
-            self._fetching = max(0, self._fetching - 1)
-            sync = self.syncs.get(instrument)
-            if sync is None:
-                continue
+        """Hand finished snapshot fetches to their books' rules (and contract sizes to the
+        books, whose snapshots are then asked for at once: the loop takes their answers
+        too where they come back at once, as in a replay)."""
+        while answers := self.session.fetched():
+            for (instrument, generation), body, error in answers:
+                self._fetching = max(0, self._fetching - 1)
+                if instrument == CONTRACT_SIZES:
+                    self._sizes_fetched(generation, body, error)
+                    continue
+                sync = self.syncs.get(instrument)
+                if sync is None:
+                    continue
+                try:
+                    sync.rule.fetched(sync, generation, body, error, self, recv_ns)  # type: ignore[attr-defined]
+                except IntegrityError as exc:
+                    self._failed(exc, None)
+
+    def _fetch_sizes(self) -> None:
+        """Ask for the venue's contract sizes (within the REST budget; `on_tick` retries)."""
+        if self._sizes_request is None or time.monotonic() < self._sizes_next:
+            return
+        url, weight = self._sizes_request
+        if self.rest is not None and not self.rest.try_acquire(weight):
+            return
+        self._sizes_in_flight = True
+        self._fetching += 1
+        self.session.fetch((CONTRACT_SIZES, self._sizes_generation), url)
+
+    def _sizes_fetched(self, generation: int, body: str | None, error: str) -> None:
+        if generation != self._sizes_generation:
+            return  # asked for on an earlier connection
+        self._sizes_in_flight = False
+        sizes: dict[str, ContractSize] = {}
+        if body is not None:
             try:
-                sync.rule.fetched(sync, generation, body, error, self, recv_ns)  # type: ignore[attr-defined]
-            except IntegrityError as exc:
-                self._failed(exc, None)
+                sizes = self.venue.parse_contract_sizes(body)
+            except (FrameError, ValueError, KeyError, TypeError, IndexError) as exc:
+                body, error = None, f"unusable contract sizes: {exc}"
+        if body is None:
+            self._sizes_next = time.monotonic() + RETRY_SIZES_S
+            self.skip("contract_sizes_failed", error)
+            return
+        missing = []
+        for instrument, sync in self.syncs.items():
+            sync.size = sizes.get(instrument)
+            if sync.size is None:
+                missing.append(instrument)
+            else:
+                try:
+                    sync.rule.tick(sync, self)  # its snapshot, now that its sizes are known
+                except IntegrityError as exc:
+                    self._failed(exc, None)
+        if missing:
+            # Asked for again now and then: a listing may come later. Until then these books
+            # stay SYNCING; the others go on.
+            self._sizes_next = time.monotonic() + RETRY_MISSING_S
+            self.skip("unknown_symbol", f"no contract size for {', '.join(missing)}")
 
     def _awaiting_reconnect(self, frame: str) -> list[Any]:
         """`parse` while the connection resyncs: nothing on it can be trusted until it is

@@ -21,7 +21,7 @@ from mmengine.venues.registry import simulators
 
 SIM_PROTOCOLS: dict[str, type[SimProtocol]] = simulators()
 
-DEFAULT_INSTRUMENTS = ["BTC-USDT", "ETH-USDT"]
+DEFAULT_INSTRUMENTS = list(SimProtocol.default_instruments)  # a spot venue's
 
 __all__ = [
     "DEFAULT_INSTRUMENTS",
@@ -49,8 +49,9 @@ def start_simulator(
     """Start a simulator for `venue` and return its running handle.
 
     - `port=0` picks a free port (read `handle.port`, `handle.ws_url`, `handle.rest_url`).
-    - `instruments`: normalized `BASE-QUOTE` names; default BTC-USDT and ETH-USDT. Ignored
-      in replay mode, where the capture header's `config.l2_book` decides.
+    - `instruments`: our names (`BTC-USDT`, `BTC-USD-PERP`); default the simulator's own
+      `default_instruments` (BTC-USDT and ETH-USDT for spot venues). Ignored in replay mode,
+      where the capture header's `config.l2_book` decides.
     - `rate`: synthetic mode, book updates per second across all instruments (round robin);
       replay mode, recorded frames per second sent to each client.
     - `replay`: a format-2 capture; each client gets the recording from its start, REST
@@ -73,7 +74,7 @@ def start_simulator(
         protocol,
         host=host,
         port=port,
-        instruments=instruments or DEFAULT_INSTRUMENTS,
+        instruments=instruments or list(protocol.default_instruments),
         rate=rate,
         replay=replay,
         faults=faults or (),

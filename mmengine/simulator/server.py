@@ -47,7 +47,7 @@ from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
 from mmengine.capture import CaptureEvent, read_capture
-from mmengine.simulator.market import ASK, BID, Change, Market, default_params
+from mmengine.simulator.market import ASK, BID, Change, Market, MarketParams, default_params
 
 log = logging.getLogger("mmengine.simulator")
 
@@ -144,6 +144,14 @@ class SimProtocol:
 
     venue: ClassVar[str] = ""
     ws_path: ClassVar[str] = "/"  # path of `SimulatorHandle.ws_url`
+    # What `start_simulator` serves when no instruments are named (the venue lists them).
+    default_instruments: ClassVar[tuple[str, ...]] = ("BTC-USDT", "ETH-USDT")
+
+    @classmethod
+    def market_params(cls, instrument: str) -> MarketParams:
+        """Where a synthetic book of `instrument` starts and the grids it lives on (a venue
+        whose sizes are contracts, or whose ticks differ, says so here)."""
+        return default_params(instrument)
 
     def __init__(
         self,
@@ -332,7 +340,7 @@ class SimulatorHandle:
                 raise ValueError("no instruments to simulate")
             self.instruments = tuple(dict.fromkeys(instruments))
             for name in self.instruments:
-                params = default_params(name)
+                params = protocol_cls.market_params(name)
                 if shift_bps:
                     # A venue whose whole market sits elsewhere (tests an outlier filter).
                     mid = params.mid * (1 + Decimal(str(shift_bps)) / 10_000)

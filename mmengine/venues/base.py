@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from mmengine.book.events import BookUpdate, Event
+from mmengine.book.events import BookUpdate, ContractSize, Event
 from mmengine.book.integrity import ChecksumRule, SequenceRule, Unsequenced
 from mmengine.errors import FrameError
 
@@ -79,6 +79,19 @@ class VenueProtocol:
     def venue_symbol(self, instrument: str) -> str:
         """The venue's own name for one of our instruments."""
         return instrument
+
+    def contract_sizes_request(self) -> tuple[str, int] | None:
+        """(url, REST weight) of the venue's instrument data that says what its book sizes
+        are worth (Binance COIN-M `exchangeInfo`); None where sizes are base units already.
+        The driver fetches it on every new connection, before any REST snapshot, and books
+        are published only with it (`ContractSize`)."""
+        return None
+
+    def parse_contract_sizes(self, body: str) -> dict[str, ContractSize]:
+        """Our instruments' `ContractSize`s from the answer to `contract_sizes_request`
+        (an instrument the answer does not list is missing; FrameError for an unusable
+        answer)."""
+        raise NotImplementedError
 
     @classmethod
     def instrument_problem(cls, instrument: str) -> str | None:

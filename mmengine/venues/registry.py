@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from mmengine.book.sync import BookDriver, Session
 from mmengine.venues.base import VenueProtocol, VenueSpec
 from mmengine.venues.binance import BinanceSpot
+from mmengine.venues.binance_futures import BinanceCoinm, BinanceUsdm
 from mmengine.venues.bybit import BybitLinear, BybitSpot
 from mmengine.venues.coinbase import CoinbaseAdvanced
 from mmengine.venues.kraken_v1 import KrakenV1
@@ -61,6 +62,8 @@ REGISTRY: tuple[Registration, ...] = (
     ),
     Registration(BybitSpot, ("mmengine.simulator.bybit:BybitSpotSim",)),
     Registration(BybitLinear, ("mmengine.simulator.bybit:BybitSim",)),
+    Registration(BinanceUsdm, ("mmengine.simulator.binance_futures:BinanceUsdmSim",)),
+    Registration(BinanceCoinm, ("mmengine.simulator.binance_futures:BinanceCoinmSim",)),
 )
 
 PROTOCOLS: dict[str, type[VenueProtocol]] = {r.protocol: r.venue for r in REGISTRY}
