@@ -32,6 +32,7 @@ from mmengine.book.events import (
     EVERY_BOOK,
     AuditTop,
     BookUpdate,
+    Ignored,
     Reconnect,
     Resync,
     Send,
@@ -106,6 +107,8 @@ class VenueStats:
     requests_delayed: int = 0  # subscribe requests held back by the venue's rate limit
     skipped: Counter[str] = field(default_factory=Counter)
     resyncs: Counter[str] = field(default_factory=Counter)
+    # frames of channels the venue module does not use (trades, klines), by channel
+    ignored: Counter[str] = field(default_factory=Counter)
 
 
 class RequestLimit:
@@ -238,6 +241,7 @@ class BookDriver:
             AuditTop: self.on_audit,
             Sequenced: self.on_sequenced,
             Skipped: self.on_skipped,
+            Ignored: self.on_ignored,
             Send: self.on_send,
             Resync: self.on_resync,
             Reconnect: self.on_reconnect,
@@ -438,6 +442,9 @@ class BookDriver:
 
     def on_skipped(self, ev: Skipped, recv_ns: int) -> None:
         self.skip(ev.kind, ev.detail)
+
+    def on_ignored(self, ev: Ignored, recv_ns: int) -> None:
+        self.venue_stats.ignored[ev.channel] += 1  # not logged: it is nobody's problem
 
     def on_send(self, ev: Send, recv_ns: int) -> None:
         self.request(None, ev.frames)

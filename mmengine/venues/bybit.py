@@ -29,7 +29,14 @@ from typing import Any, ClassVar
 
 import orjson
 
-from mmengine.book.events import DECODE_ERRORS, AuditTop, BookUpdate, Event, lost_update
+from mmengine.book.events import (
+    DECODE_ERRORS,
+    AuditTop,
+    BookUpdate,
+    Event,
+    Ignored,
+    lost_update,
+)
 from mmengine.book.integrity import ContiguousIds
 from mmengine.book.levels import ParsedDecimals, one, rows
 from mmengine.errors import FrameError, VenueRejected
@@ -123,7 +130,8 @@ class _Bybit(VenueProtocol):
     def __init__(self, spec: VenueSpec) -> None:
         super().__init__(spec)
         self.symbols = {inst: self.wire_symbol(inst) for inst in spec.instruments}
-        self.topics = {inst: f"orderbook.{spec.depth}.{s}" for inst, s in self.symbols.items()}
+        self.book_channel = f"orderbook.{spec.depth}."
+        self.topics = {inst: self.book_channel + s for inst, s in self.symbols.items()}
         self.by_topic = {topic: inst for inst, topic in self.topics.items()}
         self.by_ticker = {f"tickers.{s}": inst for inst, s in self.symbols.items()}
         self.tickers: dict[str, dict[str, Any]] = {inst: {} for inst in spec.instruments}
@@ -195,7 +203,11 @@ class _Bybit(VenueProtocol):
         if instrument is not None:
             if self.spec.audit and self.ticker_audit:
                 return self._ticker(instrument, msg)
-            return []
+            return [Ignored("tickers")]
+        if type(topic) is str and not topic.startswith(self.book_channel):
+            # kline.1.BTCUSDT, publicTrade.BTCUSDT, another depth's orderbook: not ours to
+            # use (the last part of a topic is always the symbol)
+            return [Ignored(topic.rpartition(".")[0] or topic)]
         raise FrameError("unknown_topic", repr(topic)[:80])
 
     def _ticker(self, instrument: str, msg: dict[str, Any]) -> list[Event]:
