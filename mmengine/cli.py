@@ -429,13 +429,13 @@ def simulate(
 def _check_capture_fits(venue: str, capture: str) -> None:
     """Refuse to replay a capture of another protocol (it would only confuse a client)."""
     from mmengine.capture import read_capture
-    from mmengine.replay import UnsupportedCapture, detect_protocol, recorded_venues
+    from mmengine.replay import UnsupportedCapture, capture_connections, detect_protocol
 
     try:
         header, events = read_capture(capture)
     except (ValueError, OSError) as exc:
         raise click.ClickException(f"cannot read {capture}: {exc}") from None
-    protocols = {str(v.get("protocol")) for v in recorded_venues(header)}
+    protocols = {c.protocol for c in capture_connections(header, events) if c.protocol}
     try:
         protocols = protocols or {detect_protocol(header, events)}
     except UnsupportedCapture as exc:
@@ -481,7 +481,15 @@ def demo(duration: float | None, rate: float) -> None:
     default=None,
     help="Write one JSON line per book message to this file.",
 )
-@click.option("--venue", "venue_name", default=None, help="Venue to replay (multi-venue files).")
+@click.option("--venue", "venue_name", default=None, help="Replay only this venue of the capture.")
+@click.option(
+    "--protocol",
+    "forced",
+    multiple=True,
+    metavar="[CONN=]NAME",
+    help="Read the capture's connections (or connection CONN) as protocol NAME: for "
+    "captures from hosts the registry does not know (repeatable).",
+)
 @click.option("--verbose", is_flag=True, help="Also log each book's state changes.")
 @click.pass_context
 def replay(
@@ -490,18 +498,23 @@ def replay(
     as_json: bool,
     trace_path: str | None,
     venue_name: str | None,
+    forced: tuple[str, ...],
     verbose: bool,
 ) -> None:
     """Replay a format-2 capture through the live venue and book code; print a scorecard.
 
-    The protocol comes from the capture's header and connect address. A capture of a venue
-    without a module is reported as an unsupported protocol (exit 2).
+    Each connection's protocol comes from the capture's header (`mmengine record`) or its
+    connect address; connections of one protocol feed one venue's books. Frames of channels
+    no venue module uses are counted as ignored. Exit 0 when every check passed, 1 when an
+    integrity check failed or a frame of our channels could not be used, 2 when a connection
+    (or the capture) has no venue module.
     """
     if not verbose and ctx.obj.get("log_level") is None:
         # The scorecard is the story; a state line per book is for --verbose.
         logging.getLogger("mmengine").setLevel(logging.WARNING)
     from mmengine.replay import (
         UnsupportedCapture,
+        exit_code,
         format_scorecard,
         replay_capture,
         scorecard,
@@ -509,12 +522,15 @@ def replay(
     )
 
     name = Path(capture).name
+    protocols = _forced_protocols(forced)
     try:
         if trace_path:
             with open(trace_path, "w", encoding="utf-8") as trace:
-                result = replay_capture(capture, venue_name=venue_name, trace=trace)
+                result = replay_capture(
+                    capture, venue_name=venue_name, trace=trace, protocols=protocols
+                )
         else:
-            result = replay_capture(capture, venue_name=venue_name)
+            result = replay_capture(capture, venue_name=venue_name, protocols=protocols)
     except UnsupportedCapture as exc:
         card = unsupported_scorecard(name, str(exc))
         click.echo(json.dumps(card) if as_json else f"{name}: {exc}")
@@ -523,6 +539,23 @@ def replay(
         raise click.ClickException(f"cannot read {capture}: {exc}") from exc
     card = scorecard(result)
     click.echo(json.dumps(card) if as_json else format_scorecard(card))
+    sys.exit(exit_code(card))
+
+
+def _forced_protocols(forced: tuple[str, ...]) -> dict[str | None, str]:
+    """`--protocol NAME` (every connection) and `--protocol CONN=NAME` (one), checked."""
+    from mmengine.venues.registry import PROTOCOLS
+
+    protocols: dict[str | None, str] = {}
+    for item in forced:
+        conn, _, name = item.rpartition("=")
+        if name not in PROTOCOLS:
+            raise click.BadParameter(
+                f"{name!r} is not a protocol; one of: {', '.join(sorted(PROTOCOLS))}",
+                param_hint="--protocol",
+            )
+        protocols[conn or None] = name
+    return protocols
 
 
 @main.command()

@@ -155,6 +155,25 @@ class _Bybit(VenueProtocol):
     def venue_symbol(self, instrument: str) -> str:
         return self.symbols[instrument]
 
+    @classmethod
+    def capture_subscription(cls, sent: list[str]) -> tuple[tuple[str, ...], int | None] | None:
+        """The depth of the recording's `orderbook.{depth}.{symbol}` subscriptions (the
+        deepest, if several). Its instruments are left to the capture's header: `BTCUSDT`
+        names spot and perpetual alike and cannot be split into ours."""
+        depth = None
+        for text in sent:
+            try:
+                msg = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(msg, dict) or msg.get("op") != "subscribe":
+                continue
+            for arg in msg.get("args", ()):
+                parts = arg.split(".") if isinstance(arg, str) else ()
+                if len(parts) == 3 and parts[0] == "orderbook" and parts[1].isdigit():
+                    depth = max(depth or 0, int(parts[1]))
+        return ((), depth) if depth is not None else None
+
     def _request(self, op: str, args: list[str]) -> str:
         return orjson.dumps(
             {"req_id": f"{op}-{next(self._req_ids)}", "op": op, "args": args}
