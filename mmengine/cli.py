@@ -402,9 +402,11 @@ def simulate(
 
     if replay is not None:
         _check_capture_fits(venue, replay)
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # A plain list, not an Event: `Event.set()` in a signal handler deadlocks when the
+    # signal lands while the main thread holds the Event's own lock inside `wait()`.
+    signalled: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, _frame: signalled.append(signum))
+    signal.signal(signal.SIGTERM, lambda signum, _frame: signalled.append(signum))
     try:
         handle = start_simulator(
             venue,
@@ -422,7 +424,8 @@ def simulate(
         raise click.ClickException(str(exc)) from exc
     with handle:
         click.echo(f"{venue} simulator: ws {handle.ws_url}  rest {handle.rest_url}")
-        stop.wait()
+        while not signalled:
+            time.sleep(0.1)
     click.echo(simulator_summary(venue, handle.stats))
 
 
