@@ -380,7 +380,16 @@ def set_position(instrument: str, qty: float, run_dir: str | None) -> None:
 )
 @click.option("--fault-interval", type=float, default=5.0, show_default=True, help="Seconds.")
 @click.option("--seed", type=int, default=None, help="Seed for a reproducible market.")
-@click.option("--shift-bps", type=float, default=0.0, help="Move every market by this much.")
+@click.option(
+    "--shift-bps", type=float, default=0.0, help="Show every market this far from the others."
+)
+@click.option(
+    "--market-seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the fair prices all simulators follow (the same in every process).",
+)
 def simulate(
     venue: str,
     host: str,
@@ -392,11 +401,14 @@ def simulate(
     fault_interval: float,
     seed: int | None,
     shift_bps: float,
+    market_seed: int,
 ) -> None:
     """Run a local venue simulator that speaks the venue's exact protocol.
 
-    It serves a synthetic random-walk book (or replays a capture) over WebSocket, plus the
-    venue's REST snapshot where it has one, and injects the named faults.
+    It serves synthetic books (or replays a capture) over WebSocket, plus the venue's REST
+    snapshot where it has one, and injects the named faults. The books follow a fair price
+    per instrument that every simulator with the same --market-seed shares, even in other
+    processes, each venue with its own basis, noise, latency and spread.
     """
     from mmengine.simulator import start_simulator
 
@@ -419,6 +431,7 @@ def simulate(
             fault_interval_s=fault_interval,
             seed=seed,
             shift_bps=shift_bps,
+            market_seed=market_seed,
         )
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
