@@ -142,12 +142,17 @@ def detect_protocol(header: dict[str, Any], events: list[CaptureEvent]) -> str:
     for conn in capture_connections(header, events):
         if conn.protocol is not None:
             return conn.protocol
-    exchange = str(header.get("exchange", "")).upper()
     addr = next((e.url for e in events if e.kind == "connect"), "")
-    raise UnsupportedCapture(
-        f"unsupported protocol: no venue module for exchange {exchange or '?'} at "
-        f"{addr or 'an unknown address'} (supported: {', '.join(sorted(PROTOCOLS))}; "
-        "name one with --protocol NAME)"
+    raise UnsupportedCapture(unsupported(str(header.get("exchange", "")), addr))
+
+
+def unsupported(exchange: str, address: str, conn: str | None = None) -> str:
+    """What to say about a connection no venue module reads (`conn`: one of several)."""
+    where = f"connection {conn}: " if conn is not None else ""
+    return (
+        f"{where}unsupported protocol: no venue module for exchange {exchange.upper() or '?'} "
+        f"at {address or 'an unknown address'} (supported: {', '.join(sorted(PROTOCOLS))}; "
+        f"name one with --protocol {f'{conn}=' if conn is not None else ''}NAME)"
     )
 
 
@@ -327,6 +332,7 @@ class ReplayResult:
     replays: list[VenueReplay]
     unread: list[RecordedConnection] = field(default_factory=list)
     capture: str = ""
+    exchange: str = ""  # the capture header's, for what is said about unread connections
 
     @property
     def venue(self) -> BookDriver:
@@ -397,7 +403,7 @@ def replay_events(
     """
     plans, unread = plan_venues(header, events, audit, depth, venue_name, protocols)
     replays = [_replay_venue(plan, keep_tops, trace) for plan in plans]
-    return ReplayResult(replays, unread)
+    return ReplayResult(replays, unread, exchange=str(header.get("exchange", "")))
 
 
 # (frame, recv ns, connection index); a None frame marks a reconnect.
@@ -638,12 +644,16 @@ def scorecard(result: ReplayResult) -> dict[str, Any]:
         errors += [f"{where}skipped {n} frame(s): {kind}" for kind, n in sorted(vs.skipped.items())]
         errors += [f"{where}{n} resync(s): {reason}" for reason, n in sorted(vs.resyncs.items())]
         connections += [_connection_card(c, r.counts.get(c.conn)) for c in r.plan.connections]
+    several = len(result.unread) + sum(len(r.plan.connections) for r in replays) > 1
     for c in result.unread:
         connections.append(_connection_card(c, None))
-        errors.append(
-            f"connection {c.conn} at {c.address or 'an unknown address'}: no venue module "
-            f"reads it, its frames were not replayed (name one: --protocol {c.conn}=NAME)"
-        )
+        errors.append(unsupported(result.exchange, c.address, c.conn if several else None))
+    if not replays:  # nothing could be read: the scorecard of an unsupported capture
+        return {
+            **unsupported_scorecard(result.capture, errors[0]),
+            "errors": errors,
+            "connections": connections,
+        }
     book_frames = sum(r.venue.venue_stats.book_frames for r in replays)
     return {
         "capture": result.capture,

@@ -30,11 +30,11 @@ from mmengine.simulator import start_simulator
 from tests.conftest import free_port
 from tests.integration.kafka_support import Broker, broker  # noqa: F401 (fixture)
 from tests.integration.pg_support import PgServer, pg, pg_factory, pg_root  # noqa: F401
+from tests.integration.test_operations import INSTRUMENTS, config
 
 pytestmark = pytest.mark.integration
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-INSTRUMENTS = ["BTC-USDT", "ETH-USDT"]
 # Labels Prometheus itself attaches to every series of a scrape target.
 TARGET_LABELS = {"instance", "job"}
 # Series Prometheus records about each scrape, not served by the engine.
@@ -57,27 +57,14 @@ def scrape(port: int) -> dict[str, set[str]]:
 
 
 def engine_config(sim: Any, bootstrap: str, dsn: str, metrics_port: int) -> dict[str, Any]:
-    return {
-        "engine": {"metrics_port": metrics_port},
-        "venues": [
-            {
-                "name": "binance",
-                "protocol": "binance",
-                "url": sim.ws_url,
-                "rest_url": sim.rest_url,
-                "instruments": INSTRUMENTS,
-                "audit": True,
-            }
-        ],
-        "instruments": [
-            {"name": i, "sources": [{"venue": "binance"}], "min_venues": 1} for i in INSTRUMENTS
-        ],
-        "outputs": {
-            "kafka": {"bootstrap_servers": bootstrap, "topic": "mmengine.prices", "linger_ms": 10},
-            "postgres": {"dsn": dsn, "batch_max_wait_ms": 20},
-        },
-        "limits": {"reconnect_max_s": 0.5},
+    """The metrics test's engine (one audited Binance venue) with both sinks."""
+    cfg = config(sim, metrics_port)
+    cfg["outputs"] = {
+        "kafka": {"bootstrap_servers": bootstrap, "topic": "mmengine.prices", "linger_ms": 10},
+        "postgres": {"dsn": dsn, "batch_max_wait_ms": 20},
     }
+    cfg["limits"] = {"reconnect_max_s": 0.5}
+    return cfg
 
 
 # --- what the deploy files ask for ---------------------------------------------------------
