@@ -380,7 +380,16 @@ def set_position(instrument: str, qty: float, run_dir: str | None) -> None:
 )
 @click.option("--fault-interval", type=float, default=5.0, show_default=True, help="Seconds.")
 @click.option("--seed", type=int, default=None, help="Seed for a reproducible market.")
-@click.option("--shift-bps", type=float, default=0.0, help="Move every market by this much.")
+@click.option(
+    "--shift-bps", type=float, default=0.0, help="Show every market this far from the others."
+)
+@click.option(
+    "--market-seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the fair prices all simulators follow (the same in every process).",
+)
 def simulate(
     venue: str,
     host: str,
@@ -392,19 +401,24 @@ def simulate(
     fault_interval: float,
     seed: int | None,
     shift_bps: float,
+    market_seed: int,
 ) -> None:
     """Run a local venue simulator that speaks the venue's exact protocol.
 
-    It serves a synthetic random-walk book (or replays a capture) over WebSocket, plus the
-    venue's REST snapshot where it has one, and injects the named faults.
+    It serves synthetic books (or replays a capture) over WebSocket, plus the venue's REST
+    snapshot where it has one, and injects the named faults. The books follow a fair price
+    per instrument that every simulator with the same --market-seed shares, even in other
+    processes, each venue with its own basis, noise, latency and spread.
     """
     from mmengine.simulator import start_simulator
 
     if replay is not None:
         _check_capture_fits(venue, replay)
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # A plain list, not an Event: `Event.set()` in a signal handler deadlocks when the
+    # signal lands while the main thread holds the Event's own lock inside `wait()`.
+    signalled: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, _frame: signalled.append(signum))
+    signal.signal(signal.SIGTERM, lambda signum, _frame: signalled.append(signum))
     try:
         handle = start_simulator(
             venue,
@@ -417,25 +431,27 @@ def simulate(
             fault_interval_s=fault_interval,
             seed=seed,
             shift_bps=shift_bps,
+            market_seed=market_seed,
         )
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     with handle:
         click.echo(f"{venue} simulator: ws {handle.ws_url}  rest {handle.rest_url}")
-        stop.wait()
+        while not signalled:
+            time.sleep(0.1)
     click.echo(simulator_summary(venue, handle.stats))
 
 
 def _check_capture_fits(venue: str, capture: str) -> None:
     """Refuse to replay a capture of another protocol (it would only confuse a client)."""
     from mmengine.capture import read_capture
-    from mmengine.replay import UnsupportedCapture, detect_protocol, recorded_venues
+    from mmengine.replay import UnsupportedCapture, capture_connections, detect_protocol
 
     try:
         header, events = read_capture(capture)
     except (ValueError, OSError) as exc:
         raise click.ClickException(f"cannot read {capture}: {exc}") from None
-    protocols = {str(v.get("protocol")) for v in recorded_venues(header)}
+    protocols = {c.protocol for c in capture_connections(header, events) if c.protocol}
     try:
         protocols = protocols or {detect_protocol(header, events)}
     except UnsupportedCapture as exc:
@@ -481,7 +497,15 @@ def demo(duration: float | None, rate: float) -> None:
     default=None,
     help="Write one JSON line per book message to this file.",
 )
-@click.option("--venue", "venue_name", default=None, help="Venue to replay (multi-venue files).")
+@click.option("--venue", "venue_name", default=None, help="Replay only this venue of the capture.")
+@click.option(
+    "--protocol",
+    "forced",
+    multiple=True,
+    metavar="[CONN=]NAME",
+    help="Read the capture's connections (or connection CONN) as protocol NAME: for "
+    "captures from hosts the registry does not know (repeatable).",
+)
 @click.option("--verbose", is_flag=True, help="Also log each book's state changes.")
 @click.pass_context
 def replay(
@@ -490,18 +514,23 @@ def replay(
     as_json: bool,
     trace_path: str | None,
     venue_name: str | None,
+    forced: tuple[str, ...],
     verbose: bool,
 ) -> None:
     """Replay a format-2 capture through the live venue and book code; print a scorecard.
 
-    The protocol comes from the capture's header and connect address. A capture of a venue
-    without a module is reported as an unsupported protocol (exit 2).
+    Each connection's protocol comes from the capture's header (`mmengine record`) or its
+    connect address; connections of one protocol feed one venue's books. Frames of channels
+    no venue module uses are counted as ignored. Exit 0 when every check passed, 1 when an
+    integrity check failed or a frame of our channels could not be used, 2 when a connection
+    (or the capture) has no venue module.
     """
     if not verbose and ctx.obj.get("log_level") is None:
         # The scorecard is the story; a state line per book is for --verbose.
         logging.getLogger("mmengine").setLevel(logging.WARNING)
     from mmengine.replay import (
         UnsupportedCapture,
+        exit_code,
         format_scorecard,
         replay_capture,
         scorecard,
@@ -509,12 +538,15 @@ def replay(
     )
 
     name = Path(capture).name
+    protocols = _forced_protocols(forced)
     try:
         if trace_path:
             with open(trace_path, "w", encoding="utf-8") as trace:
-                result = replay_capture(capture, venue_name=venue_name, trace=trace)
+                result = replay_capture(
+                    capture, venue_name=venue_name, trace=trace, protocols=protocols
+                )
         else:
-            result = replay_capture(capture, venue_name=venue_name)
+            result = replay_capture(capture, venue_name=venue_name, protocols=protocols)
     except UnsupportedCapture as exc:
         card = unsupported_scorecard(name, str(exc))
         click.echo(json.dumps(card) if as_json else f"{name}: {exc}")
@@ -523,6 +555,23 @@ def replay(
         raise click.ClickException(f"cannot read {capture}: {exc}") from exc
     card = scorecard(result)
     click.echo(json.dumps(card) if as_json else format_scorecard(card))
+    sys.exit(exit_code(card))
+
+
+def _forced_protocols(forced: tuple[str, ...]) -> dict[str | None, str]:
+    """`--protocol NAME` (every connection) and `--protocol CONN=NAME` (one), checked."""
+    from mmengine.venues.registry import PROTOCOLS
+
+    protocols: dict[str | None, str] = {}
+    for item in forced:
+        conn, _, name = item.rpartition("=")
+        if name not in PROTOCOLS:
+            raise click.BadParameter(
+                f"{name!r} is not a protocol; one of: {', '.join(sorted(PROTOCOLS))}",
+                param_hint="--protocol",
+            )
+        protocols[conn or None] = name
+    return protocols
 
 
 @main.command()

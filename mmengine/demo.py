@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 import zmq
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -36,7 +37,7 @@ from mmengine.locate import default_run_dir, engine_running
 
 DEMO_INSTRUMENTS = ["BTC-USD", "ETH-USD"]  # what the demo prices
 # The five simulated venues: (simulator protocol, the instruments it lists). USDT books are
-# converted to USD with a fixed 1.0 (the simulated markets all start at the same mid).
+# converted to USD with a fixed 1.0 (the simulated venues all follow one fair price per base).
 DEMO_VENUES: dict[str, tuple[str, list[str]]] = {
     "binance": ("binance", ["BTC-USDT", "ETH-USDT"]),
     "coinbase": ("coinbase-advanced", ["BTC-USD", "ETH-USD"]),
@@ -231,41 +232,75 @@ def spool_files(spool_dir: Path) -> list[Path]:
     return [p for p in sorted(spool_dir.glob("*/seg-*")) if p.stat().st_size > 0]
 
 
-def _table(rows: dict[str, dict[str, Any]], counts: dict[str, int], started: float) -> Table:
+def _quotes(r: dict[str, Any]) -> str:
+    if r["halted"]:
+        return "HALTED"
+    if not (r["bids"] and r["asks"]):
+        return "-"
+    b, a = r["bids"][0], r["asks"][0]
+    return f"{b['price']:.2f}x{b['size']:g} | {a['price']:.2f}x{a['size']:g}"
+
+
+def _table(
+    rows: dict[str, dict[str, Any]],
+    counts: dict[str, int],
+    started: float,
+    crossed: dict[str, int] | None = None,
+) -> Table:
+    """The latest Price per instrument, one line each, within 100 columns without cutting
+    a number; what was left out and why (and any halt) in lines under it."""
+    crossed = crossed or {}
     elapsed = max(time.monotonic() - started, 1e-9)
     total = sum(counts.values())
-    table = Table(
-        title=f"mmengine demo — {total:,} prices, {total / elapsed:,.0f}/s  (Ctrl-C stops)",
-        caption="quotes: best bid | best ask of the ladder; excluded: venue:reason",
-    )
-    for col in ("instrument", "seq", "fair", "vol bp", "pos/skew", "quotes", "venues", "µs"):
-        table.add_column(col, justify="left" if col in ("instrument", "venues") else "right")
+    share = sum(crossed.values()) / total if total else 0.0
+    notes = []
     for name in sorted(rows):
         r = rows[name]
+        said = []
         if r["halted"]:
-            quotes = f"HALTED: {r['halt_reason']}"
-        elif r["bids"] and r["asks"]:
-            b, a = r["bids"][0], r["asks"][0]
-            quotes = f"{b['price']:.2f}x{b['size']:g} | {a['price']:.2f}x{a['size']:g}"
-        else:
-            quotes = "-"
-        used = " ".join(f"{u['venue']}:{u['weight']:.2f}" for u in r["venues_used"])
-        excluded = " ".join(f"{x['venue']}:{x['reason']}" for x in r["venues_excluded"])
+            said.append(f"[red]HALTED: {r['halt_reason']}[/red]")
+        if r["venues_excluded"]:
+            out = " ".join(f"{x['venue']}:{x['reason']}" for x in r["venues_excluded"])
+            said.append(f"left out [red]{out}[/red]")
+        if said:
+            notes.append(f"{name}: " + "; ".join(said))
+    notes.append(
+        "[dim]quotes: best bid | best ask of our ladder; used: venues used / configured; "
+        "cross: Prices whose venues' books crossed each other[/dim]"
+    )
+    table = Table(
+        title=f"mmengine demo: {total:,} prices, {total / elapsed:,.0f}/s, "
+        f"{share:.1%} crossed across venues (Ctrl-C stops)",
+        caption="\n".join(notes),
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for col in ("instrument", "fair", "quotes", "vol bp", "pos/skew", "used", "cross", "µs"):
+        table.add_column(col, justify="left" if col == "instrument" else "right", no_wrap=True)
+    for name in sorted(rows):
+        r = rows[name]
+        n_used = len(r["venues_used"])
         table.add_row(
             name,
-            str(r["seq"]),
-            f"{r['fair_value']:.4f}",
+            f"{r['fair_value']:.2f}",
+            _quotes(r),
             f"{r['volatility_bps']:.2f}",
-            f"{r['position']:g} / {r['skew_bps'] + 0.0:+.2f}",
-            quotes,
-            used + (f"  [red]{excluded}[/red]" if excluded else ""),
+            f"{r['position']:g}/{r['skew_bps'] + 0.0:+.2f}",
+            f"{n_used}/{n_used + len(r['venues_excluded'])}",
+            f"{crossed.get(name, 0) / max(counts.get(name, 1), 1):.1%}",
             f"{(r['priced_ts_ns'] - r['recv_ts_ns']) / 1000:.0f}",
         )
     return table
 
 
-def show_prices(endpoint: str, stop: threading.Event, console: Console) -> dict[str, int]:
-    """Subscribe to the prices stream and render the latest Price per instrument."""
+def show_prices(
+    endpoint: str, stop: threading.Event, console: Console
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Subscribe to the prices stream and render the latest Price per instrument; returns
+    the Prices seen per instrument, and those whose venues' books crossed each other."""
     codec = Codec("price.avsc")
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
@@ -274,9 +309,12 @@ def show_prices(endpoint: str, stop: threading.Event, console: Console) -> dict[
     sub.connect(endpoint)
     rows: dict[str, dict[str, Any]] = {}
     counts: dict[str, int] = {}
+    crossed: dict[str, int] = {}
     started = time.monotonic()
     try:
-        with Live(_table(rows, counts, started), console=console, refresh_per_second=4) as live:
+        with Live(
+            _table(rows, counts, started, crossed), console=console, refresh_per_second=4
+        ) as live:
             while not stop.is_set():
                 if not sub.poll(100):
                     continue
@@ -286,24 +324,33 @@ def show_prices(endpoint: str, stop: threading.Event, console: Console) -> dict[
                     except zmq.Again:
                         break
                     record = codec.decode(payload)
-                    rows[record["instrument"]] = record
-                    counts[record["instrument"]] = counts.get(record["instrument"], 0) + 1
-                live.update(_table(rows, counts, started))
+                    name = record["instrument"]
+                    rows[name] = record
+                    counts[name] = counts.get(name, 0) + 1
+                    if record["cross_venue_crossed"]:
+                        crossed[name] = crossed.get(name, 0) + 1
+                live.update(_table(rows, counts, started, crossed))
     finally:
         sub.close()
         ctx.term()
-    return counts
+    return counts, crossed
 
 
-def _watch_hints(run_dir: Path, is_default: bool) -> str:
+def _watch_hints(run_dir: Path, is_default: bool, metrics_port: int | None = None) -> str:
     where = "" if is_default else f" --run-dir {run_dir}"
-    return (
+    hints = (
         "[bold]in a second terminal:[/bold]\n"
         f"  .venv/bin/mmengine top{where}                      (dashboard; q quits)\n"
         f"  .venv/bin/mmengine tap{where} --topic BTC-USD      (raw prices)\n"
         f"  .venv/bin/mmengine set-position{where} BTC-USD 2   (inventory: the quotes lean)\n"
         f"  .venv/bin/mmengine kafka-tail{where} --from-beginning"
     )
+    if metrics_port is not None:
+        hints += (
+            f"\n  curl -s http://127.0.0.1:{metrics_port}/metrics | grep ^mmengine_"
+            "   (Prometheus; deploy/ has a dashboard)"
+        )
+    return hints
 
 
 def run_demo(duration: float | None, rate: float) -> int:
@@ -337,6 +384,11 @@ def run_demo(duration: float | None, rate: float) -> int:
             # a real broker) could later use: what is left there belongs to this demo.
             # (and never in the user's state dir, where a real engine's spool lives).
             config["limits"] = {"spool_dir": str(spool_dir)}
+            # Prometheus metrics on a free port, named in endpoints.json like every stream.
+            from mmengine.pgserver import free_port
+
+            metrics_port = free_port()
+            config["engine"]["metrics_port"] = metrics_port
             pg_dsn = start_demo_postgres(stack, console)
             if pg_dsn is not None:
                 config.setdefault("outputs", {})["postgres"] = {"dsn": pg_dsn}
@@ -363,7 +415,10 @@ def run_demo(duration: float | None, rate: float) -> int:
                     "run dir, so give the tools --run-dir)",
                     markup=False,
                 )
-            console.print(_watch_hints(run_dir, is_default), soft_wrap=True)
+            console.print(
+                f"metrics: http://127.0.0.1:{metrics_port}/metrics (Prometheus)", markup=False
+            )
+            console.print(_watch_hints(run_dir, is_default, metrics_port), soft_wrap=True)
             proc = start_engine(config_path, log_path)
             stack.callback(stop_engine, proc)
             endpoints = run_dir / "endpoints.json"
@@ -380,7 +435,7 @@ def run_demo(duration: float | None, rate: float) -> int:
                 timer = threading.Timer(duration, stop.set)
                 timer.daemon = True
                 timer.start()
-            counts = show_prices(f"ipc://{run_dir / 'prices'}", stop, console)
+            counts, crossed = show_prices(f"ipc://{run_dir / 'prices'}", stop, console)
             # The engine first: its writers deliver what they hold to the broker and the
             # database, which are still up; the stack stops those after this block.
             code = stop_engine(proc)
@@ -398,6 +453,13 @@ def run_demo(duration: float | None, rate: float) -> int:
                 f"prices shown: {sum(counts.values()):,}" + (f" ({shown})" if shown else ""),
                 markup=False,
             )
+            if counts:
+                total = sum(counts.values())
+                console.print(
+                    f"crossed across venues: {sum(crossed.values()):,} of {total:,} prices "
+                    f"({sum(crossed.values()) / total:.2%})",
+                    markup=False,
+                )
         left = {sink: n for sink, n in spool_left(summary).items() if n}
         files = spool_files(spool_dir)
         if code != 0 or left or files:

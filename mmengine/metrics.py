@@ -34,6 +34,7 @@ class EngineCollector(Collector):
         snap = snapshot(self.engine)
         yield from venue_metrics(snap)
         yield from pricing_metrics(snap)
+        yield from instrument_metrics(snap)
         yield from sink_metrics(snap)
         yield from engine_metrics(snap)
 
@@ -152,6 +153,32 @@ def pricing_metrics(snap: dict[str, Any]) -> Iterator[Any]:
             buckets.append((str(bound / 1e6) if bound != float("inf") else "+Inf", running))
         latency.add_metric(k, buckets, s["latency_sum_us"] / 1e6)
     yield from (inputs, prices, halted, dropped, timed, bad, errors, depth, conflation, latency)
+
+
+def instrument_metrics(snap: dict[str, Any]) -> Iterator[Any]:
+    """Each instrument's latest Price: what an alert on a halted instrument needs to name."""
+    i = ["instrument"]
+    halted = GaugeMetricFamily(
+        "mmengine_instrument_halted", "1 while the latest Price says do not quote.", labels=i
+    )
+    crossed = GaugeMetricFamily(
+        "mmengine_instrument_crossed",
+        "1 while the venues' books cross each other (consolidated best bid >= best ask).",
+        labels=i,
+    )
+    used = GaugeMetricFamily(
+        "mmengine_instrument_venues_used", "Venue books the latest Price used.", labels=i
+    )
+    age = GaugeMetricFamily(
+        "mmengine_instrument_price_age_seconds", "Time since the latest Price.", labels=i
+    )
+    for p in snap["instruments"]:
+        key = [p["instrument"]]
+        halted.add_metric(key, 1.0 if p["halted"] else 0.0)
+        crossed.add_metric(key, 1.0 if p["crossed"] else 0.0)
+        used.add_metric(key, float(len(p["venues_used"])))
+        age.add_metric(key, p["age_s"])
+    yield from (halted, crossed, used, age)
 
 
 def sink_metrics(snap: dict[str, Any]) -> Iterator[Any]:

@@ -2,7 +2,8 @@
 
 A frame yields a list of events: book messages (`BookUpdate`), best-bid/ask tickers for the
 audit (`AuditTop`), the connection-wide sequence number where the venue has one
-(`Sequenced`), and control (`Skipped`, `Send`, `Resync`, `Reconnect`). A frame that cannot be
+(`Sequenced`), a frame of a channel the engine does not use (`Ignored`), and control
+(`Skipped`, `Send`, `Resync`, `Reconnect`). A frame that cannot be
 used at all raises `FrameError` instead; raised through `lost_update`, it also names the books
 whose update it carried, so that the driver can resync what the loss touched.
 """
@@ -121,6 +122,17 @@ class Skipped:
         self.detail = detail
 
 
+class Ignored:
+    """A frame of a channel the venue module does not use (trades, klines, candles, another
+    depth's book): counted by channel, never an error. A frame of one of our own channels
+    that cannot be used is a `Skipped` (or a FrameError) instead."""
+
+    __slots__ = ("channel",)
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+
+
 class Send:
     """Frames the venue needs sent (a subscription that waited for instrument data)."""
 
@@ -185,7 +197,7 @@ class ContractSize:
         return tuple.__new__(BookTop, fields)
 
 
-Event = BookUpdate | AuditTop | Sequenced | Skipped | Send | Resync | Reconnect
+Event = BookUpdate | AuditTop | Sequenced | Skipped | Ignored | Send | Resync | Reconnect
 
 # What decoding a frame may raise besides FrameError: the driver counts them as `malformed`.
 DECODE_ERRORS = (FrameError, ValueError, KeyError, TypeError, IndexError, AttributeError)

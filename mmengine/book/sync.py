@@ -33,6 +33,7 @@ from mmengine.book.events import (
     AuditTop,
     BookUpdate,
     ContractSize,
+    Ignored,
     Reconnect,
     Resync,
     Send,
@@ -110,6 +111,8 @@ class VenueStats:
     requests_delayed: int = 0  # subscribe requests held back by the venue's rate limit
     skipped: Counter[str] = field(default_factory=Counter)
     resyncs: Counter[str] = field(default_factory=Counter)
+    # frames of channels the venue module does not use (trades, klines), by channel
+    ignored: Counter[str] = field(default_factory=Counter)
 
 
 class RequestLimit:
@@ -250,6 +253,7 @@ class BookDriver:
             AuditTop: self.on_audit,
             Sequenced: self.on_sequenced,
             Skipped: self.on_skipped,
+            Ignored: self.on_ignored,
             Send: self.on_send,
             Resync: self.on_resync,
             Reconnect: self.on_reconnect,
@@ -464,6 +468,9 @@ class BookDriver:
 
     def on_skipped(self, ev: Skipped, recv_ns: int) -> None:
         self.skip(ev.kind, ev.detail)
+
+    def on_ignored(self, ev: Ignored, recv_ns: int) -> None:
+        self.venue_stats.ignored[ev.channel] += 1  # not logged: it is nobody's problem
 
     def on_send(self, ev: Send, recv_ns: int) -> None:
         self.request(None, ev.frames)

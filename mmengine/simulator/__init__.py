@@ -45,6 +45,7 @@ def start_simulator(
     seed: int | None = None,
     shift_bps: float = 0.0,
     ssl_context: ssl.SSLContext | None = None,
+    market_seed: int = 0,
 ) -> SimulatorHandle:
     """Start a simulator for `venue` and return its running handle.
 
@@ -63,7 +64,11 @@ def start_simulator(
       injects one at once.
     - `seed`: the same seed gives the same books and update ids (a random one is drawn and
       kept in `handle.seed` when None).
-    - `shift_bps`: start every synthetic market this many bps away from its usual mid.
+    - `shift_bps`: show every synthetic market this many bps away from the others (an
+      outlier venue).
+    - `market_seed`: the seed of the fair prices every simulator's books follow (each
+      venue in its own style: basis, noise, latency, spread). Simulators with the same
+      market seed, in one process or several, show the same market; 0 by default.
     - `ssl_context`: a server context holding a certificate; the simulator then serves
       `wss://` and `https://` (SNI and certificate checks run as against a real venue).
     """
@@ -82,5 +87,6 @@ def start_simulator(
         seed=seed,
         shift_bps=shift_bps,
         ssl_context=ssl_context,
+        market_seed=market_seed,
     )
     return handle.start()

@@ -33,7 +33,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -47,7 +47,16 @@ from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
 from mmengine.capture import CaptureEvent, read_capture
-from mmengine.simulator.market import ASK, BID, Change, Market, MarketParams, default_params
+from mmengine.simulator.market import (
+    ASK,
+    BID,
+    Change,
+    FairPath,
+    Market,
+    MarketParams,
+    VenueStyle,
+    default_params,
+)
 
 log = logging.getLogger("mmengine.simulator")
 
@@ -298,6 +307,7 @@ class SimulatorHandle:
         seed: int | None = None,
         shift_bps: float = 0.0,
         ssl_context: ssl.SSLContext | None = None,
+        market_seed: int = 0,
     ) -> None:
         if rate <= 0:
             raise ValueError(f"rate must be > 0 frames/s, was {rate}")
@@ -339,13 +349,19 @@ class SimulatorHandle:
             if not instruments:
                 raise ValueError("no instruments to simulate")
             self.instruments = tuple(dict.fromkeys(instruments))
+            # Every simulator shows the same fair price of an instrument (a function of the
+            # market seed and the wall clock: separate processes agree) in its venue's own
+            # style; `shift_bps` moves this venue's whole market (tests an outlier filter).
+            style = VenueStyle.for_venue(self.venue, shift_bps)
             for name in self.instruments:
-                params = protocol_cls.market_params(name)
-                if shift_bps:
-                    # A venue whose whole market sits elsewhere (tests an outlier filter).
-                    mid = params.mid * (1 + Decimal(str(shift_bps)) / 10_000)
-                    params = replace(params, mid=mid.quantize(params.tick))
-                self.markets[name] = Market(name, seed=f"{self.seed}:{name}", params=params)
+                fair = FairPath.for_instrument(name, market_seed)
+                self.markets[name] = Market(
+                    name,
+                    seed=f"{self.seed}:{name}",
+                    params=protocol_cls.market_params(name),
+                    fair=fair,
+                    style=style,
+                )
             self.protocol = protocol_cls(
                 self.instruments, self.markets, self.lock, random.Random(f"{self.seed}:proto")
             )

@@ -101,7 +101,9 @@ class VenueProtocol:
     @classmethod
     def capture_subscription(cls, sent: list[str]) -> tuple[tuple[str, ...], int | None] | None:
         """(instruments, depth) a recording subscribed to, read from the frames it sent
-        (our names); None when they do not say."""
+        (our names); None when they do not say. Instruments may be empty where the frames
+        name them only in a wire form that cannot be split (Bybit's `BTCUSDT`): replay then
+        takes the names of the capture header's `l2_book` that the venue accepts."""
         return None
 
     # --- frames -----------------------------------------------------------------------------

@@ -13,6 +13,8 @@ book's best bid/ask and their sizes must match it exactly (a mismatch resyncs).
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from mmengine.book.events import (
@@ -20,6 +22,7 @@ from mmengine.book.events import (
     AuditTop,
     BookUpdate,
     Event,
+    Ignored,
     Reconnect,
     lost_update,
 )
@@ -52,6 +55,12 @@ def snapshot_weight(limit: int) -> int:
 def wire_symbol(instrument: str) -> str:
     """`BTC-USDT` -> `BTCUSDT`. Joining is safe; splitting the wire symbol is not (1.6)."""
     return instrument.replace("-", "")
+
+
+def _stream_channel(msg: dict[str, Any]) -> str:
+    """`nknusdt@kline_1m` -> `kline_1m`: a combined stream's channel, without the symbol."""
+    stream = msg.get("stream")
+    return stream.partition("@")[2] or stream if type(stream) is str else "?"
 
 
 def parse_snapshot(body: str) -> tuple[int, list[Level], list[Level]]:
@@ -145,18 +154,21 @@ class BinanceSpot(VenueProtocol):
             return self._control(msg)
         if data.get("e") == "serverShutdown":
             return [Reconnect("server shutdown announced")]  # reconnect at once (1.5)
+        event = data.get("e")
+        book_ticker = event is None and "b" in data and "B" in data
+        if event != "depthUpdate" and not book_ticker:
+            # other streams (aggTrade, kline, 24hrTicker) are not ours to use
+            return [Ignored(event if type(event) is str else _stream_channel(msg))]
         symbol = data.get("s")
         instrument = self.by_symbol.get(symbol) if type(symbol) is str else None
         if instrument is None:
             raise FrameError("unknown_symbol", repr(symbol)[:40])
-        if data.get("e") == "depthUpdate":
-            try:
-                return parse_diff(instrument, data, self.decimals)
-            except DECODE_ERRORS as exc:
-                raise lost_update((instrument,), exc) from None
-        if "b" in data and "B" in data and "e" not in data:
+        if book_ticker:
             return [parse_book_ticker(instrument, data)]
-        return []  # other streams (trades, klines) are not ours to use
+        try:
+            return parse_diff(instrument, data, self.decimals)
+        except DECODE_ERRORS as exc:
+            raise lost_update((instrument,), exc) from None
 
     def _control(self, msg: object) -> list[Event]:
         """`{"result":null,"id":1}` (an ack), `{"code":2,"msg":"...","id":1}` (an error, also

@@ -29,7 +29,14 @@ from typing import Any, ClassVar
 
 import orjson
 
-from mmengine.book.events import DECODE_ERRORS, AuditTop, BookUpdate, Event, lost_update
+from mmengine.book.events import (
+    DECODE_ERRORS,
+    AuditTop,
+    BookUpdate,
+    Event,
+    Ignored,
+    lost_update,
+)
 from mmengine.book.integrity import ContiguousIds
 from mmengine.book.levels import ParsedDecimals, one, rows
 from mmengine.errors import FrameError, VenueRejected
@@ -123,7 +130,8 @@ class _Bybit(VenueProtocol):
     def __init__(self, spec: VenueSpec) -> None:
         super().__init__(spec)
         self.symbols = {inst: self.wire_symbol(inst) for inst in spec.instruments}
-        self.topics = {inst: f"orderbook.{spec.depth}.{s}" for inst, s in self.symbols.items()}
+        self.book_channel = f"orderbook.{spec.depth}."
+        self.topics = {inst: self.book_channel + s for inst, s in self.symbols.items()}
         self.by_topic = {topic: inst for inst, topic in self.topics.items()}
         self.by_ticker = {f"tickers.{s}": inst for inst, s in self.symbols.items()}
         self.tickers: dict[str, dict[str, Any]] = {inst: {} for inst in spec.instruments}
@@ -146,6 +154,25 @@ class _Bybit(VenueProtocol):
 
     def venue_symbol(self, instrument: str) -> str:
         return self.symbols[instrument]
+
+    @classmethod
+    def capture_subscription(cls, sent: list[str]) -> tuple[tuple[str, ...], int | None] | None:
+        """The depth of the recording's `orderbook.{depth}.{symbol}` subscriptions (the
+        deepest, if several). Its instruments are left to the capture's header: `BTCUSDT`
+        names spot and perpetual alike and cannot be split into ours."""
+        depth = None
+        for text in sent:
+            try:
+                msg = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(msg, dict) or msg.get("op") != "subscribe":
+                continue
+            for arg in msg.get("args", ()):
+                parts = arg.split(".") if isinstance(arg, str) else ()
+                if len(parts) == 3 and parts[0] == "orderbook" and parts[1].isdigit():
+                    depth = max(depth or 0, int(parts[1]))
+        return ((), depth) if depth is not None else None
 
     def _request(self, op: str, args: list[str]) -> str:
         return orjson.dumps(
@@ -195,7 +222,11 @@ class _Bybit(VenueProtocol):
         if instrument is not None:
             if self.spec.audit and self.ticker_audit:
                 return self._ticker(instrument, msg)
-            return []
+            return [Ignored("tickers")]
+        if type(topic) is str and not topic.startswith(self.book_channel):
+            # kline.1.BTCUSDT, publicTrade.BTCUSDT, another depth's orderbook: not ours to
+            # use (the last part of a topic is always the symbol)
+            return [Ignored(topic.rpartition(".")[0] or topic)]
         raise FrameError("unknown_topic", repr(topic)[:80])
 
     def _ticker(self, instrument: str, msg: dict[str, Any]) -> list[Event]:

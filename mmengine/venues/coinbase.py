@@ -34,6 +34,7 @@ from mmengine.book.events import (
     AuditTop,
     BookUpdate,
     Event,
+    Ignored,
     Sequenced,
     Skipped,
     lost_update,
@@ -49,6 +50,7 @@ L2_DATA = "l2_data"  # ... and the channel name its frames carry
 HEARTBEATS = "heartbeats"
 TICKER = "ticker"
 SUBSCRIPTIONS = "subscriptions"
+CONTROL_CHANNELS = (HEARTBEATS, SUBSCRIPTIONS)  # channels that carry no market data
 BID = "bid"
 OFFER = "offer"  # the ask side: Advanced Trade never says "ask"
 SILENCE_S = 5.0  # heartbeats come every ~1 s: 5 s of nothing means the connection is dead
@@ -172,8 +174,9 @@ class CoinbaseAdvanced(VenueProtocol):
                 events += self._tickers(msg)
             except DECODE_ERRORS as exc:  # the number is used; the ticker is not
                 events.append(Skipped("malformed", f"ticker: {type(exc).__name__}: {exc}"))
-        # heartbeats keep the connection alive; acks need nothing; other channels
-        # (market_trades, candles) are not ours to use
+        elif channel not in CONTROL_CHANNELS:
+            # market_trades, candles, status (and tickers when not auditing): not ours to use
+            events.append(Ignored(str(channel)))
         return events
 
     def _l2(self, msg: dict[str, Any], seq: int, out: list[Event]) -> None:

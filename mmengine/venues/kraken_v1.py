@@ -20,7 +20,14 @@ from typing import Any
 
 import orjson
 
-from mmengine.book.events import DECODE_ERRORS, AuditTop, BookUpdate, Event, lost_update
+from mmengine.book.events import (
+    DECODE_ERRORS,
+    AuditTop,
+    BookUpdate,
+    Event,
+    Ignored,
+    lost_update,
+)
 from mmengine.book.integrity import KrakenCrc32
 from mmengine.book.levels import kraken_rows, one
 from mmengine.errors import FrameError, VenueRejected
@@ -185,7 +192,7 @@ class KrakenV1(KrakenBook):
         if channel != self.channel:
             if channel == "ticker" and self.spec.audit:
                 return [self._ticker(msg)]
-            return []  # trade, spread: not ours to use
+            return [Ignored(channel)]  # trade, spread, another depth's book: not ours to use
         instrument = self.by_pair.get(msg[-1])
         if instrument is None:
             raise FrameError("unknown_symbol", repr(msg[-1])[:40])

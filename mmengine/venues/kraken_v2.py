@@ -23,6 +23,7 @@ from mmengine.book.events import (
     AuditTop,
     BookUpdate,
     Event,
+    Ignored,
     Resync,
     Send,
     Skipped,
@@ -34,6 +35,7 @@ from mmengine.venues.base import VenueSpec
 from mmengine.venues.kraken_v1 import KrakenBook, spot_pair
 
 WS_URL_V2 = "wss://ws.kraken.com/v2"
+CONTROL_CHANNELS = ("heartbeat", "status")  # channels that carry no market data
 
 
 def v2_symbol(instrument: str) -> str:
@@ -139,7 +141,9 @@ class KrakenV2(KrakenBook):
             return self._ticker(msg)
         if channel is None and msg.get("success") is False:
             raise VenueRejected(f"{msg.get('symbol')}: {msg.get('error')}")
-        return []  # heartbeat, status, pong, acks
+        if channel is None or channel in CONTROL_CHANNELS:
+            return []  # acks, pong, heartbeat, status
+        return [Ignored(str(channel))]  # trade, ohlc, level3: not ours to use
 
     def _book(self, msg: dict[str, Any]) -> list[Event] | BookUpdate:
         """Every entry is validated before any book is touched; if one fails, the books of

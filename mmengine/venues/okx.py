@@ -32,6 +32,7 @@ from mmengine.book.events import (
     AuditTop,
     BookUpdate,
     Event,
+    Ignored,
     Reconnect,
     lost_update,
 )
@@ -208,7 +209,8 @@ class OkxV5(VenueProtocol):
         if channel != self.channel:
             if channel == "tickers" and self.spec.audit:
                 return [self._ticker(arg, msg)]  # type: ignore[arg-type]
-            return []  # trades: not ours to use
+            # trades, candles, another depth's book: not ours to use
+            return [Ignored(channel)] if type(channel) is str else []
         instrument = self.by_inst_id.get(arg.get("instId"))  # type: ignore[union-attr]
         if instrument is None:
             raise FrameError("unknown_symbol", repr(arg.get("instId"))[:40])  # type: ignore[union-attr]

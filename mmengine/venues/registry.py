@@ -75,12 +75,15 @@ def open_venue(spec: VenueSpec, session: Session) -> BookDriver:
 
 
 def detect_protocol(exchange: str, address: str) -> str | None:
-    """The protocol of a capture, from its header's exchange and its WebSocket address: the
-    registration whose address pattern matches most specifically (`kraken.com/v2` before
-    `kraken.com`); None when no venue module reads it."""
+    """The protocol of one recorded connection, from its WebSocket address: the registration
+    whose address pattern matches most specifically (`kraken.com/v2` before `kraken.com`);
+    None when no venue module reads it. A capture header's `exchange` (cryptofeed's
+    `BYBIT`; `BINANCE+BYBIT` from `mmengine record`; empty: any) limits the candidates to
+    the venues it names."""
+    named = {e for e in exchange.upper().split("+") if e}
     best: tuple[int, str] | None = None
     for reg in REGISTRY:
-        if reg.venue.capture_exchange != exchange.upper():
+        if named and reg.venue.capture_exchange not in named:
             continue
         for pattern in reg.venue.capture_addresses:
             if pattern in address and (best is None or len(pattern) > best[0]):

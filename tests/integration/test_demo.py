@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,6 +166,35 @@ def test_the_tools_find_the_demo_without_options(running_demo: Demo) -> None:
     assert [ln.split()[0] for ln in rows.stdout.splitlines()] == ["BTC-USD", "BTC-USD"]
 
 
+def test_the_demo_market_rarely_crosses_and_its_metrics_are_served(running_demo: Demo) -> None:
+    """One fair price per instrument under every simulated venue: the venues' books cross
+    each other on few Prices (it was every Price); the engine's metrics are on a free
+    port named in endpoints.json."""
+    demo = running_demo
+    endpoints = json.loads(demo.endpoints().read_text())
+    url = endpoints["metrics"]
+    assert url and url.startswith("http://127.0.0.1:") and url.endswith("/metrics"), url
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        body = reply.read().decode()
+    for venue in ("binance", "coinbase", "kraken", "okx", "bybit"):
+        assert f'mmengine_venue_connected{{venue="{venue}"}} 1.0' in body, venue
+    assert "mmengine_pricing_prices_total" in body
+    tap = mmengine(demo, "tap", "--count", "800", "--json", timeout=60)
+    assert tap.returncode == 0, tap.stderr
+    prices = [json.loads(line) for line in tap.stdout.splitlines()]
+    assert len(prices) == 800
+    quoted = [p for p in prices if not p["halted"]]
+    assert len(quoted) > 700, [p["halt_reason"] for p in prices if p["halted"]][:5]
+    crossed = sum(p["cross_venue_crossed"] for p in prices)
+    print(f"\ndemo: {crossed} of {len(prices)} Prices crossed across venues")
+    assert crossed / len(prices) < 0.05
+    # Every venue's book sits within a few basis points of the fair value (none drifts
+    # off on a walk of its own).
+    for p in quoted[-50:]:
+        for used in p["venues_used"]:
+            assert abs(used["mid"] / p["fair_value"] - 1) < 5e-4, (used, p["fair_value"])
+
+
 def left_in_spool(output: str, sink: str) -> int:
     match = re.search(rf"^{sink}: .*?(\d+) left in the spool", output, re.M)
     assert match, f"no {sink} summary line in:\n{output}"
@@ -180,6 +210,11 @@ def test_ctrl_c_to_the_whole_process_group_drains_both_sinks(running_demo: Demo)
     assert left_in_spool(output, "kafka") == 0, output
     assert left_in_spool(output, "postgres") == 0, output
     assert "nothing left in either spool" in output, output
+    # The metrics port is named with the other ways to watch, and the crossed share said.
+    assert re.search(r"metrics: http://127\.0\.0\.1:\d+/metrics", output), output
+    assert "curl -s http://127.0.0.1:" in output, output
+    share = re.search(r"crossed across venues: [\d,]+ of [\d,]+ prices \(([\d.]+)%\)", output)
+    assert share and float(share[1]) < 5.0, output[-2000:]
     # Nothing to keep: the demo's temp dir (spools, log) is gone.
     assert not list(demo.tmp.glob("mmengine-demo-*")), output
 

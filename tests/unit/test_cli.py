@@ -178,11 +178,16 @@ def test_a_stopped_simulator_says_what_it_did_once_in_words() -> None:
         text=True,
     )
     assert proc.stdout is not None
-    first = proc.stdout.readline()  # log lines, then "binance simulator: ws ..."
-    while "simulator: ws" not in first and first:
-        first = proc.stdout.readline()
-    proc.send_signal(signal.SIGINT)
-    rest = proc.communicate(timeout=30)[0]
+    try:
+        first = proc.stdout.readline()  # log lines, then "binance simulator: ws ..."
+        while "simulator: ws" not in first and first:
+            first = proc.stdout.readline()
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=30)[0]
+    finally:
+        if proc.poll() is None:  # never left behind, whatever failed
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 0, rest
     assert rest.count("simulator stopped") == 1, rest
     assert "binance simulator stopped: 0 connections, 0 frames sent" in rest

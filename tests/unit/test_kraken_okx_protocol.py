@@ -289,6 +289,8 @@ def test_replay_json(
         "totals",
         "instruments",
         "errors",
+        "ignored",  # issue 18: frames of channels no venue module uses, by channel
+        "connections",  # issue 18: each recorded connection and its protocol
     }
     assert card["capture"] == f"{capture}.jsonl.gz"
     assert (card["protocol"], card["book_frames"], card["errors"]) == (protocol, book_frames, [])
@@ -299,6 +301,7 @@ def test_replay_json(
     assert sum(i["sequence"]["gaps"] for i in insts) == 0
     for inst in insts:
         assert set(inst) == {
+            "venue",  # issue 18: a capture may hold several venues
             "venue_symbol",
             "messages",
             "snapshots",
@@ -323,6 +326,7 @@ def test_replay_json(
     lines = [json.loads(line) for line in trace.read_text().splitlines()]
     assert len(lines) == sum(i["messages"] for i in insts)
     assert set(lines[0]) == {
+        "venue",  # issue 18: a capture may hold several venues
         "instrument",
         "venue_seq",
         "cross_seq",
@@ -354,8 +358,10 @@ def test_replay_reports_a_venue_without_a_module_as_unsupported(tmp_path: Path) 
     assert card["protocol"] is None and card["instruments"] == {} and card["totals"] is None
     assert card["errors"] == [
         "unsupported protocol: no venue module for exchange DERIBIT at "
-        f"wss://www.deribit.com/ws/api/v2 (supported: {', '.join(sorted(PROTOCOLS))})"
+        f"wss://www.deribit.com/ws/api/v2 (supported: {', '.join(sorted(PROTOCOLS))}; "
+        "name one with --protocol NAME)"
     ]
+    assert [(c["conn"], c["protocol"]) for c in card["connections"]] == [("d.ws.1", None)]
     text = CliRunner().invoke(main, ["replay", str(capture)])
     assert text.exit_code == 2 and "unsupported protocol" in text.stdout
 

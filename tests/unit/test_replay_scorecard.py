@@ -42,6 +42,9 @@ def test_coinbase_figures(data_dir: Path) -> None:
     assert btc["levels"] == {"bids": 18769, "asks": 27238}
     assert got["totals"]["audit"]["by_arrival"] == {"agree": 132, "disagree": 22}
     assert "0 gaps in 1029 connection-wide sequence numbers" in text
+    # Trades and candles were recorded too: ignored (not errors), counted by channel.
+    assert got["ignored"] == {"candles": 6, "market_trades": 59} and got["errors"] == []
+    assert "65 frames of channels not used ignored (candles 6, market_trades 59)" in text
     assert "18769/27238" in text and "by arrival 132 of 154" in text
 
 
