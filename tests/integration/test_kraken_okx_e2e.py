@@ -26,7 +26,7 @@ from mmengine.engine import Engine
 from mmengine.model import BookState
 from mmengine.replay import replay_capture
 from mmengine.simulator import start_simulator
-from tests.integration.conftest import Subscriber, official_decode
+from tests.integration.conftest import Subscriber, frozen_live_tops, official_decode
 from tests.venue_session import wait_for
 
 pytestmark = pytest.mark.integration
@@ -332,39 +332,22 @@ def test_okx_swap_books_reach_the_books_stream_in_base_units(engine_factory: Any
                 ],
             }
         )
-        doc = json.loads((engine.run_dir / "endpoints.json").read_text())
-        sub = Subscriber(doc["ipc"]["books"]["endpoint"])
-        try:
-            latest: dict[str, dict[str, Any]] = {}
-
-            def drain() -> bool:
-                for _, top in sub.collect("book_top.avsc", seconds=0.1):
-                    if top["state"] == "LIVE":
-                        latest[top["instrument"]] = top
-                return len(latest) == len(insts)
-
-            wait_for(drain, 15)  # LIVE tops of all three books
-            sim.inject("stall")  # freeze the market, let what was sent arrive, compare
-            deadline = time.monotonic() + 1.0
-            while time.monotonic() < deadline:
-                drain()
-            for inst in insts:
-                bids, asks = sim.book(inst, 5)
-                top = latest[inst]
-                assert top["bid_prices"] == [float(p) for p, _ in bids], inst
-                assert top["ask_prices"] == [float(p) for p, _ in asks], inst
-                for side, levels in (("bid_sizes", bids), ("ask_sizes", asks)):
-                    if inst in OKX_COIN_PER_CONTRACT:
-                        want = [float(q) * OKX_COIN_PER_CONTRACT[inst] for _, q in levels]
-                    elif inst in OKX_USD_PER_CONTRACT:
-                        usd = OKX_USD_PER_CONTRACT[inst]
-                        want = [float(q) * usd / float(p) for p, q in levels]
-                    else:
-                        want = [float(q) for _, q in levels]
-                    if inst != "BTC-USDT":
-                        assert all(q == q.to_integral() for _, q in levels)  # contracts
-                    assert top[side] == want, (inst, side)
-            assert latest["BTC-USDT-PERP"]["bid_sizes"][0] < 5.0  # BTC, not ~50 contracts
-        finally:
-            sub.close()
+        latest = frozen_live_tops(engine, [sim], len(insts))
+        for inst in insts:
+            bids, asks = sim.book(inst, 5)
+            top = latest[inst]
+            assert top["bid_prices"] == [float(p) for p, _ in bids], inst
+            assert top["ask_prices"] == [float(p) for p, _ in asks], inst
+            for side, levels in (("bid_sizes", bids), ("ask_sizes", asks)):
+                if inst in OKX_COIN_PER_CONTRACT:
+                    want = [float(q) * OKX_COIN_PER_CONTRACT[inst] for _, q in levels]
+                elif inst in OKX_USD_PER_CONTRACT:
+                    usd = OKX_USD_PER_CONTRACT[inst]
+                    want = [float(q) * usd / float(p) for p, q in levels]
+                else:
+                    want = [float(q) for _, q in levels]
+                if inst != "BTC-USDT":
+                    assert all(q == q.to_integral() for _, q in levels)  # contracts
+                assert top[side] == want, (inst, side)
+        assert latest["BTC-USDT-PERP"]["bid_sizes"][0] < 5.0  # BTC, not ~50 contracts
         assert engine.stop() == 0, engine.output
