@@ -173,12 +173,18 @@ class InstrumentSync:
         "instrument",
         "rule",
         "size",
+        "sized",
         "stats",
         "wire",
     )
 
     def __init__(
-        self, book: L2Book, rule: SequenceRule, checksum: ChecksumRule | None, wire: bool
+        self,
+        book: L2Book,
+        rule: SequenceRule,
+        checksum: ChecksumRule | None,
+        wire: bool,
+        sized: bool = False,
     ) -> None:
         self.instrument = book.instrument
         self.book = book
@@ -192,7 +198,8 @@ class InstrumentSync:
         self.crossed = False  # the book is crossed and held (a venue that can be)
         self.audits: deque[AuditTop] = deque()  # tickers waiting for the book's update id
         self.disagree_since = 0  # loose audit: first disagreeing ticker, ns; 0: agreeing
-        self.size: ContractSize | None = None  # book sizes -> base units (None: they are)
+        self.sized = sized  # the book counts contracts: its tops wait for `size`
+        self.size: ContractSize | None = None  # book sizes -> base units (None: not yet known)
 
 
 class _ConnectionResync(Exception):
@@ -222,6 +229,7 @@ class BookDriver:
         alarm = venue.audit_alarm_s
         self.audit_alarm_ns = int(alarm * 1e9) if alarm is not None else 0
         depth = venue.book_depth()
+        sized = bool(venue.contract_sizes_requests())
         self.syncs: dict[str, InstrumentSync] = {}
         for inst in spec.instruments:
             checksum_cls = venue.checksum
@@ -230,6 +238,7 @@ class BookDriver:
                 venue.sequence_rule(inst),
                 checksum_cls() if checksum_cls is not None else None,
                 venue.keep_wire,
+                sized and venue.contract_sized(inst),
             )
         self.books: dict[str, L2Book] = {i: s.book for i, s in self.syncs.items()}
         self.stats: dict[str, InstrumentStats] = {i: s.stats for i, s in self.syncs.items()}
@@ -241,11 +250,12 @@ class BookDriver:
         )
         self._waiting: deque[tuple[str | None, list[str]]] = deque()  # requests held back
         self._fetching = 0  # fetches asked for and not answered yet
-        # The venue's contract sizes (`VenueProtocol.contract_sizes_request`): fetched on
+        # The venue's contract sizes (`VenueProtocol.contract_sizes_requests`): fetched on
         # every connection before any snapshot; the generation tells a late answer apart.
-        self._sizes_request: tuple[str, int] | None = None
+        self._sizes_requests: list[tuple[str, int]] = []
         self._sizes_generation = 0
-        self._sizes_in_flight = False
+        self._sizes_in_flight = 0  # requests of this round not answered yet
+        self._sizes_failed = False  # an answer of this round was unusable
         self._sizes_next = 0.0  # monotonic time before which they are not asked for again
         self._log_limiter = RepeatLimiter()
         self._parse = venue.parse
@@ -295,11 +305,11 @@ class BookDriver:
             sync.rule.reset()
             self._drop(sync)
             self.set_state(sync, BookState.SYNCING, "connected")
-        self._sizes_request = self.venue.contract_sizes_request()
+        self._sizes_requests = self.venue.contract_sizes_requests()
         self._sizes_generation += 1
-        self._sizes_in_flight = False
+        self._sizes_in_flight = 0
         self._sizes_next = 0.0
-        if self._sizes_request is not None:
+        if self._sizes_requests:
             for sync in self.syncs.values():
                 sync.size = None
             self._fetch_sizes()
@@ -317,9 +327,9 @@ class BookDriver:
         if self._waiting:
             self._send_waiting()
         if (
-            self._sizes_request is not None
+            self._sizes_requests
             and not self._sizes_in_flight
-            and any(s.size is None for s in self.syncs.values())
+            and any(s.sized and s.size is None for s in self.syncs.values())
         ):
             self._fetch_sizes()
         for sync in self.syncs.values():
@@ -554,12 +564,12 @@ class BookDriver:
             raise IntegrityError(sync.instrument, "checksum", f"computed {got}, venue {checksum}")
 
     def go_live(self, sync: InstrumentSync, recv_ns: int) -> None:
-        """The book is verified: mark it LIVE and publish its top."""
-        if sync.size is None and self._sizes_request is not None:
-            # Never published in the venue's units as if they were base units (a snapshot
-            # is asked for only once the sizes are known: this is not expected).
-            self.resync(sync, "no_contract_size")
-            return
+        """The book is verified: mark it LIVE and publish its top (a book of contracts
+        whose sizes are not known yet is kept and checked, its tops held: `emit`)."""
+        if sync.sized and sync.size is None and self._sizes_in_flight:
+            # A venue whose snapshot comes with the subscription (OKX) may send it before
+            # its sizes are in: an answer already back is taken now (a replay's come at once).
+            self.poll_fetches(recv_ns)
         book = sync.book
         if book.is_crossed() and not self.hold_crossed:
             sync.stats.crossed += 1
@@ -599,9 +609,12 @@ class BookDriver:
                 )
         elif sync.crossed:
             sync.crossed = False
+        size = sync.size
+        if size is None and sync.sized:
+            return  # contracts are never priced as base units: held until the sizes are in
         top = book.top(self.top_levels)
-        if sync.size is not None:
-            top = sync.size.to_base(top)
+        if size is not None:
+            top = size.to_base(top)
         self.session.publish(top)
 
     # --- states, resyncs, requests ------------------------------------------------------------
@@ -685,7 +698,8 @@ class BookDriver:
         """Fetch a REST snapshot off the venue thread, within the venue's REST weight
         budget; False when the budget is spent, or while the venue's contract sizes are not
         known (the rule asks again later)."""
-        if self._sizes_request is not None and self.syncs[instrument].size is None:
+        sync = self.syncs[instrument]
+        if sync.sized and sync.size is None:
             return False
         if self.rest is not None and not self.rest.try_acquire(weight):
             return False
@@ -712,20 +726,25 @@ class BookDriver:
                     self._failed(exc, None)
 
     def _fetch_sizes(self) -> None:
-        """Ask for the venue's contract sizes (within the REST budget; `on_tick` retries)."""
-        if self._sizes_request is None or time.monotonic() < self._sizes_next:
+        """Ask for the venue's contract sizes, every request of the venue at once (within
+        the REST budget; `on_tick` retries)."""
+        if not self._sizes_requests or time.monotonic() < self._sizes_next:
             return
-        url, weight = self._sizes_request
+        weight = sum(w for _, w in self._sizes_requests)
         if self.rest is not None and not self.rest.try_acquire(weight):
             return
-        self._sizes_in_flight = True
-        self._fetching += 1
-        self.session.fetch((CONTRACT_SIZES, self._sizes_generation), url)
+        self._sizes_in_flight = len(self._sizes_requests)
+        self._sizes_failed = False
+        for url, _ in self._sizes_requests:
+            self._fetching += 1
+            self.session.fetch((CONTRACT_SIZES, self._sizes_generation), url)
 
     def _sizes_fetched(self, generation: int, body: str | None, error: str) -> None:
+        """One answer: the books it gives sizes for go on at once; once every answer of
+        the round is in, the books none of them listed are counted."""
         if generation != self._sizes_generation:
             return  # asked for on an earlier connection
-        self._sizes_in_flight = False
+        self._sizes_in_flight = max(0, self._sizes_in_flight - 1)
         sizes: dict[str, ContractSize] = {}
         if body is not None:
             try:
@@ -733,22 +752,27 @@ class BookDriver:
             except (FrameError, ValueError, KeyError, TypeError, IndexError) as exc:
                 body, error = None, f"unusable contract sizes: {exc}"
         if body is None:
+            self._sizes_failed = True
             self._sizes_next = time.monotonic() + RETRY_SIZES_S
             self.skip("contract_sizes_failed", error)
+        for instrument, size in sizes.items():
+            sync = self.syncs.get(instrument)
+            if sync is None or not sync.sized or sync.size is not None:
+                continue  # a size known on this connection is kept
+            sync.size = size
+            try:
+                sync.rule.tick(sync, self)  # its snapshot, now that its sizes are known
+            except IntegrityError as exc:
+                self._failed(exc, None)
+                continue
+            if sync.book.state is LIVE:
+                self.emit(sync, sync.book.recv_ts_ns)  # synced while its size was on its way
+        if self._sizes_in_flight or self._sizes_failed:
             return
-        missing = []
-        for instrument, sync in self.syncs.items():
-            sync.size = sizes.get(instrument)
-            if sync.size is None:
-                missing.append(instrument)
-            else:
-                try:
-                    sync.rule.tick(sync, self)  # its snapshot, now that its sizes are known
-                except IntegrityError as exc:
-                    self._failed(exc, None)
+        missing = [i for i, s in self.syncs.items() if s.sized and s.size is None]
         if missing:
             # Asked for again now and then: a listing may come later. Until then these books
-            # stay SYNCING; the others go on.
+            # publish nothing (no REST snapshot is asked for them); the others go on.
             self._sizes_next = time.monotonic() + RETRY_MISSING_S
             self.skip("unknown_symbol", f"no contract size for {', '.join(missing)}")
 

@@ -14,6 +14,14 @@ Written from `shared/docs/venue-protocols.md` section 4 and the capture, never f
   simulator sends the real value so that both integrity rules are exercised.
 - `books5` / `bbo-tbt`: the top 5 / top 1 levels per side as a snapshot whenever they change.
 - The text `ping` gets the text `pong`.
+- `GET /api/v5/public/instruments?instType=SPOT|SWAP|FUTURES` ("Get instruments", Public
+  Data > REST API of OKX's v5 docs): `{"code":"0","msg":"","data":[...]}` with each
+  instrument's `instId`, `instType`, `ctVal`, `ctMult`, `ctValCcy`, `ctType` ("" for spot);
+  a missing or unknown `instType` is HTTP 400 `{"code":"51000","msg":"Parameter instType
+  error","data":[]}`. Swap and future books count whole contracts ("number of contracts
+  for derivatives", "Order book channel"), each worth what OKX lists: linear (USDT)
+  contracts 0.01 BTC, 0.1 ETH, 1 of other coins; inverse (USD) contracts 100 USD for BTC,
+  10 USD for others. Replay serves the capture's recorded answers.
 
 A new `books` subscription is served on the next market step of its instrument, on the
 generator thread: the book as of the previous step, then that step's update, so the seqId
@@ -27,6 +35,7 @@ import zlib
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
@@ -35,13 +44,15 @@ from mmengine.simulator.kit import ASK as KIT_ASK
 from mmengine.simulator.kit import BID as KIT_BID
 from mmengine.simulator.kit import Level, Part, WireKit
 from mmengine.simulator.kraken import MirrorBook
-from mmengine.simulator.market import ASK, BID, Change
+from mmengine.simulator.market import ASK, BID, Change, MarketParams, default_params
 from mmengine.simulator.server import ClientConn, OutFrame, Query, ReplayFrame, SimProtocol
 
 WS_PATH = "/ws/v5/public"
 CHANNELS = {"books": None, "books5": 5, "bbo-tbt": 1}  # channel -> levels per snapshot
 CHECKSUM_LEVELS = 25
 SEQ_STEPS = (1, 1, 1, 2, 3)  # seqIds are increasing, not always consecutive
+INSTRUMENTS_PATH = "/api/v5/public/instruments"
+INST_TYPES = ("SPOT", "MARGIN", "SWAP", "FUTURES", "OPTION")
 
 
 def _dumps(obj: Any) -> str:
@@ -56,6 +67,20 @@ def inst_id(instrument: str) -> str:
     if len(parts) == 3 and len(parts[2]) == 8 and parts[2].isdigit():
         return f"{parts[0]}-{parts[1]}-{parts[2][2:]}"
     return instrument
+
+
+def inst_type(instrument: str) -> str:
+    """SPOT, SWAP (`-PERP`) or FUTURES (`-YYYYMMDD`)."""
+    parts = instrument.split("-")
+    return "SPOT" if len(parts) == 2 else "SWAP" if parts[2] == "PERP" else "FUTURES"
+
+
+def contract(instrument: str) -> tuple[str, str, str]:
+    """(ctVal, ctValCcy, ctType) of a swap or future: USD-quoted ones are inverse."""
+    base, quote = instrument.split("-")[:2]
+    if quote == "USD":
+        return ("100" if base == "BTC" else "10"), "USD", "inverse"
+    return {"BTC": "0.01", "ETH": "0.1"}.get(base, "1"), base, "linear"
 
 
 def wire(value: Decimal) -> str:
@@ -128,9 +153,21 @@ class OkxSim(SimProtocol):
     ws_path = WS_PATH
     kit = OkxKit
 
+    @classmethod
+    def market_params(cls, instrument: str) -> MarketParams:
+        params = default_params(instrument)
+        if inst_type(instrument) == "SPOT":
+            return params
+        value, unit, _ = contract(instrument)
+        # Whole contracts, about as much of the coin per level as a spot book holds.
+        per_contract = Decimal(value) / (params.mid if unit == "USD" else 1)
+        typical = max(Decimal(1), (params.typical_size / per_contract).quantize(Decimal(1)))
+        return MarketParams(params.mid, params.tick, Decimal(1), typical)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ids = {i: inst_id(i) for i in self.instruments}
+        self.instrument_answers: dict[str, str] | None = None  # replay: by query
         self.by_id = {v: k for k, v in self.ids.items()}
         self.mirrors = {i: MirrorBook(m) for i, m in self.markets.items()}
         self.seq = {i: self.rng.randint(1_000, 9_000_000) for i in self.markets}
@@ -312,10 +349,54 @@ class OkxSim(SimProtocol):
     def _error(self, code: str, text: str) -> str:
         return _dumps({"event": "error", "code": code, "msg": text, "connId": "00000000"})
 
+    def http(self, path: str, query: Query) -> tuple[int, str] | None:
+        """`GET /api/v5/public/instruments?instType=SWAP`. Reply (the fields a book client
+        needs): {"code":"0","msg":"","data":[{"instId":"BTC-USDT-SWAP","instType":"SWAP",
+        "uly":"BTC-USDT","settleCcy":"USDT","ctVal":"0.01","ctMult":"1","ctValCcy":"BTC",
+        "ctType":"linear","lotSz":"1","state":"live",...}]}"""
+        if path != INSTRUMENTS_PATH:
+            return None
+        kind = query.get("instType", "")
+        if kind not in INST_TYPES:
+            error = {"code": "51000", "msg": "Parameter instType error", "data": []}
+            return 400, _dumps(error)
+        if self.instrument_answers is not None:
+            recorded = self.instrument_answers.get(_query_key(query))
+            return 200, recorded or _dumps({"code": "0", "msg": "", "data": []})
+        data = [self._instrument(i) for i in self.instruments if inst_type(i) == kind]
+        return 200, _dumps({"code": "0", "msg": "", "data": data})
+
+    def _instrument(self, instrument: str) -> dict[str, str]:
+        base, quote = instrument.split("-")[:2]
+        params = self.market_params(instrument)
+        entry = dict.fromkeys(("baseCcy", "quoteCcy", "uly", "settleCcy", "ctType"), "")
+        entry.update(ctVal="", ctMult="", ctValCcy="", expTime="", state="live")
+        entry.update(instId=self.ids[instrument], instType=inst_type(instrument))
+        entry.update(tickSz=wire(params.tick), lotSz=wire(params.lot), minSz=wire(params.lot))
+        if entry["instType"] == "SPOT":
+            entry.update(baseCcy=base, quoteCcy=quote)
+            return entry
+        value, unit, kind = contract(instrument)
+        settle = base if kind == "inverse" else quote
+        entry.update(uly=f"{base}-{quote}", settleCcy=settle, ctType=kind)
+        entry.update(ctVal=value, ctMult="1", ctValCcy=unit)
+        return entry
+
     # --- replay ----------------------------------------------------------------------------
 
     def load_replay(
         self, recv: Sequence[CaptureEvent], http_events: Sequence[CaptureEvent]
     ) -> list[ReplayFrame]:
-        """Every recorded frame, in order, to each client once it has subscribed."""
+        """Every recorded frame, in order, to each client once it has subscribed; the first
+        recorded answer to each instruments query."""
+        answers: dict[str, str] = {}
+        for event in http_events:
+            parts = urlsplit(event.url)
+            if parts.path == INSTRUMENTS_PATH:
+                answers.setdefault(_query_key(dict(parse_qsl(parts.query))), event.data)
+        self.instrument_answers = answers
         return [ReplayFrame(None, e.data) for e in recv]
+
+
+def _query_key(query: Query) -> str:
+    return "&".join(f"{k}={v}" for k, v in sorted(query.items()))

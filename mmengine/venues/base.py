@@ -80,15 +80,22 @@ class VenueProtocol:
         """The venue's own name for one of our instruments."""
         return instrument
 
-    def contract_sizes_request(self) -> tuple[str, int] | None:
-        """(url, REST weight) of the venue's instrument data that says what its book sizes
-        are worth (Binance COIN-M `exchangeInfo`); None where sizes are base units already.
-        The driver fetches it on every new connection, before any REST snapshot, and books
-        are published only with it (`ContractSize`)."""
-        return None
+    def contract_sizes_requests(self) -> list[tuple[str, int]]:
+        """(url, REST weight) of each request for the venue's instrument data that says
+        what its book sizes are worth (Binance COIN-M `exchangeInfo`; OKX one `instruments`
+        request per instrument type); empty where sizes are base units already. The driver
+        fetches them on every new connection, before any REST snapshot, and books of
+        contracts are published only with their `ContractSize`."""
+        return []
+
+    def contract_sized(self, instrument: str) -> bool:
+        """Whether `instrument`'s book counts contracts (its tops wait for its
+        `ContractSize`): by default every instrument of a venue that asks for sizes; OKX
+        spot books are base units beside its swaps on one connection."""
+        return True
 
     def parse_contract_sizes(self, body: str) -> dict[str, ContractSize]:
-        """Our instruments' `ContractSize`s from the answer to `contract_sizes_request`
+        """Our instruments' `ContractSize`s from one answer to `contract_sizes_requests`
         (an instrument the answer does not list is missing; FrameError for an unusable
         answer)."""
         raise NotImplementedError

@@ -218,9 +218,9 @@ class BinanceCoinm(BinanceFutures):
     capture_addresses = ("dstream.binance.com",)
     coin_margined = True
 
-    def contract_sizes_request(self) -> tuple[str, int]:
+    def contract_sizes_requests(self) -> list[tuple[str, int]]:
         base = self.spec.rest_url or self.default_rest_url
-        return f"{base}/dapi/v1/exchangeInfo", EXCHANGE_INFO_WEIGHT
+        return [(f"{base}/dapi/v1/exchangeInfo", EXCHANGE_INFO_WEIGHT)]
 
     def parse_contract_sizes(self, body: str) -> dict[str, ContractSize]:
         """Sample: {"symbols":[{"symbol":"BTCUSD_PERP","pair":"BTCUSD","contractType":

@@ -1,27 +1,27 @@
-"""OKX v5 public order books: `books` (400 levels, incremental), `books5`, `bbo-tbt`
-(venue thread).
+"""OKX v5 public order books: `books` (400 levels, incremental), `books5`, `bbo-tbt`; venue thread.
 
-Integrity (venue-protocols.md 4.4):
-1. Sequence, OKX's current rule, the shared `PreviousIdChain`: each `instId` has its own
-   `seqId`; a snapshot has `prevSeqId == -1`; each update's `prevSeqId` must equal the
-   previous `seqId` (which also accepts the heartbeat `seqId == prevSeqId` and the reset
-   after maintenance). Checked whenever frames carry `seqId`.
-2. Legacy CRC32 (what the 2022 capture carries), the shared `OkxCrc32`. OKX has deprecated
-   it and now sends `checksum: 0`, so 0 means "not provided" and only a non-zero value is
-   checked.
-A gap or a mismatch drops that `instId`'s book and resubscribes it alone. `books5` and
-`bbo-tbt` push whole snapshots every time: each replaces the book, nothing to chain.
+Integrity (venue-protocols.md 4.4): the `seqId`/`prevSeqId` chain (`PreviousIdChain`: a
+snapshot has `prevSeqId == -1`, heartbeats and resets after maintenance chain too) whenever
+frames carry `seqId`; the legacy CRC32 of the 2022 capture (`OkxCrc32`; deprecated, OKX now
+sends `checksum: 0`, "not provided"). A gap or a mismatch resubscribes that `instId` alone;
+`books5` and `bbo-tbt` push whole snapshots. A crossed book (documented during pre-open,
+section 0) is held and published as it is, never resubscribed: on `books5` that would burn
+the 480 subscribe requests per hour per connection (4.5) in seconds. Symbols (4.6):
+`BTC-USDT` as is, `BTC-USDT-SWAP` -> `BTC-USDT-PERP`, `BTC-USD-220527` -> `BTC-USD-20220527`.
 
-A crossed book is documented during pre-open (section 0): it is held and published as it is
-(pricing leaves it out as `crossed`), never resubscribed, which on `books5` would burn the
-subscribe limit (480 requests per hour per connection, 4.5) in seconds.
-
-Symbols: spot `BTC-USDT` is ours as is; swaps `BTC-USDT-SWAP` -> `BTC-USDT-PERP`; dated
-futures `BTC-USD-220527` -> `BTC-USD-20220527` (the instId's YYMMDD expiry, 4.6).
+Sizes (OKX v5 API docs, www.okx.com/docs-v5/en): "Order book channel" (Order Book Trading >
+Market Data > WebSocket): a level's size is the "number of contracts for derivatives,
+quantity in base currency for Spot". "Get instruments" (Public Data > REST API, 20 requests
+per 2 s per IP and instrument type): `ctVal`, `ctMult`, `ctValCcy` and `ctType` (`linear`:
+the value is in the base coin, BTC-USDT-SWAP 0.01 BTC; `inverse`: in USD, BTC-USD-SWAP 100
+USD), "" until shortly before a listing trades. "Unit convert" (0.888 BTC at 35000 is 311
+BTC-USD-SWAP contracts): inverse base = contracts * ctVal / price. The book keeps contracts
+(OKX's checksum is over its strings); the driver converts the tops it publishes.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -31,6 +31,7 @@ from mmengine.book.events import (
     DECODE_ERRORS,
     AuditTop,
     BookUpdate,
+    ContractSize,
     Event,
     Ignored,
     Reconnect,
@@ -42,6 +43,7 @@ from mmengine.errors import FrameError, VenueRejected
 from mmengine.venues.base import VenueProtocol, VenueSpec, integer
 
 WS_URL = "wss://ws.okx.com:8443/ws/v5/public"
+REST_URL = "https://www.okx.com"
 BOOKS = "books"  # 400-level snapshot, then incremental updates every 100 ms
 BOOKS5 = "books5"  # 5-level snapshot every 100 ms when it changes
 BBO = "bbo-tbt"  # 1-level snapshot every 10 ms when it changes
@@ -51,58 +53,43 @@ SILENCE_S = 30.0  # the server drops a connection with no data pushed for 30 s (
 SUBSCRIBE_LIMIT = (480, 3600.0)  # subscribe/unsubscribe requests per connection per hour (4.5)
 UPGRADE_NOTICE = "64008"  # "will soon be closed for a service upgrade": reconnect now (4.5)
 
-_FUTURE = re.compile(r"^(.+)-(\d{6})$")
-_OURS_FUTURE = re.compile(r"^(.+)-20(\d{6})$")
+_FUTURE = re.compile(r"^.+-\d{6}$")
+_OURS_FUTURE = re.compile(r"^.+-20\d{6}$")
 
 
 def normalize_inst_id(inst_id: str) -> str:
     """`BTC-USDT` -> `BTC-USDT`, `UNI-USD-SWAP` -> `UNI-USD-PERP`,
     `BTC-USD-220527` -> `BTC-USD-20220527`."""
     parts = inst_id.split("-")
-    if len(parts) == 2:
-        return inst_id
-    if len(parts) == 3 and parts[2] == "SWAP":
-        return f"{parts[0]}-{parts[1]}-PERP"
-    match = _FUTURE.match(inst_id)
-    if len(parts) == 3 and match:
-        return f"{match.group(1)}-20{match.group(2)}"
-    raise ValueError(f"no normalized form for OKX instId {inst_id!r} (spot, swap, future only)")
+    if len(parts) == 3 and (parts[2] == "SWAP" or _FUTURE.match(inst_id)):
+        return f"{parts[0]}-{parts[1]}-{'PERP' if parts[2] == 'SWAP' else '20' + parts[2]}"
+    if len(parts) != 2:
+        raise ValueError(f"no normalized form for OKX instId {inst_id!r} (spot, swap, future)")
+    return inst_id
 
 
 def inst_id(instrument: str) -> str:
     """Our name -> OKX `instId` (the inverse of `normalize_inst_id`)."""
     parts = instrument.split("-")
-    if len(parts) == 2:
-        return instrument
-    if len(parts) == 3 and parts[2] == "PERP":
-        return f"{parts[0]}-{parts[1]}-SWAP"
-    match = _OURS_FUTURE.match(instrument)
-    if len(parts) == 3 and match:
-        return f"{match.group(1)}-{match.group(2)}"
-    raise ValueError(f"okx: {instrument!r} is not BASE-QUOTE, BASE-QUOTE-PERP or -YYYYMMDD")
+    if len(parts) == 3 and (parts[2] == "PERP" or _OURS_FUTURE.match(instrument)):
+        return f"{parts[0]}-{parts[1]}-{'SWAP' if parts[2] == 'PERP' else parts[2][2:]}"
+    if len(parts) != 2:
+        raise ValueError(f"okx: {instrument!r} is not BASE-QUOTE, BASE-QUOTE-PERP or -YYYYMMDD")
+    return instrument
 
 
 def channel_for_depth(depth: int) -> str:
-    """The config's depth picks the channel: 1 -> `bbo-tbt`, up to 5 -> `books5`,
-    more -> `books` (400 levels)."""
-    if depth <= 1:
-        return BBO
-    if depth <= 5:
-        return BOOKS5
-    return BOOKS
+    """The config's depth picks the channel: 1 -> `bbo-tbt`, up to 5 -> `books5`, more ->
+    `books` (400 levels)."""
+    return BBO if depth <= 1 else BOOKS5 if depth <= 5 else BOOKS
 
 
 def parse_book(
     instrument: str, channel: str, msg: dict[str, Any], decimals: ParsedDecimals
 ) -> BookUpdate:
-    """A whole book message, validated before any book is touched.
-
-    Update: {"arg":{"channel":"books","instId":"BTC-USD-220527"},"action":"update",
-             "data":[{"asks":[["30249.4","0","0","0"]],"bids":[["30182.6","452","0","1"]],
-             "ts":"1652459225464","checksum":-914047754}]}
-    Current frames add "prevSeqId":123456,"seqId":123457 and send "checksum":0; `books5`
-    frames carry `seqId` only and no `action`.
-    """
+    """A whole book message, validated before any book is touched: {"arg":{"channel":"books",
+    "instId":"BTC-USD-220527"},"action":"update","data":[{"asks":[["30249.4","0","0","0"]],
+    "bids":[],"ts":"1652459225464","checksum":-914047754}]} (2022; now also seqIds)."""
     entries = msg["data"]
     if type(entries) is not list or len(entries) != 1:
         raise FrameError("malformed", "data is not one book entry")
@@ -167,16 +154,44 @@ class OkxV5(VenueProtocol):
         return (tuple(normalize_inst_id(i) for i in found), depth) if found else None
 
     def book_depth(self) -> int:
-        # OKX keeps the channel's window itself: no truncation below it (4.3: the book
-        # stayed at 400 levels or fewer without it), so the top 25 stay complete.
+        # OKX keeps the channel's window itself (4.3): the top 25 stay complete.
         return LEVELS[self.channel]
 
     def sequence_rule(self, instrument: str) -> SequenceRule:
-        rule = PreviousIdChain if self.channel == BOOKS else Unsequenced
-        return rule(self, instrument)
+        return (PreviousIdChain if self.channel == BOOKS else Unsequenced)(self, instrument)
 
     def venue_symbol(self, instrument: str) -> str:
         return self.inst_ids[instrument]
+
+    def contract_sized(self, instrument: str) -> bool:
+        return self.inst_ids[instrument] != instrument  # a spot instId is our name
+
+    def contract_sizes_requests(self) -> list[tuple[str, int]]:
+        swaps = {i.endswith("-SWAP") for i, ours in self.by_inst_id.items() if i != ours}  # types
+        url = f"{self.spec.rest_url or REST_URL}/api/v5/public/instruments"
+        return [(f"{url}?instType={'SWAP' if s else 'FUTURES'}", 1) for s in sorted(swaps)[::-1]]
+
+    def parse_contract_sizes(self, body: str) -> dict[str, ContractSize]:
+        """A contract of ours is `ctVal * ctMult` (1 for every swap and future listed) of the
+        base coin (`linear`) or the quote, USD (`inverse`). {"code":"0","data":[{"instId":
+        "BTC-USDT-SWAP","ctType":"linear","ctVal":"0.01","ctMult":"1","ctValCcy":"BTC"}]}"""
+        doc = orjson.loads(body)
+        data = doc.get("data") if type(doc) is dict and doc.get("code") == "0" else None
+        if type(data) is not list:
+            raise FrameError("malformed", f"instruments answer {body[:80]!r}")
+        sizes = {}
+        for entry in data:
+            ours = self.by_inst_id.get(entry.get("instId")) if type(entry) is dict else None
+            if ours is None or ours == entry["instId"] or not entry.get("ctVal"):
+                continue  # not ours, spot, or listed soon (its values are "" until then)
+            base, quote = ours.split("-")[:2]
+            units = {(base, "linear"): False, (quote, "inverse"): True}
+            in_quote = units.get((entry.get("ctValCcy"), entry.get("ctType")))
+            value = float(entry["ctVal"]) * float(entry.get("ctMult") or 1)
+            if in_quote is None or not (math.isfinite(value) and value > 0):
+                raise FrameError("malformed", f"contract of {ours}: {entry}"[:200])
+            sizes[ours] = ContractSize(value, in_quote)
+        return sizes
 
     def _request(self, op: str, inst_ids: list[str], channel: str | None = None) -> str:
         args = [{"channel": channel or self.channel, "instId": i} for i in inst_ids]
@@ -220,8 +235,8 @@ class OkxV5(VenueProtocol):
             raise lost_update((instrument,), exc) from None
 
     def _ticker(self, arg: dict[str, Any], msg: dict[str, Any]) -> AuditTop:
-        """`{"arg":{"channel":"tickers","instId":"UNI-USD-SWAP"},"data":[{"bidPx":"5.134",
-        "askPx":"5.142",...}]}`: compared with the book on arrival (4.3: a loose check)."""
+        """`{"arg":{"channel":"tickers",...},"data":[{"bidPx":"5.134","askPx":"5.142",...}]}`:
+        compared with the book on arrival (4.3: a loose check)."""
         instrument = self.by_inst_id.get(arg.get("instId"))
         if instrument is None:
             raise FrameError("unknown_symbol", repr(arg.get("instId"))[:40])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import yaml
 import zmq
 
 from mmengine.codec import SCHEMA_DIR
+from tests.venue_session import wait_for
 
 
 def official_decode(schema_file: str, payload: bytes) -> dict[str, Any]:
@@ -122,3 +124,31 @@ class Subscriber:
     def close(self) -> None:
         self.sock.close()
         self.ctx.term()
+
+
+def frozen_live_tops(
+    engine: EngineProcess, sims: list[Any], instruments: int
+) -> dict[str, dict[str, Any]]:
+    """The last LIVE top of each book on the engine's `books` stream, taken once
+    `instruments` books are LIVE, the simulators' markets are frozen (`stall`, 3 s) and what
+    they sent has arrived: to compare with the simulators' own books right after."""
+    doc = json.loads((engine.run_dir / "endpoints.json").read_text())
+    sub = Subscriber(doc["ipc"]["books"]["endpoint"])
+    latest: dict[str, dict[str, Any]] = {}
+
+    def drain() -> bool:
+        for _, top in sub.collect("book_top.avsc", seconds=0.1):
+            if top["state"] == "LIVE":
+                latest[top["instrument"]] = top
+        return len(latest) == instruments
+
+    try:
+        wait_for(drain, 15)
+        for sim in sims:
+            sim.inject("stall")
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            drain()
+    finally:
+        sub.close()
+    return latest

@@ -6,8 +6,6 @@ capture served back by the simulator to a venue connection.
 
 from __future__ import annotations
 
-import json
-import time
 from typing import Any
 
 import pytest
@@ -16,7 +14,7 @@ from mmengine.simulator import start_simulator
 from mmengine.venues.base import VenueSpec
 from mmengine.venues.binance_futures import BinanceCoinm
 from mmengine.venues.transport import VenueConnection
-from tests.integration.conftest import Subscriber
+from tests.integration.conftest import frozen_live_tops
 from tests.venue_session import Tops, wait_for
 
 pytestmark = pytest.mark.integration
@@ -55,42 +53,23 @@ def test_pricing_gets_base_units_from_contracts_and_spot_sized_books(engine_fact
             ],
         }
         engine = engine_factory(config)
-        doc = json.loads((engine.run_dir / "endpoints.json").read_text())
-        sub = Subscriber(doc["ipc"]["books"]["endpoint"])
-        try:
-            latest: dict[str, dict[str, Any]] = {}
-
-            def drain() -> bool:
-                for _, top in sub.collect("book_top.avsc", seconds=0.1):
-                    if top["state"] == "LIVE":
-                        latest[top["instrument"]] = top
-                return len(latest) == 2
-
-            wait_for(drain, 15)  # LIVE tops of both books
-            # Freeze both markets, let everything sent arrive, then compare the last tops.
-            coinm.inject("stall")
-            usdm.inject("stall")
-            deadline = time.monotonic() + 1.0
-            while time.monotonic() < deadline:
-                drain()
-            for instrument, sim, per_contract in (
-                ("BTC-USD-PERP", coinm, 100.0),
-                ("BTC-USDT-PERP", usdm, None),
-            ):
-                bids, asks = sim.book(instrument, LEVELS)
-                top = latest[instrument]
-                assert top["bid_prices"] == [float(p) for p, _ in bids], instrument
-                assert top["ask_prices"] == [float(p) for p, _ in asks], instrument
-                for side, levels in (("bid_sizes", bids), ("ask_sizes", asks)):
-                    if per_contract is None:
-                        want = [float(q) for _, q in levels]
-                    else:
-                        want = [float(q) * per_contract / float(p) for p, q in levels]
-                        assert all(float(q) == int(q) for _, q in levels)  # whole contracts
-                    assert top[side] == want, (instrument, side)
-            assert latest["BTC-USD-PERP"]["bid_sizes"][0] < 1.0  # BTC, not 300-odd contracts
-        finally:
-            sub.close()
+        latest = frozen_live_tops(engine, [coinm, usdm], 2)
+        for instrument, sim, per_contract in (
+            ("BTC-USD-PERP", coinm, 100.0),
+            ("BTC-USDT-PERP", usdm, None),
+        ):
+            bids, asks = sim.book(instrument, LEVELS)
+            top = latest[instrument]
+            assert top["bid_prices"] == [float(p) for p, _ in bids], instrument
+            assert top["ask_prices"] == [float(p) for p, _ in asks], instrument
+            for side, levels in (("bid_sizes", bids), ("ask_sizes", asks)):
+                if per_contract is None:
+                    want = [float(q) for _, q in levels]
+                else:
+                    want = [float(q) * per_contract / float(p) for p, q in levels]
+                    assert all(float(q) == int(q) for _, q in levels)  # whole contracts
+                assert top[side] == want, (instrument, side)
+        assert latest["BTC-USD-PERP"]["bid_sizes"][0] < 1.0  # BTC, not 300-odd contracts
         assert engine.stop() == 0, engine.output
     assert "binance-coinm: " in engine.output and "0 gaps" in engine.output
 

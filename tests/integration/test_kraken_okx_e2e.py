@@ -26,7 +26,7 @@ from mmengine.engine import Engine
 from mmengine.model import BookState
 from mmengine.replay import replay_capture
 from mmengine.simulator import start_simulator
-from tests.integration.conftest import Subscriber, official_decode
+from tests.integration.conftest import Subscriber, frozen_live_tops, official_decode
 from tests.venue_session import wait_for
 
 pytestmark = pytest.mark.integration
@@ -36,15 +36,22 @@ INSTRUMENTS = {
     "kraken-v2": ["BTC-USD", "ETH-USD"],
     "okx-v5": ["BTC-USDT", "ETH-USDT-PERP"],
 }
+# What one OKX contract is worth ("Get instruments" ctVal, as OKX lists them): in the coin
+# for USDT-margined (linear) swaps, in USD for USD-margined (inverse) ones.
+OKX_COIN_PER_CONTRACT = {"BTC-USDT-PERP": 0.01, "ETH-USDT-PERP": 0.1}
+OKX_USD_PER_CONTRACT = {"BTC-USD-PERP": 100.0}
 
 
-def config(protocol: str, url: str, run_dir: Path, depth: int = 10) -> dict[str, Any]:
+def config(
+    protocol: str, url: str, run_dir: Path, depth: int = 10, rest_url: str | None = None
+) -> dict[str, Any]:
     insts = INSTRUMENTS[protocol]
+    venue = {"name": "v", "protocol": protocol, "url": url, "instruments": insts, "depth": depth}
+    if rest_url is not None:
+        venue["rest_url"] = rest_url  # OKX: its swaps' contract sizes
     return {
         "engine": {"pricing_workers": 2, "run_dir": str(run_dir), "top_levels": 10},
-        "venues": [
-            {"name": "v", "protocol": protocol, "url": url, "instruments": insts, "depth": depth}
-        ],
+        "venues": [venue],
         # One venue: quoting from it must be asked for (else every Price is halted, empty).
         "instruments": [{"name": i, "sources": [{"venue": "v"}], "min_venues": 1} for i in insts],
         "limits": {"reconnect_max_s": 0.5},
@@ -71,6 +78,10 @@ def collect_until(sub: Subscriber, schema: str, done: threading.Event, into: lis
             return
 
 
+def last_live_of(tops: list[dict[str, Any]], instrument: str) -> dict[str, Any]:
+    return [t for t in tops if t["instrument"] == instrument and t["state"] == "LIVE"][-1]
+
+
 def all_live(venue: Venue) -> bool:
     return all(b.state is BookState.LIVE for b in list(venue.books.values()))
 
@@ -79,7 +90,8 @@ def all_live(venue: Venue) -> bool:
 def test_faults_resync_only_the_faulted_instrument(protocol: str, tmp_path: Path) -> None:
     insts = INSTRUMENTS[protocol]
     with start_simulator(protocol, instruments=insts, rate=300, seed=11) as sim:
-        engine = Engine(parse_config(config(protocol, sim.ws_url, tmp_path / "run")))
+        doc = config(protocol, sim.ws_url, tmp_path / "run", rest_url=sim.rest_url)
+        engine = Engine(parse_config(doc))
         engine.start()
         prices = Subscriber(engine.endpoint("prices"))
         books = Subscriber(engine.endpoint("books"))
@@ -180,7 +192,7 @@ def test_record_then_replay_ends_in_the_books_the_engine_had(protocol: str, tmp_
     run_dir = tmp_path / "run"
     with start_simulator(protocol, instruments=insts, rate=200, seed=12) as sim:
         cfg = tmp_path / "engine.yaml"
-        cfg.write_text(yaml.safe_dump(config(protocol, sim.ws_url, run_dir)))
+        cfg.write_text(yaml.safe_dump(config(protocol, sim.ws_url, run_dir, rest_url=sim.rest_url)))
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -223,9 +235,15 @@ def test_record_then_replay_ends_in_the_books_the_engine_had(protocol: str, tmp_
         if top["state"] == "LIVE":
             last_live[top["instrument"]] = top
     assert set(last_live) == set(insts)
-    result = replay_capture(out)
+    result = replay_capture(out, keep_tops=True)
     assert result.protocol == protocol
     venue = result.venue
+    # The replay answers the recorded REST requests (OKX: Get instruments) and publishes
+    # what the live engine published.
+    replayed = {t.instrument: t for t in result.session.tops if t.state == "LIVE"}
+    for inst in insts:
+        n = len(replayed[inst].bid_sizes)
+        assert replayed[inst].bid_sizes == last_live_of(tops, inst)["bid_sizes"][:n], inst
     assert sum(s.checksums_checked for s in venue.stats.values()) > 100
     assert sum(s.checksums_failed for s in venue.stats.values()) == 0
     assert sum(s.sequence_gaps for s in venue.stats.values()) == 0
@@ -235,9 +253,15 @@ def test_record_then_replay_ends_in_the_books_the_engine_had(protocol: str, tmp_
         assert book.state is BookState.LIVE
         n = len(top["bid_prices"])
         assert book.bids.prices(n) == top["bid_prices"], inst
-        assert [book.bids.sizes[p] for p in top["bid_prices"]] == top["bid_sizes"], inst
         assert book.asks.prices(len(top["ask_prices"])) == top["ask_prices"], inst
-        assert [book.asks.sizes[p] for p in top["ask_prices"]] == top["ask_sizes"], inst
+        # The replayed book holds the venue's sizes (OKX swaps: contracts); the engine's
+        # books stream carried base units, converted with the recorded contract sizes.
+        per_contract = OKX_COIN_PER_CONTRACT.get(inst, 1.0)
+        for side, prices, sizes in (
+            (book.bids, top["bid_prices"], top["bid_sizes"]),
+            (book.asks, top["ask_prices"], top["ask_sizes"]),
+        ):
+            assert [side.sizes[p] * per_contract for p in prices] == sizes, inst
 
 
 def test_okx_simulator_replays_the_capture_with_every_checksum(tmp_path: Path) -> None:
@@ -245,7 +269,7 @@ def test_okx_simulator_replays_the_capture_with_every_checksum(tmp_path: Path) -
     with start_simulator(
         "okx-v5", replay=Path(__file__).parent.parent / "data" / "OKX.jsonl.gz", rate=2000
     ) as sim:
-        doc = config("okx-v5", sim.ws_url, tmp_path / "run", depth=400)
+        doc = config("okx-v5", sim.ws_url, tmp_path / "run", depth=400, rest_url=sim.rest_url)
         doc["venues"][0]["instruments"] = insts
         doc["instruments"] = [{"name": i, "sources": [{"venue": "v"}]} for i in insts]
         engine = Engine(parse_config(doc))
@@ -257,6 +281,11 @@ def test_okx_simulator_replays_the_capture_with_every_checksum(tmp_path: Path) -
             stats = list(venue.stats.values())
             assert sum(s.checksums_checked for s in stats) == 290
             assert sum(s.checksums_failed for s in stats) == 0
+            # The recorded Get instruments answers, served back: the future and the swap
+            # are priced in BTC and UNI (100 and 10 USD a contract), spot as it is.
+            wait_for(lambda: all(s.size is not None for s in venue.syncs.values() if s.sized))
+            sizes = {i: (s.size.value, s.size.in_quote) for i, s in venue.syncs.items() if s.size}
+            assert sizes == {"BTC-USD-20220527": (100.0, True), "UNI-USD-PERP": (10.0, True)}
             assert not venue.venue_stats.skipped
         finally:
             engine.stop()
@@ -283,3 +312,42 @@ def test_kraken_simulator_replays_the_capture_with_every_checksum(tmp_path: Path
             assert not venue.venue_stats.skipped
         finally:
             engine.stop()
+
+
+def test_okx_swap_books_reach_the_books_stream_in_base_units(engine_factory: Any) -> None:
+    """OKX books count contracts for swaps: the engine (a child process) asks the
+    simulator's Get instruments for their ctVal and publishes base units. Truth: the
+    simulator's own books, in contracts, times OKX's listed contract values: 0.01 BTC
+    (BTC-USDT-SWAP, linear), 100 USD / price (BTC-USD-SWAP, inverse); spot unchanged."""
+    insts = ["BTC-USDT", "BTC-USDT-PERP", "BTC-USD-PERP"]
+    with start_simulator("okx-v5", instruments=insts, rate=150, seed=303) as sim:
+        venue = {"name": "okx", "protocol": "okx-v5", "url": sim.ws_url}
+        venue.update(rest_url=sim.rest_url, instruments=insts, depth=400)
+        engine = engine_factory(
+            {
+                "engine": {"top_levels": 5},
+                "venues": [venue],
+                "instruments": [
+                    {"name": i, "sources": [{"venue": "okx"}], "min_venues": 1} for i in insts
+                ],
+            }
+        )
+        latest = frozen_live_tops(engine, [sim], len(insts))
+        for inst in insts:
+            bids, asks = sim.book(inst, 5)
+            top = latest[inst]
+            assert top["bid_prices"] == [float(p) for p, _ in bids], inst
+            assert top["ask_prices"] == [float(p) for p, _ in asks], inst
+            for side, levels in (("bid_sizes", bids), ("ask_sizes", asks)):
+                if inst in OKX_COIN_PER_CONTRACT:
+                    want = [float(q) * OKX_COIN_PER_CONTRACT[inst] for _, q in levels]
+                elif inst in OKX_USD_PER_CONTRACT:
+                    usd = OKX_USD_PER_CONTRACT[inst]
+                    want = [float(q) * usd / float(p) for p, q in levels]
+                else:
+                    want = [float(q) for _, q in levels]
+                if inst != "BTC-USDT":
+                    assert all(q == q.to_integral() for _, q in levels)  # contracts
+                assert top[side] == want, (inst, side)
+        assert latest["BTC-USDT-PERP"]["bid_sizes"][0] < 5.0  # BTC, not ~50 contracts
+        assert engine.stop() == 0, engine.output

@@ -77,7 +77,7 @@ def test_symbols_urls_and_weights() -> None:
     assert coinm.connect_url() == (
         "wss://dstream.binance.com/stream?streams=btcusd_perp@depth@100ms/btcusd_perp@bookTicker"
     )
-    assert coinm.contract_sizes_request() == ("https://dapi.binance.com/dapi/v1/exchangeInfo", 1)
+    assert coinm.contract_sizes_requests() == [("https://dapi.binance.com/dapi/v1/exchangeInfo", 1)]
     assert [snapshot_weight(n) for n in (5, 50, 100, 500, 1000)] == [2, 2, 5, 10, 20]
     assert orjson.loads(coinm.keepalive_frame()) == {"method": "LIST_SUBSCRIPTIONS", "id": 1}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,8 +15,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mmengine.cli import _check_capture_fits, main, simulator_summary, tap_filter
+from mmengine.cli import main, tap_filter
 from mmengine.locate import EngineNotFound, find_engine
+from mmengine.simcli import _check_capture_fits, simulator_summary
+from mmengine.simulator import FAULT_KINDS
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -115,6 +118,30 @@ def test_a_simulator_refuses_a_capture_of_another_protocol() -> None:
     _check_capture_fits("kraken-v1", str(DATA / "KRAKEN.jsonl.gz"))
     _check_capture_fits("bybit-v5-linear", str(DATA / "BYBIT.jsonl.gz"))
     _check_capture_fits("coinbase-advanced-deep", str(DATA / "COINBASE.jsonl.gz"))
+
+
+def test_simulate_takes_every_fault_kind_the_simulators_inject() -> None:
+    """`--fault` offers the simulator package's own FAULT_KINDS (badticker included)."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    faults = [arg for kind in FAULT_KINDS for arg in ("--fault", kind)]
+    try:
+        # Every kind parses; the command then stops at the venue nobody simulates.
+        code, out, _ = run(["simulate", "--venue", "no-such-venue", *faults])
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert "badticker" in FAULT_KINDS
+    assert code == 1 and "no simulator for venue 'no-such-venue'" in out, out
+    code, out, _ = run(["simulate", "--venue", "binance", "--fault", "meteor"])
+    assert code == 2
+    assert "'meteor' is not one of " + ", ".join(f"'{k}'" for k in FAULT_KINDS) in out
+
+
+def test_commands_other_than_simulate_do_not_import_the_simulators() -> None:
+    """cli.py stays quick to import (tools that attach to a running engine)."""
+    code = "import sys, mmengine.cli; print('mmengine.simulator' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_a_simulator_summary_is_a_sentence() -> None:
