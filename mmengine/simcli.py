@@ -7,12 +7,11 @@ choices are the simulator's own `FAULT_KINDS`, so a new fault kind is offered at
 
 from __future__ import annotations
 
-import signal
-import time
 from typing import Any
 
 import click
 
+from mmengine.signals import StopFlag
 from mmengine.simulator import FAULT_KINDS, start_simulator
 
 
@@ -64,11 +63,7 @@ def simulate(
     """
     if replay is not None:
         _check_capture_fits(venue, replay)
-    # A plain list, not an Event: `Event.set()` in a signal handler deadlocks when the
-    # signal lands while the main thread holds the Event's own lock inside `wait()`.
-    signalled: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, _frame: signalled.append(signum))
-    signal.signal(signal.SIGTERM, lambda signum, _frame: signalled.append(signum))
+    stop = StopFlag().install()
     try:
         handle = start_simulator(
             venue,
@@ -87,8 +82,8 @@ def simulate(
         raise click.ClickException(str(exc)) from exc
     with handle:
         click.echo(f"{venue} simulator: ws {handle.ws_url}  rest {handle.rest_url}")
-        while not signalled:
-            time.sleep(0.1)
+        while not stop.wait(1.0):
+            pass
     click.echo(simulator_summary(venue, handle.stats))
 
 

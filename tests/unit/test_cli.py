@@ -246,7 +246,10 @@ def test_tap_and_top_exit_when_the_engine_they_watch_stops(tmp_path: Path) -> No
         for args in (["tap"], ["top"])
     ]
     time.sleep(1.5)  # both attached and waiting
-    assert [t.poll() for t in tools] == [None, None]
+    if [t.poll() for t in tools] != [None, None]:
+        early = [(t.args[-1], t.returncode, *t.communicate(timeout=10)) for t in tools]
+        stand_in.kill()
+        raise AssertionError(f"a tool exited while the engine was alive: {early}")
     stand_in.kill()
     stand_in.wait()
     _, tap_err = tools[0].communicate(timeout=10)
