@@ -9,8 +9,10 @@ The last hop, `IpcPublisher`, forwards each stream from the engine's inproc PUBs
 subscribers on IPC and counts what a full subscriber could not take (see its docstring).
 
 BookTops cross the inproc hop pickled: they never leave the process, and pickling a small
-tuple costs about a microsecond where Avro costs ten. The IPC `books` stream, which other
-processes read, carries them Avro-encoded.
+tuple costs about a microsecond where Avro costs ten. The envelope is `(top as a tuple,
+applied_ns)`: the moment the router took the top (the book was applied), so that pricing can
+time each stage of the tick-to-quote path (`mmengine.latency`) without a field in BookTop.
+The IPC `books` stream, which other processes read, carries BookTops Avro-encoded.
 
 Sockets are made by the thread that uses them, from the one shared `zmq.Context`.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import os
 import pickle
 import threading
+import time
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -75,12 +78,21 @@ def pricing_endpoint(worker: int) -> str:
     return f"inproc://pricing.{worker}"
 
 
-def encode_top(top: BookTop) -> bytes:
-    return pickle.dumps(tuple(top), protocol=pickle.HIGHEST_PROTOCOL)
+def encode_top(top: BookTop, applied_ns: int | None = None) -> bytes:
+    """The inproc envelope of a BookTop: `(tuple(top), applied_ns)`, pickled (`applied_ns`
+    defaults to now)."""
+    stamp = time.time_ns() if applied_ns is None else applied_ns
+    return pickle.dumps((tuple(top), stamp), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode_envelope(payload: bytes) -> tuple[BookTop, int]:
+    """(BookTop, applied_ns) from `encode_top`'s envelope."""
+    fields, applied_ns = pickle.loads(payload)
+    return BookTop._make(fields), applied_ns
 
 
 def decode_top(payload: bytes) -> BookTop:
-    return BookTop(*pickle.loads(payload))
+    return decode_envelope(payload)[0]
 
 
 class BookTopRouter:
@@ -129,7 +141,7 @@ class BookTopRouter:
     def send(self, top: BookTop) -> None:
         targets = self._targets.get(top.instrument)
         if targets:
-            payload = encode_top(top)
+            payload = encode_top(top)  # stamped: the book was applied just now
             for k, sock in targets:
                 pending = self._pending[k]
                 if pending and not self._flush(sock, pending):

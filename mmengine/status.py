@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import zmq
 
 from mmengine.bus import IpcStats, ServiceThread
+from mmengine.latency import STAGE_BOUNDS_US, StageLatency, merge_reports, window_summary
 from mmengine.model import Price
 from mmengine.pricing.worker import LATENCY_BOUNDS_US, WorkerStats
 
@@ -59,9 +60,11 @@ class WorkerSource(Protocol):
 
 
 class WriterSource(Protocol):
-    """A sink writer: its `sink` label and a flat dict of int counters."""
+    """A sink writer: its `sink` label, a flat dict of int counters, and the latency of its
+    stage (priced -> acknowledged or committed)."""
 
     sink_name: str
+    stages: StageLatency
 
     def counters(self) -> dict[str, int]: ...
 
@@ -225,6 +228,14 @@ def snapshot(engine: Reporting, now_ns: int | None = None) -> dict[str, Any]:
                 }
             )
     sinks = [{"name": w.sink_name, **w.counters()} for w in engine.writers]
+    reports = [w.stats.stages.report() for w in engine.workers]
+    reports += [w.stages.report() for w in engine.writers if hasattr(w, "stages")]
+    merged = merge_reports(reports)
+    summary = window_summary(merged)
+    stages = {
+        name: {"counts": r["counts"], "sum_us": r["sum_us"], **summary[name]}
+        for name, r in merged.items()
+    }
     streams = [
         {"name": p.stream, "sent": p.stats.sent, "dropped": p.stats.dropped}
         for p in engine.publishers
@@ -246,6 +257,10 @@ def snapshot(engine: Reporting, now_ns: int | None = None) -> dict[str, Any]:
         "thread_deaths": sum(t["deaths"] for t in threads),
         "thread_restarts": sum(t["restarts"] for t in threads),
         "latency_bounds_us": list(LATENCY_BOUNDS_US),
+        # Per stage of the tick-to-quote path (mmengine.latency): bucket counts over
+        # stage_bounds_us since start, and p50/p99 of the latest samples.
+        "stages": stages,
+        "stage_bounds_us": list(STAGE_BOUNDS_US),
     }
 
 

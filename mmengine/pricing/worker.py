@@ -28,8 +28,9 @@ from dataclasses import dataclass, field, replace
 
 import zmq
 
-from mmengine.bus import PRICES_IN, PUB_HWM, ServiceThread, decode_top, pricing_endpoint
+from mmengine.bus import PRICES_IN, PUB_HWM, ServiceThread, decode_envelope, pricing_endpoint
 from mmengine.codec import Codec, encode_price
+from mmengine.latency import PRICING_STAGES, StageLatency
 from mmengine.logs import RepeatLimiter
 from mmengine.model import BookTop, Price
 from mmengine.pricing.model import (
@@ -73,6 +74,8 @@ class WorkerStats:
     # The latest LATENCY_WINDOW latencies themselves: `top` shows real percentiles of a
     # recent window from them (the histogram's buckets give only their edges).
     recent_latency_us: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    # Per stage of the tick-to-quote path, for every Price a BookTop triggered.
+    stages: StageLatency = field(default_factory=lambda: StageLatency(PRICING_STAGES))
 
 
 def control_endpoint(worker: int) -> str:
@@ -138,6 +141,7 @@ class PricingWorker(ServiceThread):
             for n, s in self.specs.items()
         }
         self.stats = WorkerStats()
+        self._arrivals: dict[str, tuple[int, int]] = {}  # filled by each drain
         self._sink_log = RepeatLimiter()
         self._error_log = RepeatLimiter()
 
@@ -196,11 +200,27 @@ class PricingWorker(ServiceThread):
         timed = self._due_now(now_ns, touched)
         if not touched:
             return
+        arrivals = self._arrivals
         for name in sorted(touched, key=self.order.__getitem__):
             try:
-                price = self.price(name, touched[name], now_ns, timed=name in timed)
+                trigger = touched[name]
+                price = self.price(name, trigger, now_ns, timed=name in timed)
                 if price is not None:
-                    self._publish(price, pub, sinks, header)
+                    encoded_ns, published_ns = self._publish(price, pub, sinks, header)
+                    if trigger is not None and name not in timed:
+                        applied_ns, dequeued_ns = arrivals[name]
+                        recv_ns = trigger.recv_ts_ns
+                        priced_ns = price.priced_ts_ns
+                        self.stats.stages.add(
+                            (
+                                (applied_ns - recv_ns) / 1000,
+                                (dequeued_ns - applied_ns) / 1000,
+                                (priced_ns - dequeued_ns) / 1000,
+                                (encoded_ns - priced_ns) / 1000,
+                                (published_ns - encoded_ns) / 1000,
+                                (published_ns - recv_ns) / 1000,
+                            )
+                        )
             except Exception:
                 self._count_error(f"pricing {name}")
                 self.due.pop(name, None)  # a failing instrument waits for new input
@@ -210,15 +230,19 @@ class PricingWorker(ServiceThread):
 
     def _publish(
         self, price: Price, pub: zmq.Socket, sinks: list[zmq.Socket], header: bytes
-    ) -> None:
-        """To IPC subscribers (through the prices proxy) and to every sink's writer."""
+    ) -> tuple[int, int]:
+        """To IPC subscribers (through the prices proxy) and to every sink's writer;
+        returns when it was encoded and when the IPC send returned (ns)."""
         name = price.instrument.encode()
         payload = encode_price(header, price)
+        encoded_ns = time.time_ns()
         pub.send_multipart((b"price." + name, payload))
+        published_ns = time.time_ns()
         if sinks:
             key = SINK_KEY.pack(price.epoch, price.seq, price.priced_ts_ns)
             for sock in sinks:
                 self._to_sink(sock, (name, key, payload))
+        return encoded_ns, published_ns
 
     def _timeout_ms(self) -> int:
         """Block until the nearest deadline (at most POLL_MS, to notice stop())."""
@@ -290,17 +314,21 @@ class PricingWorker(ServiceThread):
     def _drain(self, pull: zmq.Socket) -> dict[str, BookTop | None]:
         """Take everything queued; returns each touched instrument with its latest input."""
         touched: dict[str, BookTop | None] = {}
+        arrivals = self._arrivals  # instrument -> (applied_ns, dequeued_ns) of its trigger
+        arrivals.clear()
         fed_by = self.fed_by
         tops = self.tops
+        now = time.time_ns
         n = 0
         while n < MAX_DRAIN:
             try:
                 payload = pull.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            dequeued_ns = now()
             n += 1
             try:
-                top = decode_top(payload)
+                top, applied_ns = decode_envelope(payload)
                 key = (top.venue, top.instrument)
                 feeds = fed_by.get(key, ())
             except Exception:
@@ -310,6 +338,7 @@ class PricingWorker(ServiceThread):
             for name in feeds:
                 tops[name][key] = top
                 touched[name] = top
+                arrivals[name] = (applied_ns, dequeued_ns)
         stats = self.stats
         stats.inputs += n
         stats.drains += 1

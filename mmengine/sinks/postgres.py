@@ -56,6 +56,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from mmengine.codec import Codec
+from mmengine.latency import POSTGRES_STAGE, StageLatency
 from mmengine.logs import RepeatLimiter
 from mmengine.sinks.pgschema import (
     CHANNEL,
@@ -167,6 +168,8 @@ class BatchResult:
     txn_s: float  # BEGIN .. COMMIT, seconds
     last_priced_ts_ns: int  # of the batch's last record
     bad: list[tuple[bytes, str]] = field(default_factory=list)  # (record, why) skipped
+    priced_ts_ns: list[int] = field(default_factory=list)  # of every row written
+    committed_ns: int = 0  # when COMMIT returned (time.time_ns)
 
 
 class PgBatchWriter:
@@ -305,8 +308,16 @@ class PgBatchWriter:
             inserted = cur.rowcount
             cur.execute(UPSERT_LATEST)
             cur.execute(NOTIFY, (CHANNEL, note))
+        committed_ns = time.time_ns()
         return BatchResult(
-            len(rows), inserted, len(bad), time.perf_counter() - t0, rows[-1][3], bad
+            len(rows),
+            inserted,
+            len(bad),
+            time.perf_counter() - t0,
+            rows[-1][3],
+            bad,
+            [r[3] for r in rows],
+            committed_ns,
         )
 
 
@@ -414,6 +425,7 @@ class PostgresWriter(SpoolingWriter):
         self.spool_max_bytes = spool_max_bytes
         self.spool_memory_records = spool_memory_records
         self.stats = PostgresWriterStats()
+        self.stages = StageLatency((POSTGRES_STAGE,))  # priced -> committed, per row
         self.spool: Spool | None = None
         self.ready = threading.Event()
         self.error: BaseException | None = None
@@ -577,6 +589,10 @@ class PostgresWriter(SpoolingWriter):
             stats.last_txn_us = int(result.txn_s * 1e6)
             if result.last_priced_ts_ns:
                 stats.lag_ns = time.time_ns() - result.last_priced_ts_ns
+                add = self.stages.add
+                committed_ns = result.committed_ns
+                for priced_ns in result.priced_ts_ns:
+                    add(((committed_ns - priced_ns) / 1000,))
             self._backoff = self.cfg.reconnect_min_s
             if spool.away:
                 log.info(

@@ -121,6 +121,9 @@ def test_every_price_arrives_once_in_order_and_decodes(
     feeder.start()
     feeder.join()
     wait_for(lambda: w.stats.acknowledged >= 4000, 20, "4000 acks")
+    # Every acknowledged record is timed priced -> acked (mmengine_stage_latency_seconds).
+    [stage] = w.stages.report().values()
+    assert sum(stage["counts"]) == 4000 and min(stage["recent_us"]) > 0
     # The writer created the topic itself, with the configured partition count.
     admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
     [desc] = admin.describe_topics(["prices.t1"])

@@ -139,6 +139,9 @@ def test_writer_stores_every_price_once_and_latest_is_last(
     c = w.counters()
     assert c["inserted"] == 6000 and c["retries"] == 0 and c["pending"] == 0
     assert c["batches"] >= 12 and c["lag_ns"] > 0
+    # Every committed row is timed priced -> committed (mmengine_stage_latency_seconds).
+    [stage] = w.stages.report().values()
+    assert sum(stage["counts"]) == 6000 and min(stage["recent_us"]) > 0
     with pg.connect() as conn:
         row = conn.execute(
             "SELECT priced_at = mmengine_ns_to_ts(priced_ts_ns), venues, detail, halted,"

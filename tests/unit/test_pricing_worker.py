@@ -182,3 +182,55 @@ def test_a_position_that_is_not_finite_is_refused(harness: Any) -> None:
     _, price = h.next_price()
     assert price["position"] == 2.0
     assert h.worker.stats.bad_inputs == 1 and h.worker.stats.positions == 1
+
+
+def test_every_triggered_price_is_timed_at_each_stage(harness: Any) -> None:
+    """Stage latencies come from the stamps each hop really took: the frame's receive time
+    and the router's applied stamp travel with the BookTop; dequeue, priced, encoded and
+    published are taken by the worker. The stages follow one another, so they add up to
+    the whole path exactly."""
+    from mmengine.latency import PRICING_STAGES, STAGE_BOUNDS_US
+    from mmengine.metrics import stage_metrics
+
+    h = harness([spec("AAA-USD")])
+    recv_ns = time.time_ns() - 3_000_000  # the frame arrived 3 ms ago ...
+    applied_ns = recv_ns + 1_000_000  # ... and took 1 ms to apply
+    h.push.send(encode_top(book_top("AAA-USD", recv_ts_ns=recv_ns), applied_ns=applied_ns))
+    _, price = h.next_price()
+    stages = h.worker.stats.stages
+    deadline = time.monotonic() + 3  # recorded just after the IPC send returned
+    while not stages.recent:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    [sample] = list(stages.recent)
+    by_name = dict(zip(PRICING_STAGES, sample, strict=True))
+    assert by_name["receive_to_apply"] == pytest.approx(1000.0)
+    assert by_name["apply_to_dequeue"] >= 2000.0  # it was queued 2 ms before it was sent
+    assert all(v >= 0 for v in sample)
+    parts = sum(by_name[n] for n in PRICING_STAGES[:-1])
+    assert by_name["receive_to_publish"] == pytest.approx(parts)
+    # The pricing stage ends where the Price says it was priced.
+    to_price = sum(by_name[n] for n in PRICING_STAGES[:3])
+    assert to_price == pytest.approx((price["priced_ts_ns"] - recv_ns) / 1000, abs=0.01)
+    report = stages.report()
+    assert sum(report["receive_to_publish"]["counts"]) == 1
+    # A stale re-price (no new input) and a position update are not timed as ticks.
+    h.control.send(pickle.dumps(("AAA-USD", 1.0)))
+    h.next_price()
+    h.push.send(encode_top(book_top("AAA-USD")))
+    h.next_price()
+    deadline = time.monotonic() + 3
+    while len(stages.recent) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    time.sleep(0.05)
+    assert len(stages.recent) == 2  # the two BookTops, not the position's re-price
+    # Prometheus: one histogram, a `stage` label per stage.
+    snap = {
+        "stages": {n: {"counts": r["counts"], "sum_us": r["sum_us"]} for n, r in report.items()},
+        "stage_bounds_us": list(STAGE_BOUNDS_US),
+    }
+    [family] = list(stage_metrics(snap))
+    assert family.name == "mmengine_stage_latency_seconds"
+    labels = {s.labels["stage"] for s in family.samples}
+    assert labels == set(PRICING_STAGES)
