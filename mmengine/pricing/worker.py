@@ -1,5 +1,6 @@
 """A pricing worker: one thread per shard, owning its inputs, its sequence counters and its
-sockets (PULL `inproc://pricing.k`, a PUB into the prices proxy, PUSHes to the sinks).
+sockets (PULL `inproc://pricing.k`, PUSHes to the sinks); it publishes on the IPC prices
+stream in place (`IpcPublisher`, shared with the other workers).
 
 It drains everything queued before pricing, so a burst prices each touched instrument once
 (conflation keeps latency flat under load). It never waits on a sink.
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field, replace
 
 import zmq
 
-from mmengine.bus import PRICES_IN, PUB_HWM, ServiceThread, decode_envelope, pricing_endpoint
+from mmengine.bus import IpcPublisher, ServiceThread, decode_envelope, pricing_endpoint
 from mmengine.codec import Codec, encode_price
 from mmengine.latency import PRICING_STAGES, StageLatency
 from mmengine.logs import RepeatLimiter
@@ -98,6 +99,7 @@ class PricingWorker(ServiceThread):
         ctx: zmq.Context,
         instruments: list[InstrumentSpec],
         epoch: int,
+        prices: IpcPublisher,
         sink_endpoints: tuple[str, ...] = (),
         fx: tuple[FxSpec, ...] = (),
         fx_inputs: tuple[InstrumentSpec, ...] = (),
@@ -110,6 +112,7 @@ class PricingWorker(ServiceThread):
         for spec in fx_inputs:
             self.specs.setdefault(spec.name, replace(spec, publish=False))
         self.epoch = epoch
+        self.prices = prices
         self.sink_endpoints = sink_endpoints
         # FX instruments first, so a rate is fresh before the prices that use it
         fx_names = {f.instrument for f in fx if f.instrument}
@@ -148,15 +151,12 @@ class PricingWorker(ServiceThread):
     def run(self) -> None:
         pull = self.ctx.socket(zmq.PULL)
         control = self.ctx.socket(zmq.PULL)
-        pub = self.ctx.socket(zmq.PUB)
         sinks: list[zmq.Socket] = []
         try:
-            for sock in (pull, control, pub):
+            for sock in (pull, control):
                 sock.setsockopt(zmq.LINGER, 0)
             pull.bind(pricing_endpoint(self.k))
             control.bind(control_endpoint(self.k))
-            pub.setsockopt(zmq.SNDHWM, PUB_HWM)
-            pub.connect(PRICES_IN)
             for endpoint in self.sink_endpoints:
                 sock = self.ctx.socket(zmq.PUSH)
                 sinks.append(sock)
@@ -165,7 +165,7 @@ class PricingWorker(ServiceThread):
                 sock.connect(endpoint)
             header = Codec("price.avsc").header
         except Exception as exc:
-            self._not_bound(exc, (pull, control, pub, *sinks))
+            self._not_bound(exc, (pull, control, *sinks))
             raise
         self.ready.set()
         poller = zmq.Poller()
@@ -174,12 +174,12 @@ class PricingWorker(ServiceThread):
         try:
             while not self._stop_event.is_set():
                 try:
-                    self._step(poller, pull, control, pub, sinks, header)
+                    self._step(poller, pull, control, sinks, header)
                 except Exception:
                     # A bug outside the per-input guards: count it, keep serving.
                     self._count_error("pricing loop")
         finally:
-            for sock in (pull, control, pub, *sinks):
+            for sock in (pull, control, *sinks):
                 sock.close()
 
     def _step(
@@ -187,7 +187,6 @@ class PricingWorker(ServiceThread):
         poller: zmq.Poller,
         pull: zmq.Socket,
         control: zmq.Socket,
-        pub: zmq.Socket,
         sinks: list[zmq.Socket],
         header: bytes,
     ) -> None:
@@ -206,7 +205,7 @@ class PricingWorker(ServiceThread):
                 trigger = touched[name]
                 price = self.price(name, trigger, now_ns, timed=name in timed)
                 if price is not None:
-                    encoded_ns, published_ns = self._publish(price, pub, sinks, header)
+                    encoded_ns, published_ns = self._publish(price, sinks, header)
                     if trigger is not None and name not in timed:
                         applied_ns, dequeued_ns = arrivals[name]
                         recv_ns = trigger.recv_ts_ns
@@ -226,17 +225,15 @@ class PricingWorker(ServiceThread):
                 self.due.pop(name, None)  # a failing instrument waits for new input
                 price = self._internal_error_price(name, now_ns)
                 if price is not None:
-                    self._publish(price, pub, sinks, header)
+                    self._publish(price, sinks, header)
 
-    def _publish(
-        self, price: Price, pub: zmq.Socket, sinks: list[zmq.Socket], header: bytes
-    ) -> tuple[int, int]:
-        """To IPC subscribers (through the prices proxy) and to every sink's writer;
-        returns when it was encoded and when the IPC send returned (ns)."""
+    def _publish(self, price: Price, sinks: list[zmq.Socket], header: bytes) -> tuple[int, int]:
+        """To IPC subscribers and to every sink's writer; returns when it was encoded and
+        when the IPC send returned (ns)."""
         name = price.instrument.encode()
         payload = encode_price(header, price)
         encoded_ns = time.time_ns()
-        pub.send_multipart((b"price." + name, payload))
+        self.prices.publish(b"price." + name, payload)
         published_ns = time.time_ns()
         if sinks:
             key = SINK_KEY.pack(price.epoch, price.seq, price.priced_ts_ns)

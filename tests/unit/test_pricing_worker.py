@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import zmq
 
-from mmengine.bus import PRICES_IN, encode_top, pricing_endpoint
+from mmengine.bus import IpcPublisher, encode_top, pricing_endpoint
 from mmengine.codec import Codec
 from mmengine.model import BookTop
 from mmengine.pricing.model import InstrumentSpec, SourceSpec
@@ -44,15 +44,21 @@ class Harness:
 
     def __init__(self, specs: list[InstrumentSpec]) -> None:
         self.ctx = zmq.Context()
+        self.publisher = IpcPublisher(self.ctx, "prices", "inproc://test.prices")
+        self.publisher.bind()
         self.prices = self.ctx.socket(zmq.SUB)
         self.prices.setsockopt(zmq.SUBSCRIBE, b"")
-        self.prices.bind(PRICES_IN)  # the worker's PUB connects here
-        self.worker = PricingWorker(0, self.ctx, specs, epoch=7)
+        self.prices.connect(self.publisher.endpoint)
+        # inproc: the subscription reaches the PUB when it next sends or polls; a probe
+        # makes it take effect now, or the first Price could find no subscriber.
+        while not self.prices.poll(10):
+            self.publisher.publish(b"probe", b"")
+        self.prices.recv_multipart()
+        while self.prices.poll(10):
+            self.prices.recv_multipart()
+        self.worker = PricingWorker(0, self.ctx, specs, epoch=7, prices=self.publisher)
         self.worker.start()
         assert self.worker.ready.wait(5)
-        # The worker's PUB has connected; let the SUB take the connection and send its
-        # subscription down it now, or the first Price could find no subscriber (and drop).
-        self.prices.poll(50)
         self.push = self.ctx.socket(zmq.PUSH)
         self.push.connect(pricing_endpoint(0))
         self.control = self.ctx.socket(zmq.PUSH)
@@ -70,6 +76,7 @@ class Harness:
         self.worker.join(5)
         for sock in (self.prices, self.push, self.control):
             sock.close(0)
+        self.publisher.close()
         self.ctx.term()
 
 
