@@ -312,6 +312,9 @@ class Engine:
                 self.epoch,
                 self.publisher("prices"),
                 sink_endpoints=tuple(w.endpoint for w in self.writers),
+                sinks_with_values=frozenset(
+                    w.endpoint for w in self.writers if getattr(w, "takes_values", False)
+                ),
                 fx=self.cfg.fx_specs(),
                 fx_inputs=tuple(fx_inputs.values()),
                 positions=self.cfg.positions(),

@@ -172,6 +172,7 @@ def sink_metrics(snap: dict[str, Any]) -> Iterator[Any]:
         "failures",
         "quarantined",
         "undecodable",
+        "decoded",
         "fsyncs",
     }
     for sink in snap["sinks"]:

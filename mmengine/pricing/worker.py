@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 import zmq
 
 from mmengine.bus import IpcPublisher, ServiceThread, decode_envelope, pricing_endpoint
-from mmengine.codec import Codec, encode_price
+from mmengine.codec import Codec, encode_price, price_values
 from mmengine.latency import PRICING_STAGES, StageLatency
 from mmengine.logs import RepeatLimiter
 from mmengine.model import BookTop, Price
@@ -49,7 +49,9 @@ log = logging.getLogger("mmengine.pricing")
 MAX_DRAIN = 10_000
 LATENCY_BOUNDS_US = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 50_000, 250_000)
 LATENCY_WINDOW = 2048
-# Sink message: [instrument, SINK_KEY(epoch, seq, priced_ts_ns), Avro single-object Price].
+# Sink message: [instrument, SINK_KEY(epoch, seq, priced_ts_ns), Avro single-object Price],
+# and for a sink that asks for them, a 4th frame: the Price's values, pickled
+# (`mmengine.codec.price_values`), so that it need not decode the Avro it spools.
 SINK_KEY = struct.Struct(">qqq")
 SINK_HWM = 100_000  # bound one drain so a flood cannot delay pricing indefinitely
 POLL_MS = 100  # the longest the loop blocks: how soon it sees stop()
@@ -101,6 +103,7 @@ class PricingWorker(ServiceThread):
         epoch: int,
         prices: IpcPublisher,
         sink_endpoints: tuple[str, ...] = (),
+        sinks_with_values: frozenset[str] = frozenset(),
         fx: tuple[FxSpec, ...] = (),
         fx_inputs: tuple[InstrumentSpec, ...] = (),
         positions: dict[str, float] | None = None,
@@ -114,6 +117,7 @@ class PricingWorker(ServiceThread):
         self.epoch = epoch
         self.prices = prices
         self.sink_endpoints = sink_endpoints
+        self.sinks_with_values = sinks_with_values
         # FX instruments first, so a rate is fresh before the prices that use it
         fx_names = {f.instrument for f in fx if f.instrument}
         self.order = {name: (0 if name in fx_names else 1) for name in self.specs}
@@ -145,6 +149,7 @@ class PricingWorker(ServiceThread):
         }
         self.stats = WorkerStats()
         self._arrivals: dict[str, tuple[int, int]] = {}  # filled by each drain
+        self._values_for: list[bool] = []  # per sink socket: it takes the Price's values
         self._sink_log = RepeatLimiter()
         self._error_log = RepeatLimiter()
 
@@ -153,6 +158,7 @@ class PricingWorker(ServiceThread):
         control = self.ctx.socket(zmq.PULL)
         sinks: list[zmq.Socket] = []
         try:
+            self._values_for = [e in self.sinks_with_values for e in self.sink_endpoints]
             for sock in (pull, control):
                 sock.setsockopt(zmq.LINGER, 0)
             pull.bind(pricing_endpoint(self.k))
@@ -237,8 +243,16 @@ class PricingWorker(ServiceThread):
         published_ns = time.time_ns()
         if sinks:
             key = SINK_KEY.pack(price.epoch, price.seq, price.priced_ts_ns)
-            for sock in sinks:
-                self._to_sink(sock, (name, key, payload))
+            frames: tuple[bytes, ...] = (name, key, payload)
+            with_values: tuple[bytes, ...] | None = None
+            for sock, values in zip(sinks, self._values_for, strict=True):
+                if values:
+                    if with_values is None:
+                        pickled = pickle.dumps(price_values(price), pickle.HIGHEST_PROTOCOL)
+                        with_values = (*frames, pickled)
+                    self._to_sink(sock, with_values)
+                else:
+                    self._to_sink(sock, frames)
         return encoded_ns, published_ns
 
     def _timeout_ms(self) -> int:
@@ -293,7 +307,7 @@ class PricingWorker(ServiceThread):
             touched.setdefault(name, None)
             log.info("pricing-%d: %s position set to %s", self.k, name, qty)
 
-    def _to_sink(self, sock: zmq.Socket, frames: tuple[bytes, bytes, bytes]) -> None:
+    def _to_sink(self, sock: zmq.Socket, frames: tuple[bytes, ...]) -> None:
         """Hand a Price to a writer thread without ever waiting on it. The writer drains
         its queue into its own spool, so a full queue means the writer thread is wedged:
         count the loss loudly rather than stall pricing."""
