@@ -8,8 +8,8 @@ synchronous_commit on), applies the schema, then:
    several batch sizes: rows/s and the transaction (commit) latency p50/p99; and what
    building the rows costs from those values and, as after a restart, by decoding the Avro.
 2. The whole `PostgresWriter` thread fed through its inproc socket by a pusher thread at a
-   fixed rate (as the pricing workers do, values included): sustained rows/s, how far it falls behind, and
-   the delivery lag (now - priced_ts_ns at commit) p50/p99.
+   fixed rate (as the pricing workers do, values included): sustained rows/s, how far it
+   falls behind, and the delivery lag (now - priced_ts_ns at commit) p50/p99.
 
 Prices carry a 5-level ladder each side and three venues in `venues_used`, as the pricing
 model emits them, so `detail` (jsonb) is realistic.
