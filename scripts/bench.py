@@ -420,6 +420,11 @@ def e2e_run(
         or (window_s > 0 and (tick1["sent"] - tick0["sent"]) < 0.99 * rate * window_s),
         "render_s": gen.ready.get("render_s"),
     }
+    # The engine's side: what its venue threads read per second in the window. Below the
+    # offered rate, frames waited in the sockets (the generator holds the rest: backlog).
+    intake = frames / wall if wall > 0 else 0.0
+    loadgen["engine_intake_per_s"] = round(intake, 1)
+    loadgen["engine_fell_behind"] = intake < 0.95 * rate
     return {
         "rate": rate,
         "venues": list(gen.ready["venues"]),
@@ -649,8 +654,9 @@ def plots(result: dict[str, Any], rss: list[tuple[float, float]], out_dir: Path)
 
 
 def stage_plot(plt: Any, rows: list[dict[str, Any]], out_dir: Path) -> None:
-    """stages.png: per rate, the engine path stacked stage by stage (mean µs: means add up
-    to the whole path's mean, percentiles do not), with the whole path's p50 / p99."""
+    """stages.png: per rate, the engine path stacked stage by stage, as shares of its mean
+    (means add up to the whole path's mean, percentiles do not), each bar labelled with
+    the mean and the whole path's p50 / p99 in µs."""
     from mmengine.latency import PRICING_STAGES
 
     if not rows:
@@ -658,25 +664,32 @@ def stage_plot(plt: Any, rows: list[dict[str, Any]], out_dir: Path) -> None:
     parts = PRICING_STAGES[:-1]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     labels = [f"{r['rate']:,.0f}/s" for r in rows]
+    means = [[(r["stages"].get(n) or {}).get("mean_us") or 0.0 for n in parts] for r in rows]
+    totals = [sum(m) or 1.0 for m in means]
     bottom = [0.0] * len(rows)
-    for name in parts:
-        heights = [(r["stages"].get(name) or {}).get("mean_us") or 0.0 for r in rows]
-        ax.bar(labels, heights, bottom=bottom, label=name.replace("_", " "))
-        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    for i, name in enumerate(parts):
+        shares = [m[i] / t * 100 for m, t in zip(means, totals, strict=True)]
+        ax.bar(labels, shares, bottom=bottom, label=name.replace("_", " "))
+        for x, (b, h, m) in enumerate(zip(bottom, shares, means, strict=True)):
+            if h >= 6:
+                ax.text(x, b + h / 2, f"{m[i]:,.0f}", ha="center", va="center", fontsize=7)
+        bottom = [b + h for b, h in zip(bottom, shares, strict=True)]
     for x, r in enumerate(rows):
         whole = r["stages"].get(PRICING_STAGES[-1]) or {}
-        ax.annotate(
-            f"p50 {whole.get('p50_us') or 0:,.0f}\np99 {whole.get('p99_us') or 0:,.0f}",
-            (x, bottom[x]),
+        ax.text(
+            x,
+            101,
+            f"mean {totals[x]:,.0f}\np50 {whole.get('p50_us') or 0:,.0f}  "
+            f"p99 {whole.get('p99_us') or 0:,.0f}",
             ha="center",
             va="bottom",
             fontsize=8,
         )
-    ax.set_ylabel("mean µs per Price (stacked by stage)")
+    ax.set_ylim(0, 118)
+    ax.set_ylabel("share of the mean µs per Price (%); bar labels: mean µs")
     ax.set_xlabel("book msgs/s offered by the load generator")
     ax.set_title("Where a tick's time goes: frame received -> Price published on IPC")
-    ax.legend(fontsize=8, loc="upper left")
-    ax.margins(y=0.2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(out_dir / "stages.png", dpi=100)
     plt.close(fig)
@@ -735,8 +748,9 @@ def main() -> None:
         print(quick_table(result))
         print(f"\n(written to {out.relative_to(REPO) if out.is_relative_to(REPO) else out})")
         return
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    (RESULTS / f"{stamp}.json").write_text(text)
+    if args.out is None:  # a dated copy beside the tracked results
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        (RESULTS / f"{stamp}.json").write_text(text)
     if not args.soak:
         plots(result, rss, out.parent)
     print(text)
