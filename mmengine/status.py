@@ -23,7 +23,13 @@ from typing import Any, Protocol
 import zmq
 
 from mmengine.bus import IpcStats, ServiceThread
-from mmengine.latency import STAGE_BOUNDS_US, StageLatency, merge_reports, window_summary
+from mmengine.latency import (
+    STAGE_BOUNDS_US,
+    StageLatency,
+    merge_reports,
+    nearest_rank,
+    window_summary,
+)
 from mmengine.model import Price
 from mmengine.pricing.worker import LATENCY_BOUNDS_US, WorkerStats
 
@@ -117,27 +123,9 @@ log = logging.getLogger("mmengine.status")
 STATUS_TOPIC = b"status"
 
 
-def percentile_us(counts: list[int], q: float) -> float | None:
-    """The upper bound of the latency bucket holding quantile `q` (None without data)."""
-    total = sum(counts)
-    if total == 0:
-        return None
-    target = q * total
-    running = 0
-    for i, n in enumerate(counts):
-        running += n
-        if running >= target:
-            return float(LATENCY_BOUNDS_US[i]) if i < len(LATENCY_BOUNDS_US) else float("inf")
-    return float("inf")
-
-
 def window_percentiles_us(samples: list[float]) -> dict[str, float | None]:
     """p50 and p99 (nearest rank) of recent latency samples; None without any."""
-    if not samples:
-        return {"p50": None, "p99": None}
-    ordered = sorted(samples)
-    last = len(ordered) - 1
-    return {q: ordered[min(last, int(f * len(ordered)))] for q, f in (("p50", 0.5), ("p99", 0.99))}
+    return {"p50": nearest_rank(samples, 0.5), "p99": nearest_rank(samples, 0.99)}
 
 
 def snapshot(engine: Reporting, now_ns: int | None = None) -> dict[str, Any]:

@@ -349,7 +349,7 @@ def test_fast_broker_restart_fatal_idempotent_producer_is_rebuilt(
     writers: Callable[..., KafkaWriter],
 ) -> None:
     broker.create_topic("prices.fast", 6)
-    w = writers(broker.bootstrap, topic="prices.fast", idempotence=True)
+    w = writers(broker.bootstrap, topic="prices.fast", idempotence=True, client="kafka-python")
     feeder = Feeder(ctx, w.endpoint, INSTRUMENTS, EPOCH, rate=1000)
     feeder.start()
     wait_for(lambda: w.stats.acknowledged > 1000, 10, "deliveries before the kill")
