@@ -5,14 +5,18 @@ price one instrument out of order. So worker k binds its own PULL at `inproc://p
 every venue thread holds one PUSH per worker, and a BookTop for instrument X goes to worker
 `stable_shard(X, K)`; per-instrument order holds end to end.
 
-The last hop, `IpcPublisher`, forwards each stream from the engine's inproc PUBs to local
-subscribers on IPC and counts what a full subscriber could not take (see its docstring).
+The last step, `IpcPublisher`, is each IPC stream's public socket, on which pricing workers
+(prices) and venue threads (books) publish in place, with no forwarding hop; it counts what
+a full subscriber could not take (see its docstring).
 
 BookTops cross the inproc hop pickled: they never leave the process, and pickling a small
-tuple costs about a microsecond where Avro costs ten. The IPC `books` stream, which other
-processes read, carries them Avro-encoded.
+tuple costs about a microsecond where Avro costs ten. The envelope is `(top as a tuple,
+applied_ns)`: the moment the router took the top (the book was applied), so that pricing can
+time each stage of the tick-to-quote path (`mmengine.latency`) without a field in BookTop.
+The IPC `books` stream, which other processes read, carries BookTops Avro-encoded.
 
-Sockets are made by the thread that uses them, from the one shared `zmq.Context`.
+Sockets are made by the thread that uses them, from the one shared `zmq.Context`; the one
+exception is each IPC stream's PUB, shared by its producers under a lock (`IpcPublisher`).
 
 A venue thread never blocks on a pricing worker: a worker whose queue is full (it is wedged,
 or dead) would otherwise stop the venue thread reading, reconnecting and marking its books
@@ -26,6 +30,7 @@ from __future__ import annotations
 import os
 import pickle
 import threading
+import time
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,11 +40,8 @@ import zmq
 from mmengine.codec import Codec, book_top_record
 from mmengine.model import BookTop
 
-PRICES_IN = "inproc://prices.in"  # pricing workers' PUBs connect here (proxy XSUB)
-BOOKS_IN = "inproc://books.in"  # venue threads' PUBs connect here (proxy XSUB)
 PUSH_HWM = 100_000
-PUB_HWM = 100_000  # inproc PUB -> forwarder, and forwarder -> each IPC subscriber
-FORWARD_BATCH = 10_000  # messages forwarded per wake before looking at subscriptions again
+PUB_HWM = 100_000  # messages queued for each IPC subscriber
 
 
 class ServiceThread(threading.Thread):
@@ -75,12 +77,21 @@ def pricing_endpoint(worker: int) -> str:
     return f"inproc://pricing.{worker}"
 
 
-def encode_top(top: BookTop) -> bytes:
-    return pickle.dumps(tuple(top), protocol=pickle.HIGHEST_PROTOCOL)
+def encode_top(top: BookTop, applied_ns: int | None = None) -> bytes:
+    """The inproc envelope of a BookTop: `(tuple(top), applied_ns)`, pickled (`applied_ns`
+    defaults to now)."""
+    stamp = time.time_ns() if applied_ns is None else applied_ns
+    return pickle.dumps((tuple(top), stamp), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode_envelope(payload: bytes) -> tuple[BookTop, int]:
+    """(BookTop, applied_ns) from `encode_top`'s envelope."""
+    fields, applied_ns = pickle.loads(payload)
+    return BookTop._make(fields), applied_ns
 
 
 def decode_top(payload: bytes) -> BookTop:
-    return BookTop(*pickle.loads(payload))
+    return decode_envelope(payload)[0]
 
 
 class BookTopRouter:
@@ -97,7 +108,7 @@ class BookTopRouter:
         ctx: zmq.Context,
         workers: int,
         routes: Mapping[str, Sequence[str]],
-        publish_books: bool,
+        books: IpcPublisher | None,
         hwm: int | None = None,
     ) -> None:
         self._pushes: list[zmq.Socket] = []
@@ -114,14 +125,8 @@ class BookTopRouter:
         }
         # per worker: instrument -> its latest encoded top that a full queue refused
         self._pending: list[dict[str, bytes]] = [{} for _ in range(workers)]
-        self._pub: zmq.Socket | None = None
-        self._codec: Codec | None = None
-        if publish_books:
-            self._pub = ctx.socket(zmq.PUB)
-            self._pub.setsockopt(zmq.LINGER, 0)
-            self._pub.setsockopt(zmq.SNDHWM, PUB_HWM)
-            self._pub.connect(BOOKS_IN)
-            self._codec = Codec("book_top.avsc")
+        self._books = books  # the IPC `books` stream, when it is on
+        self._codec = Codec("book_top.avsc") if books is not None else None
         self.sent = 0
         self.deferred = 0  # tops a full worker queue refused (kept for a later send)
         self.superseded = 0  # deferred tops replaced by a newer one of the same book
@@ -129,7 +134,7 @@ class BookTopRouter:
     def send(self, top: BookTop) -> None:
         targets = self._targets.get(top.instrument)
         if targets:
-            payload = encode_top(top)
+            payload = encode_top(top)  # stamped: the book was applied just now
             for k, sock in targets:
                 pending = self._pending[k]
                 if pending and not self._flush(sock, pending):
@@ -140,9 +145,9 @@ class BookTopRouter:
                 except zmq.Again:
                     self._defer(pending, top.instrument, payload)
             self.sent += 1
-        if self._pub is not None and self._codec is not None:
+        if self._books is not None and self._codec is not None:
             topic = f"book.{top.venue}.{top.instrument}".encode()
-            self._pub.send_multipart((topic, self._codec.encode(book_top_record(top))))
+            self._books.publish(topic, self._codec.encode(book_top_record(top)))
 
     @property
     def waiting(self) -> int:
@@ -170,113 +175,96 @@ class BookTopRouter:
     def close(self) -> None:
         for sock in self._pushes:
             sock.close()
-        if self._pub is not None:
-            self._pub.close()
 
 
 @dataclass(slots=True)
 class IpcStats:
-    """Counters of one IPC stream (plain ints read by the status thread)."""
+    """Counters of one IPC stream (plain ints, changed under the publisher's lock, read by
+    the status thread without it)."""
 
-    sent: int = 0  # messages handed to the subscribers they matched
-    dropped: int = 0  # messages not sent: a matching subscriber's queue was full
-    subscriptions: int = 0  # subscribe/unsubscribe messages passed upstream
+    sent: int = 0  # messages published
+    # Messages that at least one subscriber could not take because its queue was full: each
+    # starts a drop episode for that subscriber. The messages it misses while the episode
+    # lasts are not counted (libzmq does not say), so this is a lower bound of what was
+    # lost; a subscriber sees its exact gaps in each instrument's contiguous `seq`.
+    dropped: int = 0
 
 
-class IpcPublisher(ServiceThread):
-    """One IPC stream (thread `ipc-<name>`): XSUB on `inproc` (the engine's PUBs connect
-    there) to XPUB on `endpoint` (local subscribers connect there), forwarding in both
-    directions like `zmq.proxy`, and counting drops.
+class IpcPublisher:
+    """One IPC stream's public socket: a PUB bound at `endpoint` (`ipc://<run_dir>/prices`,
+    `.../books`), on which the threads that produce the stream publish directly (the pricing
+    workers for prices, the venue threads for books).
 
-    ZeroMQ's PUB and XPUB drop a message for a subscriber whose queue is at its high-water
-    mark and report nothing. So the XPUB runs with ZMQ_XPUB_NODROP: a send that some matching
-    subscriber cannot take fails with EAGAIN instead, and the message is counted in
-    `dropped`. libzmq's send is all or nothing here, so such a message reaches no
-    subscriber: the count is exact, and the price is that one subscriber `hwm` messages
-    behind makes the stream drop for all until it catches up. (Sending such a message again
-    in lossy mode would spare the others, but libzmq then parks the full subscriber's pipe
-    and skips it silently until it drains, so the count would miss most drops; a count that
-    is wrong is worse than this trade.) ZMTP heartbeats disconnect a subscriber whose process
-    stopped answering, which frees its queue.
+    No forwarding hop: the socket is shared under a lock held only around the send (about
+    a microsecond; ZeroMQ allows a socket to move between threads behind a full memory
+    barrier, which the lock gives). A forwarder thread (inproc XSUB -> XPUB) cost a thread
+    wake-up per message and, in Python, about 4 us of GIL-holding CPU (the C `zmq.proxy`
+    about 0.5 us, but it cannot count drops); publishing in place measured 40-80 us less at
+    p50 for a subscriber process at 10,000 msgs/s (see README, Performance).
 
-    The C proxy cannot count (its sends block or end the proxy); the cost is a Python recv
-    and send per message, paid only for topics some subscriber subscribed to (subscriptions
-    go upstream, so unwanted messages are dropped at the PUBs, as with the proxy).
+    Slow subscribers: each loses its own messages only. The socket runs with
+    ZMQ_XPUB_NODROP, so a send that some matching subscriber's full queue refuses fails with
+    EAGAIN instead of dropping silently: that message is counted in `stats.dropped` and sent
+    again without NODROP, which delivers it to every other subscriber and lets libzmq set
+    the full one aside until it has read down its backlog. While it is set aside, NODROP
+    does not see it, so a drop episode is counted once (see `IpcStats.dropped`). ZMTP
+    heartbeats disconnect a subscriber whose process stopped answering, which frees its
+    queue.
     """
 
-    def __init__(
-        self, ctx: zmq.Context, name: str, inproc: str, endpoint: str, hwm: int = PUB_HWM
-    ) -> None:
-        super().__init__(f"ipc-{name}")
+    def __init__(self, ctx: zmq.Context, name: str, endpoint: str, hwm: int = PUB_HWM) -> None:
         self.ctx = ctx
         self.stream = name
-        self.inproc = inproc
         self.endpoint = endpoint
         self.hwm = hwm
         self.stats = IpcStats()
+        self._lock = threading.Lock()
+        self._sock: zmq.Socket | None = None
 
-    def run(self) -> None:
-        xsub = self.ctx.socket(zmq.XSUB)
-        xpub = self.ctx.socket(zmq.XPUB)
+    def bind(self) -> None:
+        """Bind the socket (on the engine's thread, before any producer starts); raises
+        zmq.ZMQError or OSError when the endpoint cannot be used."""
+        sock = self.ctx.socket(zmq.PUB)
         try:
-            for sock in (xsub, xpub):
-                sock.setsockopt(zmq.LINGER, 0)
-            xsub.setsockopt(zmq.RCVHWM, PUB_HWM)
-            xpub.setsockopt(zmq.SNDHWM, self.hwm)
-            xpub.setsockopt(zmq.XPUB_NODROP, 1)
-            xpub.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-            xpub.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
-            xsub.bind(self.inproc)
-            xpub.bind(self.endpoint)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, self.hwm)
+            sock.setsockopt(zmq.XPUB_NODROP, 1)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
+            sock.bind(self.endpoint)
             if self.endpoint.startswith("ipc://"):
                 os.chmod(self.endpoint.removeprefix("ipc://"), 0o600)
-        except (zmq.ZMQError, OSError) as exc:
-            self._not_bound(exc, (xsub, xpub))
-            return
-        self.ready.set()
-        poller = zmq.Poller()
-        poller.register(xsub, zmq.POLLIN)
-        poller.register(xpub, zmq.POLLIN)
-        try:
-            while not self._stop_event.is_set():
-                events = dict(poller.poll(100))
-                if xpub in events:
-                    self._subscriptions(xpub, xsub)
-                if xsub in events:
-                    self._forward(xsub, xpub)
-        finally:
-            xsub.close()
-            xpub.close()
+        except (zmq.ZMQError, OSError):
+            sock.close()
+            raise
+        with self._lock:
+            self._sock = sock
 
-    def _subscriptions(self, xpub: zmq.Socket, xsub: zmq.Socket) -> None:
-        while True:
-            try:
-                message = xpub.recv(zmq.NOBLOCK)
-            except zmq.Again:
+    def publish(self, topic: bytes, payload: bytes) -> None:
+        """Send `[topic, payload]` to every subscriber whose queue has room; never blocks.
+        After `close()` it does nothing."""
+        with self._lock:
+            sock = self._sock
+            if sock is None:
                 return
-            xsub.send(message)
-            self.stats.subscriptions += 1
+            try:
+                # With NODROP only the first part can fail (libzmq counts whole messages
+                # against the high-water mark): a message goes out whole or not at all.
+                sock.send(topic, zmq.SNDMORE | zmq.NOBLOCK)
+                sock.send(payload, zmq.NOBLOCK)
+            except zmq.Again:  # a matching subscriber's queue is full: count, spare the rest
+                self.stats.dropped += 1
+                sock.setsockopt(zmq.XPUB_NODROP, 0)
+                try:
+                    sock.send(topic, zmq.SNDMORE | zmq.NOBLOCK)
+                    sock.send(payload, zmq.NOBLOCK)
+                finally:
+                    sock.setsockopt(zmq.XPUB_NODROP, 1)
+            self.stats.sent += 1
 
-    def _forward(self, xsub: zmq.Socket, xpub: zmq.Socket) -> None:
-        # recv/send by hand rather than *_multipart: a third less Python per message.
-        stats = self.stats
-        recv = xsub.recv
-        more = xsub.getsockopt
-        send = xpub.send
-        for _ in range(FORWARD_BATCH):
-            try:
-                parts = [recv(zmq.NOBLOCK)]
-            except zmq.Again:
-                return
-            while more(zmq.RCVMORE):
-                parts.append(recv())
-            last = parts.pop()
-            try:
-                # With XPUB_NODROP only the first part can fail (libzmq counts whole
-                # messages against the high-water mark), so a message goes out whole or not.
-                for part in parts:
-                    send(part, zmq.SNDMORE | zmq.NOBLOCK)
-                send(last, zmq.NOBLOCK)
-                stats.sent += 1
-            except zmq.Again:  # a matching subscriber's queue is full: nobody gets it
-                stats.dropped += 1
+    def close(self) -> None:
+        """Close the socket (once every producer has stopped; a late publish is ignored)."""
+        with self._lock:
+            sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()

@@ -257,6 +257,7 @@ def tap(
     sub.setsockopt(zmq.SUBSCRIBE, subscription)
     sub.connect(address)
     watch = EngineWatch(pid)
+    gaps = SeqGaps() if stream == "prices" else None
     seen = 0
     deadline = time.monotonic() + timeout if timeout else None
     try:
@@ -271,6 +272,10 @@ def tap(
                 continue
             record = codec.decode(payload)
             seen += 1
+            if gaps is not None:
+                gap = gaps.check(record["instrument"], record["epoch"], record["seq"])
+                if gap:
+                    click.echo(gap, err=True)
             if as_json:
                 click.echo(json.dumps(record))
             else:
@@ -280,6 +285,38 @@ def tap(
     finally:
         sub.close()
         ctx.term()
+        if gaps is not None and gaps.missed:
+            click.echo(
+                f"tap: {gaps.missed} Prices missed in {gaps.gaps} gaps "
+                "(this subscriber fell behind)",
+                err=True,
+            )
+
+
+class SeqGaps:
+    """Gaps in each instrument's `seq` as one subscriber sees them: PUB/SUB drops messages
+    for a subscriber that falls a high-water mark behind, and `seq` counts per instrument
+    from 1 without gaps within an epoch, so every missed Price shows here exactly."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, tuple[int, int]] = {}  # instrument -> (epoch, seq)
+        self.missed = 0
+        self.gaps = 0
+
+    def check(self, instrument: str, epoch: int, seq: int) -> str | None:
+        """A line about the gap before this Price, or None."""
+        prev = self.last.get(instrument)
+        self.last[instrument] = (epoch, seq)
+        if prev is None or prev[0] != epoch or seq == prev[1] + 1 or seq <= prev[1]:
+            return None
+        lost = seq - prev[1] - 1
+        self.missed += lost
+        self.gaps += 1
+        return (
+            f"gap: {instrument} seq {prev[1]} -> {seq}: {lost} Prices missed by this "
+            "subscriber (it fell behind; the engine counts such episodes in "
+            "mmengine_ipc_dropped_total)"
+        )
 
 
 def _readable(topic: str, r: dict[str, Any]) -> str:

@@ -237,8 +237,9 @@ class KafkaOutput(Strict):
     linger_ms: Annotated[int, Field(ge=0, le=10_000)] = 5
     batch_size: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 256 * 1024
     client: Literal["kafka-python", "confluent"] = Field(
-        default="kafka-python",
-        description="confluent needs the confluent-kafka package; see docs/kafka.md.",
+        default="confluent",
+        description="confluent (librdkafka; the default) sustains 20,000 Prices/s with lag "
+        "p99 in tens of ms where kafka-python falls behind; see docs/kafka.md.",
     )
     idempotence: bool = Field(
         default=True,

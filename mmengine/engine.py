@@ -2,10 +2,11 @@
 pricing workers, venue threads; supervises them; and takes them down in order on stop.
 
 Threads: one per venue connection (`venue-<name>`), one per pricing shard (`pricing-<k>`),
-one forwarder per IPC stream (`ipc-<stream>`), a writer per sink (`kafka-writer`,
+a writer per sink (`kafka-writer`,
 `pg-writer`, each with a helper), `control`, `status`, the metrics server, and the
 `supervisor` (see `mmengine.supervisor`: every other thread's death is noticed within a
-second and restarts it or ends the engine). They share only the zmq.Context.
+second and restarts it or ends the engine). They share only the zmq.Context and each IPC
+stream's publishing socket (`IpcPublisher`, used under its lock).
 
 Start-up refuses what would be unsafe: a run dir owned by another user or writable by others
 (it is never chmod-ed once it exists), or a configured epoch not above the last run's.
@@ -31,7 +32,7 @@ from typing import IO, Any, Protocol
 
 import zmq
 
-from mmengine.bus import BOOKS_IN, PRICES_IN, BookTopRouter, IpcPublisher, stable_shard
+from mmengine.bus import BookTopRouter, IpcPublisher, stable_shard
 from mmengine.codec import Codec
 from mmengine.config import Config
 from mmengine.errors import MmengineError
@@ -154,14 +155,13 @@ class Stream:
     """One IPC stream the engine exposes."""
 
     name: str
-    inproc: str
     topic_prefix: str
     schema: str
 
 
 STREAMS = (
-    Stream("prices", PRICES_IN, "price.", "price.avsc"),
-    Stream("books", BOOKS_IN, "book.", "book_top.avsc"),
+    Stream("prices", "price.", "price.avsc"),
+    Stream("books", "book.", "book_top.avsc"),
 )
 
 
@@ -276,13 +276,12 @@ class Engine:
         try:
             streams = [s for s in STREAMS if s.name != "books" or cfg.outputs.ipc.books]
             for stream in streams:
-                pub = IpcPublisher(ctx, stream.name, stream.inproc, self.endpoint(stream.name))
-                pub.start()
-                pub.ready.wait(5)
-                if pub.error is not None:
-                    raise MmengineError(f"cannot bind {pub.endpoint}: {pub.error}")
+                pub = IpcPublisher(ctx, stream.name, self.endpoint(stream.name))
+                try:
+                    pub.bind()
+                except (zmq.ZMQError, OSError) as exc:
+                    raise MmengineError(f"cannot bind {pub.endpoint}: {exc}") from None
                 self.publishers.append(pub)
-                self.supervisor.watch(pub, "ipc")
             # Writers bind their inproc PULLs before the workers connect their PUSHes.
             self._start_writers(ctx)
             self._start_postgres_writer(ctx)
@@ -320,7 +319,11 @@ class Engine:
                 ctx,
                 owned,
                 self.epoch,
+                self.publisher("prices"),
                 sink_endpoints=tuple(w.endpoint for w in self.writers),
+                sinks_with_values=frozenset(
+                    w.endpoint for w in self.writers if getattr(w, "takes_values", False)
+                ),
                 fx=self.cfg.fx_specs(),
                 fx_inputs=tuple(fx_inputs.values()),
                 positions=self.cfg.positions(),
@@ -331,6 +334,9 @@ class Engine:
             if worker.error is not None:
                 raise MmengineError(f"pricing worker {k} cannot start: {worker.error}")
             self.supervisor.watch(worker, "pricing")
+
+    def publisher(self, stream: str) -> IpcPublisher:
+        return next(p for p in self.publishers if p.stream == stream)
 
     def _start_status(self, ctx: zmq.Context) -> None:
         self.status = self._new_status(ctx)
@@ -443,7 +449,7 @@ class Engine:
         self, ctx: zmq.Context, venues: list[VenueSpec], instruments: list[InstrumentSpec]
     ) -> None:
         k_total = self.cfg.engine.pricing_workers
-        publish_books = self.cfg.outputs.ipc.books
+        books = self.publisher("books") if self.cfg.outputs.ipc.books else None
         for spec in venues:
             routes: dict[str, list[str]] = {}
             by_name = {i.name: i for i in instruments}
@@ -461,7 +467,7 @@ class Engine:
                 routes: dict[str, list[str]] = routes, venue: str = spec.name
             ) -> BookTopRouter:
                 # Made on the venue thread (it owns the sockets); kept here for the counters.
-                router = BookTopRouter(ctx, k_total, routes, publish_books)
+                router = BookTopRouter(ctx, k_total, routes, books)
                 self._routers.setdefault(venue, []).append(router)
                 return router
 
@@ -591,10 +597,8 @@ class Engine:
             writer.stop(drain_s=left() - 3.0)
         for writer in self.writers:
             writer.join(timeout=left())
-        for pub in self.publishers:
-            pub.stop()
-        for pub in self.publishers:
-            pub.join(timeout=left(2.0))
+        for pub in self.publishers:  # safe even if a producer outlived its join: it is ignored
+            pub.close()
         alive = [t.name for t in self._threads() if t.is_alive()]
         clean = not alive
         if alive:
@@ -615,7 +619,7 @@ class Engine:
 
     def _threads(self) -> list[threading.Thread]:
         """Every thread this engine started (the latest of each restarted one)."""
-        threads: list[threading.Thread] = [*self.connections, *self.workers, *self.publishers]
+        threads: list[threading.Thread] = [*self.connections, *self.workers]
         for writer in self.writers:
             threads.append(writer)
             threads.extend(writer.helpers())

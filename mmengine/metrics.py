@@ -37,6 +37,7 @@ class EngineCollector(Collector):
         yield from instrument_metrics(snap)
         yield from sink_metrics(snap)
         yield from engine_metrics(snap)
+        yield from stage_metrics(snap)
 
 
 def _counter(name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
@@ -198,6 +199,7 @@ def sink_metrics(snap: dict[str, Any]) -> Iterator[Any]:
         "failures",
         "quarantined",
         "undecodable",
+        "decoded",
         "fsyncs",
     }
     for sink in snap["sinks"]:
@@ -255,6 +257,28 @@ def engine_metrics(snap: dict[str, Any]) -> Iterator[Any]:
         if outcome in snap["control"]:
             control.add_metric([outcome], snap["control"][outcome])
     yield from (alive, deaths, restarts, sent, dropped, control)
+
+
+def stage_metrics(snap: dict[str, Any]) -> Iterator[Any]:
+    """`mmengine_stage_latency_seconds{stage}`: one histogram per stage of the tick-to-quote
+    path, over every pricing worker (and each sink's priced -> delivered); see
+    mmengine.latency for what each stage spans."""
+    fam = HistogramMetricFamily(
+        "mmengine_stage_latency_seconds",
+        "Tick-to-quote latency by stage: receive_to_apply, apply_to_dequeue, dequeue_to_price, "
+        "price_to_encode, encode_to_publish, receive_to_publish (the whole engine path), "
+        "price_to_kafka_ack, price_to_postgres_commit.",
+        labels=["stage"],
+    )
+    bounds = [*snap.get("stage_bounds_us", ()), float("inf")]
+    for name, stage in snap.get("stages", {}).items():
+        running = 0
+        buckets = []
+        for bound, n in zip(bounds, stage["counts"], strict=True):
+            running += n
+            buckets.append((str(bound / 1e6) if bound != float("inf") else "+Inf", running))
+        fam.add_metric([name], buckets, stage["sum_us"] / 1e6)
+    yield fam
 
 
 def serve_metrics(

@@ -23,6 +23,13 @@ from typing import Any, Protocol
 import zmq
 
 from mmengine.bus import IpcStats, ServiceThread
+from mmengine.latency import (
+    STAGE_BOUNDS_US,
+    StageLatency,
+    merge_reports,
+    nearest_rank,
+    window_summary,
+)
 from mmengine.model import Price
 from mmengine.pricing.worker import LATENCY_BOUNDS_US, WorkerStats
 
@@ -59,9 +66,11 @@ class WorkerSource(Protocol):
 
 
 class WriterSource(Protocol):
-    """A sink writer: its `sink` label and a flat dict of int counters."""
+    """A sink writer: its `sink` label, a flat dict of int counters, and the latency of its
+    stage (priced -> acknowledged or committed)."""
 
     sink_name: str
+    stages: StageLatency
 
     def counters(self) -> dict[str, int]: ...
 
@@ -114,27 +123,9 @@ log = logging.getLogger("mmengine.status")
 STATUS_TOPIC = b"status"
 
 
-def percentile_us(counts: list[int], q: float) -> float | None:
-    """The upper bound of the latency bucket holding quantile `q` (None without data)."""
-    total = sum(counts)
-    if total == 0:
-        return None
-    target = q * total
-    running = 0
-    for i, n in enumerate(counts):
-        running += n
-        if running >= target:
-            return float(LATENCY_BOUNDS_US[i]) if i < len(LATENCY_BOUNDS_US) else float("inf")
-    return float("inf")
-
-
 def window_percentiles_us(samples: list[float]) -> dict[str, float | None]:
     """p50 and p99 (nearest rank) of recent latency samples; None without any."""
-    if not samples:
-        return {"p50": None, "p99": None}
-    ordered = sorted(samples)
-    last = len(ordered) - 1
-    return {q: ordered[min(last, int(f * len(ordered)))] for q, f in (("p50", 0.5), ("p99", 0.99))}
+    return {"p50": nearest_rank(samples, 0.5), "p99": nearest_rank(samples, 0.99)}
 
 
 def snapshot(engine: Reporting, now_ns: int | None = None) -> dict[str, Any]:
@@ -225,6 +216,14 @@ def snapshot(engine: Reporting, now_ns: int | None = None) -> dict[str, Any]:
                 }
             )
     sinks = [{"name": w.sink_name, **w.counters()} for w in engine.writers]
+    reports = [w.stats.stages.report() for w in engine.workers]
+    reports += [w.stages.report() for w in engine.writers if hasattr(w, "stages")]
+    merged = merge_reports(reports)
+    summary = window_summary(merged)
+    stages = {
+        name: {"counts": r["counts"], "sum_us": r["sum_us"], **summary[name]}
+        for name, r in merged.items()
+    }
     streams = [
         {"name": p.stream, "sent": p.stats.sent, "dropped": p.stats.dropped}
         for p in engine.publishers
@@ -246,6 +245,10 @@ def snapshot(engine: Reporting, now_ns: int | None = None) -> dict[str, Any]:
         "thread_deaths": sum(t["deaths"] for t in threads),
         "thread_restarts": sum(t["restarts"] for t in threads),
         "latency_bounds_us": list(LATENCY_BOUNDS_US),
+        # Per stage of the tick-to-quote path (mmengine.latency): bucket counts over
+        # stage_bounds_us since start, and p50/p99 of the latest samples.
+        "stages": stages,
+        "stage_bounds_us": list(STAGE_BOUNDS_US),
     }
 
 

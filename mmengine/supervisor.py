@@ -6,7 +6,7 @@ Every engine thread is registered with a policy:
   connections, the control and status threads, the metrics server) is replaced by a fresh
   one, after a backoff that grows while it keeps dying (0 s, then 1 s doubling to 30 s).
 - `fatal`: a thread that binds an inproc endpoint others are connected to (pricing workers,
-  writers and their helpers, the IPC forwarders) cannot be replaced in place: ZeroMQ's
+  writers and their helpers) cannot be replaced in place: ZeroMQ's
   inproc transport does not reconnect a peer to a re-bound endpoint (checked with libzmq
   4.3.5), so a replacement would receive nothing. Its death makes the engine exit non-zero
   (crash-only): the supervisor sets `failed`, `mmengine run` stops and exits 1, and the
@@ -42,7 +42,7 @@ class Supervised:
     """One supervised thread (and its successors, for `restart`)."""
 
     name: str
-    kind: str  # venue | pricing | writer | ipc | control | status | metrics
+    kind: str  # venue | pricing | writer | control | status | metrics
     thread: threading.Thread
     restart: Callable[[], threading.Thread] | None  # None: fatal
     deaths: int = 0

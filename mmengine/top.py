@@ -207,6 +207,20 @@ def render(
     if exclusions:
         parts.append(Text("excluded  " + "\n          ".join(exclusions)))
     parts.append(workers)
+    stages = snap.get("stages") or {}
+    if stages:
+        table = _table(
+            "latency by stage (µs; p50/p99 of recent Prices, count since start)",
+            [("stage", "text"), ("p50 µs", "num"), ("p99 µs", "num"), ("count", "num")],
+        )
+        for name, st in stages.items():
+            table.add_row(
+                name,
+                _fmt(st.get("p50_us"), ",.0f"),
+                _fmt(st.get("p99_us"), ",.0f"),
+                f"{st.get('count', 0):,}",
+            )
+        parts.append(table)
     if snap["sinks"]:
         sinks = _table(
             "sinks",

@@ -4,15 +4,21 @@
    every check on), the decode floor (orjson.loads of the same book frames), and cryptofeed
    2.4.1 on the same frames, run in its own virtualenv (.venv-peers) by
    scripts/peer_cryptofeed.py.
-2. e2e: simulated venues (one process each, every protocol with a simulator) at several
+2. e2e: the load generator (mmengine.simulator.loadgen: one process sending pre-rendered
+   frames of all five venue protocols, sequence numbers and checksums valid) at several
    total rates into a real engine process; a separate subscriber process measures
-   frame received -> Price delivered, and the engine's own received -> priced.
-3. sinks: Kafka (tansu) and Postgres (embedded) throughput, from their own bench scripts.
+   frame received -> Price delivered; the engine's stage histograms
+   (`mmengine_stage_latency_seconds`) give where the time goes, per stage, for the window;
+   the generator says what it offered and achieved, and whether it fell behind.
+3. sinks: Kafka (tansu; kafka-python and confluent) and Postgres (embedded) at 20,000
+   Prices/s offered and flat out, from their own bench scripts, run while an engine prices
+   10,000 book msgs/s from the load generator on the same cores.
 4. memory: the engine's RSS sampled each second during the e2e runs (`--soak MINUTES` runs
    the 10,000 msgs/s load for that long instead).
 
 Writes bench/results/latest.json (and a dated copy) with the keys machine, commit, replay,
-e2e, sinks, memory, and PNG plots beside it. Ratios are what to read: the machine is shared.
+e2e, sinks, memory, and PNG plots beside it (replay, latency CDF, stages, RSS). Ratios
+are what to read: the machine is shared.
 
 `--quick` (`make bench-quick`, under a minute) is a smoke check of the same figures on a
 smaller run: replay without cryptofeed, one end-to-end rate, the default Kafka client and
@@ -31,13 +37,12 @@ import gzip
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -51,16 +56,7 @@ DATA = REPO / "tests" / "data"
 RESULTS = REPO / "bench" / "results"
 PEERS = REPO / ".venv-peers"
 PY = sys.executable
-
-# venue name, protocol, instruments (normalized), depth (a value the venue offers)
-E2E_VENUES = (
-    ("binance", "binance", ["BTC-USDT", "ETH-USDT"], 100),
-    ("coinbase", "coinbase-advanced", ["BTC-USD", "ETH-USD"], 100),
-    ("kraken", "kraken-v2", ["BTC-USD", "ETH-USD"], 10),
-    ("okx", "okx-v5", ["BTC-USDT", "ETH-USDT"], 400),
-    ("bybit", "bybit-v5-spot", ["BTC-USDT", "ETH-USDT"], 50),
-)
-
+PRICING_WORKERS = 2
 
 # --- 1. replay -------------------------------------------------------------------------------
 
@@ -174,75 +170,101 @@ def replay_section(runs: int, peers: bool) -> dict[str, Any]:
 # --- 2. end to end ---------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def simulators(
-    rate_each: float, sent: dict[str, int]
-) -> Iterator[list[tuple[str, str, list[str], int, str, str]]]:
-    """One simulator process per protocol; on exit `sent` holds each one's frames sent."""
-    from mmengine.simulator import SIM_PROTOCOLS
-
-    procs = []
-    running = []
-    try:
-        for name, protocol, instruments, depth in E2E_VENUES:
-            if protocol not in SIM_PROTOCOLS:
-                print(f"no simulator for {protocol}; skipped", file=sys.stderr)
-                continue
-            proc = subprocess.Popen(
-                [
-                    PY,
-                    "-m",
-                    "mmengine.cli",
-                    "--log-level",
-                    "WARNING",
-                    "simulate",
-                    "--venue",
-                    protocol,
-                    "--rate",
-                    str(rate_each),
-                    "--instruments",
-                    ",".join(instruments),
-                    "--seed",
-                    "7",
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                text=True,
-            )
-            procs.append(proc)
-            line = proc.stdout.readline() if proc.stdout else ""
-            m = re.search(r"ws (\S+)\s+rest (\S+)", line)
-            if not m:
-                raise RuntimeError(f"{protocol} simulator did not start: {line!r}")
-            running.append((name, protocol, instruments, depth, m.group(1), m.group(2)))
-        yield running
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc, (_, protocol, *_rest) in zip(procs, running, strict=False):
-            out, _ = proc.communicate(timeout=20)
-            m = re.search(r"simulator stopped: .*?([\d,]+) frames sent", out or "")
-            sent[protocol] = int(m.group(1).replace(",", "")) if m else 0
+# The bench's venue connection names, by protocol.
+VENUE_NAMES = {
+    "binance": "binance",
+    "coinbase-advanced": "coinbase",
+    "kraken-v2": "kraken",
+    "okx-v5": "okx",
+    "bybit-v5-spot": "bybit",
+}
 
 
-def engine_config(venues: list[tuple[str, str, list[str], int, str, str]], run_dir: Path) -> dict:
+class LoadGen:
+    """The load generator (mmengine.simulator.loadgen) as a child process; its JSON lines
+    are read on a thread of their own."""
+
+    def __init__(self, rate: float, seconds: float) -> None:
+        import threading
+
+        self.proc = subprocess.Popen(
+            [
+                PY,
+                "-m",
+                "mmengine.simulator.loadgen",
+                "--rate",
+                str(rate),
+                "--seconds",
+                str(seconds),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[dict[str, Any]] = []
+        assert self.proc.stdout is not None
+        first = self.proc.stdout.readline()
+        try:
+            self.ready = json.loads(first)
+        except ValueError:
+            self.stop()
+            raise RuntimeError(f"the load generator did not start: {first!r}") from None
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with contextlib.suppress(ValueError):
+                self.lines.append(json.loads(line))
+
+    def last(self, event: str) -> dict[str, Any] | None:
+        return next((d for d in reversed(self.lines) if d.get("event") == event), None)
+
+    def wait(self, event: str, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = self.last(event)
+            if found is not None:
+                return found
+            if self.proc.poll() is not None and self._reader.is_alive() is False:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"load generator: no {event!r} line ({self.lines[-3:]})")
+
+    def stop(self) -> dict[str, Any] | None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if hasattr(self, "_reader"):
+            self._reader.join(5)
+        return self.last("done")
+
+
+def engine_config(venues: dict[str, dict[str, Any]], run_dir: Path) -> dict:
+    """The bench engine: the load generator's five venues, BTC-USD and ETH-USD priced from
+    all of them (USDT at a fixed 1.0)."""
     cfg_venues = []
     sources: dict[str, list[dict[str, str]]] = {"BTC-USD": [], "ETH-USD": []}
-    for name, protocol, instruments, depth, ws, rest in venues:
+    for protocol, v in venues.items():
+        name = VENUE_NAMES.get(protocol, protocol)
         cfg_venues.append(
             {
                 "name": name,
                 "protocol": protocol,
-                "url": ws,
-                "rest_url": rest,
-                "instruments": instruments,
-                "depth": depth,
+                "url": v["ws"],
+                "rest_url": v["rest"],
+                "instruments": v["instruments"],
+                "depth": v["depth"],
             }
         )
-        for inst in instruments:
+        for inst in v["instruments"]:
             sources[inst.split("-")[0] + "-USD"].append({"venue": name, "instrument": inst})
     return {
-        "engine": {"run_dir": str(run_dir), "pricing_workers": 2},
+        "engine": {"run_dir": str(run_dir), "pricing_workers": PRICING_WORKERS},
         "venues": cfg_venues,
         "instruments": [
             {
@@ -276,30 +298,80 @@ def last_status(run_dir: Path) -> dict[str, Any]:
         ctx.term()
 
 
+def stage_window(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Per stage, what the engine's histograms gained between two status snapshots: count,
+    mean and p50/p99 read off the buckets (interpolated inside one)."""
+    from mmengine.latency import bucket_quantile
+
+    out = {}
+    for name, st in after.get("stages", {}).items():
+        prev = before.get("stages", {}).get(name)
+        counts = st["counts"]
+        total = st["sum_us"]
+        if prev is not None:
+            counts = [a - b for a, b in zip(counts, prev["counts"], strict=True)]
+            total -= prev["sum_us"]
+        n = sum(counts)
+        out[name] = {
+            "count": n,
+            "mean_us": round(total / n, 1) if n else None,
+            "p50_us": _round(bucket_quantile(counts, 0.5)),
+            "p99_us": _round(bucket_quantile(counts, 0.99)),
+        }
+    return out
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _sum(doc: dict[str, Any], section: str, key: str) -> int:
+    return sum(item[key] for item in doc.get(section, ()))
+
+
+def start_engine(cfg: dict[str, Any], tmp: Path) -> tuple[subprocess.Popen[str], Path]:
+    run_dir = tmp / "run"
+    cfg["engine"]["run_dir"] = str(run_dir)
+    cfg_path = tmp / "bench.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    engine = subprocess.Popen(
+        [PY, "-m", "mmengine.cli", "--log-level", "WARNING", "run", "--config", str(cfg_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not (run_dir / "endpoints.json").exists():
+        if engine.poll() is not None or time.monotonic() > deadline:
+            engine.kill()
+            raise RuntimeError(f"engine did not start: {engine.communicate()[0]}")
+        time.sleep(0.05)
+    return engine, run_dir
+
+
 def e2e_run(
-    rate: float, seconds: float, rss: list[tuple[float, float]], sync_s: float = 3.0
+    rate: float,
+    seconds: float,
+    rss: list[tuple[float, float]],
+    sync_s: float = 3.0,
+    during: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
-    n_venues = len(E2E_VENUES)
-    sent: dict[str, int] = {}
-    with simulators(rate / n_venues, sent) as venues, tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp) / "run"
-        cfg_path = Path(tmp) / "bench.yaml"
-        cfg_path.write_text(yaml.safe_dump(engine_config(venues, run_dir)))
-        engine = subprocess.Popen(
-            [PY, "-m", "mmengine.cli", "--log-level", "WARNING", "run", "--config", str(cfg_path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+    """The engine at `rate` book msgs/s from the load generator: a subscriber process
+    measures frame received -> Price delivered; the engine's status gives the stages.
+    `during`: something else to measure while the engine runs at that rate (the sinks);
+    what it returns is the row's `during`."""
+    gen = LoadGen(rate, 24 * 3600)  # stopped below
+    during_result = None
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = engine_config(gen.ready["venues"], Path(tmp))
+        engine = None
         try:
-            deadline = time.monotonic() + 30
-            while not (run_dir / "endpoints.json").exists():
-                if engine.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"engine did not start: {engine.communicate()[0]}")
-                time.sleep(0.05)
+            engine, run_dir = start_engine(cfg, Path(tmp))
+            gen.wait("streaming", 30)
             time.sleep(sync_s)  # books sync
             proc = psutil.Process(engine.pid)
             before = last_status(run_dir)
+            tick0 = gen.last("tick") or {"sent": 0, "seconds": 0.0}
             cpu0 = proc.cpu_times()
             t0 = time.monotonic()
             sub = subprocess.Popen(
@@ -312,6 +384,8 @@ def e2e_run(
                 stdout=subprocess.PIPE,
                 text=True,
             )
+            if during is not None:
+                during_result = during()
             while sub.poll() is None:
                 rss.append((time.monotonic(), proc.memory_info().rss / 2**20))
                 time.sleep(1.0)
@@ -319,22 +393,41 @@ def e2e_run(
             cpu1 = proc.cpu_times()
             wall = time.monotonic() - t0
             after = last_status(run_dir)
+            tick1 = gen.last("tick") or tick0
         finally:
-            engine.terminate()
-            out, _ = engine.communicate(timeout=30)
-    frames = sum(v["frames"] for v in after["venues"]) - sum(v["frames"] for v in before["venues"])
-    inputs = sum(w["inputs"] for w in after["workers"]) - sum(
-        w["inputs"] for w in before["workers"]
-    )
-    priced = sum(w["prices"] for w in after["workers"]) - sum(
-        w["prices"] for w in before["workers"]
-    )
+            out = ""
+            if engine is not None:
+                engine.terminate()
+                out, _ = engine.communicate(timeout=60)
+            done = gen.stop()
+    frames = _sum(after, "venues", "frames") - _sum(before, "venues", "frames")
+    inputs = _sum(after, "workers", "inputs") - _sum(before, "workers", "inputs")
+    priced = _sum(after, "workers", "prices") - _sum(before, "workers", "prices")
     cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / wall * 100
     skipped = sum(sum(v["skipped"].values()) for v in after["venues"])
-    total_frames = sum(v["frames"] for v in after["venues"])
+    resyncs = sum(sum(v["resyncs"].values()) for v in after["venues"])
+    gaps = sum(b["gaps"] for v in after["venues"] for b in v["books"])
+    window_s = tick1["seconds"] - tick0["seconds"]
+    loadgen = {
+        "offered_per_s": rate,
+        "achieved_per_s": round((tick1["sent"] - tick0["sent"]) / window_s, 1)
+        if window_s > 0
+        else None,
+        "wake_lag_p50_us": (done or {}).get("wake_lag_p50_us"),
+        "wake_lag_p99_us": (done or {}).get("wake_lag_p99_us"),
+        "backlog_max_bytes": (done or {}).get("backlog_max_bytes"),
+        "fell_behind": bool((done or {}).get("fell_behind", True))
+        or (window_s > 0 and (tick1["sent"] - tick0["sent"]) < 0.99 * rate * window_s),
+        "render_s": gen.ready.get("render_s"),
+    }
+    # The engine's side: what its venue threads read per second in the window. Below the
+    # offered rate, frames waited in the sockets (the generator holds the rest: backlog).
+    intake = frames / wall if wall > 0 else 0.0
+    loadgen["engine_intake_per_s"] = round(intake, 1)
+    loadgen["engine_fell_behind"] = intake < 0.95 * rate
     return {
         "rate": rate,
-        "venues": [v[1] for v in venues],
+        "venues": list(gen.ready["venues"]),
         "seconds": round(wall, 1),
         "p50_us": measured["delivered_us"]["p50"],
         "p99_us": measured["delivered_us"]["p99"],
@@ -342,18 +435,23 @@ def e2e_run(
         "max_us": measured["delivered_us"]["max"],
         "engine_p50_us": measured["engine_us"]["p50"],
         "engine_p99_us": measured["engine_us"]["p99"],
-        "sent": sum(sent.values()),  # whole simulator lives
-        "received_by_venue_threads_total": total_frames,  # up to the last status snapshot
+        "loadgen": loadgen,
         "received_by_venue_threads": frames,  # within the measured window
         "book_tops_to_pricing": inputs,
         "priced": priced,
-        "published": priced,
         "received_by_subscriber": measured["received"],
+        "missed_by_subscriber": measured["missed_seq"],
         "dropped": measured["missed_seq"] + skipped,
+        "skipped_frames": skipped,
+        "resyncs": resyncs,
+        "sequence_gaps": gaps,
         "conflation": round(inputs / priced, 3) if priced else None,
         "cpu_pct": round(cpu, 1),
+        "stages": stage_window(before, after),
+        "sinks": {s["name"]: s for s in after.get("sinks", ())},
         "engine_summary": [ln for ln in out.splitlines() if " frames, " in ln][:8],
         "cdf_us": measured.get("cdf_us", []),
+        "during": during_result,
     }
 
 
@@ -420,6 +518,33 @@ def postgres_figures(quick: bool) -> dict[str, Any] | None:
         "lag_measured_at_offered_per_s": steady["offered_per_s"],
         "runs": runs,
     }
+
+
+def sinks_section(quick: bool, rss: list[tuple[float, float]]) -> dict[str, Any]:
+    """Kafka (both clients) and Postgres at 20,000 Prices/s offered and flat out. A full
+    run measures them while an engine prices 10,000 book msgs/s from the load generator on
+    the same cores (`engine_load` says how that engine fared meanwhile); `--quick` measures
+    the default Kafka client and Postgres alone."""
+
+    def measure() -> dict[str, Any]:
+        return {
+            "kafka": kafka_figures(quick, "kafka-python"),
+            "kafka_confluent": None if quick else kafka_figures(False, "confluent"),
+            "postgres": postgres_figures(quick),
+        }
+
+    if quick:
+        return measure()
+    row = e2e_run(10_000, 10, rss, during=measure)
+    out: dict[str, Any] = row["during"]
+    out["engine_load"] = {
+        "rate": 10_000,
+        "p50_us": row["p50_us"],
+        "p99_us": row["p99_us"],
+        "cpu_pct": row["cpu_pct"],
+        "loadgen": row["loadgen"],
+    }
+    return out
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -507,6 +632,7 @@ def plots(result: dict[str, Any], rss: list[tuple[float, float]], out_dir: Path)
         fig.tight_layout()
         fig.savefig(out_dir / "rss.png", dpi=100)
         plt.close(fig)
+    stage_plot(plt, [r for r in result["e2e"] if r.get("stages")], out_dir)
     rows = [r for r in result["e2e"] if r.get("cdf_us")]
     if rows:
         fig, ax = plt.subplots(figsize=(8, 4))
@@ -525,6 +651,48 @@ def plots(result: dict[str, Any], rss: list[tuple[float, float]], out_dir: Path)
         fig.tight_layout()
         fig.savefig(out_dir / "latency.png", dpi=100)
         plt.close(fig)
+
+
+def stage_plot(plt: Any, rows: list[dict[str, Any]], out_dir: Path) -> None:
+    """stages.png: per rate, the engine path stacked stage by stage, as shares of its mean
+    (means add up to the whole path's mean, percentiles do not), each bar labelled with
+    the mean and the whole path's p50 / p99 in µs."""
+    from mmengine.latency import PRICING_STAGES
+
+    if not rows:
+        return
+    parts = PRICING_STAGES[:-1]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    labels = [f"{r['rate']:,.0f}/s" for r in rows]
+    means = [[(r["stages"].get(n) or {}).get("mean_us") or 0.0 for n in parts] for r in rows]
+    totals = [sum(m) or 1.0 for m in means]
+    bottom = [0.0] * len(rows)
+    for i, name in enumerate(parts):
+        shares = [m[i] / t * 100 for m, t in zip(means, totals, strict=True)]
+        ax.bar(labels, shares, bottom=bottom, label=name.replace("_", " "))
+        for x, (b, h, m) in enumerate(zip(bottom, shares, means, strict=True)):
+            if h >= 6:
+                ax.text(x, b + h / 2, f"{m[i]:,.0f}", ha="center", va="center", fontsize=7)
+        bottom = [b + h for b, h in zip(bottom, shares, strict=True)]
+    for x, r in enumerate(rows):
+        whole = r["stages"].get(PRICING_STAGES[-1]) or {}
+        ax.text(
+            x,
+            101,
+            f"mean {totals[x]:,.0f}\np50 {whole.get('p50_us') or 0:,.0f}  "
+            f"p99 {whole.get('p99_us') or 0:,.0f}",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    ax.set_ylim(0, 118)
+    ax.set_ylabel("share of the mean µs per Price (%); bar labels: mean µs")
+    ax.set_xlabel("book msgs/s offered by the load generator")
+    ax.set_title("Where a tick's time goes: frame received -> Price published on IPC")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(out_dir / "stages.png", dpi=100)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -560,15 +728,7 @@ def main() -> None:
                 file=sys.stderr,
             )
             result["e2e"].append(row)
-        result["sinks"] = (
-            {
-                "kafka": kafka_figures(args.quick, "kafka-python"),
-                "kafka_confluent": None if args.quick else kafka_figures(False, "confluent"),
-                "postgres": postgres_figures(args.quick),
-            }
-            if "sinks" in want
-            else {}
-        )
+        result["sinks"] = sinks_section(args.quick, rss) if "sinks" in want else {}
     mems = [m for _, m in rss]
     result["memory"] = {
         "rss_start_mb": round(mems[0], 1) if mems else None,
@@ -588,8 +748,9 @@ def main() -> None:
         print(quick_table(result))
         print(f"\n(written to {out.relative_to(REPO) if out.is_relative_to(REPO) else out})")
         return
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    (RESULTS / f"{stamp}.json").write_text(text)
+    if args.out is None:  # a dated copy beside the tracked results
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        (RESULTS / f"{stamp}.json").write_text(text)
     if not args.soak:
         plots(result, rss, out.parent)
     print(text)
@@ -618,13 +779,20 @@ def quick_table(result: dict[str, Any]) -> str:
             f"  {name:<22} {num(r.get('mmengine_us'), '8.1f')}"
             + (f"   error: {r['error']}" if "error" in r else "")
         )
-    lines.append("end to end (five simulated venues -> engine -> subscriber)")
+    lines.append("end to end (load generator, five venues -> engine -> subscriber)")
     for r in result["e2e"]:
+        gen = r.get("loadgen") or {}
         lines.append(
-            f"  {num(r['rate'])} msgs/s: delivered p50 {num(r['p50_us'])} us, p99 "
-            f"{num(r['p99_us'])} us; engine p50 {num(r['engine_p50_us'])} us; "
+            f"  {num(r['rate'])} msgs/s (achieved {num(gen.get('achieved_per_s'))}"
+            f"{', GENERATOR FELL BEHIND' if gen.get('fell_behind') else ''}): delivered p50 "
+            f"{num(r['p50_us'])} us, p99 {num(r['p99_us'])} us; "
             f"{num(r['priced'])} priced, {r['dropped']} dropped, CPU {num(r['cpu_pct'])} %"
         )
+        for name, st in (r.get("stages") or {}).items():
+            lines.append(
+                f"    {name:<20} p50 {num(st['p50_us'], '7,.0f')} us  p99 "
+                f"{num(st['p99_us'], '7,.0f')} us"
+            )
     lines.append("sinks (Prices/s sustained; delivery lag p50 / p99)")
     for name, s in result["sinks"].items():
         if s:

@@ -54,6 +54,35 @@ def main() -> None:
             f" {fmt(r['conflation'], '.1f')} | {r['dropped']} | {fmt(r['cpu_pct'], '.0f')} |"
         )
     print()
+    stages = [r for r in d["e2e"] if r.get("stages")]
+    if stages:
+        names = list(stages[0]["stages"])
+        print(
+            "| stage (µs, p50 / p99) | " + " | ".join(f"{fmt(r['rate'])}/s" for r in stages) + " |"
+        )
+        print("|---|" + "---|" * len(stages))
+        for name in names:
+            cells = []
+            for r in stages:
+                st = r["stages"].get(name) or {}
+                cells.append(f"{fmt(st.get('p50_us'))} / {fmt(st.get('p99_us'))}")
+            print(f"| {name} | " + " | ".join(cells) + " |")
+        print()
+        print(
+            "| book msgs/s offered | generator achieved | generator wake lag p99 µs |"
+            " generator fell behind | engine read /s | engine fell behind (generator held MB) |"
+        )
+        print("|---|---|---|---|---|---|")
+        for r in stages:
+            g = r.get("loadgen") or {}
+            held = (g.get("backlog_max_bytes") or 0) / 2**20
+            print(
+                f"| {fmt(r['rate'])} | {fmt(g.get('achieved_per_s'))} |"
+                f" {fmt(g.get('wake_lag_p99_us'))} | {'yes' if g.get('fell_behind') else 'no'} |"
+                f" {fmt(g.get('engine_intake_per_s'))} |"
+                f" {'yes' if g.get('engine_fell_behind') else 'no'} ({held:,.1f}) |"
+            )
+        print()
     print("| sink | Prices/s sustained (flat out) | delivery lag p50 / p99 ms | lag measured at |")
     print("|---|---|---|---|")
     for name, s in d["sinks"].items():

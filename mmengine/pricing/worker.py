@@ -1,5 +1,6 @@
 """A pricing worker: one thread per shard, owning its inputs, its sequence counters and its
-sockets (PULL `inproc://pricing.k`, a PUB into the prices proxy, PUSHes to the sinks).
+sockets (PULL `inproc://pricing.k`, PUSHes to the sinks); it publishes on the IPC prices
+stream in place (`IpcPublisher`, shared with the other workers).
 
 It drains everything queued before pricing, so a burst prices each touched instrument once
 (conflation keeps latency flat under load). It never waits on a sink.
@@ -28,8 +29,9 @@ from dataclasses import dataclass, field, replace
 
 import zmq
 
-from mmengine.bus import PRICES_IN, PUB_HWM, ServiceThread, decode_top, pricing_endpoint
-from mmengine.codec import Codec, encode_price
+from mmengine.bus import IpcPublisher, ServiceThread, decode_envelope, pricing_endpoint
+from mmengine.codec import Codec, encode_price, price_values
+from mmengine.latency import PRICING_STAGES, StageLatency
 from mmengine.logs import RepeatLimiter
 from mmengine.model import BookTop, Price
 from mmengine.pricing.model import (
@@ -47,7 +49,9 @@ log = logging.getLogger("mmengine.pricing")
 MAX_DRAIN = 10_000
 LATENCY_BOUNDS_US = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 50_000, 250_000)
 LATENCY_WINDOW = 2048
-# Sink message: [instrument, SINK_KEY(epoch, seq, priced_ts_ns), Avro single-object Price].
+# Sink message: [instrument, SINK_KEY(epoch, seq, priced_ts_ns), Avro single-object Price],
+# and for a sink that asks for them, a 4th frame: the Price's values, pickled
+# (`mmengine.codec.price_values`), so that it need not decode the Avro it spools.
 SINK_KEY = struct.Struct(">qqq")
 SINK_HWM = 100_000  # bound one drain so a flood cannot delay pricing indefinitely
 POLL_MS = 100  # the longest the loop blocks: how soon it sees stop()
@@ -73,6 +77,8 @@ class WorkerStats:
     # The latest LATENCY_WINDOW latencies themselves: `top` shows real percentiles of a
     # recent window from them (the histogram's buckets give only their edges).
     recent_latency_us: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    # Per stage of the tick-to-quote path, for every Price a BookTop triggered.
+    stages: StageLatency = field(default_factory=lambda: StageLatency(PRICING_STAGES))
 
 
 def control_endpoint(worker: int) -> str:
@@ -95,7 +101,9 @@ class PricingWorker(ServiceThread):
         ctx: zmq.Context,
         instruments: list[InstrumentSpec],
         epoch: int,
+        prices: IpcPublisher,
         sink_endpoints: tuple[str, ...] = (),
+        sinks_with_values: frozenset[str] = frozenset(),
         fx: tuple[FxSpec, ...] = (),
         fx_inputs: tuple[InstrumentSpec, ...] = (),
         positions: dict[str, float] | None = None,
@@ -107,7 +115,9 @@ class PricingWorker(ServiceThread):
         for spec in fx_inputs:
             self.specs.setdefault(spec.name, replace(spec, publish=False))
         self.epoch = epoch
+        self.prices = prices
         self.sink_endpoints = sink_endpoints
+        self.sinks_with_values = sinks_with_values
         # FX instruments first, so a rate is fresh before the prices that use it
         fx_names = {f.instrument for f in fx if f.instrument}
         self.order = {name: (0 if name in fx_names else 1) for name in self.specs}
@@ -138,21 +148,21 @@ class PricingWorker(ServiceThread):
             for n, s in self.specs.items()
         }
         self.stats = WorkerStats()
+        self._arrivals: dict[str, tuple[int, int]] = {}  # filled by each drain
+        self._values_for: list[bool] = []  # per sink socket: it takes the Price's values
         self._sink_log = RepeatLimiter()
         self._error_log = RepeatLimiter()
 
     def run(self) -> None:
         pull = self.ctx.socket(zmq.PULL)
         control = self.ctx.socket(zmq.PULL)
-        pub = self.ctx.socket(zmq.PUB)
         sinks: list[zmq.Socket] = []
         try:
-            for sock in (pull, control, pub):
+            self._values_for = [e in self.sinks_with_values for e in self.sink_endpoints]
+            for sock in (pull, control):
                 sock.setsockopt(zmq.LINGER, 0)
             pull.bind(pricing_endpoint(self.k))
             control.bind(control_endpoint(self.k))
-            pub.setsockopt(zmq.SNDHWM, PUB_HWM)
-            pub.connect(PRICES_IN)
             for endpoint in self.sink_endpoints:
                 sock = self.ctx.socket(zmq.PUSH)
                 sinks.append(sock)
@@ -161,7 +171,7 @@ class PricingWorker(ServiceThread):
                 sock.connect(endpoint)
             header = Codec("price.avsc").header
         except Exception as exc:
-            self._not_bound(exc, (pull, control, pub, *sinks))
+            self._not_bound(exc, (pull, control, *sinks))
             raise
         self.ready.set()
         poller = zmq.Poller()
@@ -170,12 +180,12 @@ class PricingWorker(ServiceThread):
         try:
             while not self._stop_event.is_set():
                 try:
-                    self._step(poller, pull, control, pub, sinks, header)
+                    self._step(poller, pull, control, sinks, header)
                 except Exception:
                     # A bug outside the per-input guards: count it, keep serving.
                     self._count_error("pricing loop")
         finally:
-            for sock in (pull, control, pub, *sinks):
+            for sock in (pull, control, *sinks):
                 sock.close()
 
     def _step(
@@ -183,7 +193,6 @@ class PricingWorker(ServiceThread):
         poller: zmq.Poller,
         pull: zmq.Socket,
         control: zmq.Socket,
-        pub: zmq.Socket,
         sinks: list[zmq.Socket],
         header: bytes,
     ) -> None:
@@ -196,29 +205,55 @@ class PricingWorker(ServiceThread):
         timed = self._due_now(now_ns, touched)
         if not touched:
             return
+        arrivals = self._arrivals
         for name in sorted(touched, key=self.order.__getitem__):
             try:
-                price = self.price(name, touched[name], now_ns, timed=name in timed)
+                trigger = touched[name]
+                price = self.price(name, trigger, now_ns, timed=name in timed)
                 if price is not None:
-                    self._publish(price, pub, sinks, header)
+                    encoded_ns, published_ns = self._publish(price, sinks, header)
+                    if trigger is not None and name not in timed:
+                        applied_ns, dequeued_ns = arrivals[name]
+                        recv_ns = trigger.recv_ts_ns
+                        priced_ns = price.priced_ts_ns
+                        self.stats.stages.add(
+                            (
+                                (applied_ns - recv_ns) / 1000,
+                                (dequeued_ns - applied_ns) / 1000,
+                                (priced_ns - dequeued_ns) / 1000,
+                                (encoded_ns - priced_ns) / 1000,
+                                (published_ns - encoded_ns) / 1000,
+                                (published_ns - recv_ns) / 1000,
+                            )
+                        )
             except Exception:
                 self._count_error(f"pricing {name}")
                 self.due.pop(name, None)  # a failing instrument waits for new input
                 price = self._internal_error_price(name, now_ns)
                 if price is not None:
-                    self._publish(price, pub, sinks, header)
+                    self._publish(price, sinks, header)
 
-    def _publish(
-        self, price: Price, pub: zmq.Socket, sinks: list[zmq.Socket], header: bytes
-    ) -> None:
-        """To IPC subscribers (through the prices proxy) and to every sink's writer."""
+    def _publish(self, price: Price, sinks: list[zmq.Socket], header: bytes) -> tuple[int, int]:
+        """To IPC subscribers and to every sink's writer; returns when it was encoded and
+        when the IPC send returned (ns)."""
         name = price.instrument.encode()
         payload = encode_price(header, price)
-        pub.send_multipart((b"price." + name, payload))
+        encoded_ns = time.time_ns()
+        self.prices.publish(b"price." + name, payload)
+        published_ns = time.time_ns()
         if sinks:
             key = SINK_KEY.pack(price.epoch, price.seq, price.priced_ts_ns)
-            for sock in sinks:
-                self._to_sink(sock, (name, key, payload))
+            frames: tuple[bytes, ...] = (name, key, payload)
+            with_values: tuple[bytes, ...] | None = None
+            for sock, values in zip(sinks, self._values_for, strict=True):
+                if values:
+                    if with_values is None:
+                        pickled = pickle.dumps(price_values(price), pickle.HIGHEST_PROTOCOL)
+                        with_values = (*frames, pickled)
+                    self._to_sink(sock, with_values)
+                else:
+                    self._to_sink(sock, frames)
+        return encoded_ns, published_ns
 
     def _timeout_ms(self) -> int:
         """Block until the nearest deadline (at most POLL_MS, to notice stop())."""
@@ -272,7 +307,7 @@ class PricingWorker(ServiceThread):
             touched.setdefault(name, None)
             log.info("pricing-%d: %s position set to %s", self.k, name, qty)
 
-    def _to_sink(self, sock: zmq.Socket, frames: tuple[bytes, bytes, bytes]) -> None:
+    def _to_sink(self, sock: zmq.Socket, frames: tuple[bytes, ...]) -> None:
         """Hand a Price to a writer thread without ever waiting on it. The writer drains
         its queue into its own spool, so a full queue means the writer thread is wedged:
         count the loss loudly rather than stall pricing."""
@@ -290,17 +325,21 @@ class PricingWorker(ServiceThread):
     def _drain(self, pull: zmq.Socket) -> dict[str, BookTop | None]:
         """Take everything queued; returns each touched instrument with its latest input."""
         touched: dict[str, BookTop | None] = {}
+        arrivals = self._arrivals  # instrument -> (applied_ns, dequeued_ns) of its trigger
+        arrivals.clear()
         fed_by = self.fed_by
         tops = self.tops
+        now = time.time_ns
         n = 0
         while n < MAX_DRAIN:
             try:
                 payload = pull.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            dequeued_ns = now()
             n += 1
             try:
-                top = decode_top(payload)
+                top, applied_ns = decode_envelope(payload)
                 key = (top.venue, top.instrument)
                 feeds = fed_by.get(key, ())
             except Exception:
@@ -310,6 +349,7 @@ class PricingWorker(ServiceThread):
             for name in feeds:
                 tops[name][key] = top
                 touched[name] = top
+                arrivals[name] = (applied_ns, dequeued_ns)
         stats = self.stats
         stats.inputs += n
         stats.drains += 1

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from mmengine.codec import Codec
+from mmengine.latency import KAFKA_STAGE, StageLatency
 from mmengine.logs import RepeatLimiter
 from mmengine.sinks.spool import Spool, pack_frames
 from mmengine.sinks.writer import SpoolingWriter, split_record
@@ -414,6 +415,7 @@ class KafkaWriter(SpoolingWriter):
         self.spool_max_bytes = spool_max_bytes
         self.spool_memory_records = spool_memory_records
         self.stats = KafkaWriterStats()
+        self.stages = StageLatency((KAFKA_STAGE,))  # priced -> acknowledged, per record
         self.spool: Spool | None = None
         # Set to a list to record every acknowledged record's delivery lag (benchmarks).
         self.lag_log: list[int] | None = None
@@ -574,6 +576,7 @@ class KafkaWriter(SpoolingWriter):
         last: _Sent | None = None
         now_ns = time.time_ns()
         lags = self.lag_log
+        add = self.stages.add
         delivered = 0
         while inflight and inflight[0].done:
             sent = inflight.popleft()
@@ -582,6 +585,7 @@ class KafkaWriter(SpoolingWriter):
                 continue  # a quarantined record: acknowledged in its turn, not delivered
             last = sent
             delivered += 1
+            add(((now_ns - sent.priced_ts_ns) / 1000,))
             if lags is not None:
                 lags.append(now_ns - sent.priced_ts_ns)
         if n:

@@ -8,6 +8,13 @@ queue into the spool and hands batches to `pg-commit`; every blocking call (conn
 commit) happens on the helper, so a server that is down, slow or restarting only makes the
 spool grow (on disk, once the server is found away).
 
+Nothing pricing already had is decoded again: with each Price, pricing sends its values
+(`mmengine.codec.price_values`, pickled, in-process only) beside the Avro payload; the
+writer spools the Avro record (what a restart replays: after one, rows come from decoding
+the spooled Avro) and keeps the values by record until the record's batch is built. The
+writer thread builds the next batch's rows and COPY text while the helper waits on the
+server with the one before, so Python work and the server's overlap.
+
 One transaction per batch (`PgBatchWriter.write`):
 
 1. COPY the batch into a temporary staging table (`ON COMMIT DELETE ROWS`, one per
@@ -41,10 +48,13 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import pickle
 import queue
 import random
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,9 +63,9 @@ import orjson
 import psycopg
 import zmq
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
-from mmengine.codec import Codec
+from mmengine.codec import PRICE_INDEX, Codec, values_reader
+from mmengine.latency import POSTGRES_STAGE, StageLatency
 from mmengine.logs import RepeatLimiter
 from mmengine.sinks.pgschema import (
     CHANNEL,
@@ -83,23 +93,16 @@ _EPOCH_DAY = dt.date(1970, 1, 1)
 # Columns of the staging table, in COPY order. Every other field of the decoded Avro record
 # goes into `detail` (jsonb): the ladder, the per-venue breakdown, fields added later.
 STAGE_COLUMNS = PRICE_COLUMNS
-STAGE_TYPES = (
-    "text",
-    "int8",
-    "int8",
-    "int8",
-    "int8",
-    "int8",
-    "float8",
-    "float8",
-    "float8",
-    "float8",
-    "float8",
-    "bool",
-    "text[]",
-    "jsonb",
-)
 _SCALARS = STAGE_COLUMNS[6:11]  # the float columns, taken from the record as they are
+# Where the columns are in a Price's values (`mmengine.codec.price_values`), and the rest,
+# which goes into `detail`.
+_I_INSTRUMENT, _I_EPOCH, _I_SEQ = (PRICE_INDEX[k] for k in ("instrument", "epoch", "seq"))
+_I_RECV, _I_EXCHANGE = PRICE_INDEX["recv_ts_ns"], PRICE_INDEX["exchange_ts_ns"]
+_I_SCALARS = tuple(PRICE_INDEX[k] for k in _SCALARS)
+_I_HALTED, _I_VENUES = PRICE_INDEX["halted"], PRICE_INDEX["venues"]
+_detail_from_values = values_reader(
+    frozenset((*STAGE_COLUMNS[:-1], "instrument", "epoch", "seq", "priced_ts_ns"))
+)
 
 CREATE_STAGE = sql.SQL(
     "CREATE TEMPORARY TABLE IF NOT EXISTS mmengine_stage ("
@@ -108,10 +111,16 @@ CREATE_STAGE = sql.SQL(
     " best_ask float8, best_ask_size float8, halted boolean, venues text[], detail jsonb"
     ") ON COMMIT DELETE ROWS"
 )
-# Binary COPY: ~20 % less time than text here, and jsonb goes over as orjson's bytes.
-COPY_STAGE = sql.SQL("COPY mmengine_stage ({}) FROM STDIN (FORMAT BINARY)").format(
+# Text COPY written as one buffer per batch (`_copy_text`): psycopg's per-row binary
+# `write_row` adapted every value in Python (its text[] dumper alone cost more than the
+# rest of the row); joining the lines ourselves is about a quarter of that.
+COPY_STAGE = sql.SQL("COPY mmengine_stage ({}) FROM STDIN").format(
     sql.SQL(", ").join(map(sql.Identifier, STAGE_COLUMNS))
 )
+# COPY text format: a backslash, tab, newline or carriage return inside a value is escaped.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
 _ROW = (
     "instrument, epoch, seq, priced_at, priced_ts_ns, recv_ts_ns, exchange_ts_ns, fair_value,"
     " best_bid, best_bid_size, best_ask, best_ask_size, halted, venues, detail"
@@ -154,7 +163,56 @@ def _dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=_json_default)
 
 
-_EMPTY = Jsonb({}, dumps=_dumps)
+def _num(value: Any) -> str:
+    """A bigint or float8 in COPY text (None: NULL); float8 reads repr's shortest
+    round-trip form exactly."""
+    return "\\N" if value is None else repr(value)
+
+
+def _text_array(values: list[str]) -> str:
+    """A text[] literal, every element quoted."""
+    return (
+        "{"
+        + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+        + "}"
+    )
+
+
+def _copy_line(row: tuple[Any, ...]) -> str:
+    """One staging row (STAGE_COLUMNS order) as a line of COPY text."""
+    return "\t".join(
+        (
+            row[0].translate(_COPY_ESCAPES),
+            str(row[1]),
+            str(row[2]),
+            str(row[3]),
+            _num(row[4]),
+            _num(row[5]),
+            _num(row[6]),
+            _num(row[7]),
+            _num(row[8]),
+            _num(row[9]),
+            _num(row[10]),
+            "t" if row[11] else "f",
+            _text_array(row[12]).translate(_COPY_ESCAPES),
+            _dumps(row[13]).decode().translate(_COPY_ESCAPES),
+        )
+    )
+
+
+def _copy_text(rows: list[tuple[Any, ...]]) -> bytes:
+    """The staging rows as one COPY text buffer."""
+    return "".join([_copy_line(row) + "\n" for row in rows]).encode()
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A batch ready for the database (`PgBatchWriter.prepare`)."""
+
+    rows: list[tuple[Any, ...]]
+    bad: list[tuple[bytes, str]]  # (record, why) skipped
+    text: bytes  # the rows as COPY text
+    decoded: int  # rows whose Price was decoded from the payload
 
 
 @dataclass(slots=True)
@@ -167,6 +225,9 @@ class BatchResult:
     txn_s: float  # BEGIN .. COMMIT, seconds
     last_priced_ts_ns: int  # of the batch's last record
     bad: list[tuple[bytes, str]] = field(default_factory=list)  # (record, why) skipped
+    priced_ts_ns: list[int] = field(default_factory=list)  # of every row written
+    committed_ns: int = 0  # when COMMIT returned (time.time_ns)
+    decoded: int = 0  # rows whose Price had to be decoded from the payload
 
 
 class PgBatchWriter:
@@ -188,6 +249,7 @@ class PgBatchWriter:
         self.lock_timeout_ms = lock_timeout_ms
         self.conn: psycopg.Connection[Any] | None = None
         self.codec = Codec("price.avsc")
+        self.decoded = 0  # rows built by decoding the payload (no values came with them)
         self._days: set[int] = set()  # partitions known to exist on this connection
         self._log = RepeatLimiter()
 
@@ -233,44 +295,87 @@ class PgBatchWriter:
             except Exception as exc:
                 log.debug("closing the postgres connection: %r", exc)
 
-    def rows(self, records: list[bytes]) -> tuple[list[tuple[Any, ...]], list[tuple[bytes, str]]]:
-        """Staging rows from spool records; (rows, [(record, why) for each one skipped])."""
-        decode = self.codec.decode
+    def rows(
+        self, records: list[bytes], values: Sequence[bytes | None] = ()
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[bytes, str]]]:
+        """Staging rows from spool records; (rows, [(record, why) for each one skipped]).
+        A row's last element is its `detail` (a dict, stored as jsonb).
+
+        `values[i]`, when given, is record i's Price values as the pricing worker pickled
+        them in this process (`mmengine.codec.price_values`): the row comes from them
+        instead of decoding the Avro payload (several times cheaper). Without them (a
+        record read back from the spool after a restart or a retry), or when they do not
+        belong to the record, the payload is decoded: the spool is the truth."""
         header = self.codec.header
         out = []
         bad: list[tuple[bytes, str]] = []
-        for record in records:
+        for i, record in enumerate(records):
             try:
                 instrument, epoch, seq, priced_ts_ns, payload = split_record(record, header)
-                rec = decode(payload)
+                name = instrument.decode()
+                given = values[i] if i < len(values) else None
+                row = self._row_from_values(name, epoch, seq, priced_ts_ns, given)
+                if row is None:
+                    row = self._row_from_payload(name, epoch, seq, priced_ts_ns, payload)
+                    self.decoded += 1
             except Exception as exc:
                 # A poison record must not stop the queue behind it: skip it (the writer
                 # thread quarantines and counts it).
                 bad.append((record, f"postgres: {type(exc).__name__}: {exc}"))
                 continue
-            for k in ("instrument", "epoch", "seq", "priced_ts_ns"):
-                rec.pop(k, None)
-            venues = rec.pop("venues", None)
-            if not isinstance(venues, list) or not all(isinstance(v, str) for v in venues):
-                if venues is not None:
-                    rec["venues"] = venues  # a richer shape: keep it in detail
-                venues = []
-            halted = rec.pop("halted", False)
-            out.append(
-                (
-                    instrument.decode(),
-                    epoch,
-                    seq,
-                    priced_ts_ns,
-                    rec.pop("recv_ts_ns", 0),
-                    rec.pop("exchange_ts_ns", 0),
-                    *(rec.pop(k, None) for k in _SCALARS),
-                    bool(halted),
-                    venues,
-                    Jsonb(rec, dumps=_dumps) if rec else _EMPTY,
-                )
-            )
+            out.append(row)
         return out, bad
+
+    @staticmethod
+    def _row_from_values(
+        name: str, epoch: int, seq: int, priced_ts_ns: int, given: bytes | None
+    ) -> tuple[Any, ...] | None:
+        if given is None:
+            return None
+        try:
+            v = pickle.loads(given)  # from this process's pricing worker only
+            if v[_I_INSTRUMENT] != name or v[_I_EPOCH] != epoch or v[_I_SEQ] != seq:
+                return None
+            venues = v[_I_VENUES]
+            return (
+                name,
+                epoch,
+                seq,
+                priced_ts_ns,
+                v[_I_RECV],
+                v[_I_EXCHANGE],
+                *(v[i] for i in _I_SCALARS),
+                bool(v[_I_HALTED]),
+                venues,
+                _detail_from_values(v),
+            )
+        except Exception:
+            return None  # not what this version writes: the payload decides
+
+    def _row_from_payload(
+        self, name: str, epoch: int, seq: int, priced_ts_ns: int, payload: bytes
+    ) -> tuple[Any, ...]:
+        rec = self.codec.decode(payload)
+        for k in ("instrument", "epoch", "seq", "priced_ts_ns"):
+            rec.pop(k, None)
+        venues = rec.pop("venues", None)
+        if not isinstance(venues, list) or not all(isinstance(v, str) for v in venues):
+            if venues is not None:
+                rec["venues"] = venues  # a richer shape: keep it in detail
+            venues = []
+        halted = rec.pop("halted", False)
+        return (
+            name,
+            epoch,
+            seq,
+            priced_ts_ns,
+            rec.pop("recv_ts_ns", 0),
+            rec.pop("exchange_ts_ns", 0),
+            *(rec.pop(k, None) for k in _SCALARS),
+            bool(halted),
+            venues,
+            rec,
+        )
 
     def _ensure_partitions(
         self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]
@@ -285,10 +390,23 @@ class PgBatchWriter:
                 conn.execute(ENSURE_PARTITION, (_EPOCH_DAY + dt.timedelta(days=day),))
         self._days.update(wanted)
 
-    def write(self, records: list[bytes]) -> BatchResult:
-        """Write a batch in one transaction; raises psycopg errors (the caller reconnects)."""
+    def prepare(self, records: list[bytes], values: Sequence[bytes | None] = ()) -> Prepared:
+        """Everything a batch needs before the database: rows and the COPY buffer (pure
+        CPU, no connection; the writer thread does it for the next batch while the helper
+        waits on the server with the one before). `values`: see `rows`."""
+        decoded = self.decoded
+        rows, bad = self.rows(records, values)
+        return Prepared(rows, bad, _copy_text(rows) if rows else b"", self.decoded - decoded)
+
+    def write(self, records: list[bytes], values: Sequence[bytes | None] = ()) -> BatchResult:
+        """Prepare and commit a batch (see `commit`)."""
+        return self.commit(self.prepare(records, values))
+
+    def commit(self, batch: Prepared) -> BatchResult:
+        """Write a prepared batch in one transaction; raises psycopg errors (the caller
+        reconnects)."""
         conn = self.open()
-        rows, bad = self.rows(records)
+        rows, bad = batch.rows, batch.bad
         if not rows:
             return BatchResult(0, 0, len(bad), 0.0, 0, bad)
         self._ensure_partitions(conn, rows)
@@ -297,16 +415,22 @@ class PgBatchWriter:
         t0 = time.perf_counter()
         with conn.transaction(), conn.cursor() as cur:
             with cur.copy(COPY_STAGE) as copy:
-                copy.set_types(STAGE_TYPES)
-                write_row = copy.write_row
-                for row in rows:
-                    write_row(row)
+                copy.write(batch.text)
             cur.execute(INSERT_HISTORY)
             inserted = cur.rowcount
             cur.execute(UPSERT_LATEST)
             cur.execute(NOTIFY, (CHANNEL, note))
+        committed_ns = time.time_ns()
         return BatchResult(
-            len(rows), inserted, len(bad), time.perf_counter() - t0, rows[-1][3], bad
+            len(rows),
+            inserted,
+            len(bad),
+            time.perf_counter() - t0,
+            rows[-1][3],
+            bad,
+            [r[3] for r in rows],
+            committed_ns,
+            batch.decoded,
         )
 
 
@@ -321,6 +445,7 @@ class PostgresWriterStats:
     retries: int = 0  # batches that failed and go out again
     retried: int = 0  # records in them
     undecodable: int = 0  # records skipped (not a readable Price)
+    decoded: int = 0  # rows built by decoding the Avro payload (read back from the spool)
     connects: int = 0  # connections opened
     away_episodes: int = 0  # times the server was found away
     lag_ns: int = 0  # now - priced_ts_ns of the last committed record
@@ -352,23 +477,25 @@ class _Committer(threading.Thread):
         self.batch = PgBatchWriter(
             dsn, cfg.connect_timeout_s, cfg.statement_timeout_ms, cfg.lock_timeout_ms
         )
-        self.requests: queue.SimpleQueue[list[bytes] | None] = queue.SimpleQueue()
+        # (records taken from the spool for it, the prepared batch), None: exit
+        self.requests: queue.SimpleQueue[tuple[int, Prepared] | None] = queue.SimpleQueue()
         self.results: queue.SimpleQueue[_Done] = queue.SimpleQueue()
 
     def run(self) -> None:
         try:
             while True:
-                records = self.requests.get()
-                if records is None:
+                request = self.requests.get()
+                if request is None:
                     return
+                n, prepared = request
                 connected = self.batch.conn is None
                 try:
-                    done = _Done(len(records), self.batch.write(records), None, connected)
+                    done = _Done(n, self.batch.commit(prepared), None, connected)
                 except Exception as exc:
                     # Connection lost, server restarting, schema too old, a bad statement:
                     # the connection's state is unknown, so drop it; the batch is retried.
                     self.batch.close()
-                    done = _Done(len(records), None, exc, connected)
+                    done = _Done(n, None, exc, connected)
                 self.results.put(done)
                 # A full pipe means wake-ups are pending already; a closed read end means
                 # the writer is gone and the answer no longer matters.
@@ -392,6 +519,7 @@ class PostgresWriter(SpoolingWriter):
     """
 
     sink_name = "postgres"  # the `sink` label of its metrics and status entry
+    takes_values = True  # pricing sends each Price's values with it (see `_drain`)
 
     def __init__(
         self,
@@ -414,6 +542,7 @@ class PostgresWriter(SpoolingWriter):
         self.spool_max_bytes = spool_max_bytes
         self.spool_memory_records = spool_memory_records
         self.stats = PostgresWriterStats()
+        self.stages = StageLatency((POSTGRES_STAGE,))  # priced -> committed, per row
         self.spool: Spool | None = None
         self.ready = threading.Event()
         self.error: BaseException | None = None
@@ -423,11 +552,17 @@ class PostgresWriter(SpoolingWriter):
         os.set_blocking(wake_w, False)
         self._committer = _Committer(wake_w, self.dsn, cfg)
         self._inflight = 0  # records in the batch the helper is writing (0: none)
+        self._ready: tuple[int, Prepared] | None = None  # the next batch, prepared
+        self._preparer = PgBatchWriter(self.dsn)  # this thread's: rows, never a connection
         self._sent_at = 0.0
         self._waiting_since: float | None = None  # oldest pending record's wait began
         self._backoff = cfg.reconnect_min_s
         self._next_try = 0.0
         self._log = RepeatLimiter()
+        # Spool record -> the Price values pricing sent with it (pickled), until its batch
+        # is handed out; bounded, oldest out first (a record without them is decoded).
+        self._values: OrderedDict[bytes, bytes] = OrderedDict()
+        self._values_max = max(4 * spool_memory_records, 4 * cfg.batch_max_rows)
 
     def helpers(self) -> list[threading.Thread]:
         return [self._committer]
@@ -509,44 +644,76 @@ class PostgresWriter(SpoolingWriter):
         return self.cfg.batch_max_wait_ms / 1000
 
     def _drain(self, pull: zmq.Socket, spool: Spool) -> int:
+        """Move what pricing sent into the spool (the Avro record: what a restart replays)
+        and keep the Price values that came with it, by record, for its batch."""
         n = 0
         put = spool.put
         recv = pull.recv_multipart
+        cache = self._values
+        limit = self._values_max
         while n < MAX_DRAIN:
             try:
                 frames = recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            put(pack_frames(frames))
+            if len(frames) == 4:
+                record = pack_frames(frames[:3])
+                cache[record] = frames[3]
+                if len(cache) > limit:  # far behind (the server is away): decode later
+                    cache.popitem(last=False)
+            else:
+                record = pack_frames(frames)
+            put(record)
             n += 1
         self.stats.received += n
         return n
 
     def _send(self, spool: Spool, now: float, stopping: bool) -> None:
         """Hand the next batch to the helper: when it is full, has waited long enough, or
-        there is a backlog (spooled, or stopping)."""
-        if self._inflight or now < self._next_try:
+        there is a backlog (spooled, or stopping). While one is in flight, prepare the next
+        (rows and COPY text, on this thread), so the helper has it the moment it is free."""
+        if now < self._next_try:
             return
-        pending = spool.pending
-        if pending == 0:
+        if self._inflight:
+            if self._ready is None and self._due(spool, now, stopping):
+                self._ready = self._prepare(spool, now)
+            return
+        batch = self._ready
+        self._ready = None
+        if batch is None:
+            if not self._due(spool, now, stopping):
+                return
+            batch = self._prepare(spool, now)
+            if batch is None:
+                return
+        self._inflight = batch[0]
+        self._sent_at = now
+        self._committer.requests.put(batch)
+
+    def _due(self, spool: Spool, now: float, stopping: bool) -> bool:
+        """Whether records not yet taken make a batch now."""
+        waiting = spool.pending - spool.in_flight
+        if waiting <= 0:
             self._waiting_since = None
-            return
+            return False
         if self._waiting_since is None:
             self._waiting_since = now
-        if (
-            pending < self.cfg.batch_max_rows
-            and now - self._waiting_since < self._max_wait_s()
-            and not spool.away
-            and not stopping
-        ):
-            return
+        return (
+            waiting >= self.cfg.batch_max_rows
+            or now - self._waiting_since >= self._max_wait_s()
+            or spool.away
+            or stopping
+        )
+
+    def _prepare(self, spool: Spool, now: float) -> tuple[int, Prepared] | None:
         records = spool.take(self.cfg.batch_max_rows)
         if not records:
-            return
-        self._inflight = len(records)
-        self._sent_at = now
-        self._waiting_since = now if spool.pending > len(records) else None
-        self._committer.requests.put(records)
+            return None
+        waiting = spool.pending - spool.in_flight
+        self._waiting_since = now if waiting > 0 else None
+        cache = self._values
+        values = [cache.pop(r, None) for r in records] if cache else []
+        return len(records), self._preparer.prepare(records, values)
 
     def _collect(self, spool: Spool, now: float) -> None:
         """Apply the helper's answers: ack a committed batch; rewind and back off on error."""
@@ -573,10 +740,15 @@ class PostgresWriter(SpoolingWriter):
             stats.written += result.rows
             stats.inserted += result.inserted
             stats.undecodable += result.undecodable
+            stats.decoded += result.decoded
             stats.batches += 1
             stats.last_txn_us = int(result.txn_s * 1e6)
             if result.last_priced_ts_ns:
                 stats.lag_ns = time.time_ns() - result.last_priced_ts_ns
+                add = self.stages.add
+                committed_ns = result.committed_ns
+                for priced_ns in result.priced_ts_ns:
+                    add(((committed_ns - priced_ns) / 1000,))
             self._backoff = self.cfg.reconnect_min_s
             if spool.away:
                 log.info(
@@ -588,6 +760,7 @@ class PostgresWriter(SpoolingWriter):
             return
         # Failed: the batch (and everything after it) goes out again, oldest first.
         stats.retries += 1
+        self._ready = None  # rewound with the rest: prepared again from the spool
         stats.retried += spool.rewind()
         if not spool.away:
             stats.away_episodes += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import signal
 import struct
 import subprocess
@@ -21,7 +22,7 @@ import avro.schema
 import pytest
 import zmq
 
-from mmengine.codec import SCHEMA_DIR, Codec, price_record
+from mmengine.codec import SCHEMA_DIR, Codec, price_record, price_values
 from mmengine.model import Price
 from mmengine.pricing.worker import SINK_KEY
 from mmengine.sinks.kafka import ensure_topic
@@ -149,13 +150,23 @@ class OfficialDecoder:
         return self.reader.read(avro.io.BinaryDecoder(io.BytesIO(payload[10:])))  # type: ignore[no-any-return]
 
 
-def sink_message(codec: Codec, instrument: str, epoch: int, seq: int) -> list[bytes]:
-    """What a pricing worker PUSHes to a writer for one Price."""
+def sink_message(
+    codec: Codec, instrument: str, epoch: int, seq: int, values: bool = False
+) -> list[bytes]:
+    """What a pricing worker PUSHes to a writer for one Price (`values`: with the Price's
+    values as a 4th frame, as pricing sends them to the Postgres writer)."""
     now = time.time_ns()
     price = Price(
         instrument, epoch, seq, 100.0 + seq, 99.5, 1.0, 100.5, 2.0, ["sim"], now, now, now
     )
-    return [instrument.encode(), SINK_KEY.pack(epoch, seq, now), codec.encode(price_record(price))]
+    frames = [
+        instrument.encode(),
+        SINK_KEY.pack(epoch, seq, now),
+        codec.encode(price_record(price)),
+    ]
+    if values:
+        frames.append(pickle.dumps(price_values(price), pickle.HIGHEST_PROTOCOL))
+    return frames
 
 
 class Feeder(threading.Thread):
@@ -171,8 +182,10 @@ class Feeder(threading.Thread):
         epoch: int,
         rate: float,
         total: int | None = None,
+        values: bool = False,
     ) -> None:
         super().__init__(name="feeder", daemon=True)
+        self.values = values
         self.ctx = ctx
         self.endpoint = endpoint
         self.instruments = instruments
@@ -199,7 +212,8 @@ class Feeder(threading.Thread):
                 seq[inst] += 1
                 try:
                     push.send_multipart(
-                        sink_message(codec, inst, self.epoch, seq[inst]), zmq.NOBLOCK
+                        sink_message(codec, inst, self.epoch, seq[inst], self.values),
+                        zmq.NOBLOCK,
                     )
                     self.sent.append((inst, seq[inst]))
                     self.sent_at.append(time.monotonic())

@@ -6,10 +6,9 @@ broker, a real PostgreSQL) and `engine.metrics_port`; a malformed frame and a ga
 injected so that the counters labelled by kind and reason have series. Every PromQL
 expression of the dashboard and of the rules is parsed with `promql-parser` (the Rust
 implementation of Prometheus' grammar); every metric it names must be served by that
-engine's /metrics, with every label it matches, groups by or prints in an alert. Panels
-whose description starts with PENDING chart a metric another issue adds (per-stage latency,
-issue 15): they are parsed but left out of the served-metric check, and they may name no
-other metric.
+engine's /metrics, with every label it matches, groups by or prints in an alert. A panel
+whose description starts with PENDING would chart a metric a later change adds: it is parsed
+but left out of the served-metric check, and may name no other metric (none is pending now).
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 TARGET_LABELS = {"instance", "job"}
 # Series Prometheus records about each scrape, not served by the engine.
 PROMETHEUS_SERIES = {"up": set[str]()}
-PENDING_METRICS = {"mmengine_stage_latency_seconds_bucket"}  # issue 15, tick-to-quote latency
+PENDING_METRICS: set[str] = set()  # metrics a panel marked PENDING may name
 # Grafana's template variables, as Grafana substitutes them before the query is sent.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$instance": ".*"}
 

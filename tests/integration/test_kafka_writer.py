@@ -121,6 +121,9 @@ def test_every_price_arrives_once_in_order_and_decodes(
     feeder.start()
     feeder.join()
     wait_for(lambda: w.stats.acknowledged >= 4000, 20, "4000 acks")
+    # Every acknowledged record is timed priced -> acked (mmengine_stage_latency_seconds).
+    [stage] = w.stages.report().values()
+    assert sum(stage["counts"]) == 4000 and min(stage["recent_us"]) > 0
     # The writer created the topic itself, with the configured partition count.
     admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
     [desc] = admin.describe_topics(["prices.t1"])
@@ -346,7 +349,7 @@ def test_fast_broker_restart_fatal_idempotent_producer_is_rebuilt(
     writers: Callable[..., KafkaWriter],
 ) -> None:
     broker.create_topic("prices.fast", 6)
-    w = writers(broker.bootstrap, topic="prices.fast", idempotence=True)
+    w = writers(broker.bootstrap, topic="prices.fast", idempotence=True, client="kafka-python")
     feeder = Feeder(ctx, w.endpoint, INSTRUMENTS, EPOCH, rate=1000)
     feeder.start()
     wait_for(lambda: w.stats.acknowledged > 1000, 10, "deliveries before the kill")

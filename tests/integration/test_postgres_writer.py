@@ -129,7 +129,8 @@ def test_writer_stores_every_price_once_and_latest_is_last(
     writers: Callable[..., PostgresWriter],
 ) -> None:
     w = writers(pg.dsn, batch_max_rows=500)
-    feeder = Feeder(ctx, w.endpoint, INSTRUMENTS, EPOCH, rate=5000, total=6000)
+    # As pricing sends them: each Price with its values, so the writer decodes nothing.
+    feeder = Feeder(ctx, w.endpoint, INSTRUMENTS, EPOCH, rate=5000, total=6000, values=True)
     feeder.start()
     feeder.join()
     wait_for(lambda: w.stats.written >= 6000, 20, "6000 rows written")
@@ -138,7 +139,11 @@ def test_writer_stores_every_price_once_and_latest_is_last(
     assert latest(pg) == last
     c = w.counters()
     assert c["inserted"] == 6000 and c["retries"] == 0 and c["pending"] == 0
+    assert c["decoded"] == 0  # every row came from the values pricing sent
     assert c["batches"] >= 12 and c["lag_ns"] > 0
+    # Every committed row is timed priced -> committed (mmengine_stage_latency_seconds).
+    [stage] = w.stages.report().values()
+    assert sum(stage["counts"]) == 6000 and min(stage["recent_us"]) > 0
     with pg.connect() as conn:
         row = conn.execute(
             "SELECT priced_at = mmengine_ns_to_ts(priced_ts_ns), venues, detail, halted,"

@@ -36,6 +36,11 @@ def test_the_quick_table_is_short_and_has_no_raw_arrays() -> None:
         "dropped": 0,
         "cpu_pct": 29.0,
         "cdf_us": [[1.0, 0.1]] * 500,
+        "loadgen": {"achieved_per_s": 1000.0, "fell_behind": False},
+        "stages": {
+            "apply_to_dequeue": {"p50_us": 45.2, "p99_us": 951.0},
+            "receive_to_publish": {"p50_us": 321.0, "p99_us": 2682.4},
+        },
     }
     result = {
         "replay": {"BINANCE": {"mmengine_us": 25.4}, "X": {"error": "unsupported"}},
@@ -47,8 +52,10 @@ def test_the_quick_table_is_short_and_has_no_raw_arrays() -> None:
         "memory": {"rss_start_mb": 58.7, "rss_end_mb": 59.1},
     }
     table = bench().quick_table(result)
-    assert len(table.splitlines()) == 8
+    assert len(table.splitlines()) == 10
     assert "  BINANCE                    25.4" in table
-    assert "1,000 msgs/s: delivered p50 466 us, p99 1,313 us" in table
+    assert "1,000 msgs/s (achieved 1,000): delivered p50 466 us, p99 1,313 us" in table
+    assert "receive_to_publish   p50     321 us  p99   2,682 us" in table
+    assert "FELL BEHIND" not in table
     assert "kafka            20,889/s; lag 10.8 / 59.7 ms" in table
     assert "[" not in table and "{" not in table

@@ -25,7 +25,7 @@ def test_a_wedged_worker_does_not_block_the_venue_thread(monkeypatch: pytest.Mon
     pull = ctx.socket(zmq.PULL)  # a worker that stopped reading
     pull.setsockopt(zmq.RCVHWM, 10)
     pull.bind(pricing_endpoint(0))
-    router = BookTopRouter(ctx, 1, {i: [i] for i in INSTRUMENTS}, publish_books=False)
+    router = BookTopRouter(ctx, 1, {i: [i] for i in INSTRUMENTS}, books=None)
     last_sent: dict[str, int] = {}
     done = threading.Event()
 

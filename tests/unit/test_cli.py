@@ -256,3 +256,46 @@ def test_tap_and_top_exit_when_the_engine_they_watch_stops(tmp_path: Path) -> No
     top_out, _ = tools[1].communicate(timeout=10)
     assert tools[0].returncode == 1 and f"the engine (pid {stand_in.pid}) has stopped" in tap_err
     assert tools[1].returncode == 1 and "the engine has stopped" in top_out
+
+
+def test_tap_reports_the_gaps_it_sees(tmp_path: Path) -> None:
+    """A subscriber that falls behind loses Prices (PUB/SUB); tap says so, per instrument,
+    from the contiguous `seq`. Here the stream itself skips every tenth seq."""
+    import threading
+
+    import zmq
+
+    from mmengine.bus import IpcPublisher
+    from mmengine.codec import Codec, encode_price
+    from mmengine.model import Price
+
+    ctx = zmq.Context()
+    publisher = IpcPublisher(ctx, "prices", f"ipc://{tmp_path}/prices")
+    publisher.bind()
+    stop = threading.Event()
+
+    def feed() -> None:
+        header = Codec("price.avsc").header
+        seq = 0
+        while not stop.is_set():
+            seq += 1
+            if seq % 10 == 0:
+                continue  # lost before this subscriber
+            price = Price("AAA-USD", 7, seq, 100.0, 99.0, 1.0, 101.0, 1.0)
+            publisher.publish(b"price.AAA-USD", encode_price(header, price))
+            time.sleep(0.001)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        code, out, _ = run(["tap", "--endpoint", publisher.endpoint, "--count", "40", "--json"])
+    finally:
+        stop.set()
+        feeder.join()
+        publisher.close()
+        ctx.term()
+    assert code == 0, out
+    gaps = [ln for ln in out.splitlines() if ln.startswith("gap: AAA-USD")]
+    assert len(gaps) >= 3
+    assert all(": 1 Prices missed" in ln for ln in gaps)
+    assert f"tap: {len(gaps)} Prices missed in {len(gaps)} gaps" in out

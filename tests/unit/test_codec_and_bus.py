@@ -16,8 +16,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmengine.bus import decode_top, encode_top, stable_shard
-from mmengine.codec import Codec, book_top_record, encode_price, price_record
+from mmengine.codec import (
+    Codec,
+    book_top_record,
+    encode_price,
+    price_record,
+    price_values,
+    record_from_values,
+)
 from mmengine.model import BookTop, Price, VenueExcluded, VenueUsed
+from mmengine.pricing.worker import SINK_KEY
+from mmengine.sinks.postgres import PgBatchWriter
+from mmengine.sinks.spool import pack_frames
 
 
 def official_decode(schema_file: str, payload: bytes) -> dict:
@@ -208,3 +218,31 @@ def test_what_the_official_decoder_reads_is_the_price_the_engine_had(price: Pric
 def test_every_price_field_is_in_the_schema_and_nothing_else() -> None:
     schema_fields = [f["name"] for f in Codec("price.avsc").schema_json["fields"]]
     assert schema_fields == [f.name for f in dataclasses.fields(Price)]
+
+
+PRICE_CODEC = Codec("price.avsc")
+PG_ROWS = PgBatchWriter("host=/nonexistent")  # rows() never connects
+
+
+@settings(max_examples=100, deadline=None)
+@given(price=prices_st.filter(lambda p: p.instrument))
+def test_price_values_give_what_decoding_the_payload_gives(price: Price) -> None:
+    """The Postgres writer builds rows from the values pricing hands it instead of
+    decoding the Avro payload: both must give the same record, field for field."""
+    codec = PRICE_CODEC
+    payload = encode_price(codec.header, price)
+    values = pickle.dumps(price_values(price), pickle.HIGHEST_PROTOCOL)
+    assert record_from_values(pickle.loads(values)) == codec.decode(payload)
+    record = pack_frames(
+        [price.instrument.encode(), SINK_KEY.pack(price.epoch, price.seq, 5), payload]
+    )
+    writer = PG_ROWS
+    from_values, bad = writer.rows([record], [values])
+    decoded, bad2 = writer.rows([record])
+    assert not bad and not bad2
+    assert [r[:-1] for r in from_values] == [r[:-1] for r in decoded]
+    assert from_values[0][-1] == decoded[0][-1]  # detail (jsonb)
+    # Values that do not belong to the record (or do not unpickle) fall back to decoding.
+    other = pickle.dumps((*price_values(price)[:2], price.seq + 1, *price_values(price)[3:]))
+    assert writer.rows([record], [other])[0][0][:-1] == decoded[0][:-1]
+    assert writer.rows([record], [b"garbage"])[0][0][:-1] == decoded[0][:-1]

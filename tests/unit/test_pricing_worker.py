@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import zmq
 
-from mmengine.bus import PRICES_IN, encode_top, pricing_endpoint
+from mmengine.bus import IpcPublisher, encode_top, pricing_endpoint
 from mmengine.codec import Codec
 from mmengine.model import BookTop
 from mmengine.pricing.model import InstrumentSpec, SourceSpec
@@ -44,15 +44,21 @@ class Harness:
 
     def __init__(self, specs: list[InstrumentSpec]) -> None:
         self.ctx = zmq.Context()
+        self.publisher = IpcPublisher(self.ctx, "prices", "inproc://test.prices")
+        self.publisher.bind()
         self.prices = self.ctx.socket(zmq.SUB)
         self.prices.setsockopt(zmq.SUBSCRIBE, b"")
-        self.prices.bind(PRICES_IN)  # the worker's PUB connects here
-        self.worker = PricingWorker(0, self.ctx, specs, epoch=7)
+        self.prices.connect(self.publisher.endpoint)
+        # inproc: the subscription reaches the PUB when it next sends or polls; a probe
+        # makes it take effect now, or the first Price could find no subscriber.
+        while not self.prices.poll(10):
+            self.publisher.publish(b"probe", b"")
+        self.prices.recv_multipart()
+        while self.prices.poll(10):
+            self.prices.recv_multipart()
+        self.worker = PricingWorker(0, self.ctx, specs, epoch=7, prices=self.publisher)
         self.worker.start()
         assert self.worker.ready.wait(5)
-        # The worker's PUB has connected; let the SUB take the connection and send its
-        # subscription down it now, or the first Price could find no subscriber (and drop).
-        self.prices.poll(50)
         self.push = self.ctx.socket(zmq.PUSH)
         self.push.connect(pricing_endpoint(0))
         self.control = self.ctx.socket(zmq.PUSH)
@@ -70,6 +76,7 @@ class Harness:
         self.worker.join(5)
         for sock in (self.prices, self.push, self.control):
             sock.close(0)
+        self.publisher.close()
         self.ctx.term()
 
 
@@ -182,3 +189,55 @@ def test_a_position_that_is_not_finite_is_refused(harness: Any) -> None:
     _, price = h.next_price()
     assert price["position"] == 2.0
     assert h.worker.stats.bad_inputs == 1 and h.worker.stats.positions == 1
+
+
+def test_every_triggered_price_is_timed_at_each_stage(harness: Any) -> None:
+    """Stage latencies come from the stamps each hop really took: the frame's receive time
+    and the router's applied stamp travel with the BookTop; dequeue, priced, encoded and
+    published are taken by the worker. The stages follow one another, so they add up to
+    the whole path exactly."""
+    from mmengine.latency import PRICING_STAGES, STAGE_BOUNDS_US
+    from mmengine.metrics import stage_metrics
+
+    h = harness([spec("AAA-USD")])
+    recv_ns = time.time_ns() - 3_000_000  # the frame arrived 3 ms ago ...
+    applied_ns = recv_ns + 1_000_000  # ... and took 1 ms to apply
+    h.push.send(encode_top(book_top("AAA-USD", recv_ts_ns=recv_ns), applied_ns=applied_ns))
+    _, price = h.next_price()
+    stages = h.worker.stats.stages
+    deadline = time.monotonic() + 3  # recorded just after the IPC send returned
+    while not stages.recent:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    [sample] = list(stages.recent)
+    by_name = dict(zip(PRICING_STAGES, sample, strict=True))
+    assert by_name["receive_to_apply"] == pytest.approx(1000.0)
+    assert by_name["apply_to_dequeue"] >= 2000.0  # it was queued 2 ms before it was sent
+    assert all(v >= 0 for v in sample)
+    parts = sum(by_name[n] for n in PRICING_STAGES[:-1])
+    assert by_name["receive_to_publish"] == pytest.approx(parts)
+    # The pricing stage ends where the Price says it was priced.
+    to_price = sum(by_name[n] for n in PRICING_STAGES[:3])
+    assert to_price == pytest.approx((price["priced_ts_ns"] - recv_ns) / 1000, abs=0.01)
+    report = stages.report()
+    assert sum(report["receive_to_publish"]["counts"]) == 1
+    # A stale re-price (no new input) and a position update are not timed as ticks.
+    h.control.send(pickle.dumps(("AAA-USD", 1.0)))
+    h.next_price()
+    h.push.send(encode_top(book_top("AAA-USD")))
+    h.next_price()
+    deadline = time.monotonic() + 3
+    while len(stages.recent) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    time.sleep(0.05)
+    assert len(stages.recent) == 2  # the two BookTops, not the position's re-price
+    # Prometheus: one histogram, a `stage` label per stage.
+    snap = {
+        "stages": {n: {"counts": r["counts"], "sum_us": r["sum_us"]} for n, r in report.items()},
+        "stage_bounds_us": list(STAGE_BOUNDS_US),
+    }
+    [family] = list(stage_metrics(snap))
+    assert family.name == "mmengine_stage_latency_seconds"
+    labels = {s.labels["stage"] for s in family.samples}
+    assert labels == set(PRICING_STAGES)
