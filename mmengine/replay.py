@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from mmengine.book import L2Book
+from mmengine.book.book import L2Book
 from mmengine.book.sync import BookDriver
 from mmengine.capture import CaptureEvent, read_capture
 from mmengine.model import BookTop
@@ -313,8 +313,8 @@ def _trace_line(book: L2Book, recv_ns: int, checksum_ok: bool | None) -> str:
                 "cross_seq": book.cross_seq if book.cross_seq >= 0 else None,
                 "exchange_ts_ns": book.exchange_ts_ns,
                 "recv_ts_ns": recv_ns,
-                "bid": [bid, book.bids.sizes[bid]] if bid is not None else None,
-                "ask": [ask, book.asks.sizes[ask]] if ask is not None else None,
+                "bid": [bid, book.bids.size(bid)] if bid is not None else None,
+                "ask": [ask, book.asks.size(ask)] if ask is not None else None,
                 "checksum_ok": checksum_ok,
                 "state": book.state.value,
             }
@@ -343,8 +343,6 @@ def scorecard(result: ReplayResult) -> dict[str, Any]:
     instruments: dict[str, Any] = {}
     for instrument, book in venue.books.items():
         st = venue.stats[instrument]
-        bids = book.bids.prices(TOP_LEVELS)
-        asks = book.asks.prices(TOP_LEVELS)
         instruments[instrument] = {
             "venue_symbol": venue.venue_symbol(instrument),
             "messages": st.messages,
@@ -361,8 +359,8 @@ def scorecard(result: ReplayResult) -> dict[str, Any]:
             "state": book.state.value,
             "levels": {"bids": len(book.bids), "asks": len(book.asks)},
             "top": {
-                "bids": [[p, book.bids.sizes[p]] for p in bids],
-                "asks": [[p, book.asks.sizes[p]] for p in asks],
+                "bids": [list(level) for level in book.bids.levels(TOP_LEVELS)],
+                "asks": [list(level) for level in book.asks.levels(TOP_LEVELS)],
             },
         }
     stats = list(venue.stats.values())

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from mmengine.book.core import book_core
 from mmengine.book.events import BookUpdate, Event
 from mmengine.book.integrity import ChecksumRule, SequenceRule, Unsequenced
 from mmengine.errors import FrameError
@@ -37,6 +38,7 @@ class VenueSpec:
     audit: bool = False
     stale_after_s: float = 10.0
     ca_file: str | None = None  # CAs trusted for wss:// and https:// (None: the system's)
+    book_core: str | None = None  # `compiled` or `python`; None: $MMENGINE_BOOK, else compiled
 
 
 class VenueProtocol:
@@ -44,7 +46,8 @@ class VenueProtocol:
 
     An instance serves one venue connection (the venue thread), so it may keep protocol
     state that `parse` needs (Kraken v2's pair precisions, Bybit's merged tickers); it is
-    reset by `on_connected`.
+    reset by `on_connected`. `levels` decodes level lists for the connection's book core
+    (`mmengine.book.core`): what it returns only that core's books read.
     """
 
     protocol: ClassVar[str]  # the config's `protocol`
@@ -66,6 +69,7 @@ class VenueProtocol:
 
     def __init__(self, spec: VenueSpec) -> None:
         self.spec = spec
+        self.levels = book_core(spec.book_core).decoder()
 
     # --- facts of this connection -----------------------------------------------------------
 

@@ -13,6 +13,8 @@ book's best bid/ask and their sizes must match it exactly (a mismatch resyncs).
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from mmengine.book.events import (
@@ -24,7 +26,7 @@ from mmengine.book.events import (
     lost_update,
 )
 from mmengine.book.integrity import RestSnapshotBridge
-from mmengine.book.levels import Level, ParsedDecimals, one, rows
+from mmengine.book.levels import LevelDecoder, one
 from mmengine.errors import FrameError, VenueRejected
 from mmengine.venues.base import VenueProtocol, VenueSpec, integer
 
@@ -54,7 +56,7 @@ def wire_symbol(instrument: str) -> str:
     return instrument.replace("-", "")
 
 
-def parse_snapshot(body: str) -> tuple[int, list[Level], list[Level]]:
+def parse_snapshot(body: str, levels: LevelDecoder) -> tuple[int, Any, Any]:
     """`GET /api/v3/depth` -> (lastUpdateId, bids, asks).
 
     Sample: {"lastUpdateId":1027024,"bids":[["4.00000000","431.00000000"]],
@@ -63,10 +65,11 @@ def parse_snapshot(body: str) -> tuple[int, list[Level], list[Level]]:
     doc = orjson.loads(body)
     if type(doc) is not dict:
         raise FrameError("malformed", "the depth snapshot is not an object")
-    return integer(doc["lastUpdateId"], "lastUpdateId"), rows(doc["bids"]), rows(doc["asks"])
+    last_id = integer(doc["lastUpdateId"], "lastUpdateId")
+    return last_id, levels.rows(doc["bids"]), levels.rows(doc["asks"])
 
 
-def parse_diff(instrument: str, data: dict, decimals: ParsedDecimals | None = None) -> BookUpdate:
+def parse_diff(instrument: str, data: dict, levels: LevelDecoder) -> BookUpdate:
     """A `depthUpdate` -> a delta with `U` as first id and `u` as last.
 
     Sample: {"e":"depthUpdate","E":1633998512568,"s":"NKNUSDT","U":499869753,"u":499869754,
@@ -80,8 +83,8 @@ def parse_diff(instrument: str, data: dict, decimals: ParsedDecimals | None = No
     return BookUpdate(
         instrument,
         False,
-        rows(data["b"], decimals),
-        rows(data["a"], decimals),
+        levels.rows(data["b"]),
+        levels.rows(data["a"]),
         last,
         first,
         -1,
@@ -116,7 +119,6 @@ class BinanceSpot(VenueProtocol):
         super().__init__(spec)
         self.by_symbol = {wire_symbol(i): i for i in spec.instruments}
         self.snapshot_limit = next((x for x in SNAPSHOT_LIMITS if x >= spec.depth), 5000)
-        self.decimals = ParsedDecimals()
 
     def venue_symbol(self, instrument: str) -> str:
         return wire_symbol(instrument)
@@ -134,8 +136,8 @@ class BinanceSpot(VenueProtocol):
         url = f"{base}/api/v3/depth?symbol={wire_symbol(instrument)}&limit={self.snapshot_limit}"
         return url, snapshot_weight(self.snapshot_limit)
 
-    def parse_snapshot(self, body: str) -> tuple[int, list[Level], list[Level]]:
-        return parse_snapshot(body)
+    def parse_snapshot(self, body: str) -> tuple[int, Any, Any]:
+        return parse_snapshot(body, self.levels)
 
     def parse(self, frame: str) -> list[Event] | BookUpdate:
         """Combined-stream frames: `{"stream":"<name>","data":{...}}`."""
@@ -151,7 +153,7 @@ class BinanceSpot(VenueProtocol):
             raise FrameError("unknown_symbol", repr(symbol)[:40])
         if data.get("e") == "depthUpdate":
             try:
-                return parse_diff(instrument, data, self.decimals)
+                return parse_diff(instrument, data, self.levels)
             except DECODE_ERRORS as exc:
                 raise lost_update((instrument,), exc) from None
         if "b" in data and "B" in data and "e" not in data:

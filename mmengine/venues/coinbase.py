@@ -39,7 +39,7 @@ from mmengine.book.events import (
     lost_update,
 )
 from mmengine.book.integrity import CountedByConnection
-from mmengine.book.levels import one, sided
+from mmengine.book.levels import one
 from mmengine.errors import FrameError, VenueRejected
 from mmengine.venues.base import VenueProtocol, VenueSpec
 
@@ -192,7 +192,9 @@ class CoinbaseAdvanced(VenueProtocol):
             kind = event["type"]
             if kind != "snapshot" and kind != "update":
                 raise FrameError("malformed", f"event type {kind!r}"[:80])
-            bids, asks = sided(event["updates"], BID, OFFER, "price_level", "new_quantity", "side")
+            bids, asks = self.levels.sided(
+                event["updates"], BID, OFFER, "price_level", "new_quantity", "side"
+            )
             out.append(BookUpdate(instrument, kind == "snapshot", bids, asks, seq, None, -1, ts_ns))
 
     def _tickers(self, msg: dict[str, Any]) -> list[Event]:
