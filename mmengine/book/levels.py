@@ -257,6 +257,7 @@ def sided(
 
     Sample entry: {"side":"offer","event_time":"2026-08-09T21:05:48.407682Z",
                    "price_level":"65106.54","new_quantity":"0"}
+    (or any object read by `entry[key]`, such as a typed msgspec Struct).
 
     A handful of entries: a plain loop, two lists. A snapshot holds ~46,000, so it is done
     column-wise by C-level `map`s (prices, sizes, sides, one validation per column: a sum is

@@ -23,9 +23,11 @@ audit `ticker`. Protocol facts (shared/docs/venue-protocols.md section 2):
 from __future__ import annotations
 
 import calendar
+import contextlib
 import time
-from typing import Any
+from typing import Any, Literal
 
+import msgspec
 import orjson
 
 from mmengine.book.events import (
@@ -56,6 +58,41 @@ MAX_FRAME_BYTES = 64 * 1024 * 1024  # snapshots are several MB; 64 MiB is ample 
 AUDIT_TOLERANCE_S = 5.0  # ticker vs book: alarm when they disagree for longer than this
 MESSAGES_PER_SECOND = 8  # unauthenticated messages per second per IP (2.5)
 FULL_BOOK = 1 << 62  # depth of a book that is never truncated
+L2_START = '{"channel":"l2_data"'  # how Advanced Trade (and the simulator) begin l2 frames
+
+
+class _Fields(msgspec.Struct, gc=False):
+    """A typed `l2_data` part, read as the dict orjson would give (`[key]`, `.get`): msgspec
+    decodes these frames (46,000-level snapshots) in half orjson's time, with no garbage
+    collector work; any other shape is decoded by orjson, as every other frame."""
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+
+class _Update(_Fields, gc=False):
+    side: Literal["bid", "offer"]  # (another side: decoded by orjson, refused as `bad_side`)
+    price_level: str
+    new_quantity: str
+
+
+class _Event(_Fields, gc=False):
+    type: str
+    product_id: str
+    updates: list[_Update]
+
+
+class _L2Frame(_Fields, gc=False):
+    channel: str
+    timestamp: str
+    sequence_num: int
+    events: list[_Event]
+
+
+L2_FRAME = msgspec.json.Decoder(_L2Frame)
 
 
 class RfcSeconds:
@@ -150,8 +187,14 @@ class CoinbaseAdvanced(VenueProtocol):
         ]
 
     def parse(self, frame: str) -> list[Event]:
-        msg = orjson.loads(frame)
-        if type(msg) is not dict:
+        msg = None
+        if frame.startswith(L2_START):
+            # (not the shape above: decoded as any frame below, and judged as such)
+            with contextlib.suppress(msgspec.MsgspecError):
+                msg = L2_FRAME.decode(frame)
+        if msg is None:
+            msg = orjson.loads(frame)
+        if type(msg) is not dict and type(msg) is not _L2Frame:
             raise FrameError("not_an_object", repr(msg)[:80])
         seq = msg.get("sequence_num")
         if seq is None:
