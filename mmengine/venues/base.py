@@ -12,7 +12,9 @@ and `mmengine.replay` drives a capture through the same code.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
+
+import msgspec
 
 from mmengine.book.core import book_core
 from mmengine.book.events import BookUpdate, Event
@@ -121,6 +123,19 @@ class VenueProtocol:
         FrameError (or let a decoding error out) for a frame that cannot be used. Nothing is
         applied here."""
         raise NotImplementedError
+
+
+class TypedFrame(msgspec.Struct, gc=False):
+    """A part of a frame decoded by msgspec into a typed Struct (no garbage-collector work,
+    strings checked while decoding), read as the dict orjson would give (`[key]`, `.get`),
+    so one parse reads both. A venue decodes a frame so only when it has the known shape
+    (any msgspec error: decoded by orjson, and judged as any frame)."""
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
 
 
 def seconds_to_ns(value: object) -> int:
