@@ -392,6 +392,7 @@ def scorecard(result: ReplayResult) -> dict[str, Any]:
         "protocol": result.protocol,
         "frames": result.frames,
         "book_frames": vs.book_frames,
+        "book_core": venue.core.name,
         "seconds": round(result.seconds, 6),
         "us_per_book_frame": round(result.seconds / vs.book_frames * 1e6, 3)
         if vs.book_frames
