@@ -26,6 +26,7 @@ from libcpp.vector cimport vector
 
 from mmengine.book import levels as _reference
 from mmengine.book.checksum import KRAKEN_LEVELS as _KRAKEN_N, OKX_LEVELS as _OKX_N
+from mmengine.book.events import BookUpdate
 from mmengine.model import BookState, BookTop
 
 cdef extern from "Python.h":
@@ -762,6 +763,33 @@ cdef class L2Book:
         if dropped and self.depth < self.watch:
             self._changed()
 
+    def update(self, ev: object) -> object:
+        """A delta its sequence rule accepted, in one call: `apply` its levels, take its
+        cross sequence and venue time; the book's checksum when the message carries the
+        venue's (to compare), else None. (`ev` is a BookUpdate: its slots are read in C.)"""
+        cdef PyObject* bids
+        cdef PyObject* asks
+        cdef PyObject* cross_seq
+        cdef PyObject* ts_ns
+        cdef PyObject* checksum
+        if type(ev) is not BookUpdate or _AT_CHECKSUM == 0:
+            raise TypeError(f"a BookUpdate, not {type(ev).__name__}")
+        bids = _at(ev, _AT_BIDS)
+        asks = _at(ev, _AT_ASKS)
+        cross_seq = _at(ev, _AT_CROSS_SEQ)
+        ts_ns = _at(ev, _AT_TS_NS)
+        checksum = _at(ev, _AT_CHECKSUM)
+        if bids == NULL or asks == NULL or cross_seq == NULL or ts_ns == NULL or checksum == NULL:
+            raise AttributeError("a BookUpdate with a field not set")
+        self.apply(<object>bids, <object>asks)
+        if <object>cross_seq >= 0:
+            self.cross_seq = <object>cross_seq
+        if <object>ts_ns is not None:
+            self.exchange_ts_ns = <object>ts_ns
+        if <object>checksum is not None and self.kind != 0:
+            return self.checksum()
+        return None
+
     def is_crossed(self) -> bool:
         if self.bids.ladder.empty() or self.asks.ladder.empty():
             return False
@@ -810,6 +838,18 @@ cdef class L2Book:
         self.asks_changed = False
         self.bids_changed = False
         return self.crc
+
+
+cdef inline PyObject* _at(object obj, Py_ssize_t offset) noexcept:
+    """The object in a slot (borrowed), NULL if unset."""
+    return (<PyObject**>((<char*><PyObject*>obj) + offset))[0]
+
+
+cdef Py_ssize_t _AT_BIDS = _slot(BookUpdate, "bids")
+cdef Py_ssize_t _AT_ASKS = _slot(BookUpdate, "asks")
+cdef Py_ssize_t _AT_CROSS_SEQ = _slot(BookUpdate, "cross_seq")
+cdef Py_ssize_t _AT_TS_NS = _slot(BookUpdate, "ts_ns")
+cdef Py_ssize_t _AT_CHECKSUM = _slot(BookUpdate, "checksum")
 
 
 cdef inline void _put(object top, Py_ssize_t i, object value):

@@ -19,11 +19,14 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections.abc import Iterable
 from operator import neg
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zlib import crc32
 
 from mmengine.book.checksum import KRAKEN_LEVELS, OKX_LEVELS, kraken_side_text, okx_checksum
 from mmengine.model import BookState, BookTop
+
+if TYPE_CHECKING:
+    from mmengine.book.events import BookUpdate
 
 INF = float("inf")
 _new_tuple = tuple.__new__  # L2Book.top builds BookTop positionally, without its __new__
@@ -290,6 +293,19 @@ class L2Book:
             self.truncate()
             if depth < self._checksum_levels:
                 self._parts[0] = self._parts[1] = None
+
+    def update(self, ev: BookUpdate) -> int | None:
+        """A delta its sequence rule accepted, in one call: `apply` its levels, take its
+        cross sequence and venue time; the book's checksum when the message carries the
+        venue's (to compare), else None."""
+        self.apply(ev.bids, ev.asks)
+        if ev.cross_seq >= 0:
+            self.cross_seq = ev.cross_seq
+        if ev.ts_ns is not None:
+            self.exchange_ts_ns = ev.ts_ns
+        if ev.checksum is not None and self.checksum_kind is not None:
+            return self.checksum()
+        return None
 
     def checksum(self) -> int:
         """The venue's CRC32 of the book as it is now (`checksum_kind`)."""

@@ -357,22 +357,15 @@ class BookDriver:
                     return
             else:
                 sync.book.venue_seq = last_id
-        # `apply`, inlined: the hot path of every venue.
-        book = sync.book
-        book.apply(ev.bids, ev.asks)
-        if ev.cross_seq >= 0:
-            book.cross_seq = ev.cross_seq
-        if ev.ts_ns is not None:
-            book.exchange_ts_ns = ev.ts_ns
+        # The hot path of every venue: one call applies the levels and computes the checksum.
+        got = sync.book.update(ev)
         stats.updates += 1
-        checksum = ev.checksum
-        if checksum is not None and sync.checksum is not None:
+        if got is not None:
             stats.checksums_checked += 1
-            got = book.checksum()
-            if got != checksum:
+            if got != ev.checksum:
                 stats.checksums_failed += 1
                 raise IntegrityError(
-                    sync.instrument, "checksum", f"computed {got}, venue {checksum}"
+                    sync.instrument, "checksum", f"computed {got}, venue {ev.checksum}"
                 )
         self.emit(sync, recv_ns)
         if sync.audits:
@@ -458,13 +451,8 @@ class BookDriver:
 
     def apply(self, sync: InstrumentSync, ev: BookUpdate) -> None:
         """Apply every level of a delta, then truncate to depth (venues send no deletes for
-        levels leaving their window). `on_book` holds a copy of this, inlined."""
-        book = sync.book
-        book.apply(ev.bids, ev.asks)
-        if ev.cross_seq >= 0:
-            book.cross_seq = ev.cross_seq
-        if ev.ts_ns is not None:
-            book.exchange_ts_ns = ev.ts_ns
+        levels leaving their window), as `on_book` does for a LIVE book."""
+        sync.book.update(ev)
 
     def verify(self, sync: InstrumentSync, checksum: int) -> None:
         stats = sync.stats
