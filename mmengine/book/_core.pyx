@@ -912,26 +912,25 @@ cdef inline void _append(string* out, PyObject* text) noexcept:
     out.append(buf, n)
 
 
+cdef inline void _okx_level(string* out, const Level& level) noexcept:
+    """`price:size`, after a `:` unless it is the first level of the text."""
+    if not out.empty():
+        out.push_back(b":")
+    _append(out, level.price_text)
+    out.push_back(b":")
+    _append(out, level.size_text)
+
+
 cdef void _okx_text(string* out, BookSide bids, BookSide asks, int n) noexcept:
-    """`bid1:ask1:bid2:ask2...` as `price:size`, a shorter side simply ending."""
+    """`bid1:ask1:bid2:ask2...` as `price:size`, a shorter side simply ending (`out` starts
+    empty)."""
     cdef LevelIter b = bids.ladder.begin()
     cdef LevelIter a = asks.ladder.begin()
     cdef int i
-    cdef bint first = True
     for i in range(n):
         if b != bids.ladder.end():
-            if not first:
-                out.push_back(b":")
-            first = False
-            _append(out, deref(b).second.price_text)
-            out.push_back(b":")
-            _append(out, deref(b).second.size_text)
+            _okx_level(out, deref(b).second)
             inc(b)
         if a != asks.ladder.end():
-            if not first:
-                out.push_back(b":")
-            first = False
-            _append(out, deref(a).second.price_text)
-            out.push_back(b":")
-            _append(out, deref(a).second.size_text)
+            _okx_level(out, deref(a).second)
             inc(a)
