@@ -46,4 +46,4 @@ soak: $(STAMP)
 	$(BIN)/python scripts/bench.py --soak $(MINUTES)
 
 clean:
-	rm -rf $(VENV) .venv-peers .run .pytest_cache
+	rm -rf $(VENV) .venv-peers .run .pytest_cache build mmengine/book/_core.cpp mmengine/book/_core.*.so
