@@ -8,11 +8,13 @@ export XDG_RUNTIME_DIR ?= $(CURDIR)/.run
 
 .PHONY: venv test lint format demo bench bench-quick soak clean
 
-$(STAMP): pyproject.toml
+# The editable install also compiles the book core (mmengine/book/_core.pyx, Cython -> C++,
+# gcc): a changed .pyx rebuilds it (--reinstall-package: uv would keep the old build).
+$(STAMP): pyproject.toml setup.py mmengine/book/_core.pyx
 	mkdir -p -m 0700 $(XDG_RUNTIME_DIR)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check uv
-	$(BIN)/uv pip install -q -p $(BIN)/python -e '.[dev]'
+	$(BIN)/uv pip install -q -p $(BIN)/python --reinstall-package mmengine -e '.[dev]'
 	touch $@
 
 venv: $(STAMP)
@@ -44,4 +46,4 @@ soak: $(STAMP)
 	$(BIN)/python scripts/bench.py --soak $(MINUTES)
 
 clean:
-	rm -rf $(VENV) .venv-peers .run .pytest_cache
+	rm -rf $(VENV) .venv-peers .run .pytest_cache build mmengine/book/_core.cpp mmengine/book/_core.*.so

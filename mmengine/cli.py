@@ -478,6 +478,10 @@ def replay(
         card = unsupported_scorecard(name, str(exc))
         click.echo(json.dumps(card) if as_json else f"{name}: {exc}")
         sys.exit(2)
+    except ConfigError as exc:  # the compiled book core is not built, or MMENGINE_BOOK is wrong
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        sys.exit(2)
     except (ValueError, OSError) as exc:
         raise click.ClickException(f"cannot read {capture}: {exc}") from exc
     card = scorecard(result)

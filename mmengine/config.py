@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from mmengine.book.core import book_core
 from mmengine.errors import ConfigError
 from mmengine.locate import default_run_dir
 from mmengine.model import INSTRUMENT_RE
@@ -80,6 +81,22 @@ class EngineConfig(Strict):
         default=15.0,
         description="Stop joins every thread within this, or names those alive and exits 1.",
     )
+    book_core: Literal["compiled", "python"] | None = Field(
+        default=None,
+        validate_default=True,
+        description="Which book core keeps the venue books: compiled (C++, built by "
+        "`make venv`) or python (the pure-Python reference, for debugging); default "
+        "$MMENGINE_BOOK, else compiled. A compiled core that is not built is an error.",
+    )
+
+    @field_validator("book_core")
+    @classmethod
+    def _book_core_available(cls, value: str | None) -> str | None:
+        try:
+            book_core(value)
+        except ConfigError as exc:
+            raise ValueError("; ".join(exc.problems)) from None
+        return value
 
 
 class VenueConfig(Strict):
@@ -329,7 +346,7 @@ class LimitsConfig(Strict):
 
 
 class Config(Strict):
-    engine: EngineConfig = EngineConfig()
+    engine: EngineConfig = Field(default_factory=EngineConfig)  # (validated when built)
     venues: Annotated[list[VenueConfig], Field(min_length=1)]
     instruments: Annotated[list[InstrumentConfig], Field(min_length=1)]
     fx: list[FxConfig] = []
@@ -349,6 +366,7 @@ class Config(Strict):
                 audit=v.audit,
                 stale_after_s=self.limits.stale_after_s,
                 ca_file=v.ca_file,
+                book_core=self.engine.book_core,
             )
             for v in self.venues
         ]

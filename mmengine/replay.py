@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from mmengine.book import L2Book
+from mmengine.book.book import L2Book
 from mmengine.book.sync import BookDriver
 from mmengine.capture import CaptureEvent, read_capture
 from mmengine.model import BookTop
@@ -528,8 +528,8 @@ def _trace_line(venue: BookDriver, book: L2Book, recv_ns: int, checksum_ok: bool
                 "cross_seq": book.cross_seq if book.cross_seq >= 0 else None,
                 "exchange_ts_ns": book.exchange_ts_ns,
                 "recv_ts_ns": recv_ns,
-                "bid": [bid, book.bids.sizes[bid]] if bid is not None else None,
-                "ask": [ask, book.asks.sizes[ask]] if ask is not None else None,
+                "bid": [bid, book.bids.size(bid)] if bid is not None else None,
+                "ask": [ask, book.asks.size(ask)] if ask is not None else None,
                 "checksum_ok": checksum_ok,
                 "state": book.state.value,
             }
@@ -553,8 +553,6 @@ def _audit(st: Any) -> dict[str, dict[str, int]]:
 def _instrument_card(venue: BookDriver, instrument: str) -> dict[str, Any]:
     book = venue.books[instrument]
     st = venue.stats[instrument]
-    bids = book.bids.prices(TOP_LEVELS)
-    asks = book.asks.prices(TOP_LEVELS)
     return {
         "venue": venue.name,
         "venue_symbol": venue.venue_symbol(instrument),
@@ -572,8 +570,8 @@ def _instrument_card(venue: BookDriver, instrument: str) -> dict[str, Any]:
         "state": book.state.value,
         "levels": {"bids": len(book.bids), "asks": len(book.asks)},
         "top": {
-            "bids": [[p, book.bids.sizes[p]] for p in bids],
-            "asks": [[p, book.asks.sizes[p]] for p in asks],
+            "bids": [list(level) for level in book.bids.levels(TOP_LEVELS)],
+            "asks": [list(level) for level in book.asks.levels(TOP_LEVELS)],
         },
     }
 
@@ -660,6 +658,7 @@ def scorecard(result: ReplayResult) -> dict[str, Any]:
         "protocol": result.protocol or None,
         "frames": result.frames,
         "book_frames": book_frames,
+        "book_core": replays[0].venue.core.name if replays else None,
         "seconds": round(result.seconds, 6),
         "us_per_book_frame": round(result.seconds / book_frames * 1e6, 3) if book_frames else 0.0,
         "connection_sequence": {
@@ -683,6 +682,7 @@ def unsupported_scorecard(capture: str, reason: str) -> dict[str, Any]:
         "protocol": None,
         "frames": 0,
         "book_frames": 0,
+        "book_core": None,
         "seconds": 0.0,
         "us_per_book_frame": 0.0,
         "connection_sequence": None,

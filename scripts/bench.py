@@ -1,9 +1,13 @@
 """`make bench`: the engine's performance in one JSON file and a few plots (main thread).
 
-1. replay: per capture in tests/data, mmengine's us per book frame (median of >= 5 runs,
-   every check on), the decode floor (orjson.loads of the same book frames), and cryptofeed
+1. replay: per capture in tests/data, mmengine's us per book frame with the compiled book
+   core (median of >= 5 passes, every check on, each pass a new connection: nothing
+   remembered from an earlier pass), the same from `mmengine replay --json` in fresh
+   processes, the pure-Python reference core's, the decode floor (orjson.loads of every
+   text the book path decodes: the book frames and the REST snapshot bodies), and cryptofeed
    2.4.1 on the same frames, run in its own virtualenv (.venv-peers) by
-   scripts/peer_cryptofeed.py.
+   scripts/peer_cryptofeed.py; both ratios per venue. book_depth: µs per update at 100 and
+   50,000 levels per side (scripts/bench_book_depth.py).
 2. e2e: the load generator (mmengine.simulator.loadgen: one process sending pre-rendered
    frames of all five venue protocols, sequence numbers and checksums valid) at several
    total rates into a real engine process; a separate subscriber process measures
@@ -33,11 +37,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import gzip
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,7 +49,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psutil
 import yaml
 
@@ -61,48 +62,34 @@ PRICING_WORKERS = 2
 # --- 1. replay -------------------------------------------------------------------------------
 
 
-BOOK_MARKERS = ('"depthUpdate"', '"l2_data"', '"book-', '"books"', '"orderbook.', '"book"')
+# cryptofeed 2.4.1 reads only live captures of its recording format: for a capture recorded
+# from our simulator the reference is the figure measured on the venue's live capture in
+# shared/docs/peer-baseline.md (median µs per book frame), labelled as such.
+PEER_BASELINE_US = {"BYBIT": 12.5}
 
 
-def book_frames(capture: Path, conns: set[str] | None) -> list[str]:
-    """The capture's book frames (of the given connections), for the decode floor."""
-    with gzip.open(capture, "rt") as fh:
-        events = [orjson.loads(line) for line in fh]
-    return [
-        e["data"]
-        for e in events
-        if e.get("t") == "recv"
-        and (conns is None or e.get("conn") in conns)
-        and any(m in e["data"] for m in BOOK_MARKERS)
-    ]
+def replay_figures(capture: Path, runs: int, fresh: int) -> list[dict[str, Any]]:
+    """Per venue of the capture: the compiled core's µs per book frame (median of `runs`
+    passes, each on a new connection), the same in `fresh` new processes of `mmengine
+    replay --json`, the pure-Python reference's, and the decode floor."""
+    from bench_replay import bench as bench_replay
 
-
-def replay_figures(capture: Path, runs: int, venue: str | None) -> dict[str, Any]:
-    from mmengine.capture import read_capture
-    from mmengine.replay import replay_capture
-
-    timings = []
-    frames = 0
-    for _ in range(runs):
-        result = replay_capture(capture, venue_name=venue)
-        frames = result.venue.venue_stats.book_frames
-        timings.append(result.seconds / max(frames, 1) * 1e6)
-    conns = None
-    if venue is not None:
-        _, events = read_capture(capture)
-        conns = {e.conn for e in events if e.kind == "connect" and venue in e.conn}
-    texts = book_frames(capture, conns)
-    floor = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        for text in texts:
-            orjson.loads(text)
-        floor.append((time.perf_counter() - t0) / max(len(texts), 1) * 1e6)
-    return {
-        "book_frames": frames,
-        "mmengine_us": round(statistics.median(timings), 2),
-        "floor_us": round(statistics.median(floor), 2),
-    }
+    compiled = bench_replay(capture, runs, "compiled", fresh)
+    python = bench_replay(capture, max(5, runs // 2), "python")
+    out = []
+    for c, p in zip(compiled, python, strict=True):
+        out.append(
+            {
+                "venue": c["capture"].partition(":")[2] or None,
+                "book_frames": c["book_frames"],
+                "mmengine_us": c["us_per_book_frame"],
+                "mmengine_min_us": c["min"],
+                "fresh_process_us": c["fresh_process_us"],
+                "python_core_us": p["us_per_book_frame"],
+                "floor_us": c["floor_us"],
+            }
+        )
+    return out
 
 
 def ensure_peers() -> Path | None:
@@ -139,7 +126,7 @@ def cryptofeed_us(python: Path, capture: Path, runs: int) -> float | None:
     return float(json.loads(run.stdout)["us_per_msg_median"])
 
 
-def replay_section(runs: int, peers: bool) -> dict[str, Any]:
+def replay_section(runs: int, peers: bool, fresh: int = 3) -> dict[str, Any]:
     from mmengine.capture import read_capture
     from mmengine.replay import recorded_venues
 
@@ -148,23 +135,36 @@ def replay_section(runs: int, peers: bool) -> dict[str, Any]:
     for capture in sorted(DATA.glob("*.jsonl.gz")):
         header, _ = read_capture(capture)
         ours = recorded_venues(header)  # recorded by `mmengine record` (from a simulator)
-        venues = [str(v["name"]) for v in ours] if len(ours) > 1 else [None]
-        for venue in venues:
-            name = capture.name.split(".")[0] + (f":{venue}" if venue else "")
-            try:
-                fig = replay_figures(capture, runs, venue)
-            except Exception as exc:  # an unsupported capture is reported, not fatal
-                out[name] = {"error": str(exc)}
-                continue
-            # cryptofeed reads only real captures of its own recording format.
-            cf = cryptofeed_us(python, capture, runs) if python and not ours else None
+        exchange = capture.name.split(".")[0]
+        try:
+            figures = replay_figures(capture, runs, fresh)
+        except Exception as exc:  # an unsupported capture is reported, not fatal
+            out[exchange] = {"error": str(exc)}
+            continue
+        # cryptofeed reads only real captures of its own recording format.
+        cf = cryptofeed_us(python, capture, runs) if python and not ours else None
+        for fig in figures:
+            name = exchange + (f":{fig.pop('venue')}" if fig["venue"] else "")
+            fig.pop("venue", None)
             fig["source"] = "simulator (mmengine record)" if ours else "live venue"
             fig["cryptofeed_us"] = cf
-            fig["ratio_vs_cryptofeed"] = round(cf / fig["mmengine_us"], 2) if cf else None
+            fig["cryptofeed_source"] = "same run, same frames" if cf else None
+            if cf is None and peers and exchange in PEER_BASELINE_US:
+                fig["cryptofeed_us"] = PEER_BASELINE_US[exchange]
+                fig["cryptofeed_source"] = "peer-baseline.md, the venue's live capture"
+            cf_us = fig["cryptofeed_us"]
+            fig["ratio_vs_cryptofeed"] = round(cf_us / fig["mmengine_us"], 2) if cf_us else None
             fig["ratio_vs_floor"] = round(fig["mmengine_us"] / fig["floor_us"], 2)
             out[name] = fig
             print(f"replay {name}: {fig['mmengine_us']} us/book frame", file=sys.stderr)
     return out
+
+
+def depth_section(quick: bool) -> dict[str, Any]:
+    """µs per book update at 100 and 50,000 levels per side, per core."""
+    from bench_book_depth import figures
+
+    return figures([100, 50_000], 3 if quick else 5)
 
 
 # --- 2. end to end ---------------------------------------------------------------------------
@@ -717,7 +717,12 @@ def main() -> None:
         result["sinks"] = {}
     else:
         want = {args.only} if args.only else {"replay", "e2e", "sinks"}
-        result["replay"] = replay_section(runs, peers=peers) if "replay" in want else {}
+        result["replay"] = (
+            replay_section(runs, peers=peers, fresh=0 if args.quick else 3)
+            if "replay" in want
+            else {}
+        )
+        result["book_depth"] = depth_section(args.quick) if "replay" in want else {}
         rates = (1_000,) if args.quick else (1_000, 10_000, 50_000)
         seconds = 4 if args.quick else 20
         result["e2e"] = []
@@ -773,10 +778,11 @@ def quick_table(result: dict[str, Any]) -> str:
     def num(value: Any, spec: str = ",.0f") -> str:
         return "-" if value is None else format(value, spec)
 
-    lines = ["replay (us per book frame, every check on)"]
+    lines = ["replay (us per book frame, every check on; python reference; x decode floor)"]
     for name, r in result["replay"].items():
         lines.append(
             f"  {name:<22} {num(r.get('mmengine_us'), '8.1f')}"
+            f" {num(r.get('python_core_us'), '8.1f')} {num(r.get('ratio_vs_floor'), '6.1f')}x"
             + (f"   error: {r['error']}" if "error" in r else "")
         )
     lines.append("end to end (load generator, five venues -> engine -> subscriber)")

@@ -27,18 +27,42 @@ def main() -> None:
         f" commit `{d['commit']}`.\n"
     )
     print(
-        "| capture | source | mmengine µs/book frame | cryptofeed 2.4.1 µs | orjson floor µs |"
+        "| capture | source | mmengine µs/book frame (compiled core) | same, fresh process |"
+        " python reference core µs | cryptofeed 2.4.1 µs | orjson floor µs |"
         " cryptofeed ÷ mmengine | mmengine ÷ floor |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in d["replay"].items():
         if "mmengine_us" not in r:
             continue
+        cf = fmt(r.get("cryptofeed_us"), ".1f")
+        if r.get("cryptofeed_source") and r["cryptofeed_source"] != "same run, same frames":
+            cf += "*"
         print(
             f"| {name} | {r.get('source', '')} | {fmt(r['mmengine_us'], '.1f')} |"
-            f" {fmt(r.get('cryptofeed_us'), '.1f')} | {fmt(r['floor_us'], '.2f')} |"
+            f" {fmt(r.get('fresh_process_us'), '.1f')} | {fmt(r.get('python_core_us'), '.1f')} |"
+            f" {cf} | {fmt(r['floor_us'], '.2f')} |"
             f" {fmt(r.get('ratio_vs_cryptofeed'), '.2f')} | {fmt(r['ratio_vs_floor'], '.1f')} |"
         )
+    if any(
+        r.get("cryptofeed_source", "") not in (None, "same run, same frames")
+        for r in d["replay"].values()
+    ):
+        print("\n\\* cryptofeed cannot read this capture (recorded from our simulator): its figure")
+        print("on the venue's live capture in peer-baseline.md, for scale only.")
+    depth = d.get("book_depth") or {}
+    if depth:
+        print()
+        print(
+            "| core | levels per side | new best level ns | best level's size ns | deep level ns |"
+        )
+        print("|---|---|---|---|---|")
+        for core, by_depth in depth.items():
+            for levels, row in by_depth.items():
+                print(
+                    f"| {core} | {int(levels):,} | {fmt(row['new_top'])} | {fmt(row['top_size'])} |"
+                    f" {fmt(row['deep'])} |"
+                )
     print()
     print(
         "| book msgs/s offered | p50 µs | p99 µs | p99.9 µs | max µs | engine p50 / p99 µs |"

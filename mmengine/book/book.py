@@ -1,4 +1,6 @@
-"""L2 order book per (venue, instrument); runs on the venue thread that owns the book.
+"""L2 order book per (venue, instrument), pure Python: the reference the compiled core
+(`mmengine.book._core`) is tested against, and what `MMENGINE_BOOK=python` runs (venue thread
+that owns the book).
 
 Levels live in a dict (price -> size) plus a sorted list of sort keys, best first: bids are
 keyed by -price so both sides read their best levels from the front. An update is one dict
@@ -6,9 +8,10 @@ write and, for a new or removed price, one bisect into the list: no whole-book c
 Decimal on the per-message path. Venues whose checksum is computed over the venue's own
 decimal strings (Kraken, OKX legacy) keep those strings per level as well.
 
-The driver (`mmengine.book.sync`) touches a side through `load`/`load_wire` (a snapshot) and
-`apply`/`apply_wire` (an update): one call per side of a frame, with levels already
-validated by `mmengine.book.levels`. That is the seam a compiled book core replaces.
+The driver (`mmengine.book.sync`) touches a book through `L2Book.load` (a snapshot) and
+`L2Book.apply` (an update), each one call per frame with both sides' levels already validated
+by a `mmengine.book.levels.LevelDecoder`, then `checksum` and `top`: the seam the compiled
+core (`mmengine.book._core`) implements as well, behind the same names.
 """
 
 from __future__ import annotations
@@ -16,8 +19,14 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections.abc import Iterable
 from operator import neg
+from typing import TYPE_CHECKING, Any
+from zlib import crc32
 
+from mmengine.book.checksum import KRAKEN_LEVELS, OKX_LEVELS, kraken_side_text, okx_checksum
 from mmengine.model import BookState, BookTop
+
+if TYPE_CHECKING:
+    from mmengine.book.events import BookUpdate
 
 INF = float("inf")
 _new_tuple = tuple.__new__  # L2Book.top builds BookTop positionally, without its __new__
@@ -37,6 +46,7 @@ _TOP_FIELDS = (
 if BookTop._fields != _TOP_FIELDS:
     raise ImportError("BookTop's fields changed: update L2Book.top, which builds it by position")
 
+CHECKSUM_LEVELS = {None: 0, "kraken": KRAKEN_LEVELS, "okx": OKX_LEVELS}  # levels it covers
 Level = tuple[float, float]
 WireLevel = tuple[float, float, str, str]
 
@@ -179,6 +189,15 @@ class BookSide:
             return None
         return -self.keys[0] if self.is_bid else self.keys[0]
 
+    def size(self, price: float) -> float | None:
+        """The size at `price`, None where the side holds no level."""
+        return self.sizes.get(price)
+
+    def levels(self, n: int) -> list[tuple[float, float]]:
+        """The best `n` (price, size) levels, best first."""
+        sizes = self.sizes
+        return [(p, sizes[p]) for p in self.prices(n)]
+
     def wire_levels(self, n: int) -> list[tuple[str, str]]:
         """The venue's strings of the best `n` levels (for checksums)."""
         assert self.wire is not None, "this side does not keep wire strings"
@@ -187,11 +206,19 @@ class BookSide:
 
 
 class L2Book:
-    """The verified book of one instrument on one venue, with its sync state."""
+    """The verified book of one instrument on one venue, with its sync state.
+
+    `checksum` names the venue's CRC32 over the top levels (`"kraken"`, `"okx"`) that
+    `checksum()` computes; its text is cached per side between messages (`_parts[0]` asks,
+    `_parts[1]` bids) and rebuilt only when a message touched that side's top levels.
+    """
 
     __slots__ = (
+        "_checksum_levels",
+        "_parts",
         "asks",
         "bids",
+        "checksum_kind",
         "cross_seq",
         "depth",
         "exchange_ts_ns",
@@ -202,17 +229,29 @@ class L2Book:
         "venue_seq",
     )
 
-    def __init__(self, venue: str, instrument: str, depth: int, keep_wire: bool = False) -> None:
+    def __init__(
+        self,
+        venue: str,
+        instrument: str,
+        depth: int,
+        keep_wire: bool = False,
+        checksum: str | None = None,
+    ) -> None:
         self.venue = venue
         self.instrument = instrument
         self.depth = depth
-        self.bids = BookSide(True, keep_wire)
-        self.asks = BookSide(False, keep_wire)
+        self.bids = BookSide(True, keep_wire or checksum is not None)
+        self.asks = BookSide(False, keep_wire or checksum is not None)
         self.state = BookState.SYNCING
         self.venue_seq = -1
         self.cross_seq = -1
         self.exchange_ts_ns = 0
         self.recv_ts_ns = 0
+        if checksum not in CHECKSUM_LEVELS:
+            raise ValueError(f"unknown book checksum {checksum!r}")
+        self.checksum_kind = checksum
+        self._checksum_levels = CHECKSUM_LEVELS[checksum]
+        self._parts: list[Any] = [None, None]
 
     def clear(self) -> None:
         """Forget every level (before a resync); the state is the caller's to set."""
@@ -220,15 +259,82 @@ class L2Book:
         self.asks.clear()
         self.venue_seq = -1
         self.cross_seq = -1
+        self._parts[0] = self._parts[1] = None
+
+    def load(self, bids: Iterable[Any], asks: Iterable[Any]) -> None:
+        """A snapshot: replace both sides with decoded levels, truncated to depth."""
+        if self.bids.wire is not None:
+            self.bids.load_wire(bids)  # type: ignore[arg-type]
+            self.asks.load_wire(asks)  # type: ignore[arg-type]
+        else:
+            self.bids.load(bids)
+            self.asks.load(asks)
+        self.truncate()
+        self._parts[0] = self._parts[1] = None
+
+    def apply(self, bids: Iterable[Any], asks: Iterable[Any]) -> None:
+        """A delta: every level of both sides (set, delete on zero size, deletes of absent
+        levels ignored), then truncation to depth (venues send no deletes for levels leaving
+        their window). A side whose top levels may have changed loses its checksum text."""
+        if self.bids.wire is not None:
+            watch = self._checksum_levels
+            parts = self._parts
+            if asks and self.asks.apply_wire(asks, watch):  # type: ignore[arg-type]
+                parts[0] = None
+            if bids and self.bids.apply_wire(bids, watch):  # type: ignore[arg-type]
+                parts[1] = None
+        else:
+            if bids:
+                self.bids.apply(bids)
+            if asks:
+                self.asks.apply(asks)
+        depth = self.depth
+        if len(self.bids.keys) > depth or len(self.asks.keys) > depth:
+            self.truncate()
+            if depth < self._checksum_levels:
+                self._parts[0] = self._parts[1] = None
+
+    def update(self, ev: BookUpdate) -> int | None:
+        """A delta its sequence rule accepted, in one call: `apply` its levels, take its
+        cross sequence and venue time; the book's checksum when the message carries the
+        venue's (to compare), else None."""
+        self.apply(ev.bids, ev.asks)
+        if ev.cross_seq >= 0:
+            self.cross_seq = ev.cross_seq
+        if ev.ts_ns is not None:
+            self.exchange_ts_ns = ev.ts_ns
+        if ev.checksum is not None and self.checksum_kind is not None:
+            return self.checksum()
+        return None
+
+    def checksum(self) -> int:
+        """The venue's CRC32 of the book as it is now (`checksum_kind`)."""
+        parts = self._parts
+        if self.checksum_kind == "kraken":
+            ask_text = parts[0]
+            if ask_text is None:
+                ask_text = parts[0] = kraken_side_text(self.asks)
+            bid_text = parts[1]
+            if bid_text is None:
+                bid_text = parts[1] = kraken_side_text(self.bids)
+            return crc32(bid_text, crc32(ask_text))
+        if self.checksum_kind == "okx":
+            # The sides interleave: the value is kept whole until either side's top changes.
+            crc = parts[0]
+            if crc is None or parts[1] is None:
+                crc = parts[0] = okx_checksum(self.bids, self.asks)
+                parts[1] = True
+            return crc  # type: ignore[no-any-return]
+        raise ValueError(f"{self.venue} {self.instrument}: this book has no checksum")
 
     def truncate(self) -> None:
         self.bids.truncate(self.depth)
         self.asks.truncate(self.depth)
 
     def is_crossed(self) -> bool:
-        bid = self.bids.best()
-        ask = self.asks.best()
-        return bid is not None and ask is not None and bid >= ask
+        bids = self.bids.keys
+        asks = self.asks.keys
+        return bool(bids) and bool(asks) and -bids[0] >= asks[0]
 
     def top(self, n: int) -> BookTop:
         """The best `n` levels per side as a BookTop (levels only when LIVE)."""

@@ -1,7 +1,8 @@
 """The venues' CRC32 book checksums over the top levels of a book (venue thread).
 
 Both are computed from the strings the book keeps per level (`BookSide.wire`), never from
-floats: the venues checksum their own decimal strings.
+floats: the venues checksum their own decimal strings. This is the pure-Python reference;
+the compiled core (`mmengine.book._core`) computes the same CRC32s in C.
 
 - Kraken (v1 and v2, one function; venue-protocols 3.4): CRC32, unsigned, of the top 10 asks
   (best first) then the top 10 bids, each level `price + qty` in checksum form (`.` removed,
@@ -15,9 +16,11 @@ from __future__ import annotations
 
 from itertools import chain
 from operator import neg
+from typing import TYPE_CHECKING
 from zlib import crc32
 
-from mmengine.book.book import BookSide
+if TYPE_CHECKING:
+    from mmengine.book.book import BookSide
 
 KRAKEN_LEVELS = 10
 OKX_LEVELS = 25

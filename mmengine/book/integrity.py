@@ -13,7 +13,7 @@ a message. `ConnectionCounter` is the one rule kept per connection (Coinbase).
 | `PreviousIdChain` | OKX: `prevSeqId == previous seqId` |
 | `RestSnapshotBridge` | Binance spot: diffs buffered and bridged to a REST snapshot |
 | `RestSnapshotChain` | Binance futures: bridged to a REST snapshot, then `pu == previous u` |
-| `KrakenCrc32`, `OkxCrc32` | the CRC32 over the top levels, cached per side between messages |
+| `KrakenCrc32`, `OkxCrc32` | the CRC32 over the top levels (the book computes it) |
 | `ConnectionCounter` | Coinbase `sequence_num`: one counter across every channel |
 
 """
@@ -21,11 +21,9 @@ a message. `ConnectionCounter` is the one rule kept per connection (Coinbase).
 from __future__ import annotations
 
 import time
-from operator import neg
 from typing import TYPE_CHECKING, Any, ClassVar
-from zlib import crc32
 
-from mmengine.book.checksum import KRAKEN_LEVELS, OKX_LEVELS, okx_checksum
+from mmengine.book.checksum import KRAKEN_LEVELS, OKX_LEVELS
 from mmengine.book.events import BookUpdate
 from mmengine.errors import FrameError, IntegrityError
 from mmengine.model import BookState
@@ -373,65 +371,37 @@ class RestSnapshotChain(RestSnapshotBridge):
 
 
 class ChecksumRule:
-    """The venue's CRC32 over the top `levels` of a book, cached between messages in two
-    parts, one per side (`parts[0]` asks, `parts[1]` bids): the driver sets a part to None
-    when a message touched that side's top `levels`, and `value` rebuilds what is missing."""
+    """The venue's CRC32 over the top `levels` of a book, verified after a message.
 
+    The book computes it (`L2Book.checksum`, in C in the compiled core) and keeps what it
+    can between messages; the rule names which one (`kind`) and compares."""
+
+    kind: ClassVar[str]
     levels: ClassVar[int]
 
-    __slots__ = ("parts",)
-
-    def __init__(self) -> None:
-        self.parts: list[Any] = [None, None]
-
-    def reset(self) -> None:
-        """The book was replaced: nothing cached holds."""
-        parts = self.parts
-        parts[0] = parts[1] = None
+    __slots__ = ()
 
     def value(self, book: L2Book) -> int:
         """The checksum of the book as it is now."""
-        raise NotImplementedError
+        return book.checksum()
 
 
 class KrakenCrc32(ChecksumRule):
-    """Kraken, v1 and v2 (`mmengine.book.checksum`): each part is a side's top-10 text."""
+    """Kraken, v1 and v2 (`mmengine.book.checksum`): top 10 asks then top 10 bids."""
 
+    kind = "kraken"
     levels = KRAKEN_LEVELS
 
     __slots__ = ()
 
-    def value(self, book: L2Book) -> int:
-        # `kraken_side_text` inlined: this runs on nearly every Kraken update.
-        parts = self.parts
-        ask_text = parts[0]
-        if ask_text is None:
-            wire = book.asks.wire
-            keys = book.asks.keys[:KRAKEN_LEVELS]
-            ask_text = parts[0] = "".join(map("".join, map(wire.__getitem__, keys))).encode()  # type: ignore[union-attr]
-        bid_text = parts[1]
-        if bid_text is None:
-            wire = book.bids.wire
-            prices = map(neg, book.bids.keys[:KRAKEN_LEVELS])
-            bid_text = parts[1] = "".join(map("".join, map(wire.__getitem__, prices))).encode()  # type: ignore[union-attr]
-        return crc32(bid_text, crc32(ask_text))
-
 
 class OkxCrc32(ChecksumRule):
-    """OKX legacy (`mmengine.book.checksum`): the sides interleave, so the value is kept
-    whole (in part 0) until a message touches the top 25 of either side."""
+    """OKX legacy (`mmengine.book.checksum`): top 25 bids and asks interleaved, signed."""
 
+    kind = "okx"
     levels = OKX_LEVELS
 
     __slots__ = ()
-
-    def value(self, book: L2Book) -> int:
-        parts = self.parts
-        crc = parts[0]
-        if crc is None or parts[1] is None:
-            crc = parts[0] = okx_checksum(book.bids, book.asks)
-            parts[1] = True
-        return crc  # type: ignore[no-any-return]
 
 
 # --- per connection ------------------------------------------------------------------------

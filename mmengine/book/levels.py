@@ -4,8 +4,8 @@ One call per frame side, before anything is applied: a frame whose levels are no
 raises `FrameError` and no book moves. Every decoder refuses what no real book holds: a price
 that is not finite and > 0, a size that is not finite and >= 0, and a value of the wrong
 JSON type (the venues send decimal strings; Kraken v2 sends numbers). Venue modules pick the
-decoder of their wire shape; with `mmengine.book.book.BookSide.apply*` these functions are the
-seam a compiled book core replaces.
+decoder of their wire shape through their connection's `LevelDecoder` (below); this module is
+the pure-Python reference, `mmengine.book._core.LevelDecoder` the compiled one.
 """
 
 from __future__ import annotations
@@ -257,6 +257,7 @@ def sided(
 
     Sample entry: {"side":"offer","event_time":"2026-08-09T21:05:48.407682Z",
                    "price_level":"65106.54","new_quantity":"0"}
+    (or any object read by `entry[key]`, such as a typed msgspec Struct).
 
     A handful of entries: a plain loop, two lists. A snapshot holds ~46,000, so it is done
     column-wise by C-level `map`s (prices, sizes, sides, one validation per column: a sum is
@@ -314,3 +315,42 @@ def _sided_columns(
         compress(zip(prices, sizes, strict=True), is_bid),  # type: ignore[return-value]
         compress(levels, map(not_, is_bid)),  # type: ignore[return-value]
     )
+
+
+class LevelDecoder:
+    """One venue connection's level decoders, pure Python (the reference): what a venue
+    module calls, once per frame side, to validate and convert a level list before any book
+    is touched. It holds the connection's remembered decimals. The compiled core's
+    `mmengine.book._core.LevelDecoder` has the same methods and returns levels only its own
+    book reads; a venue gets the one of its connection's core (`VenueProtocol.levels`)."""
+
+    __slots__ = ("decimals",)
+
+    def __init__(self) -> None:
+        self.decimals = ParsedDecimals()
+
+    def rows(self, raw: Any) -> list[Level]:
+        """`[[price, size], ...]` decimal strings (Binance, Bybit): see `rows`."""
+        return rows(raw, self.decimals)
+
+    def wire_rows(self, raw: Any) -> list[WireLevel]:
+        """`[[price, size, ...], ...]` keeping the strings (OKX legacy): see `wire_rows`."""
+        return wire_rows(raw, self.decimals)
+
+    def kraken_rows(self, raw: Any) -> list[WireLevel]:
+        """Kraken v1 `[price, volume, timestamp]` strings: see `kraken_rows`."""
+        return kraken_rows(raw)
+
+    def pair_formats(self, price_decimals: int, size_decimals: int) -> PairFormats:
+        """A Kraken v2 pair's precisions, for `kraken_numbers` (equal when they are)."""
+        return PairFormats(f".{price_decimals}f", f".{size_decimals}f")
+
+    def kraken_numbers(self, raw: Any, formats: PairFormats) -> list[WireLevel]:
+        """Kraken v2 `{"price": 1.5, "qty": 2.0}` numbers: see `kraken_numbers`."""
+        return kraken_numbers(raw, formats)
+
+    def sided(
+        self, raw: Any, bid: str, ask: str, price_key: str, size_key: str, side_key: str
+    ) -> tuple[list[Level], list[Level]]:
+        """Entries naming their side (Coinbase `updates`): see `sided`."""
+        return sided(raw, bid, ask, price_key, size_key, side_key)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from mmengine.book.book import L2Book
+from mmengine.book.core import book_core
 from mmengine.book.events import (
     EVERY_BOOK,
     AuditTop,
@@ -46,6 +46,7 @@ from mmengine.logs import RepeatLimiter
 from mmengine.model import BookState, BookTop
 
 if TYPE_CHECKING:
+    from mmengine.book.book import L2Book
     from mmengine.venues.base import VenueProtocol
 
 log = logging.getLogger("mmengine.venue")
@@ -175,16 +176,10 @@ class InstrumentSync:
         "size",
         "sized",
         "stats",
-        "wire",
     )
 
     def __init__(
-        self,
-        book: L2Book,
-        rule: SequenceRule,
-        checksum: ChecksumRule | None,
-        wire: bool,
-        sized: bool = False,
+        self, book: L2Book, rule: SequenceRule, checksum: ChecksumRule | None, sized: bool = False
     ) -> None:
         self.instrument = book.instrument
         self.book = book
@@ -194,7 +189,6 @@ class InstrumentSync:
         # call is skipped on the hot path, and the driver keeps the id itself).
         self.checks_deltas = type(rule).delta is not SequenceRule.delta
         self.checksum = checksum
-        self.wire = wire
         self.crossed = False  # the book is crossed and held (a venue that can be)
         self.audits: deque[AuditTop] = deque()  # tickers waiting for the book's update id
         self.disagree_since = 0  # loose audit: first disagreeing ticker, ns; 0: agreeing
@@ -230,14 +224,15 @@ class BookDriver:
         self.audit_alarm_ns = int(alarm * 1e9) if alarm is not None else 0
         depth = venue.book_depth()
         sized = bool(venue.contract_sizes_requests())
+        self.core = book_core(spec.book_core)
+        checksum_cls = venue.checksum
+        kind = checksum_cls.kind if checksum_cls is not None else None
         self.syncs: dict[str, InstrumentSync] = {}
         for inst in spec.instruments:
-            checksum_cls = venue.checksum
             self.syncs[inst] = InstrumentSync(
-                L2Book(spec.name, inst, depth, venue.keep_wire),
+                self.core.book(spec.name, inst, depth, venue.keep_wire, kind),
                 venue.sequence_rule(inst),
                 checksum_cls() if checksum_cls is not None else None,
-                venue.keep_wire,
                 sized and venue.contract_sized(inst),
             )
         self.books: dict[str, L2Book] = {i: s.book for i, s in self.syncs.items()}
@@ -399,38 +394,15 @@ class BookDriver:
                     return
             else:
                 sync.book.venue_seq = last_id
-        # `apply`, inlined: the hot path of every venue.
-        book = sync.book
-        if sync.wire:
-            rule = sync.checksum
-            watch = rule.levels if rule is not None else 0
-            if ev.asks and book.asks.apply_wire(ev.asks, watch) and rule is not None:
-                rule.parts[0] = None
-            if ev.bids and book.bids.apply_wire(ev.bids, watch) and rule is not None:
-                rule.parts[1] = None
-        else:
-            if ev.bids:
-                book.bids.apply(ev.bids)
-            if ev.asks:
-                book.asks.apply(ev.asks)
-        depth = book.depth
-        if len(book.bids.keys) > depth or len(book.asks.keys) > depth:
-            book.truncate()
-            if sync.checksum is not None and depth < sync.checksum.levels:
-                sync.checksum.reset()
-        if ev.cross_seq >= 0:
-            book.cross_seq = ev.cross_seq
-        if ev.ts_ns is not None:
-            book.exchange_ts_ns = ev.ts_ns
+        # The hot path of every venue: one call applies the levels and computes the checksum.
+        got = sync.book.update(ev)
         stats.updates += 1
-        checksum = ev.checksum
-        if checksum is not None and sync.checksum is not None:
+        if got is not None:
             stats.checksums_checked += 1
-            got = sync.checksum.value(sync.book)
-            if got != checksum:
+            if got != ev.checksum:
                 stats.checksums_failed += 1
                 raise IntegrityError(
-                    sync.instrument, "checksum", f"computed {got}, venue {checksum}"
+                    sync.instrument, "checksum", f"computed {got}, venue {ev.checksum}"
                 )
         self.emit(sync, recv_ns)
         if sync.audits:
@@ -506,59 +478,26 @@ class BookDriver:
         """A snapshot replaces the book (truncated to depth; verified if it carries a
         checksum)."""
         book = sync.book
-        if sync.wire:
-            book.bids.load_wire(bids)
-            book.asks.load_wire(asks)
-        else:
-            book.bids.load(bids)
-            book.asks.load(asks)
-        book.truncate()
+        book.load(bids, asks)
         if last_id is not None:
             book.venue_seq = last_id
         sync.stats.snapshots += 1
-        checksum = sync.checksum
-        if checksum is not None:
-            checksum.reset()
         if ev is not None:
             book.cross_seq = ev.cross_seq
             if ev.ts_ns is not None:
                 book.exchange_ts_ns = ev.ts_ns
-            if ev.checksum is not None and checksum is not None:
+            if ev.checksum is not None and sync.checksum is not None:
                 self.verify(sync, ev.checksum)
 
     def apply(self, sync: InstrumentSync, ev: BookUpdate) -> None:
         """Apply every level of a delta, then truncate to depth (venues send no deletes for
-        levels leaving their window). `on_book` holds a copy of this, inlined."""
-        book = sync.book
-        if sync.wire:
-            rule = sync.checksum
-            watch = rule.levels if rule is not None else 0
-            if ev.asks and book.asks.apply_wire(ev.asks, watch) and rule is not None:
-                rule.parts[0] = None
-            if ev.bids and book.bids.apply_wire(ev.bids, watch) and rule is not None:
-                rule.parts[1] = None
-        else:
-            if ev.bids:
-                book.bids.apply(ev.bids)
-            if ev.asks:
-                book.asks.apply(ev.asks)
-        depth = book.depth
-        if len(book.bids.keys) > depth or len(book.asks.keys) > depth:
-            book.truncate()
-            checksum = sync.checksum
-            if checksum is not None and depth < checksum.levels:
-                checksum.reset()
-        if ev.cross_seq >= 0:
-            book.cross_seq = ev.cross_seq
-        if ev.ts_ns is not None:
-            book.exchange_ts_ns = ev.ts_ns
+        levels leaving their window), as `on_book` does for a LIVE book."""
+        sync.book.update(ev)
 
     def verify(self, sync: InstrumentSync, checksum: int) -> None:
         stats = sync.stats
         stats.checksums_checked += 1
-        rule = sync.checksum
-        assert rule is not None
-        got = rule.value(sync.book)
+        got = sync.book.checksum()
         if got != checksum:
             stats.checksums_failed += 1
             raise IntegrityError(sync.instrument, "checksum", f"computed {got}, venue {checksum}")
@@ -589,9 +528,7 @@ class BookDriver:
         book.recv_ts_ns = recv_ns
         if book.state is STALE:
             self.set_state(sync, LIVE, "updated again")
-        bids = book.bids.keys
-        asks = book.asks.keys
-        if bids and asks and -bids[0] >= asks[0]:
+        if book.is_crossed():
             if not self.hold_crossed:
                 sync.stats.crossed += 1
                 self.resync(sync, "crossed")
@@ -603,8 +540,8 @@ class BookDriver:
                     "%s %s crossed (%s >= %s): held, not priced",
                     self.name,
                     sync.instrument,
-                    -bids[0],
-                    asks[0],
+                    book.bids.best(),
+                    book.asks.best(),
                     extra={"venue": self.name, "instrument": sync.instrument, "event": "crossed"},
                 )
         elif sync.crossed:
@@ -788,8 +725,6 @@ class BookDriver:
         sync.disagree_since = 0
         if not keep_audits:
             sync.audits.clear()
-        if sync.checksum is not None:
-            sync.checksum.reset()
 
     def _failed(self, exc: IntegrityError, ev: object) -> None:
         sync = self.syncs.get(exc.instrument)
@@ -829,8 +764,8 @@ class BookDriver:
             if (
                 book.bids.best() == t.bid
                 and book.asks.best() == t.ask
-                and book.bids.sizes.get(t.bid) == t.bid_size
-                and book.asks.sizes.get(t.ask) == t.ask_size
+                and book.bids.size(t.bid) == t.bid_size
+                and book.asks.size(t.ask) == t.ask_size
             ):
                 stats.audit_agree += 1
                 continue

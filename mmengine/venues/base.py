@@ -12,8 +12,11 @@ and `mmengine.replay` drives a capture through the same code.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import msgspec
+
+from mmengine.book.core import book_core
 from mmengine.book.events import BookUpdate, ContractSize, Event
 from mmengine.book.integrity import ChecksumRule, SequenceRule, Unsequenced
 from mmengine.errors import FrameError
@@ -37,6 +40,7 @@ class VenueSpec:
     audit: bool = False
     stale_after_s: float = 10.0
     ca_file: str | None = None  # CAs trusted for wss:// and https:// (None: the system's)
+    book_core: str | None = None  # `compiled` or `python`; None: $MMENGINE_BOOK, else compiled
 
 
 class VenueProtocol:
@@ -44,7 +48,8 @@ class VenueProtocol:
 
     An instance serves one venue connection (the venue thread), so it may keep protocol
     state that `parse` needs (Kraken v2's pair precisions, Bybit's merged tickers); it is
-    reset by `on_connected`.
+    reset by `on_connected`. `levels` decodes level lists for the connection's book core
+    (`mmengine.book.core`): what it returns only that core's books read.
     """
 
     protocol: ClassVar[str]  # the config's `protocol`
@@ -66,6 +71,7 @@ class VenueProtocol:
 
     def __init__(self, spec: VenueSpec) -> None:
         self.spec = spec
+        self.levels = book_core(spec.book_core).decoder()
 
     # --- facts of this connection -----------------------------------------------------------
 
@@ -139,6 +145,19 @@ class VenueProtocol:
         FrameError (or let a decoding error out) for a frame that cannot be used. Nothing is
         applied here."""
         raise NotImplementedError
+
+
+class TypedFrame(msgspec.Struct, gc=False):
+    """A part of a frame decoded by msgspec into a typed Struct (no garbage-collector work,
+    strings checked while decoding), read as the dict orjson would give (`[key]`, `.get`),
+    so one parse reads both. A venue decodes a frame so only when it has the known shape
+    (any msgspec error: decoded by orjson, and judged as any frame)."""
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
 
 
 def seconds_to_ns(value: object) -> int:

@@ -27,7 +27,7 @@ from mmengine.book.events import (
     lost_update,
 )
 from mmengine.book.integrity import RestSnapshotBridge
-from mmengine.book.levels import Level, ParsedDecimals, one, rows
+from mmengine.book.levels import LevelDecoder, one
 from mmengine.errors import FrameError, VenueRejected
 from mmengine.venues.base import VenueProtocol, VenueSpec, integer
 
@@ -63,7 +63,7 @@ def _stream_channel(msg: dict[str, Any]) -> str:
     return stream.partition("@")[2] or stream if type(stream) is str else "?"
 
 
-def parse_snapshot(body: str) -> tuple[int, list[Level], list[Level]]:
+def parse_snapshot(body: str, levels: LevelDecoder) -> tuple[int, Any, Any]:
     """`GET /api/v3/depth` -> (lastUpdateId, bids, asks).
 
     Sample: {"lastUpdateId":1027024,"bids":[["4.00000000","431.00000000"]],
@@ -72,10 +72,11 @@ def parse_snapshot(body: str) -> tuple[int, list[Level], list[Level]]:
     doc = orjson.loads(body)
     if type(doc) is not dict:
         raise FrameError("malformed", "the depth snapshot is not an object")
-    return integer(doc["lastUpdateId"], "lastUpdateId"), rows(doc["bids"]), rows(doc["asks"])
+    last_id = integer(doc["lastUpdateId"], "lastUpdateId")
+    return last_id, levels.rows(doc["bids"]), levels.rows(doc["asks"])
 
 
-def parse_diff(instrument: str, data: dict, decimals: ParsedDecimals | None = None) -> BookUpdate:
+def parse_diff(instrument: str, data: dict, levels: LevelDecoder) -> BookUpdate:
     """A `depthUpdate` -> a delta with `U` as first id and `u` as last.
 
     Sample: {"e":"depthUpdate","E":1633998512568,"s":"NKNUSDT","U":499869753,"u":499869754,
@@ -89,8 +90,8 @@ def parse_diff(instrument: str, data: dict, decimals: ParsedDecimals | None = No
     return BookUpdate(
         instrument,
         False,
-        rows(data["b"], decimals),
-        rows(data["a"], decimals),
+        levels.rows(data["b"]),
+        levels.rows(data["a"]),
         last,
         first,
         -1,
@@ -125,7 +126,6 @@ class BinanceSpot(VenueProtocol):
         super().__init__(spec)
         self.by_symbol = {wire_symbol(i): i for i in spec.instruments}
         self.snapshot_limit = next((x for x in SNAPSHOT_LIMITS if x >= spec.depth), 5000)
-        self.decimals = ParsedDecimals()
 
     def venue_symbol(self, instrument: str) -> str:
         return wire_symbol(instrument)
@@ -143,8 +143,8 @@ class BinanceSpot(VenueProtocol):
         url = f"{base}/api/v3/depth?symbol={wire_symbol(instrument)}&limit={self.snapshot_limit}"
         return url, snapshot_weight(self.snapshot_limit)
 
-    def parse_snapshot(self, body: str) -> tuple[int, list[Level], list[Level]]:
-        return parse_snapshot(body)
+    def parse_snapshot(self, body: str) -> tuple[int, Any, Any]:
+        return parse_snapshot(body, self.levels)
 
     def parse(self, frame: str) -> list[Event] | BookUpdate:
         """Combined-stream frames: `{"stream":"<name>","data":{...}}`."""
@@ -166,7 +166,7 @@ class BinanceSpot(VenueProtocol):
         if book_ticker:
             return [parse_book_ticker(instrument, data)]
         try:
-            return parse_diff(instrument, data, self.decimals)
+            return parse_diff(instrument, data, self.levels)
         except DECODE_ERRORS as exc:
             raise lost_update((instrument,), exc) from None
 

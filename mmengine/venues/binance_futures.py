@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import math
 from datetime import date
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import orjson
 
 from mmengine.book.events import DECODE_ERRORS, BookUpdate, ContractSize, Event, lost_update
 from mmengine.book.integrity import RestSnapshotChain
-from mmengine.book.levels import Level, ParsedDecimals, rows
 from mmengine.errors import FrameError, VenueRejected
 from mmengine.venues.base import VenueProtocol, VenueSpec, integer
 from mmengine.venues.binance import parse_book_ticker, parse_snapshot
@@ -101,7 +100,6 @@ class BinanceFutures(VenueProtocol):
         super().__init__(spec)
         self.by_symbol = {self.venue_symbol(i): i for i in spec.instruments}
         self.snapshot_limit = next((x for x in SNAPSHOT_LIMITS if x >= spec.depth), 1000)
-        self.decimals = ParsedDecimals()
         self.request_id = 0
 
     @classmethod
@@ -143,11 +141,11 @@ class BinanceFutures(VenueProtocol):
         query = f"symbol={self.wire_symbol(instrument)}&limit={self.snapshot_limit}"
         return f"{base}{self.depth_path}?{query}", snapshot_weight(self.snapshot_limit)
 
-    def parse_snapshot(self, body: str) -> tuple[int, list[Level], list[Level]]:
+    def parse_snapshot(self, body: str) -> tuple[int, Any, Any]:
         """Sample (COIN-M; USDⓈ-M has no `symbol`/`pair`): {"lastUpdateId":16769853,
         "symbol":"BTCUSD_PERP","pair":"BTCUSD","E":1591250106370,"T":1591250106368,
         "bids":[["9638.0","431"]],"asks":[["9638.2","12"]]}"""
-        return parse_snapshot(body)
+        return parse_snapshot(body, self.levels)
 
     def parse(self, frame: str) -> list[Event] | BookUpdate:
         """Combined-stream frames: `{"stream":"<name>","data":{...}}`."""
@@ -181,8 +179,8 @@ class BinanceFutures(VenueProtocol):
         ms = data["E"]
         if type(first) is not int or type(last) is not int or type(prev) is not int:
             raise FrameError("malformed", f"U {first!r} u {last!r} pu {prev!r}"[:80])
-        bids = rows(data["b"], self.decimals)
-        asks = rows(data["a"], self.decimals)
+        bids = self.levels.rows(data["b"])
+        asks = self.levels.rows(data["a"])
         ts_ns = integer(ms, "E") * 1_000_000
         return BookUpdate(instrument, False, bids, asks, last, first, -1, ts_ns, prev_id=prev)
 

@@ -38,7 +38,7 @@ from mmengine.book.events import (
     lost_update,
 )
 from mmengine.book.integrity import ContiguousIds
-from mmengine.book.levels import ParsedDecimals, one, rows
+from mmengine.book.levels import LevelDecoder, one
 from mmengine.errors import FrameError, VenueRejected
 from mmengine.venues.base import VenueProtocol, VenueSpec, integer
 
@@ -70,9 +70,7 @@ def linear_symbol(instrument: str) -> str:
     return parts[0] + ("USDT" if parts[1] == "USDT" else "PERP")
 
 
-def parse_book(
-    instrument: str, msg: dict[str, Any], decimals: ParsedDecimals | None = None
-) -> BookUpdate:
+def parse_book(instrument: str, msg: dict[str, Any], levels: LevelDecoder) -> BookUpdate:
     """A whole `orderbook.N` message, validated before any book is touched.
 
     Delta (spot): {"topic":"orderbook.200.BTCUSDT","ts":1786310816618,"type":"delta",
@@ -90,8 +88,8 @@ def parse_book(
     return BookUpdate(
         instrument,
         kind == SNAPSHOT,
-        rows(data["b"], decimals),
-        rows(data["a"], decimals),
+        levels.rows(data["b"]),
+        levels.rows(data["a"]),
         integer(data["u"], "u"),
         None,
         -1 if seq is None else integer(seq, "seq"),
@@ -135,7 +133,6 @@ class _Bybit(VenueProtocol):
         self.by_topic = {topic: inst for inst, topic in self.topics.items()}
         self.by_ticker = {f"tickers.{s}": inst for inst, s in self.symbols.items()}
         self.tickers: dict[str, dict[str, Any]] = {inst: {} for inst in spec.instruments}
-        self.decimals = ParsedDecimals()
         self._req_ids = itertools.count(1)
         if spec.audit and not self.ticker_audit:
             log.info("%s: %s tickers carry no best bid/ask: no audit", spec.name, self.category)
@@ -212,7 +209,7 @@ class _Bybit(VenueProtocol):
         instrument = self.by_topic.get(topic) if type(topic) is str else None
         if instrument is not None:
             try:
-                update = parse_book(instrument, msg, self.decimals)
+                update = parse_book(instrument, msg, self.levels)
                 if msg["data"]["s"] != self.symbols[instrument]:
                     raise FrameError("unknown_symbol", f"{msg['data']['s']!r} on {topic}"[:80])
             except DECODE_ERRORS as exc:

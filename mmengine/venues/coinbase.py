@@ -23,9 +23,11 @@ audit `ticker`. Protocol facts (shared/docs/venue-protocols.md section 2):
 from __future__ import annotations
 
 import calendar
+import contextlib
 import time
-from typing import Any
+from typing import Any, Literal
 
+import msgspec
 import orjson
 
 from mmengine.book.events import (
@@ -40,9 +42,9 @@ from mmengine.book.events import (
     lost_update,
 )
 from mmengine.book.integrity import CountedByConnection
-from mmengine.book.levels import one, sided
+from mmengine.book.levels import one
 from mmengine.errors import FrameError, VenueRejected
-from mmengine.venues.base import VenueProtocol, VenueSpec
+from mmengine.venues.base import TypedFrame, VenueProtocol, VenueSpec
 
 WS_URL = "wss://advanced-trade-ws.coinbase.com"
 LEVEL2 = "level2"  # the channel subscribed ...
@@ -58,6 +60,30 @@ MAX_FRAME_BYTES = 64 * 1024 * 1024  # snapshots are several MB; 64 MiB is ample 
 AUDIT_TOLERANCE_S = 5.0  # ticker vs book: alarm when they disagree for longer than this
 MESSAGES_PER_SECOND = 8  # unauthenticated messages per second per IP (2.5)
 FULL_BOOK = 1 << 62  # depth of a book that is never truncated
+L2_START = '{"channel":"l2_data"'  # how Advanced Trade (and the simulator) begin l2 frames
+# msgspec decodes l2_data (46,000-level snapshots) in a quarter of orjson's time: these types.
+
+
+class _Update(TypedFrame, gc=False):
+    side: Literal["bid", "offer"]  # (another side: decoded by orjson, refused as `bad_side`)
+    price_level: str
+    new_quantity: str
+
+
+class _Event(TypedFrame, gc=False):
+    type: str
+    product_id: str
+    updates: list[_Update]
+
+
+class _L2Frame(TypedFrame, gc=False):
+    channel: str
+    timestamp: str
+    sequence_num: int
+    events: list[_Event]
+
+
+L2_FRAME = msgspec.json.Decoder(_L2Frame)
 
 
 class RfcSeconds:
@@ -152,8 +178,14 @@ class CoinbaseAdvanced(VenueProtocol):
         ]
 
     def parse(self, frame: str) -> list[Event]:
-        msg = orjson.loads(frame)
-        if type(msg) is not dict:
+        msg = None
+        if frame.startswith(L2_START):
+            # (not the shape above: decoded as any frame below, and judged as such)
+            with contextlib.suppress(msgspec.MsgspecError):
+                msg = L2_FRAME.decode(frame)
+        if msg is None:
+            msg = orjson.loads(frame)
+        if type(msg) is not dict and type(msg) is not _L2Frame:
             raise FrameError("not_an_object", repr(msg)[:80])
         seq = msg.get("sequence_num")
         if seq is None:
@@ -195,7 +227,9 @@ class CoinbaseAdvanced(VenueProtocol):
             kind = event["type"]
             if kind != "snapshot" and kind != "update":
                 raise FrameError("malformed", f"event type {kind!r}"[:80])
-            bids, asks = sided(event["updates"], BID, OFFER, "price_level", "new_quantity", "side")
+            bids, asks = self.levels.sided(
+                event["updates"], BID, OFFER, "price_level", "new_quantity", "side"
+            )
             out.append(BookUpdate(instrument, kind == "snapshot", bids, asks, seq, None, -1, ts_ns))
 
     def _tickers(self, msg: dict[str, Any]) -> list[Event]:

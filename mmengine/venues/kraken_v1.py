@@ -29,7 +29,7 @@ from mmengine.book.events import (
     lost_update,
 )
 from mmengine.book.integrity import KrakenCrc32
-from mmengine.book.levels import kraken_rows, one
+from mmengine.book.levels import LevelDecoder, one
 from mmengine.errors import FrameError, VenueRejected
 from mmengine.venues.base import UNPUBLISHED_LIMIT, VenueProtocol, VenueSpec, seconds_to_ns
 
@@ -67,7 +67,7 @@ def v1_pair(instrument: str) -> str:
     return f"{V1_ASSET.get(base, base)}/{V1_ASSET.get(quote, quote)}"
 
 
-def parse_book(instrument: str, msg: list[Any]) -> BookUpdate:
+def parse_book(instrument: str, msg: list[Any], levels: LevelDecoder) -> BookUpdate:
     """A `book-<depth>` array frame -> a snapshot or an update.
 
     Snapshot: [1360,{"as":[["0.000022900","13355.87450757","1618678123.481570"]],
@@ -82,8 +82,8 @@ def parse_book(instrument: str, msg: list[Any]) -> BookUpdate:
     if "as" in first or "bs" in first:
         wire_asks = first.get("as") or []
         wire_bids = first.get("bs") or []
-        asks = kraken_rows(wire_asks)
-        bids = kraken_rows(wire_bids)
+        asks = levels.kraken_rows(wire_asks)
+        bids = levels.kraken_rows(wire_bids)
         # The newest level timestamp stands for the snapshot's time (the strings all read
         # `seconds.micros`, so the greatest string is the latest time).
         ts = seconds_to_ns(max(map(itemgetter(2), wire_asks + wire_bids), default="0"))
@@ -95,12 +95,12 @@ def parse_book(instrument: str, msg: list[Any]) -> BookUpdate:
     for obj in msg[1:-2]:
         a = obj.get("a")
         if a is not None:
-            asks = kraken_rows(a)
+            asks = levels.kraken_rows(a)
             if a:
                 ts = a[-1][2]
         b = obj.get("b")
         if b is not None:
-            bids = kraken_rows(b)
+            bids = levels.kraken_rows(b)
             if b:
                 ts = b[-1][2]
         c = obj.get("c")
@@ -197,7 +197,7 @@ class KrakenV1(KrakenBook):
         if instrument is None:
             raise FrameError("unknown_symbol", repr(msg[-1])[:40])
         try:
-            return parse_book(instrument, msg)
+            return parse_book(instrument, msg, self.levels)
         except DECODE_ERRORS as exc:
             raise lost_update((instrument,), exc) from None
 

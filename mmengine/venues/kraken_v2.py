@@ -29,7 +29,7 @@ from mmengine.book.events import (
     Skipped,
     lost_update,
 )
-from mmengine.book.levels import PairFormats, kraken_numbers, number
+from mmengine.book.levels import number
 from mmengine.errors import FrameError, VenueRejected
 from mmengine.venues.base import VenueSpec
 from mmengine.venues.kraken_v1 import KrakenBook, spot_pair
@@ -71,8 +71,8 @@ class KrakenV2(KrakenBook):
         super().__init__(spec)
         self.symbols = {inst: v2_symbol(inst) for inst in spec.instruments}
         self.by_symbol = {symbol: inst for inst, symbol in self.symbols.items()}
-        # symbol -> its precisions as formats (".1f", ".8f"), from `instrument`
-        self.formats: dict[str, PairFormats] = {}
+        # symbol -> its precisions for the checksum (`levels.pair_formats`), from `instrument`
+        self.formats: dict[str, Any] = {}
         self.book_subscribed: set[str] = set()  # on this connection
         self._req_id = 0
 
@@ -167,8 +167,8 @@ class KrakenV2(KrakenBook):
                     BookUpdate(
                         instrument,
                         snapshot,
-                        kraken_numbers(item.get("bids") or [], formats),
-                        kraken_numbers(item.get("asks") or [], formats),
+                        self.levels.kraken_numbers(item.get("bids") or [], formats),
+                        self.levels.kraken_numbers(item.get("asks") or [], formats),
                         None,
                         None,
                         -1,
@@ -190,8 +190,8 @@ class KrakenV2(KrakenBook):
             symbol = pair.get("symbol")
             if symbol not in self.by_symbol:
                 continue
-            formats = PairFormats(
-                f".{int(pair['price_precision'])}f", f".{int(pair['qty_precision'])}f"
+            formats = self.levels.pair_formats(
+                int(pair["price_precision"]), int(pair["qty_precision"])
             )
             previous = self.formats.get(symbol)
             if previous != formats:  # the same precisions: keep the forms written with them

@@ -38,7 +38,7 @@ from mmengine.book.events import (
     lost_update,
 )
 from mmengine.book.integrity import OkxCrc32, PreviousIdChain, SequenceRule, Unsequenced
-from mmengine.book.levels import ParsedDecimals, one, wire_rows
+from mmengine.book.levels import LevelDecoder, one
 from mmengine.errors import FrameError, VenueRejected
 from mmengine.venues.base import VenueProtocol, VenueSpec, integer
 
@@ -85,7 +85,7 @@ def channel_for_depth(depth: int) -> str:
 
 
 def parse_book(
-    instrument: str, channel: str, msg: dict[str, Any], decimals: ParsedDecimals
+    instrument: str, channel: str, msg: dict[str, Any], levels: LevelDecoder
 ) -> BookUpdate:
     """A whole book message, validated before any book is touched: {"arg":{"channel":"books",
     "instId":"BTC-USD-220527"},"action":"update","data":[{"asks":[["30249.4","0","0","0"]],
@@ -94,8 +94,8 @@ def parse_book(
     if type(entries) is not list or len(entries) != 1:
         raise FrameError("malformed", "data is not one book entry")
     data = entries[0]
-    asks = wire_rows(data["asks"], decimals)
-    bids = wire_rows(data["bids"], decimals)
+    asks = levels.wire_rows(data["asks"])
+    bids = levels.wire_rows(data["bids"])
     checksum = data.get("checksum") or 0  # 0: not provided (deprecated field, 4.4)
     if type(checksum) is not int:
         raise FrameError("malformed", f"checksum {checksum!r}"[:80])
@@ -129,7 +129,6 @@ class OkxV5(VenueProtocol):
         self.channel = channel_for_depth(spec.depth)
         self.inst_ids = {inst: inst_id(inst) for inst in spec.instruments}
         self.by_inst_id = {i: inst for inst, i in self.inst_ids.items()}
-        self.decimals = ParsedDecimals()
 
     @classmethod
     def instrument_problem(cls, instrument: str) -> str | None:
@@ -230,7 +229,7 @@ class OkxV5(VenueProtocol):
         if instrument is None:
             raise FrameError("unknown_symbol", repr(arg.get("instId"))[:40])  # type: ignore[union-attr]
         try:
-            return parse_book(instrument, channel, msg, self.decimals)
+            return parse_book(instrument, channel, msg, self.levels)
         except DECODE_ERRORS as exc:
             raise lost_update((instrument,), exc) from None
 

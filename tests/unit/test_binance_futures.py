@@ -39,7 +39,9 @@ COINM_SNAPSHOT = (
 
 
 def test_the_documented_frames_parse() -> None:
-    usdm = BinanceUsdm(VenueSpec("u", "binance-usdm", ("BTC-USDT-PERP", "BNB-USDT-PERP")))
+    # The reference core: its decoded levels are plain (price, size) lists to compare.
+    spec = VenueSpec("u", "binance-usdm", ("BTC-USDT-PERP", "BNB-USDT-PERP"), book_core="python")
+    usdm = BinanceUsdm(spec)
     ev = usdm.parse(USDM_EVENT)
     assert isinstance(ev, BookUpdate) and ev.instrument == "BTC-USDT-PERP"
     assert (ev.first_id, ev.last_id, ev.prev_id, ev.ts_ns) == (157, 160, 149, 123456789000000)
@@ -53,7 +55,9 @@ def test_the_documented_frames_parse() -> None:
         25.3652,
         40.66,
     )
-    coinm = BinanceCoinm(VenueSpec("c", "binance-coinm", ("BTC-USD-20200626", "BTC-USD-PERP")))
+    coinm = BinanceCoinm(
+        VenueSpec("c", "binance-coinm", ("BTC-USD-20200626", "BTC-USD-PERP"), book_core="python")
+    )
     ev = coinm.parse(COINM_EVENT)
     assert isinstance(ev, BookUpdate) and ev.instrument == "BTC-USD-20200626"
     assert (ev.first_id, ev.last_id, ev.prev_id) == (17285681, 17285702, 17285675)

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+from mmengine.book.levels import LevelDecoder
 from mmengine.capture import CaptureEvent
 from mmengine.config import parse_config
 from mmengine.errors import ConfigError
@@ -68,7 +69,7 @@ def _venue(cls: type = BybitSpot, inst: str = "BTC-USDT", audit: bool = False) -
 
 
 def test_documented_spot_delta_parses_as_the_docs_say() -> None:
-    m = parse_book("BTC-USDT", orjson.loads(DOC_SPOT_DELTA))
+    m = parse_book("BTC-USDT", orjson.loads(DOC_SPOT_DELTA), LevelDecoder())
     assert (m.instrument, m.snapshot, m.last_id, m.cross_seq) == (
         "BTC-USDT",
         False,

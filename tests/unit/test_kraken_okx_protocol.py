@@ -283,6 +283,7 @@ def test_replay_json(
         "protocol",
         "frames",
         "book_frames",
+        "book_core",
         "seconds",
         "us_per_book_frame",
         "connection_sequence",
@@ -294,7 +295,7 @@ def test_replay_json(
     }
     assert card["capture"] == f"{capture}.jsonl.gz"
     assert (card["protocol"], card["book_frames"], card["errors"]) == (protocol, book_frames, [])
-    assert card["us_per_book_frame"] > 0
+    assert card["us_per_book_frame"] > 0 and card["book_core"] == "compiled"
     insts = card["instruments"].values()
     assert sum(i["checksums"]["checked"] for i in insts) == checked
     assert sum(i["checksums"]["failed"] for i in insts) == 0
