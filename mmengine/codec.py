@@ -140,7 +140,13 @@ def encode_price(header: bytes, p: Price) -> bytes:
     if p.venues_used:
         parts.append(_varlong(len(p.venues_used)))
         for u in p.venues_used:
-            parts += (_string(u.venue), _string(u.instrument), _D3(u.mid, u.weight, u.fx_rate))
+            parts += (
+                _string(u.venue),
+                _string(u.instrument),
+                _D3(u.mid, u.weight, u.fx_rate),
+                _varlong(u.venue_seq),
+                _varlong(u.recv_ts_ns),
+            )
     parts.append(b"\0")
     if p.venues_excluded:
         parts.append(_varlong(len(p.venues_excluded)))
@@ -193,6 +199,8 @@ def price_record(price: Price) -> dict[str, Any]:
                 "mid": u.mid,
                 "weight": u.weight,
                 "fx_rate": u.fx_rate,
+                "venue_seq": u.venue_seq,
+                "recv_ts_ns": u.recv_ts_ns,
             }
             for u in price.venues_used
         ],

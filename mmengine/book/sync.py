@@ -392,6 +392,12 @@ class BookDriver:
                 raise IntegrityError(
                     sync.instrument, "checksum", f"computed {got}, venue {checksum}"
                 )
+            if last_id is None:
+                # No id (Kraken): the book is named by the checksum it matched (as unsigned
+                # 32 bits: OKX's legacy one is signed, and -1 means "none").
+                book.venue_seq = got & 0xFFFFFFFF
+        elif last_id is None and sync.checksum is not None:
+            book.venue_seq = -1  # neither an id nor a checksum: this state has no name
         self.emit(sync, recv_ns)
         if sync.audits:
             self._audit_waiting(sync)
@@ -482,6 +488,11 @@ class BookDriver:
                 book.exchange_ts_ns = ev.ts_ns
             if ev.checksum is not None and checksum is not None:
                 self.verify(sync, ev.checksum)
+            if ev.last_id is None and checksum is not None:
+                # A venue without ids (Kraken): the book's name is its checksum, the one
+                # the venue sent (verified above) or, for a snapshot that carries none
+                # (Kraken v1), the one of the book as loaded.
+                book.venue_seq = checksum.value(book) & 0xFFFFFFFF
 
     def apply(self, sync: InstrumentSync, ev: BookUpdate) -> None:
         """Apply every level of a delta, then truncate to depth (venues send no deletes for

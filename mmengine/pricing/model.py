@@ -308,7 +308,9 @@ def evaluate(
         mid = (top.bid_prices[0] + top.ask_prices[0]) / 2 * rate
         weight = src.weight if src.weight is not None else top.bid_sizes[0] + top.ask_sizes[0]
         raw_weights.append(weight)
-        used.append(VenueUsed(src.venue, src.instrument, mid, weight, rate))
+        used.append(
+            VenueUsed(src.venue, src.instrument, mid, weight, rate, top.venue_seq, top.recv_ts_ns)
+        )
     total_weight = sum(raw_weights) or 1.0
     for entry in used:
         entry.weight /= total_weight
