@@ -45,6 +45,9 @@ def start_simulator(
     seed: int | None = None,
     shift_bps: float = 0.0,
     ssl_context: ssl.SSLContext | None = None,
+    truth: bool = False,
+    truth_path: str | Path | None = None,
+    truth_levels: int = 5,
 ) -> SimulatorHandle:
     """Start a simulator for `venue` and return its running handle.
 
@@ -65,6 +68,9 @@ def start_simulator(
     - `shift_bps`: start every synthetic market this many bps away from its usual mid.
     - `ssl_context`: a server context holding a certificate; the simulator then serves
       `wss://` and `https://` (SNI and certificate checks run as against a real venue).
+    - `truth`: remember the top `truth_levels` of every book version it announced and the
+      venue ids naming them, for a checker (`handle.book_at(instrument, seq)`, and with
+      `truth_path` a JSON-lines journal; `mmengine.simulator.truth`).
     """
     protocol = SIM_PROTOCOLS.get(venue)
     if protocol is None:
@@ -81,5 +87,8 @@ def start_simulator(
         seed=seed,
         shift_bps=shift_bps,
         ssl_context=ssl_context,
+        truth=truth,
+        truth_path=truth_path,
+        truth_levels=truth_levels,
     )
     return handle.start()

@@ -92,6 +92,7 @@ class _KrakenSim(SimProtocol):
     """What both versions share: windows per depth, diffs, checksums, pending snapshots."""
 
     version = 1
+    truth_rule = "checksum"  # no ids: a book is named by its top-10 checksum
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -163,7 +164,7 @@ class _KrakenSim(SimProtocol):
             if clients:
                 old_bids, old_asks = self.windows[key]
                 for client in clients:
-                    self._send_snapshot(client, instrument, key[1], old_bids, old_asks)
+                    self._send_snapshot(client, instrument, key[1], old_bids, old_asks, True)
         self.mirrors[instrument].apply(changes)
         frames = []
         for key in keys:
@@ -174,6 +175,7 @@ class _KrakenSim(SimProtocol):
             if not bids and not asks:
                 continue  # nothing changed inside this window
             crc = self.checksum(instrument, new_bids, new_asks)
+            self.truth.mark(instrument, crc, clean=not corrupt)
             if corrupt:
                 crc = (crc + 1) % 2**32
                 self.corrupt.discard(instrument)
@@ -190,11 +192,20 @@ class _KrakenSim(SimProtocol):
         return True
 
     def _send_snapshot(
-        self, client: ClientConn, instrument: str, depth: int, bids: dict, asks: dict
+        self,
+        client: ClientConn,
+        instrument: str,
+        depth: int,
+        bids: dict,
+        asks: dict,
+        before: bool = False,
     ) -> None:
         text = self.snapshot_text(instrument, depth, bids, asks)
         client.set_topics([*client.topics, self.topic(instrument, depth)])
         client.outbox.put(text)
+        if self.truth.enabled:
+            crc = self.checksum(instrument, bids, asks)
+            self.truth.mark(instrument, crc, snapshot=True, before=before, queued=True)
 
     def _subscribe(self, client: ClientConn, instrument: str, depth: int) -> None:
         """Queue a book subscription (with `self.lock` held)."""

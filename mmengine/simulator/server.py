@@ -48,6 +48,7 @@ from websockets.sync.server import Server, ServerConnection, serve
 
 from mmengine.capture import CaptureEvent, read_capture
 from mmengine.simulator.market import ASK, BID, Change, Market, default_params
+from mmengine.simulator.truth import NO_TRUTH, BookVersion, TruthLog
 
 log = logging.getLogger("mmengine.simulator")
 
@@ -60,6 +61,7 @@ CATCH_UP_LIMIT_S = 0.25  # further behind than this, the schedule restarts from 
 DRAIN_TIMEOUT_S = 2.0  # stop(): time given to clients to receive what is queued for them
 PING_INTERVAL_S = 20.0  # like Binance: a ping every 20 s ...
 PING_TIMEOUT_S = 60.0  # ... and a minute to answer it
+TRUTH_FLUSH_S = 0.25  # the truth journal reaches the OS at least this often
 
 Query = Mapping[str, str]
 
@@ -144,6 +146,10 @@ class SimProtocol:
 
     venue: ClassVar[str] = ""
     ws_path: ClassVar[str] = "/"  # path of `SimulatorHandle.ws_url`
+    # How the venue's integrity rule ties ids to books (`mmengine.simulator.truth`).
+    truth_rule: ClassVar[str] = "chain"
+    # Where the protocol marks which id names which book (`SimulatorHandle(truth=True)`).
+    truth: TruthLog = NO_TRUTH
 
     def __init__(
         self,
@@ -290,6 +296,9 @@ class SimulatorHandle:
         seed: int | None = None,
         shift_bps: float = 0.0,
         ssl_context: ssl.SSLContext | None = None,
+        truth: bool = False,
+        truth_path: str | Path | None = None,
+        truth_levels: int = 5,
     ) -> None:
         if rate <= 0:
             raise ValueError(f"rate must be > 0 frames/s, was {rate}")
@@ -341,6 +350,24 @@ class SimulatorHandle:
             self.protocol = protocol_cls(
                 self.instruments, self.markets, self.lock, random.Random(f"{self.seed}:proto")
             )
+
+        # The truth (synthetic books only): every version of every book and the ids naming
+        # them, for a checker; off by default, it costs a few microseconds per step.
+        self.truth: TruthLog = NO_TRUTH
+        if truth or truth_path is not None:
+            if self._replay is not None:
+                raise ValueError("truth is kept for synthetic books only, not in replay mode")
+            self.truth = TruthLog(
+                protocol_cls.venue,
+                protocol_cls.truth_rule,
+                self.instruments,
+                levels=truth_levels,
+                path=truth_path,
+                seed=self.seed,
+            )
+            for name, market in self.markets.items():
+                self.truth.announce(name, market)
+            self.protocol.truth = self.truth
 
         # Client registry: a tuple replaced under the condition's lock, so the generator can
         # iterate the current tuple without holding any lock.
@@ -404,6 +431,13 @@ class SimulatorHandle:
         with self.lock:
             return market.levels(BID, limit), market.levels(ASK, limit)
 
+    def book_at(self, instrument: str, seq: int, recv_ns: int | None = None) -> BookVersion | None:
+        """The book the venue id `seq` named, from the truth kept with `truth=True` (None if
+        unknown or out of its window); `recv_ns`: when a client received it, for a venue
+        whose ids restart on each connection."""
+        with self.lock:
+            return self.truth.book_at(instrument, seq, recv_ns)
+
     def inject(self, kind: str) -> None:
         """Inject one fault now (on the generator thread), besides any scheduled ones, even
         with no client connected."""
@@ -461,6 +495,8 @@ class SimulatorHandle:
         self._wake.set()
         if self._generator_thread is not None:
             self._generator_thread.join()
+        with self.lock:
+            self.truth.close()
         # Let each client receive what is already queued for it, then a goodbye and a
         # 1001 close; a client that does not read gets DRAIN_TIMEOUT_S, then is cut off.
         goodbye = self.protocol.goodbye_frames()
@@ -618,9 +654,14 @@ class SimulatorHandle:
         now = time.monotonic()
         next_step = now
         next_fault = self._next_fault_time(now)
+        next_flush = now + TRUTH_FLUSH_S
         try:
             while not self._stopping:
                 now = time.monotonic()
+                if now >= next_flush:
+                    next_flush = now + TRUTH_FLUSH_S
+                    with self.lock:
+                        self.truth.flush()
                 while True:
                     try:
                         requested = self._requests.get_nowait()
@@ -642,7 +683,7 @@ class SimulatorHandle:
                 if now < next_step:
                     # Sleep, never spin: a spinning thread would starve every other thread
                     # of the GIL (the connection threads and the engine under test).
-                    self._wake.wait(min(next_step, next_fault) - now)
+                    self._wake.wait(min(next_step, next_fault, next_flush) - now)
                     self._wake.clear()
                     continue
                 done = 0
@@ -664,10 +705,15 @@ class SimulatorHandle:
         self._round_robin = (self._round_robin + 1) % len(self.instruments)
         self._broadcast(self._step(instrument))
 
-    def _step(self, instrument: str) -> list[OutFrame]:
+    def _step(self, instrument: str, discard: bool = False) -> list[OutFrame]:
+        """One market step of `instrument`, announced; `discard`: its frames will be thrown
+        away (the `gap` fault), which the truth notes (inside the lock, where it marks)."""
         with self.lock:
-            changes = self.markets[instrument].step()
-            frames = self.protocol.update_frames(instrument, changes, self._wanted)
+            market = self.markets[instrument]
+            changes = market.step()
+            self.truth.announce(instrument, market)
+            with self.truth.undelivered() if discard else contextlib.nullcontext():
+                frames = self.protocol.update_frames(instrument, changes, self._wanted)
         self._stats.add("updates_generated")
         return frames
 
@@ -714,6 +760,8 @@ class SimulatorHandle:
     def _inject(self, kind: str, now: float) -> None:
         self._stats.fault(kind)
         log.info("%s simulator: injecting %s", self.venue, kind)
+        instrument: str | None = None
+        until_ns: int | None = None
         if kind == "drop":
             for client in self._clients:
                 self._abort(client)
@@ -725,14 +773,20 @@ class SimulatorHandle:
                 # One instrument's update happens (its book and ids move) but is never sent.
                 instrument = self.instruments[self._round_robin]
                 self._round_robin = (self._round_robin + 1) % len(self.instruments)
-                self._step(instrument)
+                self._step(instrument, discard=True)
         elif kind == "malformed":
-            self._broadcast([self.protocol.malformed_frame(self._rng.choice(self.instruments))])
+            instrument = self._rng.choice(self.instruments)
+            self._broadcast([self.protocol.malformed_frame(instrument)])
         elif kind == "badchecksum":
+            instrument = self._rng.choice(self.instruments)
             with self.lock:
-                self.protocol.corrupt_checksum(self._rng.choice(self.instruments))
+                self.protocol.corrupt_checksum(instrument)
         elif kind == "badticker":
+            instrument = self._rng.choice(self.instruments)
             with self.lock:
-                self.protocol.corrupt_ticker(self._rng.choice(self.instruments))
+                self.protocol.corrupt_ticker(instrument)
         elif kind == "stall":
             self._stall_until = now + STALL_S
+            until_ns = time.time_ns() + int(STALL_S * 1e9)
+        with self.lock:
+            self.truth.fault(kind, instrument, until_ns)

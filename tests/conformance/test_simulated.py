@@ -6,6 +6,9 @@ transport (the venue thread, its REST fetcher) as the engine runs it.
   book is LIVE again and equals the simulator's own.
 - (d) A dropped connection reconnects, resubscribes, and the rebuilt books equal the
   simulator's own.
+- (t) Every LIVE top the connection publishes, through lost updates, bad checksums, broken
+  frames and a dropped connection, is the book the simulator announced under the
+  `venue_seq` it names (the simulator's own record of what it sent, `truth=True`).
 """
 
 from __future__ import annotations
@@ -26,11 +29,15 @@ pytestmark = pytest.mark.integration
 
 
 @contextmanager
-def connected(protocol: str, seed: int) -> Iterator[tuple[SimulatorHandle, VenueConnection]]:
+def connected(
+    protocol: str, seed: int, truth: bool = False
+) -> Iterator[tuple[SimulatorHandle, VenueConnection]]:
     """The protocol's simulator and a venue connection to it, its books LIVE."""
     kit = kit_of(protocol)
     simulator = registration(protocol).simulator_classes()[0].venue
-    with start_simulator(simulator, instruments=list(kit.instruments), rate=200, seed=seed) as sim:
+    with start_simulator(
+        simulator, instruments=list(kit.instruments), rate=200, seed=seed, truth=truth
+    ) as sim:
         spec = VenueSpec(
             "v",
             protocol,
@@ -103,3 +110,32 @@ def test_a_dropped_connection_reconnects_resubscribes_and_rebuilds_every_book(
         wait_for(lambda: all_live(venue))
         assert sim.stats["connections"] > connections
         same_books(sim, conn)
+
+
+def test_every_live_top_is_the_book_the_simulator_announced_under_its_venue_seq(
+    protocol: str,
+) -> None:
+    venue_cls = registration(protocol).venue
+    faults = ["gap", "malformed", "drop"]
+    if venue_cls.checksum is not None:
+        faults.append("badchecksum")
+    with connected(protocol, seed=53, truth=True) as (sim, conn):
+        tops = conn._publisher
+        assert isinstance(tops, Tops)
+        for fault in faults:
+            sim.inject(fault)
+            time.sleep(0.3)
+            wait_for(lambda: all_live(conn.venue))
+        time.sleep(0.3)
+        live = [t for _, t in list(tops.got) if t.state == "LIVE"]
+    checked = 0
+    for top in live:
+        truth = sim.book_at(top.instrument, top.venue_seq, top.recv_ts_ns)
+        assert truth is not None, f"{top.instrument} venue_seq {top.venue_seq}: never sent"
+        n = len(top.bid_prices)
+        want_bids = [(float(p), float(q)) for p, q in truth.bids[:n]]
+        want_asks = [(float(p), float(q)) for p, q in truth.asks[: len(top.ask_prices)]]
+        assert list(zip(top.bid_prices, top.bid_sizes, strict=True)) == want_bids, top
+        assert list(zip(top.ask_prices, top.ask_sizes, strict=True)) == want_asks, top
+        checked += 1
+    assert checked > 50 and sum(sim.stats["faults"].values()) == len(faults)
