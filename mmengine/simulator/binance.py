@@ -291,6 +291,10 @@ class BinanceSim(SimProtocol):
         # To every client: a frame that does not parse cannot be told apart by stream anyway.
         return OutFrame(None, text[: len(text) // 2])
 
+    def error_frame(self, instrument: str) -> OutFrame | None:
+        """An error with no request id, as the venue answers a request it cannot read."""
+        return OutFrame(None, _error(3, "Invalid JSON: expected value at line 1 column 1", None))
+
     def corrupt_ticker(self, instrument: str) -> bool:
         """The next `@bookTicker` of `instrument` shows a best bid its book does not have."""
         if instrument not in self.markets:

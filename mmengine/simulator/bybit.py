@@ -316,6 +316,12 @@ class BybitSim(SimProtocol):
         self._top[instrument] = top
         return frames
 
+    def error_frame(self, instrument: str) -> OutFrame | None:
+        text = _dumps(
+            {"success": False, "ret_msg": "Too many requests", "conn_id": "sim", "op": "subscribe"}
+        )
+        return OutFrame(None, text)
+
     def malformed_frame(self, instrument: str) -> OutFrame:
         """Half of a delta frame: not JSON, and no `u` used up."""
         symbol = self.names[instrument][1]

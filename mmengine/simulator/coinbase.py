@@ -327,6 +327,10 @@ class CoinbaseSim(SimProtocol):
         )
         return OutFrame(None, text[: len(text) // 2])
 
+    def error_frame(self, instrument: str) -> OutFrame | None:
+        """`{"type":"error","message":...}`: no channel and no sequence number (2.4)."""
+        return OutFrame(None, _dumps({"type": "error", "message": "rate limit exceeded"}))
+
     # --- connection threads -------------------------------------------------------------------
 
     def accept(self, path: str, query: Query) -> Sequence[str] | None:

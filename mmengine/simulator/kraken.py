@@ -411,6 +411,9 @@ class KrakenV1Sim(_KrakenSim):
             [self.channel_ids[instrument], payload, f"book-{depth}", self.pairs[instrument]]
         )
 
+    def error_frame(self, instrument: str) -> OutFrame | None:
+        return OutFrame(None, _dumps({"errorMessage": "Exceeded msg rate", "event": "error"}))
+
     def update_text(self, instrument, depth, bids, asks, crc) -> str:  # type: ignore[no-untyped-def]
         ts = f"{time.time():.6f}"
         parts: list[dict[str, Any]] = []
@@ -502,6 +505,19 @@ class KrakenV2Sim(_KrakenSim):
             "checksum": self.checksum(instrument, bids, asks),
         }
         return _dumps({"channel": "book", "type": "snapshot", "data": [entry]})
+
+    def error_frame(self, instrument: str) -> OutFrame | None:
+        now = _now_rfc3339()
+        text = _dumps(
+            {
+                "error": "Exceeded msg rate",
+                "method": "subscribe",
+                "success": False,
+                "time_in": now,
+                "time_out": now,
+            }
+        )
+        return OutFrame(None, text)
 
     def update_text(self, instrument, depth, bids, asks, crc) -> str:  # type: ignore[no-untyped-def]
         entry = {

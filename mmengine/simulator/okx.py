@@ -253,6 +253,9 @@ class OkxSim(SimProtocol):
         self.corrupt.add(instrument)
         return True
 
+    def error_frame(self, instrument: str) -> OutFrame | None:
+        return OutFrame(None, self._error("60014", "Requests too frequent."))
+
     def malformed_frame(self, instrument: str) -> OutFrame:
         text = _dumps({"arg": {"channel": "books", "instId": self.ids[instrument]}, "data": []})
         return OutFrame(None, text[: len(text) // 2])

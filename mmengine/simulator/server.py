@@ -52,8 +52,20 @@ from mmengine.simulator.truth import NO_TRUTH, BookVersion, TruthLog
 
 log = logging.getLogger("mmengine.simulator")
 
-FAULT_KINDS = ("drop", "gap", "malformed", "stall", "badchecksum", "badticker")
+FAULT_KINDS = (
+    "drop",
+    "gap",
+    "malformed",
+    "stall",
+    "badchecksum",
+    "badticker",
+    "oversized",
+    "error",
+)
 STALL_S = 3.0  # how long a `stall` fault sends nothing
+# An `oversized` frame: beyond what any venue sends (Coinbase's full-book snapshots reach
+# several MB) and beyond what a client should accept; `SimulatorHandle(oversized_bytes=)`.
+OVERSIZED_BYTES = 65 * 1024 * 1024
 FAULT_JITTER = 0.2  # each fault interval is drawn from interval * [0.8, 1.2]
 MAX_BACKLOG = 100_000  # frames queued for one client before it is dropped as too slow
 MAX_BATCH = 1_000  # steps done in one wake-up when the generator is behind schedule
@@ -197,6 +209,11 @@ class SimProtocol:
         of `instrument` carry a wrong checksum. Returns False if the venue has none."""
         return False
 
+    def error_frame(self, instrument: str) -> OutFrame | None:
+        """The `error` fault: an error message as the venue sends it unasked (a rate limit,
+        say), changing no sequence state; None if the venue has no such message."""
+        return None
+
     def corrupt_ticker(self, instrument: str) -> bool:
         """The `badticker` fault (generator thread, `self.lock` held): make the next
         best-bid/ask ticker of `instrument` disagree with its book. Returns False if the
@@ -299,6 +316,7 @@ class SimulatorHandle:
         truth: bool = False,
         truth_path: str | Path | None = None,
         truth_levels: int = 5,
+        oversized_bytes: int = OVERSIZED_BYTES,
     ) -> None:
         if rate <= 0:
             raise ValueError(f"rate must be > 0 frames/s, was {rate}")
@@ -312,6 +330,7 @@ class SimulatorHandle:
         self.rate = float(rate)
         self.faults = tuple(dict.fromkeys(faults))
         self.fault_interval_s = float(fault_interval_s)
+        self.oversized_bytes = oversized_bytes
         # A run without a seed still gets one, and says which: it can be re-run exactly.
         self.seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
         self.replay_path = Path(replay) if replay is not None else None
@@ -788,5 +807,14 @@ class SimulatorHandle:
         elif kind == "stall":
             self._stall_until = now + STALL_S
             until_ns = time.time_ns() + int(STALL_S * 1e9)
+        elif kind == "oversized":
+            # Valid JSON, no book in it: what a client must refuse by size alone.
+            padding = "x" * max(0, self.oversized_bytes - 20)
+            self._broadcast([OutFrame(None, f'{{"oversized":"{padding}"}}')])
+        elif kind == "error":
+            instrument = self._rng.choice(self.instruments)
+            frame = self.protocol.error_frame(instrument)
+            if frame is not None:
+                self._broadcast([frame])
         with self.lock:
             self.truth.fault(kind, instrument, until_ns)

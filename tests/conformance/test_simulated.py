@@ -139,3 +139,19 @@ def test_every_live_top_is_the_book_the_simulator_announced_under_its_venue_seq(
         assert list(zip(top.ask_prices, top.ask_sizes, strict=True)) == want_asks, top
         checked += 1
     assert checked > 50 and sum(sim.stats["faults"].values()) == len(faults)
+
+
+def test_a_venue_error_message_and_an_oversized_frame_are_counted_skips(protocol: str) -> None:
+    """Bad input that carries no book update: each is a counted skip of its own kind, every
+    book stays LIVE on the same connection, nothing resyncs."""
+    venue_cls = registration(protocol).venue
+    with connected(protocol, seed=54) as (sim, conn):
+        venue = conn.venue
+        sim.oversized_bytes = venue_cls.max_frame_bytes + 1024
+        before = resyncs(conn)
+        sim.inject("error")
+        wait_for(lambda: venue.venue_stats.skipped["venue_error"] >= 1)
+        sim.inject("oversized")
+        wait_for(lambda: venue.venue_stats.skipped["frame_too_large"] >= 1)
+        assert all_live(venue) and resyncs(conn) == before
+        assert venue.venue_stats.reconnects == 0 and conn.connects == 1
