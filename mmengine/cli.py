@@ -375,7 +375,9 @@ def set_position(instrument: str, qty: float, run_dir: str | None) -> None:
     "--fault",
     "faults",
     multiple=True,
-    type=click.Choice(["drop", "gap", "malformed", "stall", "badchecksum", "oversized", "error"]),
+    type=click.Choice(
+        ["drop", "gap", "malformed", "stall", "badchecksum", "oversized", "error", "crossed"]
+    ),
     help="Inject this fault at random times (repeatable).",
 )
 @click.option("--fault-interval", type=float, default=5.0, show_default=True, help="Seconds.")

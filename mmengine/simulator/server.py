@@ -61,6 +61,7 @@ FAULT_KINDS = (
     "badticker",
     "oversized",
     "error",
+    "crossed",
 )
 STALL_S = 3.0  # how long a `stall` fault sends nothing
 # An `oversized` frame: beyond what any venue sends (Coinbase's full-book snapshots reach
@@ -237,6 +238,37 @@ class SimProtocol:
         """Prepare replay mode: classify the recorded WebSocket frames (`recv`, in file
         order) and keep what `http` should answer from the recorded responses."""
         raise NotImplementedError
+
+
+class CrossedBook:
+    """The `crossed` fault: a market whose bid side also holds one level above its best ask,
+    until its next step removes it (the generator's alone, like the market it wraps). Reads
+    (`levels`, `best`) see the extra level, so a REST snapshot taken meanwhile shows the
+    same crossed book as the WebSocket."""
+
+    def __init__(self, market: Market, level: tuple[Decimal, Decimal]) -> None:
+        self.market = market
+        self.level = level
+        self.instrument = market.instrument
+        self.params = market.params
+
+    def levels(self, side: str, limit: int | None = None) -> list[tuple[Decimal, Decimal]]:
+        if side != BID:
+            return self.market.levels(side, limit)  # type: ignore[arg-type]
+        out = [self.level, *self.market.levels(BID, None if limit is None else limit - 1)]
+        return out if limit is None else out[:limit]
+
+    def best(self, side: str) -> tuple[Decimal, Decimal] | None:
+        return self.level if side == BID else self.market.best(side)  # type: ignore[arg-type]
+
+    def step(self) -> list[Change]:
+        """The market's next step, and the extra level deleted (unless the step itself
+        set a bid at that price)."""
+        changes = self.market.step()
+        price = self.level[0]
+        if not any(c.side == BID and c.price == price for c in changes):
+            changes.insert(0, Change(BID, price, Decimal(0)))  # the best bid comes first
+        return changes
 
 
 _CLOSE = object()  # outbox sentinel: the client is gone, end the writer
@@ -730,11 +762,27 @@ class SimulatorHandle:
         with self.lock:
             market = self.markets[instrument]
             changes = market.step()
+            if isinstance(market, CrossedBook):
+                self.markets[instrument] = market = market.market  # uncrossed again
             self.truth.announce(instrument, market)
             with self.truth.undelivered() if discard else contextlib.nullcontext():
                 frames = self.protocol.update_frames(instrument, changes, self._wanted)
         self._stats.add("updates_generated")
         return frames
+
+    def _cross(self, instrument: str) -> list[OutFrame]:
+        """Announce a bid one tick above the best ask, sized like it: a valid message (ids
+        and checksums follow on) of a crossed book, gone again at the next step."""
+        with self.lock:
+            market = self.markets[instrument]
+            ask = market.best(ASK)
+            if isinstance(market, CrossedBook) or ask is None:
+                return []
+            level = (ask[0] + market.params.tick, ask[1])
+            crossed = CrossedBook(market, level)
+            self.markets[instrument] = crossed  # type: ignore[assignment]
+            self.truth.announce(instrument, crossed)
+            return self.protocol.update_frames(instrument, [Change(BID, *level)], self._wanted)
 
     def _replay_next(self, client: ClientConn) -> None:
         """Send the client its next recorded frame (one per tick), skipping other topics."""
@@ -816,5 +864,8 @@ class SimulatorHandle:
             frame = self.protocol.error_frame(instrument)
             if frame is not None:
                 self._broadcast([frame])
+        elif kind == "crossed" and self._replay is None:
+            instrument = self._rng.choice(self.instruments)
+            self._broadcast(self._cross(instrument))
         with self.lock:
             self.truth.fault(kind, instrument, until_ns)

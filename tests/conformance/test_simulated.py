@@ -155,3 +155,28 @@ def test_a_venue_error_message_and_an_oversized_frame_are_counted_skips(protocol
         wait_for(lambda: venue.venue_stats.skipped["frame_too_large"] >= 1)
         assert all_live(venue) and resyncs(conn) == before
         assert venue.venue_stats.reconnects == 0 and conn.connects == 1
+
+
+def test_a_crossed_book_is_never_priced_and_comes_back(protocol: str) -> None:
+    """The simulator announces a bid above its best ask (a valid message: ids and checksums
+    follow on). A venue that documents crossed books (OKX) holds it LIVE, published as it
+    is, for pricing to leave out; every other venue resyncs that book. Either way the book
+    is LIVE again and every LIVE top equals the book announced under its venue_seq."""
+    venue_cls = registration(protocol).venue
+    with connected(protocol, seed=55, truth=True) as (sim, conn):
+        venue = conn.venue
+        sim.inject("crossed")
+        wait_for(lambda: sum(s.crossed for s in venue.stats.values()) >= 1)
+        time.sleep(0.2)
+        wait_for(lambda: all_live(venue))
+        tops = [t for _, t in list(conn._publisher.got) if t.state == "LIVE"]  # type: ignore[union-attr]
+    if venue_cls.crossed_is_venue_state:
+        assert not venue.venue_stats.resyncs
+        crossed = [t for t in tops if t.bid_prices[0] >= t.ask_prices[0]]
+        assert crossed  # published as the venue has it; pricing excludes it (`crossed`)
+    else:
+        assert venue.venue_stats.resyncs["crossed"] >= 1
+        assert all(t.bid_prices[0] < t.ask_prices[0] for t in tops)
+    for top in tops:
+        truth = sim.book_at(top.instrument, top.venue_seq, top.recv_ts_ns)
+        assert truth is not None and float(truth.bids[0][0]) == top.bid_prices[0], top
