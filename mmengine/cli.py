@@ -151,6 +151,19 @@ def run(config_path: str, duration: float | None, metrics_port: int | None) -> N
         sys.exit(1)
 
 
+# The simulator's faults (`mmengine.simulator.server.FAULT_KINDS`, without importing it at
+# start-up); badticker is Python-only (`handle.inject`), it needs a Binance audit to mean much.
+FAULT_CHOICES = [
+    "drop",
+    "gap",
+    "malformed",
+    "stall",
+    "badchecksum",
+    "oversized",
+    "error",
+    "crossed",
+    "drift",
+]
 RUN_DIR_HELP = f"Engine run dir (default ${RUN_DIR_ENV}, else <tmp>/mmengine)."
 
 
@@ -375,9 +388,7 @@ def set_position(instrument: str, qty: float, run_dir: str | None) -> None:
     "--fault",
     "faults",
     multiple=True,
-    type=click.Choice(
-        ["drop", "gap", "malformed", "stall", "badchecksum", "oversized", "error", "crossed"]
-    ),
+    type=click.Choice(FAULT_CHOICES),
     help="Inject this fault at random times (repeatable).",
 )
 @click.option("--fault-interval", type=float, default=5.0, show_default=True, help="Seconds.")

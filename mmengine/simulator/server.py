@@ -47,7 +47,7 @@ from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
 from mmengine.capture import CaptureEvent, read_capture
-from mmengine.simulator.market import ASK, BID, Change, Market, default_params
+from mmengine.simulator.market import ASK, BID, Change, Market, MarketParams, default_params
 from mmengine.simulator.truth import NO_TRUTH, BookVersion, TruthLog
 
 log = logging.getLogger("mmengine.simulator")
@@ -62,11 +62,18 @@ FAULT_KINDS = (
     "oversized",
     "error",
     "crossed",
+    "drift",
 )
 STALL_S = 3.0  # how long a `stall` fault sends nothing
 # An `oversized` frame: beyond what any venue sends (Coinbase's full-book snapshots reach
 # several MB) and beyond what a client should accept; `SimulatorHandle(oversized_bytes=)`.
 OVERSIZED_BYTES = 65 * 1024 * 1024
+# A `drift`: every market of the venue moves away from where it was, in DRIFT_STAGES equal
+# steps DRIFT_STAGE_S apart up to DRIFT_BPS, stays there DRIFT_HOLD_S, then comes back at once.
+DRIFT_BPS = 1500.0
+DRIFT_STAGES = 5
+DRIFT_STAGE_S = 0.5
+DRIFT_HOLD_S = 5.0
 FAULT_JITTER = 0.2  # each fault interval is drawn from interval * [0.8, 1.2]
 MAX_BACKLOG = 100_000  # frames queued for one client before it is dropped as too slow
 MAX_BATCH = 1_000  # steps done in one wake-up when the generator is behind schedule
@@ -271,6 +278,20 @@ class CrossedBook:
         return changes
 
 
+def book_changes(old: Any, new: Any) -> list[Change]:
+    """The changed levels that turn book `old` into book `new` (bids best first, then asks)."""
+    changes: list[Change] = []
+    for side in (BID, ASK):
+        before = dict(old.levels(side))
+        after = dict(new.levels(side))
+        for price in before.keys() | after.keys():
+            size = after.get(price, Decimal(0))
+            if before.get(price, Decimal(0)) != size:
+                changes.append(Change(side, price, size))
+    changes.sort(key=lambda c: (c.side != BID, -c.price if c.side == BID else c.price))
+    return changes
+
+
 _CLOSE = object()  # outbox sentinel: the client is gone, end the writer
 _GOING_AWAY = object()  # outbox sentinel: the simulator stops, close with 1001 and end
 
@@ -391,12 +412,14 @@ class SimulatorHandle:
             if not instruments:
                 raise ValueError("no instruments to simulate")
             self.instruments = tuple(dict.fromkeys(instruments))
+            self._params: dict[str, MarketParams] = {}
             for name in self.instruments:
                 params = default_params(name)
                 if shift_bps:
                     # A venue whose whole market sits elsewhere (tests an outlier filter).
                     mid = params.mid * (1 + Decimal(str(shift_bps)) / 10_000)
                     params = replace(params, mid=mid.quantize(params.tick))
+                self._params[name] = params
                 self.markets[name] = Market(name, seed=f"{self.seed}:{name}", params=params)
             self.protocol = protocol_cls(
                 self.instruments, self.markets, self.lock, random.Random(f"{self.seed}:proto")
@@ -436,6 +459,8 @@ class SimulatorHandle:
         self._requests: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._stall_until = 0.0
         self._round_robin = 0
+        self._drift_plan: list[tuple[float, float]] = []  # (monotonic time, shift in bps)
+        self._drifts = 0
 
         self._server: Server | None = None
         self._accept_thread: threading.Thread | None = None
@@ -719,6 +744,9 @@ class SimulatorHandle:
                     except queue.Empty:
                         break
                     self._inject(requested, now)
+                if self._drift_plan and now >= self._drift_plan[0][0]:
+                    _, bps = self._drift_plan.pop(0)
+                    self._shift_markets(bps)
                 if now >= next_fault:
                     # A scheduled fault fires only while a client is connected: one that hits
                     # nobody would be counted without being seen, and the counts are what a
@@ -734,7 +762,10 @@ class SimulatorHandle:
                 if now < next_step:
                     # Sleep, never spin: a spinning thread would starve every other thread
                     # of the GIL (the connection threads and the engine under test).
-                    self._wake.wait(min(next_step, next_fault, next_flush) - now)
+                    wake = min(next_step, next_fault, next_flush)
+                    if self._drift_plan:
+                        wake = min(wake, self._drift_plan[0][0])
+                    self._wake.wait(wake - now)
                     self._wake.clear()
                     continue
                 done = 0
@@ -783,6 +814,26 @@ class SimulatorHandle:
             self.markets[instrument] = crossed  # type: ignore[assignment]
             self.truth.announce(instrument, crossed)
             return self.protocol.update_frames(instrument, [Change(BID, *level)], self._wanted)
+
+    def _shift_markets(self, bps: float) -> None:
+        """Every market of the venue jumps to a new random book around its usual mid moved by
+        `bps` (a `drift` stage), announced as one valid update per instrument."""
+        self._drifts += 1
+        for instrument in self.instruments:
+            with self.lock:
+                old = self.markets[instrument]
+                base = self._params[instrument]
+                mid = base.mid * (1 + Decimal(str(bps)) / 10_000)
+                new = Market(
+                    instrument,
+                    seed=f"{self.seed}:{instrument}:drift{self._drifts}",
+                    params=replace(base, mid=mid.quantize(base.tick)),
+                )
+                changes = book_changes(old, new)
+                self.markets[instrument] = new
+                self.truth.announce(instrument, new)
+                frames = self.protocol.update_frames(instrument, changes, self._wanted)
+            self._broadcast(frames)
 
     def _replay_next(self, client: ClientConn) -> None:
         """Send the client its next recorded frame (one per tick), skipping other topics."""
@@ -867,5 +918,13 @@ class SimulatorHandle:
         elif kind == "crossed" and self._replay is None:
             instrument = self._rng.choice(self.instruments)
             self._broadcast(self._cross(instrument))
+        elif kind == "drift" and self._replay is None and not self._drift_plan:
+            plan = [
+                (now + i * DRIFT_STAGE_S, DRIFT_BPS * (i + 1) / DRIFT_STAGES)
+                for i in range(DRIFT_STAGES)
+            ]
+            back = plan[-1][0] + DRIFT_HOLD_S
+            self._drift_plan = [*plan, (back, 0.0)]
+            until_ns = time.time_ns() + int((back - now) * 1e9)
         with self.lock:
             self.truth.fault(kind, instrument, until_ns)

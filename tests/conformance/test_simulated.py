@@ -180,3 +180,33 @@ def test_a_crossed_book_is_never_priced_and_comes_back(protocol: str) -> None:
     for top in tops:
         truth = sim.book_at(top.instrument, top.venue_seq, top.recv_ts_ns)
         assert truth is not None and float(truth.bids[0][0]) == top.bid_prices[0], top
+
+
+def test_a_drift_moves_every_book_of_the_venue_and_back(protocol: str) -> None:
+    """`drift`: the venue's markets move away in stages, hold, and come back; every stage is
+    a valid update (no resync), and every LIVE top is the book announced under its id."""
+    from mmengine.simulator import server
+
+    with connected(protocol, seed=56, truth=True) as (sim, conn):
+        venue = conn.venue
+        start = {i: b.bids.best() for i, b in venue.books.items()}
+        old = (server.DRIFT_STAGE_S, server.DRIFT_HOLD_S)
+        server.DRIFT_STAGE_S, server.DRIFT_HOLD_S = 0.1, 0.5
+        try:
+            sim.inject("drift")
+            wait_for(
+                lambda: all((b.bids.best() or 0) > start[i] * 1.10 for i, b in venue.books.items()),
+                3.0,
+            )
+            wait_for(
+                lambda: all((b.bids.best() or 0) < start[i] * 1.02 for i, b in venue.books.items()),
+                3.0,
+            )
+        finally:
+            server.DRIFT_STAGE_S, server.DRIFT_HOLD_S = old
+        time.sleep(0.1)
+        assert not venue.venue_stats.resyncs and all_live(venue)
+        tops = [t for _, t in list(conn._publisher.got) if t.state == "LIVE"]  # type: ignore[union-attr]
+    for top in tops:
+        truth = sim.book_at(top.instrument, top.venue_seq, top.recv_ts_ns)
+        assert truth is not None and float(truth.asks[0][0]) == top.ask_prices[0], top
