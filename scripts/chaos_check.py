@@ -73,6 +73,11 @@ VENUE_LIMIT_S = 2.0
 SINK_LIMIT_S = 10.0
 ENGINE_LIMIT_S = 10.0
 OVERLAP_S = 0.5  # a fault starting this close to another one's end is judged with it
+# The engine judges age when it prices; the Price is stamped a moment later (its publish).
+AGE_SLACK_MS = 100.0
+# Prices of an instrument never stop for longer than max_age_ms plus this while the engine
+# runs: stale sources halt it, and a halted Price repeats every max_age_ms.
+SILENCE_SLACK_S = 1.0
 BOOK_FAULTS = ("gap", "badchecksum", "drop", "stall", "crossed", "malformed", "oversized", "error")
 ALL_BOOKS = ("drop", "stall", "oversized", "drift")  # faults that hit every book of a venue
 MAX_EXAMPLES = 12
@@ -164,7 +169,9 @@ class VenueTruth:
                     break  # a line the simulator was still writing
                 rec = json.loads(line)
                 kind = rec["k"]
-                if kind == "mark":
+                if kind == "book":
+                    self.books[(rec["i"], rec["v"])] = line
+                elif kind == "mark":
                     marks.append(
                         Mark(
                             rec["t"],
@@ -260,6 +267,7 @@ class Spec:
     method: str
     micro_levels: int
     weights: dict[tuple[str, str], float | None]
+    max_age_ms: float = 5000.0
 
 
 def read_config(path: Path) -> tuple[dict[str, Spec], dict[tuple[str, str], float]]:
@@ -288,6 +296,7 @@ def read_config(path: Path) -> tuple[dict[str, Spec], dict[tuple[str, str], floa
                 (s["venue"], s.get("instrument") or inst["name"]): s.get("weight")
                 for s in inst["sources"]
             },
+            float(inst.get("max_age_ms", 5000)),
         )
     return specs, fx
 
@@ -338,6 +347,12 @@ def judge(
     if len(used) < spec.min_venues and not price["halted"]:
         out["rule"].append(f"{len(used)} venue(s) used, min_venues {spec.min_venues}, not halted")
     if not price["halted"]:
+        for u in used:
+            age_ms = (price["priced_ts_ns"] - u["recv_ts_ns"]) / 1e6
+            if age_ms > spec.max_age_ms + AGE_SLACK_MS:
+                out["rule"].append(
+                    f"{u['venue']} used {age_ms:.0f} ms old (max_age_ms {spec.max_age_ms:g})"
+                )
         fair = price["fair_value"]
         for level in price["bids"]:
             if not 0 < level["price"] < fair:
@@ -461,7 +476,8 @@ def classify_missing(
             while s >= 1 and (inst, epoch, s) not in present:
                 explained.add(s)
                 s -= 1
-            causes["engine SIGKILL (the tail of the killed run)"] += len(explained)
+            if explained:
+                causes["engine SIGKILL (the tail of the killed run)"] += len(explained)
         for kill_ns, consumed in broker_losses or ():
             s = consumed.get((inst, epoch), 0) + 1
             run = 0
@@ -473,7 +489,8 @@ def classify_missing(
                 explained.add(s)
                 run += 1
                 s += 1
-            causes["broker SIGKILL (acknowledged, then lost with its memory storage)"] += run
+            if run:
+                causes["broker SIGKILL (acknowledged, then lost with its memory storage)"] += run
         rest = [s for s in missing if s not in explained]
         if rest:
             causes["unexplained"] += len(rest)
@@ -855,8 +872,10 @@ class Campaign:
         order = kafka_order(kafka_rows)
         dups = self.duplicate_causes(dup_times, events)
 
-        # 5. Recovery.
+        # 5. Recovery; and Prices never stop while the engine runs.
         recovery, slow = self.recoveries(truth, events, prices)
+        kill_times = [t for kind, t, _ in system_windows(events) if kind == "engine_kill"]
+        rules += silences(prices, kill_times, self.specs)
 
         faults: Counter[str] = Counter()
         for v in truth.values():
@@ -1076,6 +1095,27 @@ class Campaign:
 
 
 SYSTEM_FAULTS = ("broker_pause", "broker_kill", "pg_stop", "pg_kill", "engine_kill")
+
+
+def silences(
+    prices: dict[Key, dict[str, Any]], kills: list[int], specs: dict[str, Spec]
+) -> list[str]:
+    """Stretches with no Price of an instrument while the engine ran (one with an engine
+    SIGKILL in it is the restart)."""
+    by_instrument: dict[str, list[int]] = defaultdict(list)
+    for (inst, _, _), p in prices.items():
+        by_instrument[inst].append(p["priced_ts_ns"])
+    out = []
+    for inst, times in sorted(by_instrument.items()):
+        spec = specs.get(inst)
+        if spec is None:
+            continue
+        limit_ns = int((spec.max_age_ms / 1000 + SILENCE_SLACK_S) * 1e9)
+        times.sort()
+        for a, b in itertools.pairwise(times):
+            if b - a > limit_ns and not any(a <= k <= b for k in kills):
+                out.append(f"{inst}: no Price for {(b - a) / 1e9:.2f} s after {a}")
+    return out
 
 
 def system_windows(events: list[dict[str, Any]]) -> list[tuple[str, int, int | None]]:
