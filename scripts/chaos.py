@@ -81,7 +81,7 @@ CHECKSUM_VENUES = ("kraken", "okx")  # `badchecksum` means something only where 
 SYSTEM_WEIGHT = 2.0  # of 9 + 2: about one fault in six is a system fault
 WARMUP_S = 4.0  # after the engine's first Prices, before the first fault
 COOLDOWN_S = 10.0  # after the last fault, before the engine is stopped
-ENGINE_SETTLE_S = 5.0  # venue faults wait this long after an engine restart
+ENGINE_SETTLE_S = 2.0  # venue faults wait this long after a restarted engine's first Price
 SYSTEM_GAP_S = 2.0  # between the end of one system fault and the start of the next
 
 
@@ -393,7 +393,8 @@ def run(args: argparse.Namespace) -> int:
         engine.start()
         stack.callback(lambda: engine.alive() and engine.kill())
         events.write("engine_start")
-        if not first_price(f"ipc://{run_dir}/prices", 30.0):
+        prices_endpoint = f"ipc://{run_dir}/prices"
+        if not first_price(prices_endpoint, 30.0):
             raise RuntimeError(f"the engine published no Price in 30 s; see {work / 'engine.log'}")
         started = time.monotonic()
         plan = schedule(rng, started + WARMUP_S, started + duration - COOLDOWN_S, args.interval)
@@ -403,15 +404,20 @@ def run(args: argparse.Namespace) -> int:
             heapq.heappush(queue, (t, n, kind, venue, d, 0))
         engine_settled = 0.0
         fault_id = 0
+        up = threading.Event()  # a restarted engine published its first Price
         while queue:
             t, n, kind, venue, d, fid = queue[0]
             now = time.monotonic()
+            if engine_settled == float("inf") and up.is_set():
+                engine_settled = now + ENGINE_SETTLE_S
             if now < t:
                 time.sleep(min(t - now, 0.2))
                 continue
             heapq.heappop(queue)
             if venue is not None and now < engine_settled:
-                heapq.heappush(queue, (engine_settled, n, kind, venue, d, 0))
+                # The engine is down or just restarted: the fault waits (a moment at a time:
+                # when it is up again is not known yet).
+                heapq.heappush(queue, (now + 0.2, n, kind, venue, d, 0))
                 continue
             if venue is not None:
                 sims[venue].inject(kind)
@@ -428,11 +434,15 @@ def run(args: argparse.Namespace) -> int:
                     pg.start()
                 elif kind == "engine_kill":
                     engine.start()
-                    engine_settled = time.monotonic() + ENGINE_SETTLE_S
+                    engine_settled = float("inf")
+                    up.clear()
+                    threading.Thread(
+                        target=lambda: first_price(prices_endpoint, 60.0) and up.set(),
+                        daemon=True,
+                    ).start()
                 events.write(kind, phase="end", id=fid)
                 continue
             fault_id += 1
-            events.write(kind, phase="start", id=fault_id)
             injected[kind] += 1
             if kind == "broker_pause":
                 broker.pause()
@@ -445,6 +455,8 @@ def run(args: argparse.Namespace) -> int:
             elif kind == "engine_kill":
                 engine.kill()
                 engine_settled = float("inf")
+            # Written once done: everything the killed engine published came before it.
+            events.write(kind, phase="start", id=fault_id)
             end = (time.monotonic() + d, len(plan) + fault_id, kind + ":end", None, 0.0, fault_id)
             heapq.heappush(queue, end)
             if not engine.alive() and kind != "engine_kill":
@@ -569,6 +581,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work dir after a pass")
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    # SIGTERM unwinds like Ctrl-C: every process and server the campaign started is stopped.
+    signal.signal(signal.SIGTERM, interrupted)
     return run(args)
 
 
