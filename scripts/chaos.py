@@ -492,6 +492,12 @@ def run(args: argparse.Namespace) -> int:
             }
         )
     left = spool_left(work / "engine.log")
+    errors = engine_errors(work / "engine.log")
+    if errors:
+        result.setdefault("failures", []).append(
+            f"the engine logged {sum(errors.values())} ERROR/CRITICAL line(s) of its own"
+        )
+        result["passed"] = False
     if engine_exit != 0:
         result.setdefault("failures", []).append(f"the engine's clean stop exited {engine_exit}")
         result["passed"] = False
@@ -507,6 +513,7 @@ def run(args: argparse.Namespace) -> int:
         "commit": commit(),
         "faults_injected": dict(sorted(injected.items())),
         "engine_starts": engine.starts,
+        "engine_errors": errors,
         **result,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -530,6 +537,21 @@ def spool_left(log: Path) -> dict[str, int]:
             if match:
                 left[match.group(1)] = int(match.group(2))
     return left
+
+
+def engine_errors(log: Path) -> dict[str, int]:
+    """ERROR and CRITICAL lines the engine's own loggers wrote (a thread that died, an
+    internal error, a spool that filled up): none is expected, whatever the fault. The
+    Kafka client's own ERROR lines about a broker that went away are not the engine's."""
+    import re
+
+    found: Counter[str] = Counter()
+    with contextlib.suppress(OSError):
+        for line in log.read_text(errors="replace").splitlines():
+            match = re.match(r"\S+ \S+ (ERROR|CRITICAL)\s+(\S+) (mmengine[\w.]*): (.{0,60})", line)
+            if match:
+                found[f"{match.group(3)}: {match.group(4)}"] += 1
+    return dict(found)
 
 
 def commit() -> str:
