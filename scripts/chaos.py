@@ -255,7 +255,9 @@ def schedule(
     rng: random.Random, start: float, end: float, interval: float
 ) -> list[tuple[float, str, str | None, float]]:
     """(time, kind, venue, duration) of every fault: each kind once, then random draws, at
-    times spread over [start, end) with jitter; system faults never overlap each other."""
+    times spread over [start, end) with jitter. Faults of one service (the broker, the
+    database, the engine) never overlap; those of different services may (the engine
+    killed while the broker is paused: its spool is on disk)."""
     span = max(end - start, 1.0)
     n = max(len(VENUE_FAULTS) + len(SYSTEM_FAULTS), int(span / interval))
     kinds = [*VENUE_FAULTS, *SYSTEM_FAULTS]
@@ -263,7 +265,7 @@ def schedule(
     kinds += rng.choices(kinds, weights, k=n - len(kinds))
     rng.shuffle(kinds)
     out = []
-    free_at = start  # when the last system fault is over
+    free_at = dict.fromkeys(("broker", "pg", "engine"), start)  # when each service is back
     for i, kind in enumerate(kinds):
         t = start + span * (i + rng.uniform(0.1, 0.9)) / n
         if kind in SYSTEM_FAULTS:
@@ -274,8 +276,9 @@ def schedule(
                 "pg_kill": rng.uniform(0.5, 2.0),
                 "engine_kill": rng.uniform(0.3, 1.5),
             }[kind]
-            t = max(t, free_at)
-            free_at = t + duration + SYSTEM_GAP_S
+            service = kind.split("_")[0]
+            t = max(t, free_at[service])
+            free_at[service] = t + duration + SYSTEM_GAP_S
             out.append((t, kind, None, duration))
         else:
             venue = rng.choice(CHECKSUM_VENUES if kind == "badchecksum" else list(VENUES))

@@ -1016,10 +1016,14 @@ class Campaign:
         skipped: Counter[str] = Counter()
         for name, venue in truth.items():
             faults = sorted(venue.faults, key=lambda f: f["t"])
+            active_until = 0  # the latest end of the venue's earlier faults
             for i, f in enumerate(faults):
                 kind = f["kind"]
                 start = f["t"]
                 end = f.get("until") or start
+                # A fault inside an earlier one (a gap during a stall) shows once that one
+                # ends: it is timed from there.
+                end, active_until = max(end, active_until), max(end, active_until)
                 nxt = faults[i + 1]["t"] if i + 1 < len(faults) else None
                 if any(a - 1e9 <= end and start <= b for a, b in down) or (
                     nxt is not None and nxt <= end + (VENUE_LIMIT_S + OVERLAP_S) * 1e9
