@@ -1055,10 +1055,19 @@ class Campaign:
                 times[kind].append(secs)
                 if secs > limit:
                     slow.append(f"{label}: {secs:.2f} s (limit {limit} s)")
-        for kind, since, up in system_windows(events):
+        windows = system_windows(events)
+        for kind, since, up in windows:
             if up is None:
                 slow.append(f"{kind} at {since}: never ended")
                 continue
+            service = kind.split("_")[0]
+            # Another fault of the same service, or the engine killed, before the sink had
+            # delivered again: that one's recovery is what is seen; this one is not timed.
+            cut = [
+                s
+                for k, s, _ in windows
+                if s > up and (k.split("_")[0] == service or k == "engine_kill")
+            ]
             if kind == "engine_kill":
                 # From the moment the new run started (its epoch is its start time): the
                 # process start before it is the host's (imports on a loaded machine), timed
@@ -1079,6 +1088,9 @@ class Campaign:
                 secs = pg_moves_after(self.pg.seen, since, up)
                 limit = SINK_LIMIT_S
             else:
+                continue
+            if cut and (secs is None or up + secs * 1e9 > min(cut)):
+                skipped[kind] += 1
                 continue
             if secs is None:
                 slow.append(f"{kind} ending at {up}: never recovered")
