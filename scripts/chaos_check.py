@@ -981,11 +981,12 @@ class Campaign:
     def duplicate_causes(
         self, dups: list[tuple[Key, int]], events: list[dict[str, Any]]
     ) -> dict[str, int]:
-        """Each Kafka duplicate by the system fault most recently begun before it arrived."""
+        """Each Kafka duplicate by the fault that can resend to Kafka (the broker's, or the
+        engine's restart replaying its spool) most recently begun before it arrived."""
         starts = sorted(
             (e["t"], e["kind"])
             for e in events
-            if e.get("phase") == "start" and e.get("kind") in SYSTEM_FAULTS
+            if e.get("phase") == "start" and e.get("kind") in KAFKA_RESENDS
         )
         times = [t for t, _ in starts]
         out: Counter[str] = Counter()
@@ -1118,6 +1119,7 @@ class Campaign:
 
 
 SYSTEM_FAULTS = ("broker_pause", "broker_kill", "pg_stop", "pg_kill", "engine_kill")
+KAFKA_RESENDS = ("broker_pause", "broker_kill", "engine_kill")
 
 
 def silences(
