@@ -86,6 +86,7 @@ WARMUP_S = 4.0  # after the engine's first Prices, before the first fault
 COOLDOWN_S = 10.0  # after the last fault, before the engine is stopped
 ENGINE_SETTLE_S = 2.0  # venue faults wait this long after a restarted engine's first Price
 SYSTEM_GAP_S = 2.0  # between the end of one system fault and the start of the next
+ALL_STALL_SHARE = 0.3  # of stalls, the share that silences every venue at once
 
 
 class Events:
@@ -283,6 +284,8 @@ def schedule(
             t = max(t, free_at[service])
             free_at[service] = t + duration + SYSTEM_GAP_S
             out.append((t, kind, None, duration))
+        elif kind == "stall" and rng.random() < ALL_STALL_SHARE:
+            out.append((t, kind, "*", 0.0))  # every venue at once: pricing halts "stale"
         else:
             venue = rng.choice(CHECKSUM_VENUES if kind == "badchecksum" else list(VENUES))
             out.append((t, kind, venue, 0.0))
@@ -426,7 +429,8 @@ def run(args: argparse.Namespace) -> int:
                 heapq.heappush(queue, (now + 0.2, n, kind, venue, d, 0))
                 continue
             if venue is not None:
-                sims[venue].inject(kind)
+                for name in VENUES if venue == "*" else [venue]:
+                    sims[name].inject(kind)
                 events.write(kind, venue=venue)
                 injected[kind] += 1
                 continue

@@ -1014,6 +1014,15 @@ class Campaign:
         down = engine_down_windows(events, lines, set(truth))
         times: dict[str, list[float]] = defaultdict(list)
         slow: list[str] = []
+
+        def timed(kind: str, label: str, secs: float | None, limit: float) -> None:
+            if secs is None:
+                slow.append(f"{label}: never LIVE, priced or delivering again")
+                return
+            times[kind].append(secs)
+            if secs > limit:
+                slow.append(f"{label}: {secs:.2f} s (limit {limit} s)")
+
         skipped: Counter[str] = Counter()
         for name, venue in truth.items():
             faults = sorted(venue.faults, key=lambda f: f["t"])
@@ -1049,13 +1058,7 @@ class Campaign:
                     limit = VENUE_LIMIT_S
                 else:
                     continue
-                label = f"{kind} on {name} at {start}"
-                if secs is None:
-                    slow.append(f"{label}: never LIVE (or priced) again")
-                    continue
-                times[kind].append(secs)
-                if secs > limit:
-                    slow.append(f"{label}: {secs:.2f} s (limit {limit} s)")
+                timed(kind, f"{kind} on {name} at {start}", secs, limit)
         windows = system_windows(events)
         for kind, since, up in windows:
             if up is None:
@@ -1093,12 +1096,7 @@ class Campaign:
             if cut and (secs is None or up + secs * 1e9 > min(cut)):
                 skipped[kind] += 1
                 continue
-            if secs is None:
-                slow.append(f"{kind} ending at {up}: never recovered")
-                continue
-            times[kind].append(secs)
-            if secs > limit:
-                slow.append(f"{kind} ending at {up}: {secs:.2f} s (limit {limit} s)")
+            timed(kind, f"{kind} ending at {up}", secs, limit)
         out: dict[str, Any] = {}
         for kind in sorted(set(times) | set(skipped)):
             vals = times.get(kind, [])
