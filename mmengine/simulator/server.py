@@ -14,11 +14,11 @@ Threads (all started by `SimulatorHandle.start`, all joined by `SimulatorHandle.
   through the protocol, puts them in the outboxes of the clients subscribed to their topic,
   and injects the faults.
 
-Shared state is small on purpose: the books and the protocol's sequence numbers (one lock,
-`SimulatorHandle.lock`, held by the generator while it steps and by an HTTP thread while it
-copies a snapshot), the tuple of connected clients (replaced, never mutated, under its own
-lock), and the counters (their own lock). Nothing in this module knows a venue: everything
-venue-specific sits behind `SimProtocol`.
+Shared state is small on purpose: the books, the protocol's sequence numbers and the truth
+kept for a checker (`truth.py`; one lock, `SimulatorHandle.lock`, held by the generator while
+it steps and by an HTTP thread while it copies a snapshot), the tuple of connected clients
+(replaced, never mutated, under its own lock), and the counters (their own lock). Nothing in
+this module knows a venue: everything venue-specific sits behind `SimProtocol`.
 """
 
 from __future__ import annotations
