@@ -69,8 +69,9 @@ class Session(Protocol):
         """GET `url` away from the thread that reads the socket; the answer comes back
         from `fetched`, tagged with `key`."""
 
-    def fetched(self) -> list[tuple[Any, str | None, str]]:
-        """Finished fetches: (key, body or None, error text)."""
+    def fetched(self) -> list[tuple[Any, str | None, str, int]]:
+        """Finished fetches: (key, body or None, error text, when the answer was received
+        in ns, 0 if not known)."""
 
 
 @dataclass(slots=True)
@@ -661,14 +662,16 @@ class BookDriver:
         return True
 
     def poll_fetches(self, recv_ns: int) -> None:
-        """Hand finished snapshot fetches to their books' rules."""
-        for (instrument, generation), body, error in self.session.fetched():
+        """Hand finished snapshot fetches to their books' rules. A book a snapshot puts LIVE
+        is stamped no earlier than the snapshot's own arrival (`recv_ns` may be the receive
+        time of a frame handled since, which can be earlier)."""
+        for (instrument, generation), body, error, got_ns in self.session.fetched():
             self._fetching = max(0, self._fetching - 1)
             sync = self.syncs.get(instrument)
             if sync is None:
                 continue
             try:
-                sync.rule.fetched(sync, generation, body, error, self, recv_ns)  # type: ignore[attr-defined]
+                sync.rule.fetched(sync, generation, body, error, self, max(recv_ns, got_ns))  # type: ignore[attr-defined]
             except IntegrityError as exc:
                 self._failed(exc, None)
 
