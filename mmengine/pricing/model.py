@@ -252,7 +252,10 @@ def evaluate(
         if top is None:
             continue
         if top.state != "LIVE" or not top.bid_prices or not top.ask_prices:
-            excluded.append(VenueExcluded(src.venue, src.instrument, "not_live"))
+            # A book its venue thread marked STALE (silent for stale_after_s) is stale input,
+            # as one aged past max_age_ms is: the halt says so, and repeats while it lasts.
+            reason = "stale" if top.state == "STALE" else "not_live"
+            excluded.append(VenueExcluded(src.venue, src.instrument, reason))
             continue
         seen_live = True
         if now_ns - top.recv_ts_ns > max_age_ns:
