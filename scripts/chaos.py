@@ -2,20 +2,21 @@
 engine, judged by an independent checker (main thread; the simulators run on threads of this
 process, everything else is a process of its own).
 
-It starts five venue simulators (Binance, Coinbase, Kraken v2, OKX, Bybit; every one keeps
-its truth journal, `mmengine.simulator.truth`), a Kafka broker (tansu) and PostgreSQL as
-direct children (so they can be paused and killed), the checker (scripts/chaos_check.py,
-which shares no code with the engine) and the engine (`mmengine run`, all five venues, both
-sinks, the IPC books stream on). The market moves at a steady rate; from a schedule drawn
-from the seed it injects, at random times:
+It starts five venue simulators (Binance with merged 100 ms diffs, Coinbase, Kraken v2, OKX,
+Bybit; every one keeps its truth journal, `mmengine.simulator.truth`), a Kafka broker
+(tansu) and PostgreSQL as direct children (so they can be paused and killed), the checker
+(scripts/chaos_check.py, which shares no code with the engine) and the engine (`mmengine
+run`, all five venues, both sinks, the IPC books stream on). The market moves at a steady
+rate; from a schedule drawn from the seed it injects, at random times:
 
 - on one venue: a sequence gap, a bad checksum (Kraken, OKX: the venues that send one), a
   malformed frame, an oversized frame, the venue's own error message, a dropped connection,
-  a 3 s stall, a crossed book, a drift of the venue's prices far from the others;
+  a 3 s stall (three in ten silence every venue at once), a crossed book, a drift of the
+  venue's prices far from the others;
 - the broker paused (SIGSTOP, then SIGCONT) or killed (SIGKILL, restarted on its port with
   nothing: tansu keeps topics in memory); Postgres stopped (fast shutdown) or killed
   (SIGKILL, crash recovery on restart); the engine SIGKILLed and started again on the same
-  spool and config.
+  spool and config. Faults of different services may overlap.
 
 Every kind occurs at least once, whatever the length; a fault that would land while the
 engine is down waits until it is up again. After the last fault the campaign lets the
