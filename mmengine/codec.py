@@ -141,7 +141,13 @@ def encode_price(header: bytes, p: Price) -> bytes:
     if p.venues_used:
         parts.append(_varlong(len(p.venues_used)))
         for u in p.venues_used:
-            parts += (_string(u.venue), _string(u.instrument), _D3(u.mid, u.weight, u.fx_rate))
+            parts += (
+                _string(u.venue),
+                _string(u.instrument),
+                _D3(u.mid, u.weight, u.fx_rate),
+                _varlong(u.venue_seq),
+                _varlong(u.recv_ts_ns),
+            )
     parts.append(b"\0")
     if p.venues_excluded:
         parts.append(_varlong(len(p.venues_excluded)))
@@ -194,6 +200,8 @@ def price_record(price: Price) -> dict[str, Any]:
                 "mid": u.mid,
                 "weight": u.weight,
                 "fx_rate": u.fx_rate,
+                "venue_seq": u.venue_seq,
+                "recv_ts_ns": u.recv_ts_ns,
             }
             for u in price.venues_used
         ],
@@ -238,7 +246,10 @@ def price_values(p: Price) -> tuple[Any, ...]:
         p.cross_venue_crossed,
         p.bids,
         p.asks,
-        [(u.venue, u.instrument, u.mid, u.weight, u.fx_rate) for u in p.venues_used],
+        [
+            (u.venue, u.instrument, u.mid, u.weight, u.fx_rate, u.venue_seq, u.recv_ts_ns)
+            for u in p.venues_used
+        ],
         [(x.venue, x.instrument, x.reason) for x in p.venues_excluded],
     )
 
@@ -276,9 +287,11 @@ def _records(names: tuple[str, ...]) -> Any:
     if len(names) == 3:
         a, b, c = names
         return lambda items: [{a: x, b: y, c: z} for x, y, z in items]
-    if len(names) == 5:
-        a, b, c, d, e = names
-        return lambda items: [{a: v, b: w, c: x, d: y, e: z} for v, w, x, y, z in items]
+    if len(names) == 7:
+        a, b, c, d, e, f, g = names
+        return lambda items: [
+            {a: t, b: u, c: v, d: w, e: x, f: y, g: z} for t, u, v, w, x, y, z in items
+        ]
     return lambda items: [dict(zip(names, item, strict=True)) for item in items]
 
 

@@ -35,7 +35,9 @@ class BookTop(NamedTuple):
     venue: str
     instrument: str
     state: str
-    venue_seq: int  # the venue's update id / sequence of the last applied message; -1 if none
+    # The venue's update id / sequence of the last applied message; for a venue without ids
+    # (Kraken) the checksum the book matched; -1 if none. Pricing copies it into VenueUsed.
+    venue_seq: int
     cross_seq: int  # Bybit's cross sequence; -1 elsewhere
     exchange_ts_ns: int  # venue event time of the last applied message; 0 if not sent
     recv_ts_ns: int  # local receive time of the frame that produced this top
@@ -54,6 +56,11 @@ class VenueUsed:
     mid: float  # in the priced instrument's quote currency
     weight: float  # normalised: the weights of one Price sum to 1
     fx_rate: float
+    # The BookTop this venue contributed: its venue_seq (the id the venue's integrity rule
+    # verified) and recv_ts_ns. Together they name one book state, even where the venue's
+    # sequence restarts on each connection (Coinbase).
+    venue_seq: int = -1
+    recv_ts_ns: int = 0
 
 
 @dataclass(slots=True)

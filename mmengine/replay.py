@@ -165,7 +165,7 @@ class CaptureSession:
     tops: list[BookTop] = field(default_factory=list)
     keep_tops: bool = False
     published: int = 0
-    _answers: list[tuple[Any, str | None, str]] = field(default_factory=list)
+    _answers: list[tuple[Any, str | None, str, int]] = field(default_factory=list)
 
     def send(self, text: str) -> None:
         pass  # nothing listens; the recorded frames already reflect what was sent
@@ -174,11 +174,12 @@ class CaptureSession:
         want = _url_key(url)
         for rec in self.http_records:
             if _url_key(rec.url) == want:
-                self._answers.append((key, rec.data, ""))
+                # Replayed on the capture's own clock: the driver's time stands.
+                self._answers.append((key, rec.data, "", 0))
                 return
-        self._answers.append((key, None, f"the capture has no recorded response for {url}"))
+        self._answers.append((key, None, f"the capture has no recorded response for {url}", 0))
 
-    def fetched(self) -> list[tuple[Any, str | None, str]]:
+    def fetched(self) -> list[tuple[Any, str | None, str, int]]:
         answers, self._answers = self._answers, []
         return answers
 

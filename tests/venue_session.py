@@ -24,7 +24,7 @@ class RecordingSession:
         self.rest = rest if rest is not None else {}
         self.hold = hold
         self.requested: list[tuple[Any, str]] = []
-        self._answers: list[tuple[Any, str | None, str]] = []
+        self._answers: list[tuple[Any, str | None, str, int]] = []
 
     def send(self, text: str) -> None:
         self.sent.append(text)
@@ -41,19 +41,20 @@ class RecordingSession:
         else:
             self.answer(key, url)
 
-    def answer(self, key: Any, url: str) -> None:
+    def answer(self, key: Any, url: str, at_ns: int = 0) -> None:
         """Answer a fetch from `rest`: the body of the first key found in `url` (an error
-        when there is none)."""
+        when there is none), received at `at_ns`."""
         body = next((b for part, b in self.rest.items() if part in url), None)
-        self._answers.append((key, body, "" if body is not None else f"no answer for {url}"))
+        error = "" if body is not None else f"no answer for {url}"
+        self._answers.append((key, body, error, at_ns))
 
-    def answer_all(self) -> None:
-        """Answer every fetch asked for so far (a held, slow REST comes back)."""
+    def answer_all(self, at_ns: int = 0) -> None:
+        """Answer every fetch asked for so far (a held, slow REST comes back at `at_ns`)."""
         for key, url in self.requested:
-            self.answer(key, url)
+            self.answer(key, url, at_ns)
         self.requested.clear()
 
-    def fetched(self) -> list[tuple[Any, str | None, str]]:
+    def fetched(self) -> list[tuple[Any, str | None, str, int]]:
         answers, self._answers = self._answers, []
         return answers
 

@@ -75,8 +75,9 @@ class Session(Protocol):
         """GET `url` away from the thread that reads the socket; the answer comes back
         from `fetched`, tagged with `key`."""
 
-    def fetched(self) -> list[tuple[Any, str | None, str]]:
-        """Finished fetches: (key, body or None, error text)."""
+    def fetched(self) -> list[tuple[Any, str | None, str, int]]:
+        """Finished fetches: (key, body or None, error text, when the answer was received
+        in ns, 0 if not known)."""
 
 
 @dataclass(slots=True)
@@ -404,6 +405,12 @@ class BookDriver:
                 raise IntegrityError(
                     sync.instrument, "checksum", f"computed {got}, venue {ev.checksum}"
                 )
+            if last_id is None:
+                # No id (Kraken): the book is named by the checksum it matched (as unsigned
+                # 32 bits: OKX's legacy one is signed, and -1 means "none").
+                sync.book.venue_seq = got & 0xFFFFFFFF
+        elif last_id is None and sync.checksum is not None:
+            sync.book.venue_seq = -1  # neither an id nor a checksum: this state has no name
         self.emit(sync, recv_ns)
         if sync.audits:
             self._audit_waiting(sync)
@@ -488,6 +495,11 @@ class BookDriver:
                 book.exchange_ts_ns = ev.ts_ns
             if ev.checksum is not None and sync.checksum is not None:
                 self.verify(sync, ev.checksum)
+            if ev.last_id is None and sync.checksum is not None:
+                # A venue without ids (Kraken): the book's name is its checksum, the one
+                # the venue sent (verified above) or, for a snapshot that carries none
+                # (Kraken v1), the one of the book as loaded.
+                book.venue_seq = book.checksum() & 0xFFFFFFFF
 
     def apply(self, sync: InstrumentSync, ev: BookUpdate) -> None:
         """Apply every level of a delta, then truncate to depth (venues send no deletes for
@@ -647,9 +659,11 @@ class BookDriver:
     def poll_fetches(self, recv_ns: int) -> None:
         """Hand finished snapshot fetches to their books' rules (and contract sizes to the
         books, whose snapshots are then asked for at once: the loop takes their answers
-        too where they come back at once, as in a replay)."""
+        too where they come back at once, as in a replay). A book a snapshot puts LIVE is
+        stamped no earlier than the snapshot's own arrival (`recv_ns` may be the receive
+        time of a frame handled since, which can be earlier)."""
         while answers := self.session.fetched():
-            for (instrument, generation), body, error in answers:
+            for (instrument, generation), body, error, got_ns in answers:
                 self._fetching = max(0, self._fetching - 1)
                 if instrument == CONTRACT_SIZES:
                     self._sizes_fetched(generation, body, error)
@@ -658,7 +672,7 @@ class BookDriver:
                 if sync is None:
                     continue
                 try:
-                    sync.rule.fetched(sync, generation, body, error, self, recv_ns)  # type: ignore[attr-defined]
+                    sync.rule.fetched(sync, generation, body, error, self, max(recv_ns, got_ns))  # type: ignore[attr-defined]
                 except IntegrityError as exc:
                     self._failed(exc, None)
 

@@ -252,7 +252,10 @@ def evaluate(
         if top is None:
             continue
         if top.state != "LIVE" or not top.bid_prices or not top.ask_prices:
-            excluded.append(VenueExcluded(src.venue, src.instrument, "not_live"))
+            # A book its venue thread marked STALE (silent for stale_after_s) is stale input,
+            # as one aged past max_age_ms is: the halt says so, and repeats while it lasts.
+            reason = "stale" if top.state == "STALE" else "not_live"
+            excluded.append(VenueExcluded(src.venue, src.instrument, reason))
             continue
         seen_live = True
         if now_ns - top.recv_ts_ns > max_age_ns:
@@ -308,7 +311,9 @@ def evaluate(
         mid = (top.bid_prices[0] + top.ask_prices[0]) / 2 * rate
         weight = src.weight if src.weight is not None else top.bid_sizes[0] + top.ask_sizes[0]
         raw_weights.append(weight)
-        used.append(VenueUsed(src.venue, src.instrument, mid, weight, rate))
+        used.append(
+            VenueUsed(src.venue, src.instrument, mid, weight, rate, top.venue_seq, top.recv_ts_ns)
+        )
     total_weight = sum(raw_weights) or 1.0
     for entry in used:
         entry.weight /= total_weight

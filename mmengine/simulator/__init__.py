@@ -46,6 +46,9 @@ def start_simulator(
     shift_bps: float = 0.0,
     ssl_context: ssl.SSLContext | None = None,
     market_seed: int = 0,
+    truth: bool = False,
+    truth_path: str | Path | None = None,
+    truth_levels: int = 5,
 ) -> SimulatorHandle:
     """Start a simulator for `venue` and return its running handle.
 
@@ -71,6 +74,9 @@ def start_simulator(
       market seed, in one process or several, show the same market; 0 by default.
     - `ssl_context`: a server context holding a certificate; the simulator then serves
       `wss://` and `https://` (SNI and certificate checks run as against a real venue).
+    - `truth`: remember the top `truth_levels` of every book version it announced and the
+      venue ids naming them, for a checker (`handle.book_at(instrument, seq)`, and with
+      `truth_path` a JSON-lines journal; `mmengine.simulator.truth`).
     """
     protocol = SIM_PROTOCOLS.get(venue)
     if protocol is None:
@@ -88,5 +94,8 @@ def start_simulator(
         shift_bps=shift_bps,
         ssl_context=ssl_context,
         market_seed=market_seed,
+        truth=truth,
+        truth_path=truth_path,
+        truth_levels=truth_levels,
     )
     return handle.start()

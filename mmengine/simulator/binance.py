@@ -218,6 +218,7 @@ class BinanceSim(SimProtocol):
         first = self.last_id[instrument] + 1
         last = first + self.rng.choice(ID_SPANS) - 1
         self.last_id[instrument] = last
+        self.truth.mark(instrument, last, first=first)
         bids = [(c.price, c.size) for c in changes if c.side == BID]
         asks = [(c.price, c.size) for c in changes if c.side == ASK]
         return self._diff_frames(instrument, first, last, bids, asks, wanted)
@@ -290,6 +291,10 @@ class BinanceSim(SimProtocol):
         # To every client: a frame that does not parse cannot be told apart by stream anyway.
         return OutFrame(None, text[: len(text) // 2])
 
+    def error_frame(self, instrument: str) -> OutFrame | None:
+        """An error with no request id, as the venue answers a request it cannot read."""
+        return OutFrame(None, _error(3, "Invalid JSON: expected value at line 1 column 1", None))
+
     def corrupt_ticker(self, instrument: str) -> bool:
         """The next `@bookTicker` of `instrument` shows a best bid its book does not have."""
         if instrument not in self.markets:
@@ -331,6 +336,7 @@ class BinanceSim(SimProtocol):
             last_id = self.last_id[instrument]
             bids = market.levels(BID, limit)
             asks = market.levels(ASK, limit)
+            self.truth.mark(instrument, last_id, snapshot=True, queued=True)
         doc = {
             "lastUpdateId": last_id,
             "bids": [[fmt(p), fmt(q)] for p, q in bids],
@@ -386,9 +392,10 @@ class BinanceMergedSim(BinanceSim):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # per instrument: first id of the diff being merged, its levels by (side, price),
-        # and how many steps it still takes; then, complete, waiting for the next step
+        # and how many steps it still takes; then, complete, waiting for the next step (with
+        # the truth's version of the book at its last id)
         self._merging: dict[str, tuple[int, dict[tuple[str, Decimal], Decimal], int]] = {}
-        self._ready: dict[str, tuple[int, int, dict[tuple[str, Decimal], Decimal]]] = {}
+        self._ready: dict[str, tuple[int, int, dict[tuple[str, Decimal], Decimal], int]] = {}
         self.snapshots_inside_a_diff = 0  # REST snapshots taken while a diff was merging
         self._sent = {i: MirrorBook(m) for i, m in self.markets.items()}
 
@@ -408,7 +415,8 @@ class BinanceMergedSim(BinanceSim):
         frames: list[OutFrame] = []
         ready = self._ready.pop(instrument, None)
         if ready is not None:  # the window before this step: out now
-            first, last, levels = ready
+            first, last, levels, version = ready
+            self.truth.mark(instrument, last, first=first, version=version)
             mirror = self._sent[instrument]
             mirror.apply([Change(side, p, q) for (side, p), q in levels.items()])
             top = (next(iter(mirror.top(BID, 1)), None), next(iter(mirror.top(ASK, 1)), None))
@@ -423,7 +431,7 @@ class BinanceMergedSim(BinanceSim):
         if left > 1:
             self._merging[instrument] = (first, merged, left - 1)
         else:
-            self._ready[instrument] = (first, step, merged)
+            self._ready[instrument] = (first, step, merged, self.truth.version(instrument))
         return frames
 
     def http(self, path: str, query: Query) -> tuple[int, str] | None:

@@ -262,12 +262,24 @@ class BybitSim(SimProtocol):
             self.active.add(key)
             client.set_topics([*client.topics, key])
             client.outbox.put(self._snapshot(instrument, depth))
+            self.truth.mark(
+                instrument,
+                self.u[(instrument, depth)],
+                snapshot=True,
+                feed=f"orderbook.{depth}",
+                before=True,
+                queued=True,
+            )
         if instrument in self.restarting:
             self.restarting.discard(instrument)
             for depth in DEPTHS:
                 self.u[(instrument, depth)] = 1
                 key = self.key(instrument, f"orderbook.{depth}.{symbol}")
                 frames.append(OutFrame(key, self._snapshot(instrument, depth)))
+                if key in self.active:
+                    self.truth.mark(
+                        instrument, 1, snapshot=True, feed=f"orderbook.{depth}", before=True
+                    )
         mirror = self.mirrors[instrument]
         mirror.apply(changes)
         self.seq[instrument] += self.rng.randint(1, 40)
@@ -282,12 +294,16 @@ class BybitSim(SimProtocol):
                     self.u[(instrument, depth)] += 1
                     if key in self.active:
                         frames.append(OutFrame(key, self._snapshot(instrument, 1)))
+                        self.truth.mark(
+                            instrument, self.u[(instrument, 1)], snapshot=True, feed="orderbook.1"
+                        )
                 continue
             self.u[(instrument, depth)] += 1
             if key in self.active:
                 frames.append(
                     OutFrame(key, self._book_frame(instrument, depth, "delta", bids, asks))
                 )
+                self.truth.mark(instrument, self.u[(instrument, depth)], feed=f"orderbook.{depth}")
         ticker_key = self.key(instrument, f"tickers.{symbol}")
         if top_changed and ticker_key in wanted:
             spot = self.names[instrument][0] == "spot"
@@ -299,6 +315,12 @@ class BybitSim(SimProtocol):
             )
         self._top[instrument] = top
         return frames
+
+    def error_frame(self, instrument: str) -> OutFrame | None:
+        text = _dumps(
+            {"success": False, "ret_msg": "Too many requests", "conn_id": "sim", "op": "subscribe"}
+        )
+        return OutFrame(None, text)
 
     def malformed_frame(self, instrument: str) -> OutFrame:
         """Half of a delta frame: not JSON, and no `u` used up."""

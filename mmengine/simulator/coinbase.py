@@ -137,6 +137,7 @@ class CoinbaseSim(SimProtocol):
     venue = "coinbase-advanced"
     ws_path = WS_PATH
     kit = CoinbaseKit
+    truth_rule = "connection"  # `sequence_num` counts per connection, across channels
     padding_levels: ClassVar[int] = 0  # far levels added to each snapshot side
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -251,6 +252,16 @@ class CoinbaseSim(SimProtocol):
             for kind in client.pending:
                 if kind.startswith("snapshot:"):
                     text = self._snapshot_events(kind[9:])
+                    # The book as of now: this step's changes (of `instrument`) are
+                    # applied below.
+                    product = kind[9:]
+                    self.truth.mark(
+                        product,
+                        client.seq,
+                        snapshot=True,
+                        feed=client.conn.id,
+                        before=product == instrument,
+                    )
                     frames.append(
                         OutFrame(client.topic, self._envelope(client, "l2_data", text, ts))
                     )
@@ -284,6 +295,7 @@ class CoinbaseSim(SimProtocol):
         now = time.monotonic()
         for client in clients:
             if instrument in client.subs["level2"]:
+                self.truth.mark(instrument, client.seq, feed=client.conn.id)
                 frames.append(OutFrame(client.topic, self._envelope(client, "l2_data", l2, ts)))
             if ticker is not None and instrument in client.subs["ticker"]:
                 frames.append(OutFrame(client.topic, self._envelope(client, "ticker", ticker, ts)))
@@ -314,6 +326,10 @@ class CoinbaseSim(SimProtocol):
             }
         )
         return OutFrame(None, text[: len(text) // 2])
+
+    def error_frame(self, instrument: str) -> OutFrame | None:
+        """`{"type":"error","message":...}`: no channel and no sequence number (2.4)."""
+        return OutFrame(None, _dumps({"type": "error", "message": "rate limit exceeded"}))
 
     # --- connection threads -------------------------------------------------------------------
 

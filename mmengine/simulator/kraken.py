@@ -92,6 +92,7 @@ class _KrakenSim(SimProtocol):
     """What both versions share: windows per depth, diffs, checksums, pending snapshots."""
 
     version = 1
+    truth_rule = "checksum"  # no ids: a book is named by its top-10 checksum
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -163,7 +164,7 @@ class _KrakenSim(SimProtocol):
             if clients:
                 old_bids, old_asks = self.windows[key]
                 for client in clients:
-                    self._send_snapshot(client, instrument, key[1], old_bids, old_asks)
+                    self._send_snapshot(client, instrument, key[1], old_bids, old_asks, True)
         self.mirrors[instrument].apply(changes)
         frames = []
         for key in keys:
@@ -174,6 +175,7 @@ class _KrakenSim(SimProtocol):
             if not bids and not asks:
                 continue  # nothing changed inside this window
             crc = self.checksum(instrument, new_bids, new_asks)
+            self.truth.mark(instrument, crc, clean=not corrupt)
             if corrupt:
                 crc = (crc + 1) % 2**32
                 self.corrupt.discard(instrument)
@@ -190,11 +192,20 @@ class _KrakenSim(SimProtocol):
         return True
 
     def _send_snapshot(
-        self, client: ClientConn, instrument: str, depth: int, bids: dict, asks: dict
+        self,
+        client: ClientConn,
+        instrument: str,
+        depth: int,
+        bids: dict,
+        asks: dict,
+        before: bool = False,
     ) -> None:
         text = self.snapshot_text(instrument, depth, bids, asks)
         client.set_topics([*client.topics, self.topic(instrument, depth)])
         client.outbox.put(text)
+        if self.truth.enabled:
+            crc = self.checksum(instrument, bids, asks)
+            self.truth.mark(instrument, crc, snapshot=True, before=before, queued=True)
 
     def _subscribe(self, client: ClientConn, instrument: str, depth: int) -> None:
         """Queue a book subscription (with `self.lock` held)."""
@@ -400,6 +411,9 @@ class KrakenV1Sim(_KrakenSim):
             [self.channel_ids[instrument], payload, f"book-{depth}", self.pairs[instrument]]
         )
 
+    def error_frame(self, instrument: str) -> OutFrame | None:
+        return OutFrame(None, _dumps({"errorMessage": "Exceeded msg rate", "event": "error"}))
+
     def update_text(self, instrument, depth, bids, asks, crc) -> str:  # type: ignore[no-untyped-def]
         ts = f"{time.time():.6f}"
         parts: list[dict[str, Any]] = []
@@ -491,6 +505,19 @@ class KrakenV2Sim(_KrakenSim):
             "checksum": self.checksum(instrument, bids, asks),
         }
         return _dumps({"channel": "book", "type": "snapshot", "data": [entry]})
+
+    def error_frame(self, instrument: str) -> OutFrame | None:
+        now = _now_rfc3339()
+        text = _dumps(
+            {
+                "error": "Exceeded msg rate",
+                "method": "subscribe",
+                "success": False,
+                "time_in": now,
+                "time_out": now,
+            }
+        )
+        return OutFrame(None, text)
 
     def update_text(self, instrument, depth, bids, asks, crc) -> str:  # type: ignore[no-untyped-def]
         entry = {

@@ -259,13 +259,18 @@ class OkxSim(SimProtocol):
         for client in self.pending.pop(instrument, ()):
             client.set_topics([*client.topics, self.topic("books", instrument)])
             client.outbox.put(self._snapshot_frame(instrument))
+            self.truth.mark(
+                instrument, self.seq[instrument], snapshot=True, before=True, queued=True
+            )
         self.mirrors[instrument].apply(changes)
         prev = self.seq[instrument]
         seq = self.seq[instrument] = prev + self.rng.choice(SEQ_STEPS)
         checksum = self._checksum(instrument)
-        if instrument in self.corrupt:
+        corrupt = instrument in self.corrupt
+        if corrupt:
             self.corrupt.discard(instrument)
             checksum = checksum + 1 if checksum < 2**31 - 1 else checksum - 1
+        self.truth.mark(instrument, seq, first=prev, clean=not corrupt)
         bids = [(c.price, c.size) for c in changes if c.side == BID]
         asks = [(c.price, c.size) for c in changes if c.side == ASK]
         frames = [
@@ -284,6 +289,9 @@ class OkxSim(SimProtocol):
     def corrupt_checksum(self, instrument: str) -> bool:
         self.corrupt.add(instrument)
         return True
+
+    def error_frame(self, instrument: str) -> OutFrame | None:
+        return OutFrame(None, self._error("60014", "Requests too frequent."))
 
     def malformed_frame(self, instrument: str) -> OutFrame:
         text = _dumps({"arg": {"channel": "books", "instId": self.ids[instrument]}, "data": []})

@@ -14,11 +14,11 @@ Threads (all started by `SimulatorHandle.start`, all joined by `SimulatorHandle.
   through the protocol, puts them in the outboxes of the clients subscribed to their topic,
   and injects the faults.
 
-Shared state is small on purpose: the books and the protocol's sequence numbers (one lock,
-`SimulatorHandle.lock`, held by the generator while it steps and by an HTTP thread while it
-copies a snapshot), the tuple of connected clients (replaced, never mutated, under its own
-lock), and the counters (their own lock). Nothing in this module knows a venue: everything
-venue-specific sits behind `SimProtocol`.
+Shared state is small on purpose: the books, the protocol's sequence numbers and the truth
+kept for a checker (`truth.py`; one lock, `SimulatorHandle.lock`, held by the generator while
+it steps and by an HTTP thread while it copies a snapshot), the tuple of connected clients
+(replaced, never mutated, under its own lock), and the counters (their own lock). Nothing in
+this module knows a venue: everything venue-specific sits behind `SimProtocol`.
 """
 
 from __future__ import annotations
@@ -57,11 +57,32 @@ from mmengine.simulator.market import (
     VenueStyle,
     default_params,
 )
+from mmengine.simulator.truth import NO_TRUTH, BookVersion, TruthLog
 
 log = logging.getLogger("mmengine.simulator")
 
-FAULT_KINDS = ("drop", "gap", "malformed", "stall", "badchecksum", "badticker")
+FAULT_KINDS = (
+    "drop",
+    "gap",
+    "malformed",
+    "stall",
+    "badchecksum",
+    "badticker",
+    "oversized",
+    "error",
+    "crossed",
+    "drift",
+)
 STALL_S = 3.0  # how long a `stall` fault sends nothing
+# An `oversized` frame: beyond what any venue sends (Coinbase's full-book snapshots reach
+# several MB) and beyond what a client should accept; `SimulatorHandle(oversized_bytes=)`.
+OVERSIZED_BYTES = 65 * 1024 * 1024
+# A `drift`: every market of the venue moves away from where it was, in DRIFT_STAGES equal
+# steps DRIFT_STAGE_S apart up to DRIFT_BPS, stays there DRIFT_HOLD_S, then comes back at once.
+DRIFT_BPS = 1500.0
+DRIFT_STAGES = 5
+DRIFT_STAGE_S = 0.5
+DRIFT_HOLD_S = 5.0
 FAULT_JITTER = 0.2  # each fault interval is drawn from interval * [0.8, 1.2]
 MAX_BACKLOG = 100_000  # frames queued for one client before it is dropped as too slow
 MAX_BATCH = 1_000  # steps done in one wake-up when the generator is behind schedule
@@ -69,6 +90,7 @@ CATCH_UP_LIMIT_S = 0.25  # further behind than this, the schedule restarts from 
 DRAIN_TIMEOUT_S = 2.0  # stop(): time given to clients to receive what is queued for them
 PING_INTERVAL_S = 20.0  # like Binance: a ping every 20 s ...
 PING_TIMEOUT_S = 60.0  # ... and a minute to answer it
+TRUTH_FLUSH_S = 0.25  # the truth journal reaches the OS at least this often
 
 Query = Mapping[str, str]
 
@@ -162,6 +184,11 @@ class SimProtocol:
         whose sizes are contracts, or whose ticks differ, says so here)."""
         return default_params(instrument)
 
+    # How the venue's integrity rule ties ids to books (`mmengine.simulator.truth`).
+    truth_rule: ClassVar[str] = "chain"
+    # Where the protocol marks which id names which book (`SimulatorHandle(truth=True)`).
+    truth: TruthLog = NO_TRUTH
+
     def __init__(
         self,
         instruments: Sequence[str],
@@ -208,6 +235,11 @@ class SimProtocol:
         of `instrument` carry a wrong checksum. Returns False if the venue has none."""
         return False
 
+    def error_frame(self, instrument: str) -> OutFrame | None:
+        """The `error` fault: an error message as the venue sends it unasked (a rate limit,
+        say), changing no sequence state; None if the venue has no such message."""
+        return None
+
     def corrupt_ticker(self, instrument: str) -> bool:
         """The `badticker` fault (generator thread, `self.lock` held): make the next
         best-bid/ask ticker of `instrument` disagree with its book. Returns False if the
@@ -231,6 +263,51 @@ class SimProtocol:
         """Prepare replay mode: classify the recorded WebSocket frames (`recv`, in file
         order) and keep what `http` should answer from the recorded responses."""
         raise NotImplementedError
+
+
+class CrossedBook:
+    """The `crossed` fault: a market whose bid side also holds one level above its best ask,
+    until its next step removes it (the generator's alone, like the market it wraps). Reads
+    (`levels`, `best`) see the extra level, so a REST snapshot taken meanwhile shows the
+    same crossed book as the WebSocket."""
+
+    def __init__(self, market: Market, level: tuple[Decimal, Decimal]) -> None:
+        self.market = market
+        self.level = level
+        self.instrument = market.instrument
+        self.params = market.params
+
+    def levels(self, side: str, limit: int | None = None) -> list[tuple[Decimal, Decimal]]:
+        if side != BID:
+            return self.market.levels(side, limit)  # type: ignore[arg-type]
+        out = [self.level, *self.market.levels(BID, None if limit is None else limit - 1)]
+        return out if limit is None else out[:limit]
+
+    def best(self, side: str) -> tuple[Decimal, Decimal] | None:
+        return self.level if side == BID else self.market.best(side)  # type: ignore[arg-type]
+
+    def step(self) -> list[Change]:
+        """The market's next step, and the extra level deleted (unless the step itself
+        set a bid at that price)."""
+        changes = self.market.step()
+        price = self.level[0]
+        if not any(c.side == BID and c.price == price for c in changes):
+            changes.insert(0, Change(BID, price, Decimal(0)))  # the best bid comes first
+        return changes
+
+
+def book_changes(old: Any, new: Any) -> list[Change]:
+    """The changed levels that turn book `old` into book `new` (bids best first, then asks)."""
+    changes: list[Change] = []
+    for side in (BID, ASK):
+        before = dict(old.levels(side))
+        after = dict(new.levels(side))
+        for price in before.keys() | after.keys():
+            size = after.get(price, Decimal(0))
+            if before.get(price, Decimal(0)) != size:
+                changes.append(Change(side, price, size))
+    changes.sort(key=lambda c: (c.side != BID, -c.price if c.side == BID else c.price))
+    return changes
 
 
 _CLOSE = object()  # outbox sentinel: the client is gone, end the writer
@@ -308,6 +385,10 @@ class SimulatorHandle:
         shift_bps: float = 0.0,
         ssl_context: ssl.SSLContext | None = None,
         market_seed: int = 0,
+        truth: bool = False,
+        truth_path: str | Path | None = None,
+        truth_levels: int = 5,
+        oversized_bytes: int = OVERSIZED_BYTES,
     ) -> None:
         if rate <= 0:
             raise ValueError(f"rate must be > 0 frames/s, was {rate}")
@@ -321,6 +402,7 @@ class SimulatorHandle:
         self.rate = float(rate)
         self.faults = tuple(dict.fromkeys(faults))
         self.fault_interval_s = float(fault_interval_s)
+        self.oversized_bytes = oversized_bytes
         # A run without a seed still gets one, and says which: it can be re-run exactly.
         self.seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
         self.replay_path = Path(replay) if replay is not None else None
@@ -353,6 +435,7 @@ class SimulatorHandle:
             # market seed and the wall clock: separate processes agree) in its venue's own
             # style; `shift_bps` moves this venue's whole market (tests an outlier filter).
             style = VenueStyle.for_venue(self.venue, shift_bps)
+            self._style = style  # where a `drift` comes back to
             for name in self.instruments:
                 fair = FairPath.for_instrument(name, market_seed)
                 self.markets[name] = Market(
@@ -365,6 +448,24 @@ class SimulatorHandle:
             self.protocol = protocol_cls(
                 self.instruments, self.markets, self.lock, random.Random(f"{self.seed}:proto")
             )
+
+        # The truth (synthetic books only): every version of every book and the ids naming
+        # them, for a checker; off by default, it costs a few microseconds per step.
+        self.truth: TruthLog = NO_TRUTH
+        if truth or truth_path is not None:
+            if self._replay is not None:
+                raise ValueError("truth is kept for synthetic books only, not in replay mode")
+            self.truth = TruthLog(
+                protocol_cls.venue,
+                protocol_cls.truth_rule,
+                self.instruments,
+                levels=truth_levels,
+                path=truth_path,
+                seed=self.seed,
+            )
+            for name, market in self.markets.items():
+                self.truth.announce(name, market)
+            self.protocol.truth = self.truth
 
         # Client registry: a tuple replaced under the condition's lock, so the generator can
         # iterate the current tuple without holding any lock.
@@ -382,6 +483,8 @@ class SimulatorHandle:
         self._requests: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._stall_until = 0.0
         self._round_robin = 0
+        self._drift_plan: list[tuple[float, float]] = []  # (monotonic time, shift in bps)
+        self._drifts = 0
 
         self._server: Server | None = None
         self._accept_thread: threading.Thread | None = None
@@ -427,6 +530,13 @@ class SimulatorHandle:
             raise KeyError(f"no synthetic book for {instrument!r} (replay mode or unknown)")
         with self.lock:
             return market.levels(BID, limit), market.levels(ASK, limit)
+
+    def book_at(self, instrument: str, seq: int, recv_ns: int | None = None) -> BookVersion | None:
+        """The book the venue id `seq` named, from the truth kept with `truth=True` (None if
+        unknown or out of its window); `recv_ns`: when a client received it, for a venue
+        whose ids restart on each connection."""
+        with self.lock:
+            return self.truth.book_at(instrument, seq, recv_ns)
 
     def inject(self, kind: str) -> None:
         """Inject one fault now (on the generator thread), besides any scheduled ones, even
@@ -485,6 +595,8 @@ class SimulatorHandle:
         self._wake.set()
         if self._generator_thread is not None:
             self._generator_thread.join()
+        with self.lock:
+            self.truth.close()
         # Let each client receive what is already queued for it, then a goodbye and a
         # 1001 close; a client that does not read gets DRAIN_TIMEOUT_S, then is cut off.
         goodbye = self.protocol.goodbye_frames()
@@ -642,15 +754,23 @@ class SimulatorHandle:
         now = time.monotonic()
         next_step = now
         next_fault = self._next_fault_time(now)
+        next_flush = now + TRUTH_FLUSH_S
         try:
             while not self._stopping:
                 now = time.monotonic()
+                if now >= next_flush:
+                    next_flush = now + TRUTH_FLUSH_S
+                    with self.lock:
+                        self.truth.flush()
                 while True:
                     try:
                         requested = self._requests.get_nowait()
                     except queue.Empty:
                         break
                     self._inject(requested, now)
+                if self._drift_plan and now >= self._drift_plan[0][0]:
+                    _, bps = self._drift_plan.pop(0)
+                    self._shift_markets(bps)
                 if now >= next_fault:
                     # A scheduled fault fires only while a client is connected: one that hits
                     # nobody would be counted without being seen, and the counts are what a
@@ -666,7 +786,10 @@ class SimulatorHandle:
                 if now < next_step:
                     # Sleep, never spin: a spinning thread would starve every other thread
                     # of the GIL (the connection threads and the engine under test).
-                    self._wake.wait(min(next_step, next_fault) - now)
+                    wake = min(next_step, next_fault, next_flush)
+                    if self._drift_plan:
+                        wake = min(wake, self._drift_plan[0][0])
+                    self._wake.wait(wake - now)
                     self._wake.clear()
                     continue
                 done = 0
@@ -688,12 +811,56 @@ class SimulatorHandle:
         self._round_robin = (self._round_robin + 1) % len(self.instruments)
         self._broadcast(self._step(instrument))
 
-    def _step(self, instrument: str) -> list[OutFrame]:
+    def _step(self, instrument: str, discard: bool = False) -> list[OutFrame]:
+        """One market step of `instrument`, announced; `discard`: its frames will be thrown
+        away (the `gap` fault), which the truth notes (inside the lock, where it marks)."""
         with self.lock:
-            changes = self.markets[instrument].step()
-            frames = self.protocol.update_frames(instrument, changes, self._wanted)
+            market = self.markets[instrument]
+            changes = market.step()
+            if isinstance(market, CrossedBook):
+                self.markets[instrument] = market = market.market  # uncrossed again
+            self.truth.announce(instrument, market)
+            with self.truth.undelivered() if discard else contextlib.nullcontext():
+                frames = self.protocol.update_frames(instrument, changes, self._wanted)
         self._stats.add("updates_generated")
         return frames
+
+    def _cross(self, instrument: str) -> list[OutFrame]:
+        """Announce a bid one tick above the best ask, sized like it: a valid message (ids
+        and checksums follow on) of a crossed book, gone again at the next step."""
+        with self.lock:
+            market = self.markets[instrument]
+            ask = market.best(ASK)
+            if isinstance(market, CrossedBook) or ask is None:
+                return []
+            level = (ask[0] + market.params.tick, ask[1])
+            crossed = CrossedBook(market, level)
+            self.markets[instrument] = crossed  # type: ignore[assignment]
+            self.truth.announce(instrument, crossed)
+            return self.protocol.update_frames(instrument, [Change(BID, *level)], self._wanted)
+
+    def _shift_markets(self, bps: float) -> None:
+        """Every market of the venue jumps to a new book showing the shared fair price `bps`
+        further away than the venue's usual style (a `drift` stage), announced as one valid
+        update per instrument."""
+        self._drifts += 1
+        style = self._style.shifted(bps)
+        for instrument in self.instruments:
+            with self.lock:
+                old = self.markets[instrument]
+                base = old.market if isinstance(old, CrossedBook) else old
+                new = Market(
+                    instrument,
+                    seed=f"{self.seed}:{instrument}:drift{self._drifts}",
+                    params=base.params,
+                    fair=base.fair,
+                    style=style,
+                )
+                changes = book_changes(old, new)
+                self.markets[instrument] = new
+                self.truth.announce(instrument, new)
+                frames = self.protocol.update_frames(instrument, changes, self._wanted)
+            self._broadcast(frames)
 
     def _replay_next(self, client: ClientConn) -> None:
         """Send the client its next recorded frame (one per tick), skipping other topics."""
@@ -738,6 +905,8 @@ class SimulatorHandle:
     def _inject(self, kind: str, now: float) -> None:
         self._stats.fault(kind)
         log.info("%s simulator: injecting %s", self.venue, kind)
+        instrument: str | None = None
+        until_ns: int | None = None
         if kind == "drop":
             for client in self._clients:
                 self._abort(client)
@@ -749,14 +918,40 @@ class SimulatorHandle:
                 # One instrument's update happens (its book and ids move) but is never sent.
                 instrument = self.instruments[self._round_robin]
                 self._round_robin = (self._round_robin + 1) % len(self.instruments)
-                self._step(instrument)
+                self._step(instrument, discard=True)
         elif kind == "malformed":
-            self._broadcast([self.protocol.malformed_frame(self._rng.choice(self.instruments))])
+            instrument = self._rng.choice(self.instruments)
+            self._broadcast([self.protocol.malformed_frame(instrument)])
         elif kind == "badchecksum":
+            instrument = self._rng.choice(self.instruments)
             with self.lock:
-                self.protocol.corrupt_checksum(self._rng.choice(self.instruments))
+                self.protocol.corrupt_checksum(instrument)
         elif kind == "badticker":
+            instrument = self._rng.choice(self.instruments)
             with self.lock:
-                self.protocol.corrupt_ticker(self._rng.choice(self.instruments))
+                self.protocol.corrupt_ticker(instrument)
         elif kind == "stall":
             self._stall_until = now + STALL_S
+            until_ns = time.time_ns() + int(STALL_S * 1e9)
+        elif kind == "oversized":
+            # Valid JSON, no book in it: what a client must refuse by size alone.
+            padding = "x" * max(0, self.oversized_bytes - 20)
+            self._broadcast([OutFrame(None, f'{{"oversized":"{padding}"}}')])
+        elif kind == "error":
+            instrument = self._rng.choice(self.instruments)
+            frame = self.protocol.error_frame(instrument)
+            if frame is not None:
+                self._broadcast([frame])
+        elif kind == "crossed" and self._replay is None:
+            instrument = self._rng.choice(self.instruments)
+            self._broadcast(self._cross(instrument))
+        elif kind == "drift" and self._replay is None and not self._drift_plan:
+            plan = [
+                (now + i * DRIFT_STAGE_S, DRIFT_BPS * (i + 1) / DRIFT_STAGES)
+                for i in range(DRIFT_STAGES)
+            ]
+            back = plan[-1][0] + DRIFT_HOLD_S
+            self._drift_plan = [*plan, (back, 0.0)]
+            until_ns = time.time_ns() + int((back - now) * 1e9)
+        with self.lock:
+            self.truth.fault(kind, instrument, until_ns)

@@ -89,7 +89,7 @@ class RestFetcher:
         self._tls = tls  # None: the system's trust store
         self._recorder = recorder
         self._requests: queue.SimpleQueue[tuple[Any, str] | None] = queue.SimpleQueue()
-        self._results: queue.SimpleQueue[tuple[Any, str | None, str]] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[tuple[Any, str | None, str, int]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
     def fetch(self, key: Any, url: str) -> None:
@@ -98,7 +98,8 @@ class RestFetcher:
             self._thread.start()
         self._requests.put((key, url))
 
-    def fetched(self) -> list[tuple[Any, str | None, str]]:
+    def fetched(self) -> list[tuple[Any, str | None, str, int]]:
+        """Finished fetches: (key, body or None, error, when the answer was received)."""
         out = []
         while True:
             try:
@@ -125,11 +126,12 @@ class RestFetcher:
                 with urllib.request.urlopen(url, timeout=self.timeout_s, context=self._tls) as resp:
                     body: str = resp.read().decode()
             except (urllib.error.URLError, OSError, ValueError) as exc:
-                self._results.put((key, None, f"GET {url}: {exc}"))
+                self._results.put((key, None, f"GET {url}: {exc}", time.time_ns()))
                 continue
+            got_ns = time.time_ns()
             if self._recorder is not None:
                 self._recorder.http(self.name, url, body)
-            self._results.put((key, body, ""))
+            self._results.put((key, body, "", got_ns))
 
 
 class _Reconnect(Exception):
@@ -181,7 +183,7 @@ class VenueConnection(threading.Thread):
     def fetch(self, key: Any, url: str) -> None:
         self._rest.fetch(key, url)
 
-    def fetched(self) -> list[tuple[Any, str | None, str]]:
+    def fetched(self) -> list[tuple[Any, str | None, str, int]]:
         return self._rest.fetched()
 
     def publish(self, top: BookTop) -> None:

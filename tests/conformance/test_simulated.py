@@ -6,6 +6,9 @@ transport (the venue thread, its REST fetcher) as the engine runs it.
   book is LIVE again and equals the simulator's own.
 - (d) A dropped connection reconnects, resubscribes, and the rebuilt books equal the
   simulator's own.
+- (t) Every LIVE top the connection publishes, through lost updates, bad checksums, broken
+  frames and a dropped connection, is the book the simulator announced under the
+  `venue_seq` it names (the simulator's own record of what it sent, `truth=True`).
 """
 
 from __future__ import annotations
@@ -26,11 +29,15 @@ pytestmark = pytest.mark.integration
 
 
 @contextmanager
-def connected(protocol: str, seed: int) -> Iterator[tuple[SimulatorHandle, VenueConnection]]:
+def connected(
+    protocol: str, seed: int, truth: bool = False
+) -> Iterator[tuple[SimulatorHandle, VenueConnection]]:
     """The protocol's simulator and a venue connection to it, its books LIVE."""
     kit = kit_of(protocol)
     simulator = registration(protocol).simulator_classes()[0].venue
-    with start_simulator(simulator, instruments=list(kit.instruments), rate=200, seed=seed) as sim:
+    with start_simulator(
+        simulator, instruments=list(kit.instruments), rate=200, seed=seed, truth=truth
+    ) as sim:
         spec = VenueSpec(
             "v",
             protocol,
@@ -103,3 +110,103 @@ def test_a_dropped_connection_reconnects_resubscribes_and_rebuilds_every_book(
         wait_for(lambda: all_live(venue))
         assert sim.stats["connections"] > connections
         same_books(sim, conn)
+
+
+def test_every_live_top_is_the_book_the_simulator_announced_under_its_venue_seq(
+    protocol: str,
+) -> None:
+    venue_cls = registration(protocol).venue
+    faults = ["gap", "malformed", "drop"]
+    if venue_cls.checksum is not None:
+        faults.append("badchecksum")
+    with connected(protocol, seed=53, truth=True) as (sim, conn):
+        tops = conn._publisher
+        assert isinstance(tops, Tops)
+        for fault in faults:
+            sim.inject(fault)
+            time.sleep(0.3)
+            wait_for(lambda: all_live(conn.venue))
+        time.sleep(0.3)
+        live = [t for _, t in list(tops.got) if t.state == "LIVE"]
+    checked = 0
+    for top in live:
+        truth = sim.book_at(top.instrument, top.venue_seq, top.recv_ts_ns)
+        assert truth is not None, f"{top.instrument} venue_seq {top.venue_seq}: never sent"
+        n = len(top.bid_prices)
+        want_bids = [(float(p), float(q)) for p, q in truth.bids[:n]]
+        want_asks = [(float(p), float(q)) for p, q in truth.asks[: len(top.ask_prices)]]
+        assert list(zip(top.bid_prices, top.bid_sizes, strict=True)) == want_bids, top
+        assert list(zip(top.ask_prices, top.ask_sizes, strict=True)) == want_asks, top
+        checked += 1
+    assert checked > 50 and sum(sim.stats["faults"].values()) == len(faults)
+
+
+def test_a_venue_error_message_and_an_oversized_frame_are_counted_skips(protocol: str) -> None:
+    """Bad input that carries no book update: each is a counted skip of its own kind, every
+    book stays LIVE on the same connection, nothing resyncs."""
+    venue_cls = registration(protocol).venue
+    with connected(protocol, seed=54) as (sim, conn):
+        venue = conn.venue
+        sim.oversized_bytes = venue_cls.max_frame_bytes + 1024
+        before = resyncs(conn)
+        sim.inject("error")
+        wait_for(lambda: venue.venue_stats.skipped["venue_error"] >= 1)
+        sim.inject("oversized")
+        wait_for(lambda: venue.venue_stats.skipped["frame_too_large"] >= 1)
+        assert all_live(venue) and resyncs(conn) == before
+        assert venue.venue_stats.reconnects == 0 and conn.connects == 1
+
+
+def test_a_crossed_book_is_never_priced_and_comes_back(protocol: str) -> None:
+    """The simulator announces a bid above its best ask (a valid message: ids and checksums
+    follow on). A venue that documents crossed books (OKX) holds it LIVE, published as it
+    is, for pricing to leave out; every other venue resyncs that book. Either way the book
+    is LIVE again and every LIVE top equals the book announced under its venue_seq."""
+    venue_cls = registration(protocol).venue
+    with connected(protocol, seed=55, truth=True) as (sim, conn):
+        venue = conn.venue
+        sim.inject("crossed")
+        wait_for(lambda: sum(s.crossed for s in venue.stats.values()) >= 1)
+        time.sleep(0.2)
+        wait_for(lambda: all_live(venue))
+        tops = [t for _, t in list(conn._publisher.got) if t.state == "LIVE"]  # type: ignore[union-attr]
+    if venue_cls.crossed_is_venue_state:
+        assert not venue.venue_stats.resyncs
+        crossed = [t for t in tops if t.bid_prices[0] >= t.ask_prices[0]]
+        assert crossed  # published as the venue has it; pricing excludes it (`crossed`)
+    else:
+        assert venue.venue_stats.resyncs["crossed"] >= 1
+        assert all(t.bid_prices[0] < t.ask_prices[0] for t in tops)
+    for top in tops:
+        truth = sim.book_at(top.instrument, top.venue_seq, top.recv_ts_ns)
+        assert truth is not None and float(truth.bids[0][0]) == top.bid_prices[0], top
+
+
+def test_a_drift_moves_every_book_of_the_venue_and_back(protocol: str) -> None:
+    """`drift`: the venue's markets move away in stages, hold, and come back; every stage is
+    a valid update (no resync), and every LIVE top is the book announced under its id."""
+    from mmengine.simulator import server
+
+    with connected(protocol, seed=56, truth=True) as (sim, conn):
+        venue = conn.venue
+        start = {i: b.bids.best() for i, b in venue.books.items()}
+        old = (server.DRIFT_STAGE_S, server.DRIFT_HOLD_S)
+        server.DRIFT_STAGE_S, server.DRIFT_HOLD_S = 0.1, 0.5
+        try:
+            sim.inject("drift")
+            wait_for(
+                lambda: all((b.bids.best() or 0) > start[i] * 1.10 for i, b in venue.books.items()),
+                3.0,
+            )
+            wait_for(
+                lambda: all((b.bids.best() or 0) < start[i] * 1.02 for i, b in venue.books.items()),
+                3.0,
+            )
+        finally:
+            server.DRIFT_STAGE_S, server.DRIFT_HOLD_S = old
+        time.sleep(0.1)
+        assert not venue.venue_stats.resyncs and all_live(venue)
+        tops = [t for _, t in list(conn._publisher.got) if t.state == "LIVE"]  # type: ignore[union-attr]
+    for top in tops:
+        truth = sim.book_at(top.instrument, top.venue_seq, top.recv_ts_ns)
+        assert truth is not None and float(truth.asks[0][0]) == top.ask_prices[0], top

@@ -33,6 +33,7 @@ class Implied:
     used: dict[str, float]  # venue -> mid
     not_live: set[str]
     recv_ts: set[int] = field(default_factory=set)
+    stale: set[str] = field(default_factory=set)  # of not_live: marked STALE (silent)
 
 
 def implied(tops: dict[str, Top]) -> Implied | None:
@@ -40,9 +41,10 @@ def implied(tops: dict[str, Top]) -> Implied | None:
     if not tops:
         return None
     live = {v: t for v, t in tops.items() if t["state"] == "LIVE" and t["bid_prices"]}
+    stale = {v for v, t in tops.items() if t["state"] == "STALE"}
     if not live:
         stamps = {t["recv_ts_ns"] for t in tops.values()}
-        return Implied(0.0, 0.0, 0.0, 0.0, None, {}, set(tops), stamps)
+        return Implied(0.0, 0.0, 0.0, 0.0, None, {}, set(tops), stamps, stale)
     bids: dict[float, float] = {}
     asks: dict[float, float] = {}
     for t in live.values():
@@ -58,6 +60,7 @@ def implied(tops: dict[str, Top]) -> Implied | None:
         {v: (t["bid_prices"][0] + t["ask_prices"][0]) / 2 for v, t in live.items()},
         set(tops) - set(live),
         {t["recv_ts_ns"] for t in tops.values()},
+        stale,
     )
 
 
@@ -72,7 +75,10 @@ def agrees(price: dict[str, Any], want: Implied) -> bool:
         and price["halted"] == (want.fair_value is None)
         and {u["venue"]: u["mid"] for u in price["venues_used"]} == want.used
         and {x["venue"] for x in price["venues_excluded"]} == want.not_live
-        and all(x["reason"] == "not_live" for x in price["venues_excluded"])
+        and all(
+            x["reason"] == ("stale" if x["venue"] in want.stale else "not_live")
+            for x in price["venues_excluded"]
+        )
         and price["recv_ts_ns"] in want.recv_ts  # the top that triggered it is among them
     )
 

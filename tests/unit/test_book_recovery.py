@@ -50,6 +50,20 @@ def binance(held: bool = False, symbols: tuple[str, ...] = ("BTC-USDT",)) -> tup
     return venue("binance", symbols, RecordingSession(rest, hold=held), depth=100)
 
 
+def test_a_bridged_book_is_stamped_no_earlier_than_its_rest_snapshot_arrived() -> None:
+    """The top a REST snapshot puts LIVE carries the time that snapshot was received, not
+    the earlier receive time of the diff whose handling happened to pick it up: its
+    `recv_ts_ns` (with `venue_seq`, what names the book in a Price) may not predate data
+    the venue had not even served yet. Found by the chaos campaign's checker."""
+    driver, session = binance(held=True)
+    driver.receive(diff("BTCUSDT", 6, 6), 100)  # buffered; the snapshot is asked for
+    session.answer_all(at_ns=150)  # the REST thread has it at 150 ...
+    driver.receive(diff("BTCUSDT", 7, 7), 140)  # ... while a diff received at 140 is handled
+    book = driver.books["BTC-USDT"]
+    assert book.state is BookState.LIVE and book.venue_seq == 7
+    assert session.tops[-1].venue_seq == 7 and session.tops[-1].recv_ts_ns == 150
+
+
 def test_a_diff_overlapping_the_book_after_the_bridge_is_applied_not_a_gap() -> None:
     """Only a hole is a gap (1.4, step 6): the snapshot's L = 7 fell inside the next diff's
     range 6..9, which holds the book's state at 9 and must be applied. (main resynced it.)"""

@@ -160,6 +160,48 @@ def test_a_reader_holding_the_first_price_schema_still_decodes_new_payloads(
     assert all(f.has_default for f in new.fields if f.name not in {g.name for g in old.fields})
 
 
+def test_a_reader_holding_the_schema_before_venue_seq_still_decodes_new_payloads(
+    data_dir: Path,
+) -> None:
+    """`venue_seq` and `recv_ts_ns` were added to VenueUsed with defaults: a reader that
+    still holds the schema before them (tests/data/price_v2.avsc) decodes today's payloads,
+    and a payload that reader's writer made decodes today with the defaults."""
+    old = avro.schema.parse((data_dir / "price_v2.avsc").read_text())
+    new = avro.schema.parse(Codec("price.avsc").path.read_text())
+    assert old.fingerprint() != new.fingerprint()
+    used = VenueUsed("okx", "BTC-USDT", 100.5, 0.25, 1.0, 987_654_321, 1_700_000_000_123_456_789)
+    price = Price(
+        "BTC-USD",
+        5,
+        9,
+        100.5,
+        100.0,
+        2.0,
+        101.0,
+        3.0,
+        ["okx"],
+        1,
+        2,
+        3,
+        venues_used=[used],
+        venues_excluded=[VenueExcluded("kraken", "BTC-USD", "stale")],
+    )
+    payload = encode_price(Codec("price.avsc").header, price)
+    reader = avro.io.DatumReader(writers_schema=new, readers_schema=old)
+    got = reader.read(avro.io.BinaryDecoder(io.BytesIO(payload[10:])))
+    want = price_record(price)
+    for entry in want["venues_used"]:
+        del entry["venue_seq"], entry["recv_ts_ns"]
+    assert got == want
+    # ... and the other way: an old payload read with today's schema gets the defaults.
+    buf = io.BytesIO()
+    avro.io.DatumWriter(old).write(want, avro.io.BinaryEncoder(buf))
+    back = avro.io.DatumReader(writers_schema=old, readers_schema=new).read(
+        avro.io.BinaryDecoder(io.BytesIO(buf.getvalue()))
+    )
+    assert back["venues_used"] == [{**want["venues_used"][0], "venue_seq": -1, "recv_ts_ns": 0}]
+
+
 finite = st.floats(allow_nan=False, allow_infinity=False)
 text = st.text(max_size=12)
 longs = st.integers(min_value=-(2**63), max_value=2**63 - 1)
@@ -187,7 +229,9 @@ prices_st = st.builds(
     cross_venue_crossed=st.booleans(),
     bids=st.lists(st.tuples(finite, finite), max_size=6),
     asks=st.lists(st.tuples(finite, finite), max_size=6),
-    venues_used=st.lists(st.builds(VenueUsed, text, text, finite, finite, finite), max_size=5),
+    venues_used=st.lists(
+        st.builds(VenueUsed, text, text, finite, finite, finite, longs, longs), max_size=5
+    ),
     venues_excluded=st.lists(st.builds(VenueExcluded, text, text, text), max_size=5),
 )
 

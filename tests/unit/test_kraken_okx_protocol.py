@@ -340,10 +340,11 @@ def test_replay_json(
     }
     assert sum(1 for x in lines if x["checksum_ok"] is True) == checked
     assert not any(x["checksum_ok"] is False for x in lines)
+    live = [x for x in lines if x["state"] == "LIVE"]
+    assert live and all(x["venue_seq"] is not None for x in live)
     if capture in ("KRAKEN", "OKX"):
-        assert all(x["venue_seq"] is None for x in lines)  # no sequence in these captures
-    else:
-        assert any(x["venue_seq"] is not None for x in lines)
+        # No sequence in these captures: a book is named by the checksum it matched.
+        assert all(0 <= x["venue_seq"] < 2**32 for x in live)
 
 
 def test_replay_reports_a_venue_without_a_module_as_unsupported(tmp_path: Path) -> None:
@@ -412,3 +413,27 @@ def test_okx_frames_that_cannot_be_used_are_counted_and_resync_only_what_they_to
         "venue_error": 1,
     }
     assert [orjson.loads(s)["op"] for s in session.sent] == ["unsubscribe", "subscribe"] * 4
+
+
+@pytest.mark.parametrize("protocol", ["kraken-v1", "kraken-v2"])
+def test_a_kraken_book_is_named_by_the_checksum_it_matched(protocol: str) -> None:
+    """Kraken sends no sequence: a book's `venue_seq` (what a Price's `venues_used` names)
+    is the CRC32 of the top 10 the venue sent and the book matched; for a v1 snapshot,
+    which carries none, the checksum of the book as loaded. Every top published carries
+    the checksum of exactly the book it shows."""
+    from tests.conformance.conftest import kit_of, live_books
+
+    kit = kit_of(protocol)
+    inst = kit.instruments[0]
+    bids = [(f"{100 - i}.00", "1.00000000") for i in range(12)]
+    asks = [(f"{101 + i}.00", "2.00000000") for i in range(12)]
+    driver, session = live_books(kit, {inst: (bids, asks)})
+    book = driver.books[inst]
+    assert book.state is BookState.LIVE
+    assert book.venue_seq == kit.checksum(inst) == session.tops[-1].venue_seq
+    driver.receive(kit.update([(inst, [("100.00", "3.00000000")], [])]), 3)
+    assert book.venue_seq == kit.checksum(inst) == session.tops[-1].venue_seq
+    assert session.tops[-1].bid_sizes[0] == 3.0
+    # A level below the top 10 changes nothing the checksum covers: the same name.
+    driver.receive(kit.update([(inst, [("89.00", "4.00000000")], [])]), 4)
+    assert session.tops[-1].venue_seq == session.tops[-2].venue_seq

@@ -338,3 +338,16 @@ def test_a_coin_priced_under_its_tick_gets_no_bid_at_zero() -> None:
     assert bids == [] and asks == [(0.01, 1.0)]
     bids, asks = quote_ladder(100.0, 20_000.0, 0.0, 0.0, QuoteParams(levels=1), 0.01, 0.001)
     assert bids == [] and asks == [(300.0, 1.0)]
+
+
+def test_each_venue_used_names_the_exact_top_it_was_computed_from() -> None:
+    """`venues_used[i].venue_seq` and `recv_ts_ns` are those of the BookTop whose levels
+    gave its mid: an independent checker looks that book up at the venue."""
+    a = top("a", 100.0, 100.2)._replace(venue_seq=777, recv_ts_ns=NOW - 5)
+    b = top("b", 100.1, 100.3)._replace(venue_seq=3_000_000_000, recv_ts_ns=NOW - 9)
+    d = evaluate(spec("a", "b", min_venues=2), tops_of(a, b), {}, InstrumentState(), NOW)
+    assert d is not None and not d.halted
+    assert [(u.venue, u.mid, u.venue_seq, u.recv_ts_ns) for u in d.used] == [
+        ("a", (100.0 + 100.2) / 2, 777, NOW - 5),
+        ("b", (100.1 + 100.3) / 2, 3_000_000_000, NOW - 9),
+    ]
