@@ -29,7 +29,8 @@ One transaction per batch (`PgBatchWriter.commit`):
    writer stays on the staging path until a batch comes out all new (a replayed spool is
    not COPYed twice per batch).
 2. Upsert `price_latest` with the newest row per instrument of the batch (picked here, by
-   (epoch, seq), and COPYed into a small temporary table), guarded by
+   (epoch, seq), and read back by key from price_history in the same statement: no jsonb
+   parsed twice, no temporary table touched on the direct path), guarded by
    `WHERE (excluded.epoch, excluded.seq) > (price_latest.epoch, price_latest.seq)`, so a
    replay of old Prices never moves it backwards.
 3. `pg_notify('mmengine_prices', '{"epoch":E,"seq":S,"rows":N}')` with the batch's highest
@@ -158,24 +159,28 @@ _STAGE_TYPES = (
     " best_bid_size float8, best_ask float8, best_ask_size float8, halted boolean,"
     " venues text[], detail jsonb"
 )
-# Temporary tables (one per connection): the whole batch, for the staging path, and the
-# newest row per instrument, for the price_latest upsert.
+# A temporary table (one per connection) for the staging path. ON COMMIT DELETE ROWS costs
+# a truncation at every commit of a transaction that touched it: only the staging path does.
 CREATE_STAGE = sql.SQL(
     "CREATE TEMPORARY TABLE IF NOT EXISTS mmengine_stage (" + _STAGE_TYPES + ")"
     " ON COMMIT DELETE ROWS"
 )
-CREATE_LATEST = sql.SQL(
-    "CREATE TEMPORARY TABLE IF NOT EXISTS mmengine_latest (" + _STAGE_TYPES + ")"
-    " ON COMMIT DELETE ROWS"
-)
 COPY_HISTORY = sql.SQL("COPY price_history ({}) FROM STDIN (FORMAT BINARY)").format(_COLUMNS)
 COPY_STAGE = sql.SQL("COPY mmengine_stage ({}) FROM STDIN (FORMAT BINARY)").format(_COLUMNS)
-COPY_LATEST = sql.SQL("COPY mmengine_latest ({}) FROM STDIN (FORMAT BINARY)").format(_COLUMNS)
 INSERT_HISTORY = sql.SQL(
     "INSERT INTO price_history ({0}) SELECT {0} FROM mmengine_stage ON CONFLICT DO NOTHING"
 ).format(_COLUMNS)
+# The newest row per instrument of the batch, by its full key (the partition is pruned per
+# row), read back from price_history: the row just written, or the stored one it replays.
 UPSERT_LATEST = sql.SQL(
-    "INSERT INTO price_latest AS l ({0}) SELECT {0} FROM mmengine_latest"
+    "INSERT INTO price_latest AS l ({0}) SELECT {1}"
+    " FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[])"
+    "   AS k(instrument, epoch, seq, priced_ts_ns)"
+    # LATERAL ... LIMIT 1: one primary-key lookup per key in the one partition its
+    # priced_at prunes to, whatever the statistics say (a plain join may hash a seq scan).
+    " CROSS JOIN LATERAL (SELECT * FROM price_history p WHERE p.instrument = k.instrument"
+    "   AND p.epoch = k.epoch AND p.seq = k.seq"
+    "   AND p.priced_at = mmengine_ns_to_ts(k.priced_ts_ns) LIMIT 1) h"
     " ON CONFLICT (instrument) DO UPDATE SET"
     " epoch = excluded.epoch, seq = excluded.seq, priced_at = excluded.priced_at,"
     " priced_ts_ns = excluded.priced_ts_ns, recv_ts_ns = excluded.recv_ts_ns,"
@@ -186,7 +191,7 @@ UPSERT_LATEST = sql.SQL(
     " updated_at = now()"
     # The never-regress guard: a replayed or late batch cannot move an instrument back.
     " WHERE (excluded.epoch, excluded.seq) > (l.epoch, l.seq)"
-).format(_COLUMNS)
+).format(_COLUMNS, sql.SQL(", ").join(sql.SQL("h.") + sql.Identifier(c) for c in HISTORY_COLUMNS))
 NOTIFY = sql.SQL("SELECT pg_notify(%s, %s)")
 ENSURE_PARTITION = sql.SQL("SELECT mmengine_ensure_partition(%s)")
 
@@ -241,7 +246,8 @@ class Prepared:
 
     rows: int  # records written (decodable ones)
     data: bytes  # every row, a whole COPY BINARY stream
-    latest: bytes  # the newest row per instrument, a whole COPY BINARY stream
+    # the key of the newest row per instrument: instruments, epochs, seqs, priced_ts_ns
+    newest: tuple[list[str], list[int], list[int], list[int]]
     top: tuple[int, int]  # the highest (epoch, seq) of the batch
     days: set[int]  # UTC days (since 1970) of the rows' priced_at
     priced_ts_ns: list[int]  # of every row, in order
@@ -411,12 +417,12 @@ class RowBuilder:
             if best is None or (row[1], row[2]) > (best[1], best[2]):
                 newest[row[0]] = row
         chunks.append(COPY_TRAILER)
-        latest = [COPY_SIGNATURE, *(r[4] for r in newest.values()), COPY_TRAILER]
+        rows = newest.values()
         return Prepared(
             len(stamps),
             b"".join(chunks),
-            b"".join(latest),
-            max(((r[1], r[2]) for r in newest.values()), default=(0, 0)),
+            (list(newest), [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows]),
+            max(((r[1], r[2]) for r in rows), default=(0, 0)),
             {ts // DAY_NS for ts in stamps},
             stamps,
             bad,
@@ -452,7 +458,7 @@ class PgBatchWriter:
         self._days: set[int] = set()  # partitions known to exist on this connection
 
     def open(self) -> psycopg.Connection[Any]:
-        """Connect (if not connected), check the schema, create the staging tables."""
+        """Connect (if not connected), check the schema, create the staging table."""
         if self.conn is not None:
             return self.conn
         conn = connect(
@@ -477,7 +483,6 @@ class PgBatchWriter:
                     conn.execute("SELECT set_config(%s, %s, false)", (name, f"{value}ms"))
             check_schema(conn)
             conn.execute(CREATE_STAGE)
-            conn.execute(CREATE_LATEST)
         except BaseException:
             conn.close()
             raise
@@ -567,9 +572,7 @@ class PgBatchWriter:
     @staticmethod
     def _finish(cur: psycopg.Cursor[Any], batch: Prepared, note: str) -> None:
         """The rest of a batch's transaction: price_latest and the notification."""
-        with cur.copy(COPY_LATEST) as copy:
-            copy.write(batch.latest)
-        cur.execute(UPSERT_LATEST)
+        cur.execute(UPSERT_LATEST, batch.newest)
         cur.execute(NOTIFY, (CHANNEL, note))
 
 
@@ -825,6 +828,10 @@ class PostgresWriter(SpoolingWriter):
             if not n & 63 and self._inflight and not answered():
                 break  # the helper is free: hand it the next batch first
         self.stats.received += n
+        if n and self._waiting_since is None:
+            # The batch clock starts when a record arrives, also while the helper is busy:
+            # once it is free, what waited through its transaction goes out at once.
+            self._waiting_since = time.monotonic()
         return n
 
     def _send(self, spool: Spool, now: float, stopping: bool) -> None:
@@ -853,7 +860,10 @@ class PostgresWriter(SpoolingWriter):
         self._committer.requests.put(batch)
 
     def _due(self, spool: Spool, now: float, stopping: bool) -> bool:
-        """Whether records not yet taken make a batch now."""
+        """Whether records not yet taken make a batch now (the helper is free): a tenth of
+        a full batch is worth a transaction at once (under load, what arrived during the
+        last one); fewer wait up to batch_max_wait_ms to fill up (few, larger commits
+        at low rates)."""
         waiting = spool.pending - spool.in_flight
         if waiting <= 0:
             self._waiting_since = None
@@ -861,7 +871,7 @@ class PostgresWriter(SpoolingWriter):
         if self._waiting_since is None:
             self._waiting_since = now
         return (
-            waiting >= self.cfg.batch_max_rows
+            waiting >= max(1, self.cfg.batch_max_rows // 10)
             or now - self._waiting_since >= self._max_wait_s()
             or spool.away
             or stopping
