@@ -99,6 +99,9 @@ STALL_S = 2.0  # a batch in flight this long: treat the server as away (spool on
 # Inproc messages per loop (each one's row is built as it arrives: ~10 ms of work) before
 # looking at the helper again; the drain also stops early when the helper is free.
 MAX_DRAIN = 1_000
+# A Price that waited this long in the inproc socket (priced -> drained) means the writer
+# is behind: it stops building rows as Prices arrive until it has caught up.
+BEHIND_NS = 100_000_000
 DAY_NS = 86_400 * 1_000_000_000
 _EPOCH_DAY = dt.date(1970, 1, 1)
 
@@ -792,8 +795,10 @@ class PostgresWriter(SpoolingWriter):
         """Move what pricing sent into the spool (the Avro record: what a restart replays)
         and, while the writer keeps pace, build each record's row from the Price values
         that came with it, so the next batch is ready when the helper is free. When behind
-        (or the server is away) the values are only kept: draining stays cheap, and the
-        rows are built when their batch is."""
+        (Prices waited in the socket, a backlog in the spool, the server away) the values
+        are only kept: draining stays cheap, so a backlog goes to the spool (and disk)
+        rather than filling the socket up to where pricing would drop, and the rows are
+        built when their batch is."""
         n = 0
         put = spool.put
         recv = pull.recv
@@ -806,6 +811,7 @@ class PostgresWriter(SpoolingWriter):
             else None
         )
         no_answer = self._committer.results.empty
+        now_ns = time.time_ns
         while n < MAX_DRAIN:
             # recv_multipart asks the socket for RCVMORE per frame, through an enum
             # conversion; a frame received without copy carries the flag (~30 % cheaper).
@@ -819,6 +825,13 @@ class PostgresWriter(SpoolingWriter):
                 frames.append(frame.bytes)
             if len(frames) == 4:
                 instrument, key, payload, values = frames
+                if (
+                    build is not None
+                    and not n & 63
+                    and len(key) == SINK_KEY.size
+                    and now_ns() - SINK_KEY.unpack(key)[2] > BEHIND_NS
+                ):
+                    build = None  # this Price waited in the socket: catch up first
                 record = pack_frames((instrument, key, payload))
                 if build is None:
                     cache[record] = values
