@@ -75,8 +75,9 @@ def frames(epoch: int, n: int) -> list[list[bytes]]:
             now,
             volatility_bps=12.5,
             half_spread_bps=2.0,
-            bids=[(mid - 0.01 * (j + 1), 1.0 + j) for j in range(5)],
-            asks=[(mid + 0.01 * (j + 1), 1.0 + j) for j in range(5)],
+            # On the tick, as the pricing model rounds its ladder (round_down/round_up).
+            bids=[(round(mid - 0.01 * (j + 1), 2), 1.0 + j) for j in range(5)],
+            asks=[(round(mid + 0.01 * (j + 1), 2), 1.0 + j) for j in range(5)],
             venues_used=[VenueUsed(v, inst, mid, 1 / 3, 1.0) for v in ("binance", "okx", "kraken")],
         )
         out.append(

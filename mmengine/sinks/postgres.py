@@ -12,9 +12,10 @@ Nothing pricing already had is decoded again: with each Price, pricing sends its
 (`mmengine.codec.price_values`, pickled, in-process only) beside the Avro payload; the
 writer spools the Avro record (what a restart replays: after one, rows come from decoding
 the spooled Avro) and, while it keeps pace, turns the values into the record's COPY row as
-the record arrives (`RowBuilder.from_values`), so a batch is ready the moment the helper
-is free: its size is whatever arrived during the previous commit (up to `batch_max_rows`).
-Rows are COPY BINARY, built with `struct` (no float formatting in Python).
+the record arrives (`RowBuilder.from_message`), so a batch is ready the moment the helper
+is free (`_due` says when one is cut; under load, it is what arrived during the previous
+commit). When behind, it only spools and keeps the values, and builds the rows when their
+batch is cut. Rows are COPY BINARY, built with `struct` (no float formatting in Python).
 
 One transaction per batch (`PgBatchWriter.commit`):
 
@@ -236,7 +237,9 @@ def _detail_from_values(v: tuple[Any, ...]) -> bytes:
 
 def _pg_us(ns: int) -> int:
     """timestamptz of Unix ns, in COPY BINARY's microseconds since 2000-01-01: truncated
-    toward zero like `mmengine_ns_to_ts` (the staging path's), so both paths give one key."""
+    toward zero as `mmengine_ns_to_ts` does (the server-side function earlier writers
+    computed `priced_at` with, and the latest upsert's lookup uses), so a Price has one key
+    whichever writer stored it and a replay meets it."""
     us = ns // 1000 if ns >= 0 else -(-ns // 1000)
     return us - PG_EPOCH_US
 
@@ -396,7 +399,7 @@ class RowBuilder:
         self, records: Sequence[bytes], given: Sequence[Row | bytes | None] = ()
     ) -> Prepared:
         """A batch of spool records. `given[i]`, when there, is record i's row built
-        already (`from_values` as it arrived) or its pickled Price values; otherwise the
+        already (`from_message` as it arrived) or its pickled Price values; otherwise the
         payload is decoded. A record that is not a readable Price is skipped into `bad`
         (the writer quarantines and counts it): a poison record must not stop the queue."""
         decoded = self.decoded
