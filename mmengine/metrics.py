@@ -200,6 +200,7 @@ def sink_metrics(snap: dict[str, Any]) -> Iterator[Any]:
         "quarantined",
         "undecodable",
         "decoded",
+        "staged",
         "fsyncs",
     }
     for sink in snap["sinks"]:

@@ -494,14 +494,15 @@ def kafka_figures(quick: bool, client: str) -> dict[str, Any] | None:
 
 
 def postgres_figures(quick: bool) -> dict[str, Any] | None:
-    """The writer thread fed at 5,000 and 20,000 Prices/s."""
+    """The writer thread flat out (Prices/s it sustains) and at 20,000/s offered (commit
+    lag of every row, priced -> committed)."""
     args = [
         "--rows",
         "10000" if quick else "100000",
         "--sizes",
         "2000",
         "--rates",
-        "5000,20000",
+        "20000,max",
         "--seconds",
         "2" if quick else "8",
     ]
@@ -509,13 +510,13 @@ def postgres_figures(quick: bool) -> dict[str, Any] | None:
     if not rows:
         return None
     runs = rows[-1]["writer_runs"]
-    top = max(runs, key=lambda r: r["prices_per_s"])
-    steady = runs[0]
+    at_20k, flat_out = runs[0], runs[1]
     return {
-        "prices_per_s": top["prices_per_s"],
-        "lag_p50_ms": steady["lag_p50_ms"],
-        "lag_p99_ms": steady["lag_p99_ms"],
-        "lag_measured_at_offered_per_s": steady["offered_per_s"],
+        "prices_per_s": flat_out["prices_per_s"],
+        "lag_p50_ms": at_20k["lag_p50_ms"],
+        "lag_p99_ms": at_20k["lag_p99_ms"],
+        "delivered_per_s_at_20k_offered": at_20k["prices_per_s"],
+        "lag_measured_at_offered_per_s": at_20k["offered_per_s"],
         "runs": runs,
     }
 

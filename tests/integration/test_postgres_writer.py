@@ -21,7 +21,8 @@ import zmq
 from mmengine.codec import Codec
 from mmengine.config import PostgresOutput
 from mmengine.sinks.pgschema import required_version, schema_version
-from mmengine.sinks.postgres import STAGE_COLUMNS, PostgresWriter
+from mmengine.sinks.postgres import CHANNEL, HISTORY_COLUMNS, PgBatchWriter, PostgresWriter
+from mmengine.sinks.spool import Spool, pack_frames
 from tests.integration.kafka_support import Feeder, sink_message
 from tests.integration.pg_support import (  # noqa: F401 (fixtures)
     PgServer,
@@ -154,10 +155,16 @@ def test_writer_stores_every_price_once_and_latest_is_last(
         same, venues, detail, halted, fair, skew = row
         assert same and venues == ["sim"] and halted is False and fair > 100
         assert abs(skew) < 1e3  # timestamptz to the microsecond
+        # Every row's priced_at (COPY BINARY, computed by the writer) is what the staging
+        # path computes on the server: a replay of any row meets its key.
+        differ = conn.execute(
+            "SELECT count(*) FROM price_history WHERE priced_at <> mmengine_ns_to_ts(priced_ts_ns)"
+        ).fetchone()
+        assert differ == (0,)
         # Every field without a column of its own (the ladder, the venue breakdown, the
         # fields the schema gains later) lands in detail.
         fields = {f["name"] for f in Codec("price.avsc").schema_json["fields"]}
-        assert set(detail) == fields - set(STAGE_COLUMNS)
+        assert set(detail) == fields - set(HISTORY_COLUMNS)
         parts = conn.execute(
             "SELECT count(*) FROM pg_inherits WHERE inhparent = 'price_history'::regclass"
         ).fetchone()
@@ -174,10 +181,10 @@ def push_all(ctx: zmq.Context, endpoint: str, messages: list[list[bytes]]) -> No
     sock.close()
 
 
-def run_of(epoch: int, per_instrument: int) -> list[list[bytes]]:
+def run_of(epoch: int, per_instrument: int, values: bool = False) -> list[list[bytes]]:
     codec = Codec("price.avsc")
     return [
-        sink_message(codec, inst, epoch, seq)
+        sink_message(codec, inst, epoch, seq, values)
         for seq in range(1, per_instrument + 1)
         for inst in INSTRUMENTS
     ]
@@ -203,6 +210,100 @@ def test_replays_are_absorbed_and_latest_never_regresses(
     wait_for(lambda: w.stats.written >= 1350, 10, "the replay")
     assert w.stats.inserted == 900 and w.stats.retries == 0
     assert len(history(pg)) == 900
+    assert latest(pg) == {inst: (EPOCH + 1, 100) for inst in INSTRUMENTS}
+
+
+def records_of(messages: list[list[bytes]]) -> tuple[list[bytes], list[bytes]]:
+    """(spool records, pickled values) of sink messages made with `values=True`."""
+    return [pack_frames(m[:3]) for m in messages], [m[3] for m in messages]
+
+
+def notifications(conn: Any) -> list[dict[str, int]]:
+    """The mmengine_prices payloads delivered to a LISTENing connection so far."""
+    return [json.loads(n.payload) for n in conn.notifies(timeout=0.5, stop_after=100)]
+
+
+def test_a_batch_meeting_stored_rows_is_staged_and_ends_exactly_right(
+    pg: PgServer,  # noqa: F811
+) -> None:
+    records, values = records_of(run_of(EPOCH, 40, values=True))
+    writer = PgBatchWriter(pg.dsn)
+    with pg.connect() as listener:
+        listener.execute(f"LISTEN {CHANNEL}")
+        # A batch of new Prices goes straight into price_history.
+        first = writer.write(records[:60], values[:60])
+        assert not first.staged and first.inserted == 60 and not writer.replaying
+        # A batch holding a duplicate of its own and 30 stored rows (a retried batch whose
+        # commit was acknowledged after all, say): the direct COPY meets the key, rolls
+        # back whole, and the staging path absorbs exactly the replayed rows.
+        mixed = [*records[30:90], records[80]]
+        second = writer.write(mixed, [*values[30:90], values[80]])
+        assert second.staged and second.rows == 61 and second.inserted == 30
+        assert writer.replaying  # the next batch goes through staging first
+        third = writer.write(records[90:105], values[90:105])
+        assert third.staged and third.inserted == 15 and not writer.replaying
+        # All new again: back on the direct path.
+        fourth = writer.write(records[105:], values[105:])
+        assert not fourth.staged and fourth.inserted == 15
+        # Old Prices of this run, replayed last, change nothing and never move latest back.
+        fifth = writer.write(records[:90], values[:90])
+        assert fifth.staged and fifth.inserted == 0
+        # One notification per committed batch, none for a rolled-back direct attempt,
+        # each with its batch's highest (epoch, seq) and row count.
+        got = notifications(listener)
+    writer.close()
+    assert got == [
+        {"epoch": EPOCH, "seq": seq, "rows": n}
+        for seq, n in ((20, 60), (30, 61), (35, 15), (40, 15), (30, 90))
+    ]
+    assert history(pg) == sorted((i, EPOCH, s) for i in INSTRUMENTS for s in range(1, 41))
+    assert latest(pg) == {inst: (EPOCH, 40) for inst in INSTRUMENTS}
+    with pg.connect() as conn:
+        # The staged rows are the same rows the direct path writes, field for field.
+        row = conn.execute(
+            "SELECT count(*), count(DISTINCT (fair_value, venues, detail::text))"
+            " FROM price_history WHERE seq = 10 AND instrument = 'ETH-USDT'"
+        ).fetchone()
+        assert row == (1, 1)
+
+
+def test_a_whole_spool_replayed_after_a_crash_ends_exactly_right(
+    pg: PgServer,  # noqa: F811
+    ctx: zmq.Context,
+    writers: Callable[..., PostgresWriter],
+    tmp_path: Path,
+) -> None:
+    records, values = records_of(run_of(EPOCH, 500, values=True))
+    # The state a crash leaves: every record still in the spool on disk (none acknowledged),
+    # the oldest 1,000 committed already.
+    spool_dir = tmp_path / "crashed"
+    spool = Spool(spool_dir, 1 << 30, name="postgres spool")
+    spool.set_away(True)  # straight to segment files
+    for record in records:
+        spool.put(record)
+    spool.flush()
+    spool.close()
+    committed = PgBatchWriter(pg.dsn)
+    assert committed.write(records[:1000], values[:1000]).inserted == 1000
+    committed.close()
+    w = writers(pg.dsn, spool_dir, batch_max_rows=400)
+    wait_for(lambda: w.stats.written >= 1500, 20, "the spool to be replayed")
+    # Then new Prices, as pricing sends them.
+    push_all(ctx, w.endpoint, run_of(EPOCH + 1, 100, values=True))
+    wait_for(lambda: w.stats.written >= 1800, 20, "the new Prices")
+    c = w.counters()
+    assert c["pending"] == 0 and c["retries"] == 0 and c["undecodable"] == 0
+    # The replayed spool is decoded (no values came with it), its committed part absorbed.
+    assert c["written"] == 1800 and c["inserted"] == 800 and c["decoded"] == 1500
+    # Batches of 400 from the spool: the first meets the key and is staged, and so are the
+    # next ones until one comes out all new (the fourth); the new Prices go direct.
+    assert c["staged"] == 4 and c["batches"] > 4
+    assert c["recovered"] == 1500
+    want = sorted(
+        [(i, EPOCH, s) for i in INSTRUMENTS for s in range(1, 501)]
+        + [(i, EPOCH + 1, s) for i in INSTRUMENTS for s in range(1, 101)]
+    )
+    assert history(pg) == want
     assert latest(pg) == {inst: (EPOCH + 1, 100) for inst in INSTRUMENTS}
 
 

@@ -26,7 +26,7 @@ from mmengine.codec import (
 )
 from mmengine.model import BookTop, Price, VenueExcluded, VenueUsed
 from mmengine.pricing.worker import SINK_KEY
-from mmengine.sinks.postgres import PgBatchWriter
+from mmengine.sinks.postgres import COPY_SIGNATURE, COPY_TRAILER, RowBuilder
 from mmengine.sinks.spool import pack_frames
 
 
@@ -265,14 +265,15 @@ def test_every_price_field_is_in_the_schema_and_nothing_else() -> None:
 
 
 PRICE_CODEC = Codec("price.avsc")
-PG_ROWS = PgBatchWriter("host=/nonexistent")  # rows() never connects
+PG_ROWS = RowBuilder()  # builds rows, never connects
 
 
 @settings(max_examples=100, deadline=None)
 @given(price=prices_st.filter(lambda p: p.instrument))
 def test_price_values_give_what_decoding_the_payload_gives(price: Price) -> None:
     """The Postgres writer builds rows from the values pricing hands it instead of
-    decoding the Avro payload: both must give the same record, field for field."""
+    decoding the Avro payload: both must give the same COPY row, byte for byte (the
+    direct path and a replay of the spooled record then store the same row and key)."""
     codec = PRICE_CODEC
     payload = encode_price(codec.header, price)
     values = pickle.dumps(price_values(price), pickle.HIGHEST_PROTOCOL)
@@ -280,13 +281,17 @@ def test_price_values_give_what_decoding_the_payload_gives(price: Price) -> None
     record = pack_frames(
         [price.instrument.encode(), SINK_KEY.pack(price.epoch, price.seq, 5), payload]
     )
-    writer = PG_ROWS
-    from_values, bad = writer.rows([record], [values])
-    decoded, bad2 = writer.rows([record])
-    assert not bad and not bad2
-    assert [r[:-1] for r in from_values] == [r[:-1] for r in decoded]
-    assert from_values[0][-1] == decoded[0][-1]  # detail (jsonb)
-    # Values that do not belong to the record (or do not unpickle) fall back to decoding.
+    builder = PG_ROWS
+    from_values = builder.from_values(record, values)
+    decoded = builder.from_record(record)
+    assert from_values is not None
+    assert from_values == decoded
+    # Values that do not belong to the record (or do not unpickle) are not used: the
+    # batch decodes the payload instead.
     other = pickle.dumps((*price_values(price)[:2], price.seq + 1, *price_values(price)[3:]))
-    assert writer.rows([record], [other])[0][0][:-1] == decoded[0][:-1]
-    assert writer.rows([record], [b"garbage"])[0][0][:-1] == decoded[0][:-1]
+    assert builder.from_values(record, other) is None
+    assert builder.from_values(record, b"garbage") is None
+    before = builder.decoded
+    batch = builder.prepare([record, record], [other, from_values])
+    assert builder.decoded == before + 1 and batch.rows == 2 and not batch.bad
+    assert batch.data == COPY_SIGNATURE + decoded[4] * 2 + COPY_TRAILER
