@@ -214,8 +214,16 @@ def _detail_from_values(v: tuple[Any, ...]) -> bytes:
             "bids": [{"price": p, "size": s} for p, s in v[20]],
             "asks": [{"price": p, "size": s} for p, s in v[21]],
             "venues_used": [
-                {"venue": a, "instrument": b, "mid": c, "weight": d, "fx_rate": e}
-                for a, b, c, d, e in v[22]
+                {
+                    "venue": a,
+                    "instrument": b,
+                    "mid": c,
+                    "weight": d,
+                    "fx_rate": e,
+                    "venue_seq": f,
+                    "recv_ts_ns": g,
+                }
+                for a, b, c, d, e, f, g in v[22]
             ],
             "venues_excluded": [{"venue": a, "instrument": b, "reason": c} for a, b, c in v[23]],
         }
