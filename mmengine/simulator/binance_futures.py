@@ -176,6 +176,7 @@ class BinanceUsdmSim(BinanceSim):
         first = prev + 1 + self.rng.choice(ID_JUMPS)
         last = first + self.rng.choice(ID_SPANS) - 1
         self.last_id[instrument] = last
+        self.truth.mark(instrument, last, first=prev)  # `pu`: the id this update follows
         market = self.markets[instrument]
         top = (market.best(BID), market.best(ASK))
         top_changed = top != self._top.get(instrument)
@@ -236,6 +237,7 @@ class BinanceUsdmSim(BinanceSim):
             last_id = self.last_id[instrument]
             bids = market.levels(BID, int(raw_limit))
             asks = market.levels(ASK, int(raw_limit))
+            self.truth.mark(instrument, last_id, snapshot=True, queued=True)
         price_dp, size_dp = self._decimals[instrument]
         ms = time.time_ns() // 1_000_000
         doc: dict[str, Any] = {"lastUpdateId": last_id, "E": ms, "T": ms}

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 import pytest
 
 from mmengine.simulator import SimulatorHandle, start_simulator
+from mmengine.simulator.binance_futures import contract_size
 from mmengine.venues.base import VenueSpec
 from mmengine.venues.transport import VenueConnection
 from tests.conformance.conftest import all_live, kit_of, registration
@@ -112,6 +113,15 @@ def test_a_dropped_connection_reconnects_resubscribes_and_rebuilds_every_book(
         same_books(sim, conn)
 
 
+def in_base_units(protocol: str, instrument: str, levels: list[tuple[str, str]]) -> list:
+    """The simulator's levels as a BookTop shows them: sizes in base units. COIN-M sizes are
+    contracts worth a fixed number of USD each (the simulator's own table, not the engine's)."""
+    if protocol != "binance-coinm":
+        return [(float(p), float(q)) for p, q in levels]
+    usd = float(contract_size(instrument))
+    return [(float(p), float(q) * usd / float(p)) for p, q in levels]
+
+
 def test_every_live_top_is_the_book_the_simulator_announced_under_its_venue_seq(
     protocol: str,
 ) -> None:
@@ -133,8 +143,8 @@ def test_every_live_top_is_the_book_the_simulator_announced_under_its_venue_seq(
         truth = sim.book_at(top.instrument, top.venue_seq, top.recv_ts_ns)
         assert truth is not None, f"{top.instrument} venue_seq {top.venue_seq}: never sent"
         n = len(top.bid_prices)
-        want_bids = [(float(p), float(q)) for p, q in truth.bids[:n]]
-        want_asks = [(float(p), float(q)) for p, q in truth.asks[: len(top.ask_prices)]]
+        want_bids = in_base_units(protocol, top.instrument, truth.bids[:n])
+        want_asks = in_base_units(protocol, top.instrument, truth.asks[: len(top.ask_prices)])
         assert list(zip(top.bid_prices, top.bid_sizes, strict=True)) == want_bids, top
         assert list(zip(top.ask_prices, top.ask_sizes, strict=True)) == want_asks, top
         checked += 1
