@@ -682,9 +682,10 @@ class Engine:
             gaps = sum(s.sequence_gaps for s in venue.stats.values())
             checks = sum(s.checksums_failed for s in venue.stats.values())
             lines.append(
-                f"{venue.name}: {vs.frames} frames, {vs.book_frames} book messages, "
-                f"{counted(vs.resyncs, 'resyncs')}, {gaps} gaps, {checks} checksum failures, "
-                f"{counted(vs.skipped, 'skipped')}, {vs.reconnects} reconnect attempts"
+                f"{venue.name}: {many(vs.frames, 'frame')}, "
+                f"{many(vs.book_frames, 'book message')}, {counted(vs.resyncs, 'resync')}, "
+                f"{many(gaps, 'gap')}, {many(checks, 'checksum failure')}, "
+                f"{counted(vs.skipped, 'skipped')}, {many(vs.reconnects, 'reconnect attempt')}"
             )
         prices = sum(w.stats.prices for w in self.workers)
         inputs = sum(w.stats.inputs for w in self.workers)
@@ -693,7 +694,12 @@ class Engine:
         return lines
 
 
+def many(n: int, noun: str) -> str:
+    """`1 gap`, `0 gaps`, `2 gaps` (`skipped` stays as it is)."""
+    return f"{n} {noun}" if n == 1 or noun == "skipped" else f"{n} {noun}s"
+
+
 def counted(by_kind: dict[str, int], noun: str) -> str:
-    """`7 resyncs (gap 5, checksum 2)`, or `0 resyncs`."""
+    """`7 resyncs (gap 5, checksum 2)`, `1 resync (gap 1)`, or `0 resyncs`."""
     kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(by_kind.items()) if n)
-    return f"{sum(by_kind.values())} {noun}" + (f" ({kinds})" if kinds else "")
+    return many(sum(by_kind.values()), noun) + (f" ({kinds})" if kinds else "")

@@ -54,10 +54,11 @@ def binance_config(sim: Any, **venue: Any) -> dict[str, Any]:
 
 def summary_counts(output: str, venue: str = "binance") -> dict[str, int]:
     line = next(ln for ln in output.splitlines() if ln.startswith(f"{venue}: "))
+    # Nouns are singular after 1 ("1 resync"): keyed by the plural either way.
     return {
-        key: int(n)
+        key if key.endswith("s") or key == "skipped" else key + "s": int(n)
         for n, key in re.findall(
-            r"(\d+) (frames|book messages|resyncs|gaps|skipped|reconnect attempts)", line
+            r"(\d+) (frames?|book messages?|resyncs?|gaps?|skipped|reconnect attempts?)\b", line
         )
     }
 

@@ -189,10 +189,14 @@ def test_replay_prints_its_scorecard_and_state_lines_only_when_asked() -> None:
 def test_engine_summary_counts_read_as_words() -> None:
     from collections import Counter
 
-    from mmengine.engine import counted
+    from mmengine.engine import counted, many
 
-    assert counted(Counter(gap=5, checksum=2), "resyncs") == "7 resyncs (checksum 2, gap 5)"
+    assert counted(Counter(gap=5, checksum=2), "resync") == "7 resyncs (checksum 2, gap 5)"
+    assert counted(Counter(gap=1), "resync") == "1 resync (gap 1)"
+    assert counted(Counter(), "resync") == "0 resyncs"
     assert counted(Counter(), "skipped") == "0 skipped"
+    assert many(1, "reconnect attempt") == "1 reconnect attempt"
+    assert many(3, "gap") == "3 gaps"
 
 
 def test_a_stopped_simulator_says_what_it_did_once_in_words() -> None:
