@@ -47,6 +47,11 @@ def _counter(name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
 def venue_metrics(snap: dict[str, Any]) -> Iterator[Any]:
     frames = _counter("mmengine_venue_frames", "Frames received per venue.", ["venue"])
     reconnects = _counter("mmengine_venue_reconnects", "Reconnect attempts per venue.", ["venue"])
+    delayed = _counter(
+        "mmengine_venue_requests_delayed",
+        "Subscribe requests held back by the venue's rate limit (sent later).",
+        ["venue"],
+    )
     skipped = _counter(
         "mmengine_venue_skipped_frames", "Frames skipped, by kind.", ["venue", "kind"]
     )
@@ -77,6 +82,7 @@ def venue_metrics(snap: dict[str, Any]) -> Iterator[Any]:
         name = v["name"]
         frames.add_metric([name], v["frames"])
         reconnects.add_metric([name], v["reconnects"])
+        delayed.add_metric([name], v.get("requests_delayed", 0))
         up.add_metric([name], 1.0 if v["connected"] else 0.0)
         deferred.add_metric([name], v.get("deferred_tops", 0))
         for kind, n in v["skipped"].items():
@@ -99,6 +105,7 @@ def venue_metrics(snap: dict[str, Any]) -> Iterator[Any]:
     yield from (
         frames,
         reconnects,
+        delayed,
         skipped,
         resyncs,
         up,

@@ -162,6 +162,7 @@ def snapshot(engine: Reporting, now_ns: int | None = None) -> dict[str, Any]:
                 "frames": vs.frames,
                 "book_frames": vs.book_frames,
                 "reconnects": vs.reconnects,
+                "requests_delayed": vs.requests_delayed,
                 "skipped": dict(vs.skipped),
                 "resyncs": dict(vs.resyncs),
                 "books": books,

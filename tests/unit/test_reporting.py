@@ -47,7 +47,9 @@ class Reporting:
         venue = SimpleNamespace(
             name="binance",
             protocol="binance",
-            venue_stats=VenueStats(frames=10, book_frames=9, skipped=Counter(bad_json=1)),
+            venue_stats=VenueStats(
+                frames=10, book_frames=9, skipped=Counter(bad_json=1), requests_delayed=6
+            ),
             stats={"BTC-USDT": InstrumentStats(messages=9)},
             books={"BTC-USDT": book},
         )
@@ -83,6 +85,7 @@ def test_a_snapshot_and_the_metrics_from_the_protocol_alone() -> None:
     snap = snapshot(source, now_ns=2_000_000_000)
     [venue] = snap["venues"]
     assert venue["frames"] == 10 and venue["live"] == 1 and venue["deferred_tops"] == 4
+    assert venue["requests_delayed"] == 6
     assert snap["workers"][0]["timed"] == 1
     assert snap["instruments"][0]["instrument"] == "BTC-USDT"
     assert snap["ipc"] == [{"name": "prices", "sent": 5, "dropped": 2}]
@@ -95,6 +98,7 @@ def test_a_snapshot_and_the_metrics_from_the_protocol_alone() -> None:
         'mmengine_ipc_dropped_total{stream="prices"} 2.0',
         'mmengine_thread_deaths_total{kind="venue",thread="venue-binance"} 1.0',
         'mmengine_venue_deferred_tops_total{venue="binance"} 4.0',
+        'mmengine_venue_requests_delayed_total{venue="binance"} 6.0',
         'mmengine_pricing_timed_prices_total{worker="0"} 1.0',
         'mmengine_control_requests_total{outcome="refused"} 1.0',
         'mmengine_sink_acknowledged_total{sink="kafka"} 3.0',
