@@ -261,7 +261,7 @@ class BybitSim(SimProtocol):
         for client, key, depth in self.pending.pop(instrument, ()):
             self.active.add(key)
             client.set_topics([*client.topics, key])
-            client.outbox.put(self._snapshot(instrument, depth))
+            # Marked before it is queued (the writer thread may send it at once).
             self.truth.mark(
                 instrument,
                 self.u[(instrument, depth)],
@@ -270,6 +270,7 @@ class BybitSim(SimProtocol):
                 before=True,
                 queued=True,
             )
+            client.outbox.put(self._snapshot(instrument, depth))
         if instrument in self.restarting:
             self.restarting.discard(instrument)
             for depth in DEPTHS:

@@ -202,10 +202,10 @@ class _KrakenSim(SimProtocol):
     ) -> None:
         text = self.snapshot_text(instrument, depth, bids, asks)
         client.set_topics([*client.topics, self.topic(instrument, depth)])
-        client.outbox.put(text)
-        if self.truth.enabled:
+        if self.truth.enabled:  # marked before it is queued (the writer may send it at once)
             crc = self.checksum(instrument, bids, asks)
             self.truth.mark(instrument, crc, snapshot=True, before=before, queued=True)
+        client.outbox.put(text)
 
     def _subscribe(self, client: ClientConn, instrument: str, depth: int) -> None:
         """Queue a book subscription (with `self.lock` held)."""

@@ -258,10 +258,12 @@ class OkxSim(SimProtocol):
         # Waiting subscribers get the book as of the last step, then this step's update.
         for client in self.pending.pop(instrument, ()):
             client.set_topics([*client.topics, self.topic("books", instrument)])
-            client.outbox.put(self._snapshot_frame(instrument))
+            # Marked before it is queued: the writer thread may send it at once, and the
+            # truth's time must not be later than a client's receipt of it.
             self.truth.mark(
                 instrument, self.seq[instrument], snapshot=True, before=True, queued=True
             )
+            client.outbox.put(self._snapshot_frame(instrument))
         self.mirrors[instrument].apply(changes)
         prev = self.seq[instrument]
         seq = self.seq[instrument] = prev + self.rng.choice(SEQ_STEPS)
