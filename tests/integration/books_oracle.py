@@ -117,6 +117,14 @@ def match_prices(
                 # -1 stands for "nothing from this venue had reached the worker yet"
                 start = max(lo[v], hi - CANDIDATES + 1)
                 options[v] = list(range(hi, start - 1, -1))
+                # A loaded machine can keep a worker further behind than CANDIDATES tops: the
+                # top the Price names (its receive time) is tried too, if it is on the stream,
+                # received before pricing and not behind a top an earlier Price used. It must
+                # still explain the Price exactly, with every other venue's top.
+                named = {u["recv_ts_ns"] for u in p["venues_used"] if u["venue"] == v}
+                options[v] += [
+                    i for i in range(lo[v], start) if i >= 0 and stream[i]["recv_ts_ns"] in named
+                ]
             found = None
             for combo in itertools.product(*(options[v] for v in venues)):
                 chosen = {
