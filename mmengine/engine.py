@@ -4,7 +4,7 @@ pricing workers, venue threads; supervises them; and takes them down in order on
 Threads: one per venue connection (`venue-<name>`), one per pricing shard (`pricing-<k>`),
 a writer per sink (`kafka-writer`,
 `pg-writer`, each with a helper), `control`, `status`, the metrics server, and the
-`supervisor` (see `mmengine.supervisor`: every other thread's death is noticed within a
+`supervisor` (see `mmengine.ops.supervisor`: every other thread's death is noticed within a
 second and restarts it or ends the engine). They share only the zmq.Context and each IPC
 stream's publishing socket (`IpcPublisher`, used under its lock).
 
@@ -36,15 +36,15 @@ from mmengine.bus import BookTopRouter, IpcPublisher, stable_shard
 from mmengine.codec import Codec
 from mmengine.config import Config
 from mmengine.errors import MmengineError
-from mmengine.metrics import serve_metrics
+from mmengine.ops.metrics import serve_metrics
+from mmengine.ops.status import StatusPublisher
+from mmengine.ops.supervisor import Supervisor
 from mmengine.pricing.control import ControlServer
 from mmengine.pricing.model import InstrumentSpec
 from mmengine.pricing.worker import PricingWorker
 from mmengine.sinks.kafka import KafkaWriter
 from mmengine.sinks.postgres import PostgresWriter
 from mmengine.sinks.writer import SpoolingWriter
-from mmengine.status import StatusPublisher
-from mmengine.supervisor import Supervisor
 from mmengine.venues.base import VenueSpec
 from mmengine.venues.registry import PROTOCOLS
 from mmengine.venues.transport import Recorder, VenueConnection
@@ -168,7 +168,7 @@ STREAMS = (
 class Engine:
     """One engine run: `start()`, then `run_until(event)` (or `stop()`).
 
-    It is also what `mmengine.status` and `mmengine.metrics` read, through the reporting
+    It is also what `mmengine.ops.status` and `mmengine.ops.metrics` read, through the reporting
     protocol there (`Reporting`): `connections`, `workers`, `writers`, `publishers`,
     `control`, `epoch`, `started_ns`, `thread_reports()` and `router_counters()`.
     """

@@ -43,7 +43,7 @@ from typing import IO, Any, Protocol
 
 import orjson
 
-from mmengine.simulator.market import ASK, BID
+from mmengine.dev.simulator.market import ASK, BID
 
 RULES = ("chain", "connection", "checksum")
 Levels = list[tuple[str, str]]

@@ -47,7 +47,7 @@ from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
 from mmengine.capture import CaptureEvent, read_capture
-from mmengine.simulator.market import (
+from mmengine.dev.simulator.market import (
     ASK,
     BID,
     Change,
@@ -57,7 +57,7 @@ from mmengine.simulator.market import (
     VenueStyle,
     default_params,
 )
-from mmengine.simulator.truth import NO_TRUTH, BookVersion, TruthLog
+from mmengine.dev.simulator.truth import NO_TRUTH, BookVersion, TruthLog
 
 log = logging.getLogger("mmengine.simulator")
 
@@ -184,7 +184,7 @@ class SimProtocol:
         whose sizes are contracts, or whose ticks differ, says so here)."""
         return default_params(instrument)
 
-    # How the venue's integrity rule ties ids to books (`mmengine.simulator.truth`).
+    # How the venue's integrity rule ties ids to books (`mmengine.dev.simulator.truth`).
     truth_rule: ClassVar[str] = "chain"
     # Where the protocol marks which id names which book (`SimulatorHandle(truth=True)`).
     truth: TruthLog = NO_TRUTH
@@ -366,7 +366,7 @@ class _Stats:
 class SimulatorHandle:
     """A running venue simulator: a WebSocket + REST server on one local port.
 
-    Build it with `mmengine.simulator.start_simulator`. Use it as a context manager, or call
+    Build it with `mmengine.dev.simulator.start_simulator`. Use it as a context manager, or call
     `stop()` (idempotent), which closes every connection and joins every thread it started.
     """
 

@@ -38,11 +38,11 @@ from typing import Any
 import orjson
 
 from mmengine.capture import CaptureEvent
-from mmengine.simulator.kit import ASK as KIT_ASK
-from mmengine.simulator.kit import BID as KIT_BID
-from mmengine.simulator.kit import Level, Part, WireKit, number
-from mmengine.simulator.market import ASK, BID, Change, Market
-from mmengine.simulator.server import ClientConn, OutFrame, Query, ReplayFrame, SimProtocol
+from mmengine.dev.simulator.kit import ASK as KIT_ASK
+from mmengine.dev.simulator.kit import BID as KIT_BID
+from mmengine.dev.simulator.kit import Level, Part, WireKit, number
+from mmengine.dev.simulator.market import ASK, BID, Change, Market
+from mmengine.dev.simulator.server import ClientConn, OutFrame, Query, ReplayFrame, SimProtocol
 
 DEPTHS = (10, 25, 100, 500, 1000)
 V1_NAMES = {"BTC": "XBT", "DOGE": "XDG"}

@@ -33,10 +33,10 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from mmengine.capture import CaptureEvent
-from mmengine.simulator.kit import Level, Part, WireKit
-from mmengine.simulator.kraken import MirrorBook
-from mmengine.simulator.market import ASK, BID, Change
-from mmengine.simulator.server import (
+from mmengine.dev.simulator.kit import Level, Part, WireKit
+from mmengine.dev.simulator.kraken import MirrorBook
+from mmengine.dev.simulator.market import ASK, BID, Change
+from mmengine.dev.simulator.server import (
     ClientConn,
     OutFrame,
     Query,

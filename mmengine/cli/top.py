@@ -25,7 +25,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from mmengine.status import STATUS_TOPIC
+from mmengine.ops.status import STATUS_TOPIC
 
 
 class Rates:
