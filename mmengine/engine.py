@@ -182,7 +182,7 @@ class Engine:
         self.ctx: zmq.Context | None = None
         self.publishers: list[IpcPublisher] = []
         self.workers: list[PricingWorker] = []
-        self.writers: list[SpoolingWriter] = []
+        self.writers: list[SpoolingWriter[Any, Any]] = []
         self.connections: list[VenueConnection] = []
         self.control: ControlServer | None = None
         self.status: StatusPublisher | None = None
@@ -321,9 +321,7 @@ class Engine:
                 self.epoch,
                 self.publisher("prices"),
                 sink_endpoints=tuple(w.endpoint for w in self.writers),
-                sinks_with_values=frozenset(
-                    w.endpoint for w in self.writers if getattr(w, "takes_values", False)
-                ),
+                sinks_with_values=frozenset(w.endpoint for w in self.writers if w.takes_values),
                 fx=self.cfg.fx_specs(),
                 fx_inputs=tuple(fx_inputs.values()),
                 positions=self.cfg.positions(),
@@ -421,7 +419,7 @@ class Engine:
             raise MmengineError(f"kafka writer cannot start: {writer.error}")
         self._watch_writer(writer)
 
-    def _watch_writer(self, writer: SpoolingWriter) -> None:
+    def _watch_writer(self, writer: SpoolingWriter[Any, Any]) -> None:
         self.supervisor.watch(writer, "writer")
         for helper in writer.helpers():
             self.supervisor.watch(helper, "writer")
