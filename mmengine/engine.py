@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -472,9 +473,7 @@ class Engine:
             conn = self._new_venue(spec, make_router)
             index = len(self.connections)
             self.connections.append(conn)
-            self.supervisor.watch(
-                conn, "venue", lambda i=index, f=make_router: self._restart_venue(i, f)
-            )
+            self.supervisor.watch(conn, "venue", partial(self._restart_venue, index, make_router))
 
     def _new_venue(
         self,

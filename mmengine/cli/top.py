@@ -283,7 +283,7 @@ def run_top(
     try:
         if once:
             # Two snapshots, so rates cover one interval.
-            snaps = []
+            snaps: list[dict[str, Any]] = []
             deadline = time.monotonic() + timeout_s
             while len(snaps) < 2 and time.monotonic() < deadline:
                 if sub.poll(200):

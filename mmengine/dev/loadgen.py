@@ -199,6 +199,7 @@ class VenueFeed:
 
 def render_feed(protocol: str, depth: int, seed: int = 7) -> VenueFeed:
     """Render one venue's stream with its simulator's wire kit (see the module doc)."""
+    # only the kit-bearing simulators are in PROTOCOLS here; SimProtocol declares no kit()
     kit: WireKit = SIM_PROTOCOLS[protocol].kit()  # type: ignore[attr-defined]
     rng = random.Random(f"{seed}:{protocol}")
     books = {}
@@ -216,9 +217,9 @@ def render_feed(protocol: str, depth: int, seed: int = 7) -> VenueFeed:
     changes: list[tuple[str, list[Level], list[Level]]] = []
     for _ in range(CYCLE_UPDATES):
         for inst in kit.instruments:
-            bids, asks = _change(books[inst], rng)
-            if bids or asks:
-                changes.append((inst, bids, asks))
+            bid_changes, ask_changes = _change(books[inst], rng)
+            if bid_changes or ask_changes:
+                changes.append((inst, bid_changes, ask_changes))
     for inst in kit.instruments:
         changes.append((inst, *_restore(books[inst])))
     cycles = [[kit.update([(inst, b, a)]) for inst, b, a in changes] for _ in range(3)]

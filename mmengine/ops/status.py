@@ -60,9 +60,13 @@ class VenueSource(Protocol):
 class WorkerSource(Protocol):
     """A pricing worker: its shard number, counters and the last Price per instrument."""
 
-    k: int
-    stats: WorkerStats
-    last_price: Mapping[str, Price]
+    # Read-only (properties): a worker's own dict is a Mapping to the reader.
+    @property
+    def k(self) -> int: ...
+    @property
+    def stats(self) -> WorkerStats: ...
+    @property
+    def last_price(self) -> Mapping[str, Price]: ...
 
 
 class WriterSource(Protocol):

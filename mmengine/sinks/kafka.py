@@ -42,9 +42,10 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import zmq
 
@@ -68,8 +69,19 @@ BUILD_BACKOFF_S = (0.25, 2.0)  # first and largest wait between producer builds
 MAX_DRAIN = 20_000  # inproc messages per loop before producing again
 HEADER_INT = struct.Struct(">q")
 QUARANTINED = -1  # a _Sent's priced_ts_ns for a record set aside instead of sent
+
+
+class _Timeouts(TypedDict):
+    """The client settings both Kafka clients take (kafka-python names)."""
+
+    request_timeout_ms: int
+    bootstrap_timeout_ms: int
+    reconnect_backoff_ms: int
+    reconnect_backoff_max_ms: int
+
+
 # Timeouts keep a dead or paused broker from tying up the helper thread for long.
-CLIENT_TIMEOUTS = {
+CLIENT_TIMEOUTS: _Timeouts = {
     "request_timeout_ms": 5_000,
     "bootstrap_timeout_ms": 2_000,
     "reconnect_backoff_ms": 50,
@@ -259,7 +271,9 @@ class _ConfluentClient(_Client):
                 topic,
                 value=value,
                 key=key,
-                headers=headers,
+                # list is invariant: confluent's stub wants values typed str | bytes | None;
+                # it only reads the pairs, and bytes is one of them.
+                headers=headers,  # type: ignore[arg-type]
                 timestamp=timestamp_ms,
                 on_delivery=sent.delivered,
             )
@@ -280,7 +294,7 @@ class _ConfluentClient(_Client):
             log.debug("closing the old producer: %r", exc)
 
 
-CLIENTS: dict[str, type[_Client]] = {
+CLIENTS: dict[str, Callable[[KafkaOutput], _Client]] = {
     "kafka-python": _KafkaPythonClient,
     "confluent": _ConfluentClient,
 }

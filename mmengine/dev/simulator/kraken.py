@@ -414,7 +414,14 @@ class KrakenV1Sim(_KrakenSim):
     def error_frame(self, instrument: str) -> OutFrame | None:
         return OutFrame(None, _dumps({"errorMessage": "Exceeded msg rate", "event": "error"}))
 
-    def update_text(self, instrument, depth, bids, asks, crc) -> str:  # type: ignore[no-untyped-def]
+    def update_text(
+        self,
+        instrument: str,
+        depth: int,
+        bids: list[tuple[Decimal, Decimal]],
+        asks: list[tuple[Decimal, Decimal]],
+        crc: int,
+    ) -> str:
         ts = f"{time.time():.6f}"
         parts: list[dict[str, Any]] = []
         if asks:
@@ -519,7 +526,14 @@ class KrakenV2Sim(_KrakenSim):
         )
         return OutFrame(None, text)
 
-    def update_text(self, instrument, depth, bids, asks, crc) -> str:  # type: ignore[no-untyped-def]
+    def update_text(
+        self,
+        instrument: str,
+        depth: int,
+        bids: list[tuple[Decimal, Decimal]],
+        asks: list[tuple[Decimal, Decimal]],
+        crc: int,
+    ) -> str:
         entry = {
             "symbol": self.pairs[instrument],
             "bids": self._levels(bids),

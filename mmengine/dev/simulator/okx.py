@@ -320,7 +320,8 @@ class OkxSim(SimProtocol):
         replies = []
         for arg in msg["args"]:
             channel = arg.get("channel") if isinstance(arg, dict) else None
-            instrument = self.by_id.get(arg.get("instId")) if isinstance(arg, dict) else None
+            # a missing id looks up None, which no instrument is: not ours (no extra branch)
+            instrument = self.by_id.get(arg.get("instId")) if isinstance(arg, dict) else None  # type: ignore[arg-type]
             if channel not in CHANNELS or instrument is None:
                 replies.append(
                     self._error(

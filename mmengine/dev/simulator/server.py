@@ -279,11 +279,13 @@ class CrossedBook:
 
     def levels(self, side: str, limit: int | None = None) -> list[tuple[Decimal, Decimal]]:
         if side != BID:
+            # side is BID or ASK: the Market's Literal, read as str by the venue protocols
             return self.market.levels(side, limit)  # type: ignore[arg-type]
         out = [self.level, *self.market.levels(BID, None if limit is None else limit - 1)]
         return out if limit is None else out[:limit]
 
     def best(self, side: str) -> tuple[Decimal, Decimal] | None:
+        # side is BID or ASK: the Market's Literal, read as str by the venue protocols
         return self.level if side == BID else self.market.best(side)  # type: ignore[arg-type]
 
     def step(self) -> list[Change]:
@@ -708,6 +710,7 @@ class SimulatorHandle:
                     if item is _GOING_AWAY:
                         ws.close(CloseCode.GOING_AWAY, "simulator stopping")
                         return
+                    # the queue holds str or bytes frames besides the two markers returned above
                     ws.send(item)  # type: ignore[arg-type]
                     sent += 1
                     try:
@@ -835,6 +838,7 @@ class SimulatorHandle:
                 return []
             level = (ask[0] + market.params.tick, ask[1])
             crossed = CrossedBook(market, level)
+            # a CrossedBook reads and steps like the Market it wraps (levels, best, step)
             self.markets[instrument] = crossed  # type: ignore[assignment]
             self.truth.announce(instrument, crossed)
             return self.protocol.update_frames(instrument, [Change(BID, *level)], self._wanted)

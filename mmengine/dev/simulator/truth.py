@@ -282,7 +282,7 @@ class NoTruth(TruthLog):
     def version(self, instrument: str) -> int:
         return 0
 
-    def mark(self, instrument: str, seq: int, **kwargs: Any) -> None:  # type: ignore[override]
+    def mark(self, instrument: str, seq: int, **kwargs: Any) -> None:
         pass
 
     @contextlib.contextmanager
