@@ -55,4 +55,4 @@ chaos: $(STAMP)
 	$(BIN)/python scripts/chaos.py --minutes $(MINUTES) $(if $(SEED),--seed $(SEED))
 
 clean:
-	rm -rf $(VENV) .venv-peers .run .pytest_cache build mmengine/book/_core.cpp mmengine/book/_core.*.so
+	rm -rf $(VENV) .venv-peers .run .pytest_cache .mypy_cache build mmengine/book/_core.cpp mmengine/book/_core.*.so
