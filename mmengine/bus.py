@@ -34,6 +34,7 @@ import time
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import zmq
 
@@ -58,7 +59,7 @@ class ServiceThread(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
 
-    def _not_bound(self, exc: BaseException, sockets: Sequence[zmq.Socket]) -> None:
+    def _not_bound(self, exc: BaseException, sockets: Sequence[zmq.Socket[Any]]) -> None:
         self.error = exc
         for sock in sockets:
             sock.close()
@@ -105,13 +106,13 @@ class BookTopRouter:
 
     def __init__(
         self,
-        ctx: zmq.Context,
+        ctx: zmq.Context[Any],
         workers: int,
         routes: Mapping[str, Sequence[str]],
         books: IpcPublisher | None,
         hwm: int | None = None,
     ) -> None:
-        self._pushes: list[zmq.Socket] = []
+        self._pushes: list[zmq.Socket[Any]] = []
         for k in range(workers):
             sock = ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.SNDHWM, hwm or PUSH_HWM)
@@ -119,7 +120,7 @@ class BookTopRouter:
             sock.connect(pricing_endpoint(k))
             self._pushes.append(sock)
         # instrument -> the (worker, PUSH) pairs its tops go to
-        self._targets: dict[str, list[tuple[int, zmq.Socket]]] = {
+        self._targets: dict[str, list[tuple[int, zmq.Socket[Any]]]] = {
             inst: [(k, self._pushes[k]) for k in sorted({stable_shard(p, workers) for p in priced})]
             for inst, priced in routes.items()
         }
@@ -161,7 +162,7 @@ class BookTopRouter:
             del pending[instrument]  # re-insert last: older instruments go out first
         pending[instrument] = payload
 
-    def _flush(self, sock: zmq.Socket, pending: dict[str, bytes]) -> bool:
+    def _flush(self, sock: zmq.Socket[Any], pending: dict[str, bytes]) -> bool:
         """Send what a full queue refused, oldest first; True once nothing waits."""
         while pending:
             instrument = next(iter(pending))
@@ -212,14 +213,14 @@ class IpcPublisher:
     queue.
     """
 
-    def __init__(self, ctx: zmq.Context, name: str, endpoint: str, hwm: int = PUB_HWM) -> None:
+    def __init__(self, ctx: zmq.Context[Any], name: str, endpoint: str, hwm: int = PUB_HWM) -> None:
         self.ctx = ctx
         self.stream = name
         self.endpoint = endpoint
         self.hwm = hwm
         self.stats = IpcStats()
         self._lock = threading.Lock()
-        self._sock: zmq.Socket | None = None
+        self._sock: zmq.Socket[Any] | None = None
 
     def bind(self) -> None:
         """Bind the socket (on the engine's thread, before any producer starts); raises

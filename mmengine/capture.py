@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import orjson
 
@@ -30,7 +30,8 @@ class CaptureEvent:
 
 def _open(path: Path, mode: str) -> IO[Any]:
     if path.suffix == ".gz":
-        return gzip.open(path, mode + "t", encoding="utf-8")
+        # Text mode: a TextIOWrapper (typeshed tells it only from a literal mode).
+        return cast(IO[Any], gzip.open(path, mode + "t", encoding="utf-8"))
     return open(path, mode, encoding="utf-8")
 
 

@@ -13,7 +13,7 @@ import json
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -53,7 +53,9 @@ class Codec:
                 f"payload written with schema {payload[2:10].hex()}, "
                 f"this reader knows {self.fingerprint.hex()} ({self.path.name})"
             )
-        result: dict[str, Any] = fastavro.schemaless_reader(
+        # A record schema decodes to a dict; fastavro's return type covers every schema
+        # (no cast: this runs per payload).
+        result: dict[str, Any] = fastavro.schemaless_reader(  # type: ignore[assignment]
             io.BytesIO(payload[10:]), self.parsed, None
         )
         return result
@@ -258,7 +260,7 @@ def _field_shapes(schema: dict[str, Any]) -> list[tuple[str, tuple[str, ...] | N
     """(field name, item field names when it is an array of records) of a record schema
     (fastavro's parsed form: a named type is defined at first use, referenced after)."""
     named: dict[str, tuple[str, ...]] = {}
-    out = []
+    out: list[tuple[str, tuple[str, ...] | None]] = []
     for f in schema["fields"]:
         t = f["type"]
         items = t.get("items") if isinstance(t, dict) and t.get("type") == "array" else None
@@ -274,7 +276,8 @@ def _field_shapes(schema: dict[str, Any]) -> list[tuple[str, tuple[str, ...] | N
 
 
 _PRICE_SHAPES = _field_shapes(
-    fastavro.parse_schema(json.loads((SCHEMA_DIR / "price.avsc").read_text()))
+    # A record schema parses to a dict (fastavro's return type covers every schema).
+    cast(dict[str, Any], fastavro.parse_schema(json.loads((SCHEMA_DIR / "price.avsc").read_text())))
 )
 
 

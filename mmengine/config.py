@@ -553,11 +553,11 @@ def _unwrap(annotation: Any) -> list[Any]:
 
 def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
     """The keys a config section at `loc` accepts (empty if not a section)."""
-    models: list[Any] = [Config]
+    models: list[type[BaseModel]] = [Config]
     for part in loc:
         if isinstance(part, int):
             continue
-        nested = []
+        nested: list[type] = []
         for model in models:
             field = model.model_fields.get(part) if isinstance(model, type) else None
             if field is not None:

@@ -4,7 +4,7 @@ pricing workers, venue threads; supervises them; and takes them down in order on
 Threads: one per venue connection (`venue-<name>`), one per pricing shard (`pricing-<k>`),
 a writer per sink (`kafka-writer`,
 `pg-writer`, each with a helper), `control`, `status`, the metrics server, and the
-`supervisor` (see `mmengine.supervisor`: every other thread's death is noticed within a
+`supervisor` (see `mmengine.ops.supervisor`: every other thread's death is noticed within a
 second and restarts it or ends the engine). They share only the zmq.Context and each IPC
 stream's publishing socket (`IpcPublisher`, used under its lock).
 
@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -36,15 +37,15 @@ from mmengine.bus import BookTopRouter, IpcPublisher, stable_shard
 from mmengine.codec import Codec
 from mmengine.config import Config
 from mmengine.errors import MmengineError
-from mmengine.metrics import serve_metrics
+from mmengine.ops.metrics import serve_metrics
+from mmengine.ops.status import StatusPublisher
+from mmengine.ops.supervisor import Supervisor
 from mmengine.pricing.control import ControlServer
 from mmengine.pricing.model import InstrumentSpec
 from mmengine.pricing.worker import PricingWorker
 from mmengine.sinks.kafka import KafkaWriter
 from mmengine.sinks.postgres import PostgresWriter
 from mmengine.sinks.writer import SpoolingWriter
-from mmengine.status import StatusPublisher
-from mmengine.supervisor import Supervisor
 from mmengine.venues.base import VenueSpec
 from mmengine.venues.registry import PROTOCOLS
 from mmengine.venues.transport import Recorder, VenueConnection
@@ -168,7 +169,7 @@ STREAMS = (
 class Engine:
     """One engine run: `start()`, then `run_until(event)` (or `stop()`).
 
-    It is also what `mmengine.status` and `mmengine.metrics` read, through the reporting
+    It is also what `mmengine.ops.status` and `mmengine.ops.metrics` read, through the reporting
     protocol there (`Reporting`): `connections`, `workers`, `writers`, `publishers`,
     `control`, `epoch`, `started_ns`, `thread_reports()` and `router_counters()`.
     """
@@ -182,7 +183,7 @@ class Engine:
         self.ctx: zmq.Context | None = None
         self.publishers: list[IpcPublisher] = []
         self.workers: list[PricingWorker] = []
-        self.writers: list[SpoolingWriter] = []
+        self.writers: list[SpoolingWriter[Any, Any]] = []
         self.connections: list[VenueConnection] = []
         self.control: ControlServer | None = None
         self.status: StatusPublisher | None = None
@@ -321,9 +322,7 @@ class Engine:
                 self.epoch,
                 self.publisher("prices"),
                 sink_endpoints=tuple(w.endpoint for w in self.writers),
-                sinks_with_values=frozenset(
-                    w.endpoint for w in self.writers if getattr(w, "takes_values", False)
-                ),
+                sinks_with_values=frozenset(w.endpoint for w in self.writers if w.takes_values),
                 fx=self.cfg.fx_specs(),
                 fx_inputs=tuple(fx_inputs.values()),
                 positions=self.cfg.positions(),
@@ -421,7 +420,7 @@ class Engine:
             raise MmengineError(f"kafka writer cannot start: {writer.error}")
         self._watch_writer(writer)
 
-    def _watch_writer(self, writer: SpoolingWriter) -> None:
+    def _watch_writer(self, writer: SpoolingWriter[Any, Any]) -> None:
         self.supervisor.watch(writer, "writer")
         for helper in writer.helpers():
             self.supervisor.watch(helper, "writer")
@@ -474,9 +473,7 @@ class Engine:
             conn = self._new_venue(spec, make_router)
             index = len(self.connections)
             self.connections.append(conn)
-            self.supervisor.watch(
-                conn, "venue", lambda i=index, f=make_router: self._restart_venue(i, f)
-            )
+            self.supervisor.watch(conn, "venue", partial(self._restart_venue, index, make_router))
 
     def _new_venue(
         self,

@@ -116,6 +116,7 @@ def capture_connections(
     for conn, address in addresses.items():
         forced = _forced(protocols, conn)
         entry = recorded.get(conn)
+        protocol: str | None
         if forced is not None:
             protocol, source = forced, "forced"
         elif entry is not None and entry.get("protocol") in PROTOCOLS:

@@ -8,7 +8,7 @@
    2.4.1 on the same frames, run in its own virtualenv (.venv-peers) by
    scripts/peer_cryptofeed.py; both ratios per venue. book_depth: µs per update at 100 and
    50,000 levels per side (scripts/bench_book_depth.py).
-2. e2e: the load generator (mmengine.simulator.loadgen: one process sending pre-rendered
+2. e2e: the load generator (mmengine.dev.loadgen: one process sending pre-rendered
    frames of all five venue protocols, sequence numbers and checksums valid) at several
    total rates into a real engine process; a separate subscriber process measures
    frame received -> Price delivered; the engine's stage histograms
@@ -181,7 +181,7 @@ VENUE_NAMES = {
 
 
 class LoadGen:
-    """The load generator (mmengine.simulator.loadgen) as a child process; its JSON lines
+    """The load generator (mmengine.dev.loadgen) as a child process; its JSON lines
     are read on a thread of their own."""
 
     def __init__(self, rate: float, seconds: float) -> None:
@@ -191,7 +191,7 @@ class LoadGen:
             [
                 PY,
                 "-m",
-                "mmengine.simulator.loadgen",
+                "mmengine.dev.loadgen",
                 "--rate",
                 str(rate),
                 "--seconds",

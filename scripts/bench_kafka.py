@@ -31,10 +31,10 @@ import zmq
 
 from mmengine.codec import Codec, price_record
 from mmengine.config import KafkaOutput
+from mmengine.dev.tansu import start_tansu
 from mmengine.model import Price
 from mmengine.pricing.worker import SINK_KEY
 from mmengine.sinks.kafka import KafkaWriter
-from mmengine.tansu import start_tansu
 
 INSTRUMENTS = [f"C{i}-USDT" for i in range(20)]
 

@@ -40,9 +40,9 @@ import zmq
 
 from mmengine.codec import Codec, price_record, price_values
 from mmengine.config import PostgresOutput
+from mmengine.dev.pgserver import PgServer, start_private_server
 from mmengine.latency import POSTGRES_STAGE, StageLatency
 from mmengine.model import Price, VenueUsed
-from mmengine.pgserver import PgServer, start_private_server
 from mmengine.pricing.worker import SINK_KEY
 from mmengine.sinks.postgres import PgBatchWriter, PostgresWriter, RowBuilder
 from mmengine.sinks.spool import pack_frames

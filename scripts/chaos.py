@@ -3,7 +3,7 @@ engine, judged by an independent checker (main thread; the simulators run on thr
 process, everything else is a process of its own).
 
 It starts five venue simulators (Binance with merged 100 ms diffs, Coinbase, Kraken v2, OKX,
-Bybit; every one keeps its truth journal, `mmengine.simulator.truth`), a Kafka broker
+Bybit; every one keeps its truth journal, `mmengine.dev.simulator.truth`), a Kafka broker
 (tansu) and PostgreSQL as direct children (so they can be paused and killed), the checker
 (scripts/chaos_check.py, which shares no code with the engine) and the engine (`mmengine
 run`, all five venues, both sinks, the IPC books stream on). The market moves at a steady
@@ -114,7 +114,7 @@ class Broker:
     """tansu as a direct child on a fixed port: paused, killed and started again there."""
 
     def __init__(self, port: int, log: Path) -> None:
-        from mmengine.tansu import start_tansu
+        from mmengine.dev.tansu import start_tansu
 
         self.port = port
         self.log = log
@@ -322,8 +322,8 @@ def first_price(endpoint: str, seconds: float) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmengine.pgserver import free_port, start_private_server
-    from mmengine.simulator import start_simulator
+    from mmengine.dev.pgserver import free_port, start_private_server
+    from mmengine.dev.simulator import start_simulator
     from mmengine.venues.registry import REGISTRY
 
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)

@@ -3,7 +3,7 @@
 It imports nothing from `mmengine`. It reads the engine's Avro schemas (`price.avsc`,
 `book_top.avsc`) as files and decodes with the official `avro` package, reads the engine's
 config file as YAML, and talks to ZeroMQ (pyzmq), Kafka (kafka-python) and Postgres
-(psycopg) directly. Its truth is the simulators' journals (`mmengine.simulator.truth`
+(psycopg) directly. Its truth is the simulators' journals (`mmengine.dev.simulator.truth`
 writes them; the format is documented there and read here from scratch): every book version
 a simulator announced, and which venue id names it on which feed, intact or not.
 

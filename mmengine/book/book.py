@@ -264,6 +264,8 @@ class L2Book:
     def load(self, bids: Iterable[Any], asks: Iterable[Any]) -> None:
         """A snapshot: replace both sides with decoded levels, truncated to depth."""
         if self.bids.wire is not None:
+            # A book that keeps wire strings is fed by a wire decoder (lists of WireLevel);
+            # `load` is typed for every decoder's levels, `load_wire` for that one.
             self.bids.load_wire(bids)  # type: ignore[arg-type]
             self.asks.load_wire(asks)  # type: ignore[arg-type]
         else:
@@ -279,9 +281,9 @@ class L2Book:
         if self.bids.wire is not None:
             watch = self._checksum_levels
             parts = self._parts
-            if asks and self.asks.apply_wire(asks, watch):  # type: ignore[arg-type]
+            if asks and self.asks.apply_wire(asks, watch):
                 parts[0] = None
-            if bids and self.bids.apply_wire(bids, watch):  # type: ignore[arg-type]
+            if bids and self.bids.apply_wire(bids, watch):
                 parts[1] = None
         else:
             if bids:
@@ -320,11 +322,11 @@ class L2Book:
             return crc32(bid_text, crc32(ask_text))
         if self.checksum_kind == "okx":
             # The sides interleave: the value is kept whole until either side's top changes.
-            crc = parts[0]
+            crc: int | None = parts[0]
             if crc is None or parts[1] is None:
                 crc = parts[0] = okx_checksum(self.bids, self.asks)
                 parts[1] = True
-            return crc  # type: ignore[no-any-return]
+            return crc
         raise ValueError(f"{self.venue} {self.instrument}: this book has no checksum")
 
     def truncate(self) -> None:

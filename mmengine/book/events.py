@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from itertools import repeat
 from operator import mul, truediv
-from typing import Any
+from typing import Any, final
 
 from mmengine.errors import FrameError
 from mmengine.model import BookTop
@@ -23,6 +23,7 @@ _ASK_SIZES = BookTop._fields.index("ask_sizes")
 EVERY_BOOK = "*"  # `lost_update`: the loss cannot be attributed to one book
 
 
+@final  # the driver tells it from an event list by `type(x) is BookUpdate`
 class BookUpdate:
     """One book message of one instrument: a snapshot that replaces the book, or a delta.
 

@@ -197,6 +197,7 @@ class RestSnapshotBridge(SequenceRule):
         # 6. for a live diff.
         book = sync.book
         last = book.venue_seq
+        # ignores below: a sequenced venue's BookUpdate has first_id/last_id set
         if ev.last_id <= last:  # type: ignore[operator]
             sync.stats.dropped_stale += 1
             return False
@@ -279,6 +280,7 @@ class RestSnapshotBridge(SequenceRule):
         stats = sync.stats
         edge = last_id + self.bridge_offset  # the id the first diff applied must hold
         # 3. A hole between the snapshot and the first buffered diff: a newer one is needed.
+        # ignores below: buffered diffs are sequenced, so first_id/last_id are set (see parse_diff)
         if buffered and buffered[0].first_id > edge:  # type: ignore[operator]
             self.next_attempt = time.monotonic() + self.retry_unbridged_s
             return
@@ -301,12 +303,12 @@ class RestSnapshotBridge(SequenceRule):
         book = sync.book
         stats = sync.stats
         for diff in pending:
-            if diff.last_id <= book.venue_seq:  # type: ignore[operator]
+            if diff.last_id <= book.venue_seq:
                 continue
-            if diff.first_id > book.venue_seq + 1:  # type: ignore[operator]
+            if diff.first_id > book.venue_seq + 1:
                 stats.sequence_gaps += 1
                 raise IntegrityError(self.instrument, "gap", "inside the buffered diffs")
-            book.venue_seq = diff.last_id  # type: ignore[assignment]
+            book.venue_seq = diff.last_id
             driver.apply(sync, diff)
 
 
@@ -343,6 +345,7 @@ class RestSnapshotChain(RestSnapshotBridge):
                 raise IntegrityError(self.instrument, "gap", f"pu={ev.prev_id} after u={last}")
         else:
             # 4. and 5. for the first event after a snapshot that had none buffered after it.
+            # ignores below: a sequenced venue's BookUpdate has first_id/last_id set
             if ev.last_id < last:  # type: ignore[operator]
                 stats.dropped_stale += 1
                 return False
@@ -363,7 +366,7 @@ class RestSnapshotChain(RestSnapshotBridge):
             if n and event.prev_id != book.venue_seq:
                 stats.sequence_gaps += 1
                 raise IntegrityError(self.instrument, "gap", "inside the buffered events")
-            book.venue_seq = event.last_id  # type: ignore[assignment]
+            book.venue_seq = event.last_id
             driver.apply(sync, event)
 
 

@@ -211,6 +211,7 @@ class PairFormats:
             other.size_format,
         )
 
+    # Unhashable, as a class that defines __eq__ is; typeshed declares __hash__ a method.
     __hash__ = None  # type: ignore[assignment]
 
 
@@ -306,6 +307,7 @@ def _sided_columns(
     # Validated above; each side is handed on as an iterator the book's load consumes once
     # (building two lists of 23,000 tuples cost more than every check together).
     levels = zip(prices, sizes, strict=True)
+    # ignores below: iterators for lists: the book's load reads them once (above)
     if n_bids == len(sides):
         return levels, iter(())  # type: ignore[return-value]
     if n_bids == 0:
@@ -313,7 +315,7 @@ def _sided_columns(
     is_bid = list(map(bid.__eq__, sides))
     return (
         compress(zip(prices, sizes, strict=True), is_bid),  # type: ignore[return-value]
-        compress(levels, map(not_, is_bid)),  # type: ignore[return-value]
+        compress(levels, map(not_, is_bid)),
     )
 
 

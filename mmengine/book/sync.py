@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -255,7 +256,7 @@ class BookDriver:
         self._sizes_next = 0.0  # monotonic time before which they are not asked for again
         self._log_limiter = RepeatLimiter()
         self._parse = venue.parse
-        self._handlers = {
+        self._handlers: dict[type[Any], Callable[[Any, int], None]] = {
             AuditTop: self.on_audit,
             Sequenced: self.on_sequenced,
             Skipped: self.on_skipped,
@@ -672,6 +673,7 @@ class BookDriver:
                 if sync is None:
                     continue
                 try:
+                    # answers come only for rules that fetch (RestSnapshot*): they have `fetched`
                     sync.rule.fetched(sync, generation, body, error, self, max(recv_ns, got_ns))  # type: ignore[attr-defined]
                 except IntegrityError as exc:
                     self._failed(exc, None)
@@ -771,6 +773,7 @@ class BookDriver:
             return
         tickers = sync.audits
         stats = sync.stats
+        # only audits with a venue_seq wait in `audits` (Binance bookTicker `u`): never None here
         while tickers and tickers[0].venue_seq <= book.venue_seq:  # type: ignore[operator]
             t = tickers.popleft()
             if t.venue_seq != book.venue_seq:

@@ -62,7 +62,7 @@ class ControlServer(ServiceThread):
 
     def __init__(
         self,
-        ctx: zmq.Context,
+        ctx: zmq.Context[Any],
         endpoint: str,
         instruments: set[str],
         workers: int,
@@ -110,7 +110,7 @@ class ControlServer(ServiceThread):
             for sock in (rep, *pushes):
                 sock.close()
 
-    def answer(self, frames: list[bytes], pushes: list[zmq.Socket]) -> dict[str, Any]:
+    def answer(self, frames: list[bytes], pushes: list[zmq.Socket[Any]]) -> dict[str, Any]:
         """The reply to one request, whatever it holds; never raises."""
         try:
             if len(frames) != 1:
@@ -122,7 +122,7 @@ class ControlServer(ServiceThread):
                 log.exception("control: unexpected error answering a request")
             return {"ok": False, "error": f"internal error ({type(exc).__name__})"}
 
-    def handle(self, raw: bytes, pushes: list[zmq.Socket]) -> dict[str, Any]:
+    def handle(self, raw: bytes, pushes: list[zmq.Socket[Any]]) -> dict[str, Any]:
         """Validate one request; a bad one gets an error reply."""
         if len(raw) > MAX_REQUEST_BYTES:
             return {"ok": False, "error": f"request is {len(raw)} bytes; at most 65536"}

@@ -26,6 +26,7 @@ import time
 from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import zmq
 
@@ -98,7 +99,7 @@ class PricingWorker(ServiceThread):
     def __init__(
         self,
         k: int,
-        ctx: zmq.Context,
+        ctx: zmq.Context[Any],
         instruments: list[InstrumentSpec],
         epoch: int,
         prices: IpcPublisher,
@@ -156,7 +157,7 @@ class PricingWorker(ServiceThread):
     def run(self) -> None:
         pull = self.ctx.socket(zmq.PULL)
         control = self.ctx.socket(zmq.PULL)
-        sinks: list[zmq.Socket] = []
+        sinks: list[zmq.Socket[Any]] = []
         try:
             self._values_for = [e in self.sinks_with_values for e in self.sink_endpoints]
             for sock in (pull, control):
@@ -191,9 +192,9 @@ class PricingWorker(ServiceThread):
     def _step(
         self,
         poller: zmq.Poller,
-        pull: zmq.Socket,
-        control: zmq.Socket,
-        sinks: list[zmq.Socket],
+        pull: zmq.Socket[Any],
+        control: zmq.Socket[Any],
+        sinks: list[zmq.Socket[Any]],
         header: bytes,
     ) -> None:
         """One turn: wait for input or the nearest staleness deadline, then price."""
@@ -233,7 +234,9 @@ class PricingWorker(ServiceThread):
                 if price is not None:
                     self._publish(price, sinks, header)
 
-    def _publish(self, price: Price, sinks: list[zmq.Socket], header: bytes) -> tuple[int, int]:
+    def _publish(
+        self, price: Price, sinks: list[zmq.Socket[Any]], header: bytes
+    ) -> tuple[int, int]:
         """To IPC subscribers and to every sink's writer; returns when it was encoded and
         when the IPC send returned (ns)."""
         name = price.instrument.encode()
@@ -283,7 +286,9 @@ class PricingWorker(ServiceThread):
                 held,
             )
 
-    def _apply_positions(self, control: zmq.Socket, touched: dict[str, BookTop | None]) -> None:
+    def _apply_positions(
+        self, control: zmq.Socket[Any], touched: dict[str, BookTop | None]
+    ) -> None:
         """Position updates: (instrument, quantity), pickled. Each re-prices at once."""
         while True:
             try:
@@ -307,7 +312,7 @@ class PricingWorker(ServiceThread):
             touched.setdefault(name, None)
             log.info("pricing-%d: %s position set to %s", self.k, name, qty)
 
-    def _to_sink(self, sock: zmq.Socket, frames: tuple[bytes, ...]) -> None:
+    def _to_sink(self, sock: zmq.Socket[Any], frames: tuple[bytes, ...]) -> None:
         """Hand a Price to a writer thread without ever waiting on it. The writer drains
         its queue into its own spool, so a full queue means the writer thread is wedged:
         count the loss loudly rather than stall pricing."""
@@ -322,7 +327,7 @@ class PricingWorker(ServiceThread):
                     self.stats.sink_dropped,
                 )
 
-    def _drain(self, pull: zmq.Socket) -> dict[str, BookTop | None]:
+    def _drain(self, pull: zmq.Socket[Any]) -> dict[str, BookTop | None]:
         """Take everything queued; returns each touched instrument with its latest input."""
         touched: dict[str, BookTop | None] = {}
         arrivals = self._arrivals  # instrument -> (applied_ns, dequeued_ns) of its trigger

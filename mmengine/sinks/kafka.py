@@ -40,17 +40,18 @@ import queue
 import struct
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import zmq
 
 from mmengine.codec import Codec
-from mmengine.latency import KAFKA_STAGE, StageLatency
-from mmengine.logs import RepeatLimiter
-from mmengine.sinks.spool import Spool, pack_frames
+from mmengine.latency import KAFKA_STAGE
+from mmengine.sinks.spool import Spool
 from mmengine.sinks.writer import SpoolingWriter, split_record
 
 if TYPE_CHECKING:
@@ -68,8 +69,19 @@ BUILD_BACKOFF_S = (0.25, 2.0)  # first and largest wait between producer builds
 MAX_DRAIN = 20_000  # inproc messages per loop before producing again
 HEADER_INT = struct.Struct(">q")
 QUARANTINED = -1  # a _Sent's priced_ts_ns for a record set aside instead of sent
+
+
+class _Timeouts(TypedDict):
+    """The client settings both Kafka clients take (kafka-python names)."""
+
+    request_timeout_ms: int
+    bootstrap_timeout_ms: int
+    reconnect_backoff_ms: int
+    reconnect_backoff_max_ms: int
+
+
 # Timeouts keep a dead or paused broker from tying up the helper thread for long.
-CLIENT_TIMEOUTS = {
+CLIENT_TIMEOUTS: _Timeouts = {
     "request_timeout_ms": 5_000,
     "bootstrap_timeout_ms": 2_000,
     "reconnect_backoff_ms": 50,
@@ -121,12 +133,13 @@ def ensure_topic(
         admin.close()
 
 
-class _Client:
+class _Client(ABC):
     """The seam between the writer and a Kafka client library: built on the connector
     thread, used only on the writer thread (and closed on the connector thread)."""
 
     failed: BaseException | None = None  # a client-wide fatal error (confluent)
 
+    @abstractmethod
     def send(
         self,
         topic: str,
@@ -138,14 +151,13 @@ class _Client:
     ) -> bool:
         """Hand one record over; False when the client has no room now (try later).
         Raises when the client cannot take records at all."""
-        raise NotImplementedError
 
-    def poll(self) -> None:
+    def poll(self) -> None:  # noqa: B027 (a client whose callbacks run elsewhere: nothing)
         """Serve delivery callbacks that run on the caller's thread."""
 
+    @abstractmethod
     def close(self, timeout_s: float) -> None:
         """Close, waiting up to `timeout_s` for deliveries; never raises."""
-        raise NotImplementedError
 
 
 class _KafkaPythonClient(_Client):
@@ -259,7 +271,9 @@ class _ConfluentClient(_Client):
                 topic,
                 value=value,
                 key=key,
-                headers=headers,
+                # list is invariant: confluent's stub wants values typed str | bytes | None;
+                # it only reads the pairs, and bytes is one of them.
+                headers=headers,  # type: ignore[arg-type]
                 timestamp=timestamp_ms,
                 on_delivery=sent.delivered,
             )
@@ -280,7 +294,7 @@ class _ConfluentClient(_Client):
             log.debug("closing the old producer: %r", exc)
 
 
-CLIENTS: dict[str, type[_Client]] = {
+CLIENTS: dict[str, Callable[[KafkaOutput], _Client]] = {
     "kafka-python": _KafkaPythonClient,
     "confluent": _ConfluentClient,
 }
@@ -385,19 +399,18 @@ class _Connector(threading.Thread):
         self.requests.put(None)
 
 
-class KafkaWriter(SpoolingWriter):
-    """Delivers the Prices PUSHed to `endpoint` to Kafka; see the module docstring.
-
-    Start it before the pricing workers (it binds the PULL) and stop it after them: on
-    `stop()` it drains its queue, delivers for up to `cfg.drain_timeout_s`, and leaves what
-    is still unacknowledged in the spool for the next start.
+class KafkaWriter(SpoolingWriter["KafkaOutput", KafkaWriterStats]):
+    """Delivers the Prices PUSHed to `endpoint` to Kafka; see the module docstring. The loop,
+    the spool and the stall watch are `SpoolingWriter`'s; this class holds the producer
+    window: at most `cfg.in_flight_records` handed to the producer, acknowledged in FIFO
+    order, all resent on a new producer after a failure or a stall.
     """
 
-    sink_name = "kafka"  # the `sink` label of its metrics and status entry
+    max_drain = MAX_DRAIN
 
     def __init__(
         self,
-        ctx: zmq.Context,
+        ctx: zmq.Context[Any],
         cfg: KafkaOutput,
         spool_dir: str | Path,
         spool_max_bytes: int,
@@ -405,31 +418,28 @@ class KafkaWriter(SpoolingWriter):
         endpoint: str = ENDPOINT,
         fsync_interval_s: float | None = None,
     ) -> None:
-        super().__init__(name="kafka-writer", daemon=True)
-        self.fsync_interval_s = fsync_interval_s
+        super().__init__(
+            "kafka",
+            "kafka-writer",
+            ctx,
+            cfg,
+            KafkaWriterStats(),
+            KAFKA_STAGE,
+            spool_dir,
+            spool_max_bytes,
+            spool_memory_records,
+            endpoint,
+            fsync_interval_s,
+        )
         self._header = Codec("price.avsc").header
-        self.ctx = ctx
-        self.cfg = cfg
-        self.endpoint = endpoint
-        self.spool_dir = Path(spool_dir)
-        self.spool_max_bytes = spool_max_bytes
-        self.spool_memory_records = spool_memory_records
-        self.stats = KafkaWriterStats()
-        self.stages = StageLatency((KAFKA_STAGE,))  # priced -> acknowledged, per record
-        self.spool: Spool | None = None
         # Set to a list to record every acknowledged record's delivery lag (benchmarks).
         self.lag_log: list[int] | None = None
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
-        self._stop_event = threading.Event()
         self._connector = _Connector(cfg)
         self._gen: _Generation | None = None
         self._inflight: deque[_Sent] = deque()
         self._building = False  # a build request is with the connector
         self._next_build = 0.0
         self._build_wait = BUILD_BACKOFF_S[0]
-        self._last_progress = time.monotonic()
-        self._log = RepeatLimiter()
         kafka_log = logging.getLogger("kafka")
         if kafka_log.level == logging.NOTSET:
             # kafka-python logs every connect and metadata refresh at INFO; our own lines
@@ -455,71 +465,32 @@ class KafkaWriter(SpoolingWriter):
             "fingerprint": Codec("price.avsc").fingerprint.hex(),
         }
 
-    # --- the loop --------------------------------------------------------------------------
+    # --- what differs from the other sinks ------------------------------------------------
 
-    def run(self) -> None:
-        pull = self.ctx.socket(zmq.PULL)
-        pull.setsockopt(zmq.LINGER, 0)
-        pull.setsockopt(zmq.RCVHWM, 100_000)
-        try:
-            if self.cfg.client == "confluent":
-                import confluent_kafka  # noqa: F401 (fail at start, not at the first build)
-            pull.bind(self.endpoint)
-            self.spool = spool = Spool(
-                self.spool_dir,
-                self.spool_max_bytes,
-                memory_records=self.spool_memory_records,
-                name="kafka spool",
-                fsync_interval_s=self.fsync_interval_s,
-            )
-        except Exception as exc:
-            self.error = exc
-            pull.close()
-            self.ready.set()
-            return
+    def _check(self) -> None:
+        if self.cfg.client == "confluent":
+            import confluent_kafka  # noqa: F401 (fail at start, not at the first build)
+
+    def _start_helpers(self) -> None:
         self._connector.start()
         self._request_build(None)
-        self.ready.set()
-        deadline: float | None = None
-        try:
-            while True:
-                got = self._drain(pull, spool)
-                now = time.monotonic()
-                self._poll_connector(spool, now)
-                if self._gen is not None:
-                    self._gen.client.poll()
-                self._complete(spool, now)
-                if self._gen is not None:
-                    self._pump(spool)
-                self._watch(spool, now)
-                spool.flush()
-                if self._stop_event.is_set():
-                    if deadline is None:
-                        deadline = now + self.drain_timeout_s()
-                    if got == 0 and (spool.pending == 0 or now > deadline):
-                        break
-                # Acks arrive on kafka-python's thread, not on a socket we can poll: wake
-                # often while records are in flight, rarely when idle.
-                pull.poll(5 if spool.in_flight else 50)
-        except Exception:
-            log.exception("kafka writer failed; unacknowledged records stay in the spool")
-            raise
-        finally:
-            self._shutdown(pull, spool)
 
-    def _drain(self, pull: zmq.Socket, spool: Spool) -> int:
-        n = 0
-        put = spool.put
-        recv = pull.recv_multipart
-        while n < MAX_DRAIN:
-            try:
-                frames = recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            put(pack_frames(frames))
-            n += 1
-        self.stats.received += n
-        return n
+    def _timeout_ms(self, spool: Spool, now: float) -> int:
+        # Acks arrive on kafka-python's thread, not on a socket we can poll: wake often
+        # while records are in flight, rarely when idle.
+        return 5 if spool.in_flight else 50
+
+    def _collect(self, spool: Spool, now: float) -> None:
+        self._poll_connector(spool, now)
+        if self._gen is not None:
+            self._gen.client.poll()
+        self._complete(spool, now)
+
+    def _deliver(self, spool: Spool, now: float, stopping: bool) -> None:
+        if self._gen is not None:
+            self._pump(spool)
+        elif not self._building and now >= self._next_build:
+            self._request_build(None)
 
     def _pump(self, spool: Spool) -> None:
         """Hand the next records to the producer, up to the in-flight bound."""
@@ -570,7 +541,9 @@ class KafkaWriter(SpoolingWriter):
             self.stats.produced += 1
 
     def _complete(self, spool: Spool, now: float) -> None:
-        """Apply acks in FIFO order; on a client failure, rebuild and resend."""
+        """What counts as acknowledged: the broker's acks, applied in FIFO order (the
+        oldest record handed over holds back the rest); on a client failure, rebuild and
+        resend."""
         inflight = self._inflight
         n = 0
         last: _Sent | None = None
@@ -588,21 +561,15 @@ class KafkaWriter(SpoolingWriter):
             add(((now_ns - sent.priced_ts_ns) / 1000,))
             if lags is not None:
                 lags.append(now_ns - sent.priced_ts_ns)
-        if n:
-            spool.ack(n)
         if last is not None:
+            # The spool first: a reader that sees the counters sees the records gone.
+            self._acknowledged(spool, n, now)
             if self._gen is not None:
                 self._gen.acked = True
             self.stats.acknowledged += delivered
             self.stats.delivery_lag_ns = now_ns - last.priced_ts_ns
-            self._last_progress = now
-            if spool.away:
-                log.info(
-                    "kafka is back: delivering %d spooled records (%d bytes)",
-                    spool.pending,
-                    spool.stats.spool_bytes,
-                )
-                spool.set_away(False)
+        elif n:
+            spool.ack(n)  # only set-aside records: no sign of life from the broker
         gen = self._gen
         if gen is not None:
             failed = gen.failed or gen.client.failed
@@ -631,21 +598,19 @@ class KafkaWriter(SpoolingWriter):
             )
         self._request_build(gen.client)
 
-    def _watch(self, spool: Spool, now: float) -> None:
-        """Notice a broker that stopped acknowledging; rebuild when it is time."""
+    def _stall_limit_s(self, spool: Spool) -> float | None:
         gen = self._gen
-        limit = STALL_S if gen is not None and gen.acked else FIRST_ACK_S
-        if gen is not None and spool.in_flight and now - self._last_progress > limit:
-            self.stats.away_episodes += 1
-            self._drop(
-                spool,
-                f"kafka: no acknowledgement for {now - self._last_progress:.1f} s "
-                f"with {spool.in_flight} records in flight",
-            )
-        if self._gen is None and not self._building and now >= self._next_build:
-            self._request_build(None)
-        if not spool.in_flight:
-            self._last_progress = now
+        if gen is None or not spool.in_flight:
+            return None
+        # A new producer gets longer for its first ack (FIRST_ACK_S).
+        return STALL_S if gen.acked else FIRST_ACK_S
+
+    def _stalled(self, spool: Spool, waited_s: float) -> None:
+        self._drop(
+            spool,
+            f"kafka: no acknowledgement for {waited_s:.1f} s "
+            f"with {spool.in_flight} records in flight",
+        )
 
     def _request_build(self, old: _Client | None) -> None:
         self._building = True
@@ -667,7 +632,7 @@ class KafkaWriter(SpoolingWriter):
             if result.client is not None:
                 self._gen = _Generation(result.client)
                 self._build_wait = BUILD_BACKOFF_S[0]
-                self._last_progress = now
+                self._progress_at = now
                 self.stats.producer_builds += 1
                 log.info(
                     "kafka producer ready (%s, %s, topic %s, idempotence %s)",
@@ -691,20 +656,10 @@ class KafkaWriter(SpoolingWriter):
                         spool.stats.spool_bytes,
                     )
 
-    def _shutdown(self, pull: zmq.Socket, spool: Spool) -> None:
-        pull.close()
+    def _stop_helpers(self, spool: Spool) -> None:
         gen = self._gen
         if gen is not None:
             # Nothing pending: a clean close. Else drop it; the spool keeps the rest.
             gen.client.close(2 if spool.pending == 0 else 0)
         self._connector.stop()
         self._connector.join(timeout=5)
-        left = spool.pending
-        spool.close()
-        if left:
-            log.warning(
-                "kafka writer stopped with %d records unacknowledged; they are in %s "
-                "and go out first on the next start",
-                left,
-                self.spool_dir,
-            )

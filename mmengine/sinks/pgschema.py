@@ -116,11 +116,13 @@ def redact_dsn(dsn: str) -> str:
         keys = ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER")
         env = {k[2:].lower(): os.environ[k] for k in keys if os.environ.get(k)}
         env = {("dbname" if k == "database" else k): v for k, v in env.items()}
-        return make_conninfo(**env) if env else "(libpq defaults)"
-    return make_conninfo(**params)
+        return make_conninfo("", **env) if env else "(libpq defaults)"
+    return make_conninfo("", **params)
 
 
-def connect(dsn: str, application_name: str, connect_timeout_s: float = 5.0, **kw: Any) -> Any:
+def connect(
+    dsn: str, application_name: str, connect_timeout_s: float = 5.0, **kw: Any
+) -> psycopg.Connection[Any]:
     """A psycopg connection (the caller owns it; one thread each)."""
     return psycopg.connect(
         dsn,
@@ -196,7 +198,7 @@ def upgrade(conn: psycopg.Connection[Any]) -> list[Migration]:
             if have:
                 continue
             # The file is package data, never assembled from input: run it as it is.
-            conn.execute(sql.SQL(m.sql))  # type: ignore[arg-type]
+            conn.execute(sql.SQL(m.sql))
             conn.execute(
                 sql.SQL("INSERT INTO {} (version, name, checksum) VALUES (%s, %s, %s)").format(
                     sql.Identifier(MIGRATIONS_TABLE)

@@ -64,7 +64,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,8 +75,7 @@ import zmq
 from psycopg import sql
 
 from mmengine.codec import PRICE_FIELDS, PRICE_INDEX, Codec
-from mmengine.latency import POSTGRES_STAGE, StageLatency
-from mmengine.logs import RepeatLimiter
+from mmengine.latency import POSTGRES_STAGE
 from mmengine.pricing.worker import SINK_KEY
 from mmengine.sinks.pgschema import (
     CHANNEL,
@@ -654,21 +653,22 @@ class _Committer(threading.Thread):
         self.requests.put(None)
 
 
-class PostgresWriter(SpoolingWriter):
-    """Delivers the Prices PUSHed to `endpoint` to Postgres; see the module docstring.
+class PostgresWriter(SpoolingWriter["PostgresOutput", PostgresWriterStats]):
+    """Delivers the Prices PUSHed to `endpoint` to Postgres; see the module docstring. The
+    loop, the spool and the stall watch are `SpoolingWriter`'s; this class holds the batch
+    policy and what arrives beside each Price (its values, turned into a COPY row).
 
-    Start it before the pricing workers (it binds the PULL) and stop it after them: on
-    `stop()` it drains its queue, writes for up to `cfg.drain_timeout_s`, and leaves what
-    is not committed in the spool for the next start. Construct it only to start it: it
-    opens the pipe its helper wakes it through, which the threads close when they exit.
+    Construct it only to start it: it opens the pipe its helper wakes it through, which the
+    threads close when they exit.
     """
 
-    sink_name = "postgres"  # the `sink` label of its metrics and status entry
-    takes_values = True  # pricing sends each Price's values with it (see `_drain`)
+    takes_values = True  # pricing sends each Price's values with it (see `_record`)
+    max_drain = MAX_DRAIN
+    undelivered = "not committed"
 
     def __init__(
         self,
-        ctx: zmq.Context,
+        ctx: zmq.Context[Any],
         cfg: PostgresOutput,
         spool_dir: str | Path,
         spool_max_bytes: int,
@@ -676,22 +676,21 @@ class PostgresWriter(SpoolingWriter):
         endpoint: str = ENDPOINT,
         fsync_interval_s: float | None = None,
     ) -> None:
-        super().__init__(name="pg-writer", daemon=True)
-        self.fsync_interval_s = fsync_interval_s
-        self.ctx = ctx
-        self.cfg = cfg
-        self.endpoint = endpoint
+        super().__init__(
+            "postgres",
+            "pg-writer",
+            ctx,
+            cfg,
+            PostgresWriterStats(),
+            POSTGRES_STAGE,
+            spool_dir,
+            spool_max_bytes,
+            spool_memory_records,
+            endpoint,
+            fsync_interval_s,
+        )
         self.dsn = resolve_dsn(cfg.dsn)
         self.dsn_display = redact_dsn(self.dsn)
-        self.spool_dir = Path(spool_dir)
-        self.spool_max_bytes = spool_max_bytes
-        self.spool_memory_records = spool_memory_records
-        self.stats = PostgresWriterStats()
-        self.stages = StageLatency((POSTGRES_STAGE,))  # priced -> committed, per row
-        self.spool: Spool | None = None
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
-        self._stop_event = threading.Event()
         self._wake_r, wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(wake_w, False)
@@ -699,16 +698,17 @@ class PostgresWriter(SpoolingWriter):
         self._inflight = 0  # records in the batch the helper is writing (0: none)
         self._ready: tuple[int, Prepared] | None = None  # the next batch, prepared
         self._builder = RowBuilder()  # this thread's: rows, never a connection
-        self._sent_at = 0.0
         self._waiting_since: float | None = None  # oldest pending record's wait began
         self._backoff = cfg.reconnect_min_s
         self._next_try = 0.0
-        self._log = RepeatLimiter()
         # Spool record -> its row, built from the Price values pricing sent with it (or
         # those values, pickled, when the row was not built on arrival), until its batch is
         # handed out; bounded, oldest out first (a record without either is decoded).
         self._rows: OrderedDict[bytes, Row | bytes] = OrderedDict()
         self._rows_max = max(4 * spool_memory_records, 4 * cfg.batch_max_rows)
+        # How this drain turns a Price's values into its row: at once (`from_message`),
+        # or None: keep the values, build the row when its batch is cut.
+        self._build: Callable[[bytes, bytes, bytes, bytes], Row | None] | None = None
 
     def helpers(self) -> list[threading.Thread]:
         return [self._committer]
@@ -729,54 +729,17 @@ class PostgresWriter(SpoolingWriter):
             "channel": CHANNEL,
         }
 
-    # --- the loop --------------------------------------------------------------------------
+    # --- what differs from the other sinks ------------------------------------------------
 
-    def run(self) -> None:
-        pull = self.ctx.socket(zmq.PULL)
-        pull.setsockopt(zmq.LINGER, 0)
-        pull.setsockopt(zmq.RCVHWM, 100_000)
-        try:
-            pull.bind(self.endpoint)
-            self.spool = spool = Spool(
-                self.spool_dir,
-                self.spool_max_bytes,
-                memory_records=self.spool_memory_records,
-                name="postgres spool",
-                fsync_interval_s=self.fsync_interval_s,
-            )
-        except Exception as exc:
-            self.error = exc
-            pull.close()
-            os.close(self._wake_r)
-            os.close(self._committer.wake_fd)  # never started: nobody else closes it
-            self.ready.set()
-            return
+    def _abandon(self) -> None:
+        os.close(self._wake_r)
+        os.close(self._committer.wake_fd)  # never started: nobody else closes it
+
+    def _start_helpers(self) -> None:
         self._committer.start()
-        self.ready.set()
-        poller = zmq.Poller()
-        poller.register(pull, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
-        deadline: float | None = None
-        try:
-            while True:
-                got = self._drain(pull, spool)
-                now = time.monotonic()
-                self._collect(spool, now)
-                stopping = self._stop_event.is_set()
-                self._send(spool, now, stopping)
-                self._watch(spool, now)
-                spool.flush()
-                if stopping:
-                    if deadline is None:
-                        deadline = now + self.drain_timeout_s()
-                    if got == 0 and (spool.pending == 0 or now > deadline):
-                        break
-                poller.poll(self._timeout_ms(spool, now))
-        except Exception:
-            log.exception("postgres writer failed; uncommitted records stay in the spool")
-            raise
-        finally:
-            self._shutdown(pull, spool)
+
+    def _wake_fds(self) -> Sequence[int]:
+        return (self._wake_r,)
 
     def _timeout_ms(self, spool: Spool, now: float) -> int:
         if self._inflight:
@@ -789,70 +752,56 @@ class PostgresWriter(SpoolingWriter):
     def _max_wait_s(self) -> float:
         return self.cfg.batch_max_wait_ms / 1000
 
-    def _drain(self, pull: zmq.Socket, spool: Spool) -> int:
-        """Move what pricing sent into the spool (the Avro record: what a restart replays)
-        and, while the writer keeps pace, build each record's row from the Price values
-        that came with it, so the next batch is ready when the helper is free. When behind
-        (Prices waited in the socket, a backlog in the spool, the server away) the values
-        are only kept: draining stays cheap, so a backlog goes to the spool (and disk)
-        rather than filling the socket up to where pricing would drop, and the rows are
-        built when their batch is."""
-        n = 0
-        put = spool.put
-        recv = pull.recv
-        cache = self._rows
-        limit = self._rows_max
+    def _drain_starts(self, spool: Spool) -> None:
+        """While the writer keeps pace, each record's row is built from the Price values
+        that came with it as it arrives, so the next batch is ready when the helper is
+        free. When behind (a backlog in the spool, the server away; `_record` also notices
+        Prices that waited in the socket) the values are only kept: draining stays cheap,
+        so a backlog goes to the spool (and disk) rather than filling the socket up to
+        where pricing would drop, and the rows are built when their batch is."""
         waiting = spool.pending - spool.in_flight
-        build = (
+        self._build = (
             self._builder.from_message
             if not spool.away and waiting < 2 * self.cfg.batch_max_rows
             else None
         )
-        no_answer = self._committer.results.empty
-        now_ns = time.time_ns
-        while n < MAX_DRAIN:
-            # recv_multipart asks the socket for RCVMORE per frame, through an enum
-            # conversion; a frame received without copy carries the flag (~30 % cheaper).
-            try:
-                frame = recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            frames = [frame.bytes]
-            while frame.more:  # the rest of a multipart message is there already
-                frame = recv(zmq.NOBLOCK, copy=False)
-                frames.append(frame.bytes)
-            if len(frames) == 4:
-                instrument, key, payload, values = frames
-                if (
-                    build is not None
-                    and not n & 63
-                    and len(key) == SINK_KEY.size
-                    and now_ns() - SINK_KEY.unpack(key)[2] > BEHIND_NS
-                ):
-                    build = None  # this Price waited in the socket: catch up first
-                record = pack_frames((instrument, key, payload))
-                if build is None:
-                    cache[record] = values
-                else:
-                    row = build(instrument, key, payload, values)
-                    if row is not None:  # else: not this record's values; decoded later
-                        cache[record] = row
-                if len(cache) > limit:  # far behind (the server is away): decode later
-                    cache.popitem(last=False)
-            else:
-                record = pack_frames(frames)
-            put(record)
-            n += 1
-            if not n & 63 and self._inflight and not no_answer():
-                break  # the helper is free: hand it the next batch first
-        self.stats.received += n
-        if n and self._waiting_since is None:
+
+    def _record(self, frames: list[bytes], n: int) -> bytes:
+        """The spool record is the Avro message (what a restart replays); the values
+        beside it become its row now, or are kept for later (see `_drain_starts`)."""
+        if len(frames) != 4:
+            return pack_frames(frames)
+        instrument, key, payload, values = frames
+        build = self._build
+        if (
+            build is not None
+            and not n & 63
+            and len(key) == SINK_KEY.size
+            and time.time_ns() - SINK_KEY.unpack(key)[2] > BEHIND_NS
+        ):
+            self._build = build = None  # this Price waited in the socket: catch up first
+        record = pack_frames((instrument, key, payload))
+        cache = self._rows
+        if build is None:
+            cache[record] = values
+        else:
+            row = build(instrument, key, payload, values)
+            if row is not None:  # else: not this record's values; decoded later
+                cache[record] = row
+        if len(cache) > self._rows_max:  # far behind (the server is away): decode later
+            cache.popitem(last=False)
+        return record
+
+    def _deliverer_free(self) -> bool:
+        return bool(self._inflight) and not self._committer.results.empty()
+
+    def _drained(self) -> None:
+        if self._waiting_since is None:
             # The batch clock starts when a record arrives, also while the helper is busy:
             # once it is free, what waited through its transaction goes out at once.
             self._waiting_since = time.monotonic()
-        return n
 
-    def _send(self, spool: Spool, now: float, stopping: bool) -> None:
+    def _deliver(self, spool: Spool, now: float, stopping: bool) -> None:
         """Hand the next batch to the helper: when it is full, has waited long enough, or
         there is a backlog (spooled, or stopping). While one is in flight and a full batch
         (or a backlog) waits, prepare it on this thread: its rows may have to be built or
@@ -874,7 +823,7 @@ class PostgresWriter(SpoolingWriter):
             if batch is None:
                 return
         self._inflight = batch[0]
-        self._sent_at = now
+        self._progress_at = now  # the stall watch times the batch from here
         self._committer.requests.put(batch)
 
     def _due(self, spool: Spool, now: float, stopping: bool) -> bool:
@@ -922,6 +871,7 @@ class PostgresWriter(SpoolingWriter):
             self._apply(done, spool, now)
 
     def _apply(self, done: _Done, spool: Spool, now: float) -> None:
+        """What counts as acknowledged: the batch's transaction committed."""
         self._inflight = 0
         stats = self.stats
         if done.connected and done.error is None:
@@ -931,7 +881,8 @@ class PostgresWriter(SpoolingWriter):
         if result is not None:
             for record, why in result.bad:
                 spool.quarantine(record, why)
-            spool.ack(done.n)
+            # The spool first: a reader that sees the counters sees the records gone.
+            self._acknowledged(spool, done.n, now)
             stats.written += result.rows
             stats.inserted += result.inserted
             stats.undecodable += result.undecodable
@@ -946,13 +897,6 @@ class PostgresWriter(SpoolingWriter):
                 for priced_ns in result.priced_ts_ns:
                     add(((committed_ns - priced_ns) / 1000,))
             self._backoff = self.cfg.reconnect_min_s
-            if spool.away:
-                log.info(
-                    "postgres is back: writing %d spooled records (%d bytes)",
-                    spool.pending,
-                    spool.stats.spool_bytes,
-                )
-                spool.set_away(False)
             return
         # Failed: the batch (and everything after it) goes out again, oldest first.
         stats.retries += 1
@@ -977,31 +921,23 @@ class PostgresWriter(SpoolingWriter):
                 held,
             )
 
-    def _watch(self, spool: Spool, now: float) -> None:
-        """A batch in flight for STALL_S: keep everything on disk until it answers."""
-        if self._inflight and now - self._sent_at > STALL_S and not spool.away:
-            self.stats.away_episodes += 1
-            log.warning(
-                "postgres: a batch of %d has not committed after %.1f s; spooling to disk",
-                self._inflight,
-                now - self._sent_at,
-            )
-            spool.set_away(True)
+    def _stall_limit_s(self, spool: Spool) -> float | None:
+        # A batch in flight, and the server not yet known to be away.
+        return STALL_S if self._inflight and not spool.away else None
 
-    def _shutdown(self, pull: zmq.Socket, spool: Spool) -> None:
-        pull.close()
+    def _stalled(self, spool: Spool, waited_s: float) -> None:
+        """A batch in flight for STALL_S: keep everything on disk until it answers."""
+        log.warning(
+            "postgres: a batch of %d has not committed after %.1f s; spooling to disk",
+            self._inflight,
+            waited_s,
+        )
+        spool.set_away(True)
+
+    def _stop_helpers(self, spool: Spool) -> None:
         self._committer.stop()
         # A batch in flight may still commit: wait briefly and ack it if it did; if it
         # commits after we give up, the next start replays it and the key absorbs it.
         self._committer.join(timeout=2.0 if self._inflight else 5.0)
         self._collect(spool, time.monotonic())
         os.close(self._wake_r)
-        left = spool.pending
-        spool.close()
-        if left:
-            log.warning(
-                "postgres writer stopped with %d records not committed; they are in %s "
-                "and go out first on the next start",
-                left,
-                self.spool_dir,
-            )

@@ -162,6 +162,7 @@ class TypedFrame(msgspec.Struct, gc=False):
 
 def seconds_to_ns(value: object) -> int:
     """A venue timestamp in seconds (`"1618678133.365913"`) as ns; FrameError if not sane."""
+    # float() of what is no number raises, and the caller counts a malformed frame
     seconds = float(value)  # type: ignore[arg-type]
     if not 0.0 <= seconds < 1e11:
         raise FrameError("bad_timestamp", repr(value))

@@ -76,7 +76,7 @@ def parse_snapshot(body: str, levels: LevelDecoder) -> tuple[int, Any, Any]:
     return last_id, levels.rows(doc["bids"]), levels.rows(doc["asks"])
 
 
-def parse_diff(instrument: str, data: dict, levels: LevelDecoder) -> BookUpdate:
+def parse_diff(instrument: str, data: dict[str, Any], levels: LevelDecoder) -> BookUpdate:
     """A `depthUpdate` -> a delta with `U` as first id and `u` as last.
 
     Sample: {"e":"depthUpdate","E":1633998512568,"s":"NKNUSDT","U":499869753,"u":499869754,
@@ -99,7 +99,7 @@ def parse_diff(instrument: str, data: dict, levels: LevelDecoder) -> BookUpdate:
     )
 
 
-def parse_book_ticker(instrument: str, data: dict) -> AuditTop:
+def parse_book_ticker(instrument: str, data: dict[str, Any]) -> AuditTop:
     """A `@bookTicker` (no `e`, no `E`; `u` is the order-book update id) -> an exact audit.
 
     Sample: {"u":499869768,"s":"NKNUSDT","b":"0.35210000","B":"672.00000000",

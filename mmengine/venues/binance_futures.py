@@ -167,7 +167,7 @@ class BinanceFutures(VenueProtocol):
             return [parse_book_ticker(instrument, data)]
         return []  # other streams (trades, mark price) are not ours to use
 
-    def parse_event(self, instrument: str, data: dict) -> BookUpdate:
+    def parse_event(self, instrument: str, data: dict[str, Any]) -> BookUpdate:
         """A `depthUpdate` -> a delta with `U` first, `u` last and `pu` previous.
 
         Sample (USDⓈ-M): {"e":"depthUpdate","E":123456789,"T":123456788,"s":"BTCUSDT",
@@ -229,7 +229,8 @@ class BinanceCoinm(BinanceFutures):
             raise FrameError("malformed", "exchangeInfo has no symbols list")
         sizes: dict[str, ContractSize] = {}
         for entry in symbols:
-            instrument = self.by_symbol.get(entry.get("symbol")) if type(entry) is dict else None
+            # a missing id looks up None, which no instrument is: not ours (no extra branch)
+            instrument = self.by_symbol.get(entry.get("symbol")) if type(entry) is dict else None  # type: ignore[arg-type]
             if instrument is None:
                 continue
             value = entry.get("contractSize")

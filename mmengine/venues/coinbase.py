@@ -211,7 +211,7 @@ class CoinbaseAdvanced(VenueProtocol):
             events.append(Ignored(str(channel)))
         return events
 
-    def _l2(self, msg: dict[str, Any], seq: int, out: list[Event]) -> None:
+    def _l2(self, msg: TypedFrame | dict[str, Any], seq: int, out: list[Event]) -> None:
         """Every event of an `l2_data` frame, validated before any book is touched."""
         entries = msg["events"]
         if type(entries) is not list:
@@ -232,7 +232,7 @@ class CoinbaseAdvanced(VenueProtocol):
             )
             out.append(BookUpdate(instrument, kind == "snapshot", bids, asks, seq, None, -1, ts_ns))
 
-    def _tickers(self, msg: dict[str, Any]) -> list[Event]:
+    def _tickers(self, msg: TypedFrame | dict[str, Any]) -> list[Event]:
         """5. Sample ticker: {"type":"ticker","product_id":"ETH-USD","price":"1919.41",...,
         "best_bid":"1919.44","best_ask":"1919.49","best_bid_quantity":"0.02858092",...}"""
         out: list[Event] = []

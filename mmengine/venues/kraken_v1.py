@@ -86,7 +86,7 @@ def parse_book(instrument: str, msg: list[Any], levels: LevelDecoder) -> BookUpd
         bids = levels.kraken_rows(wire_bids)
         # The newest level timestamp stands for the snapshot's time (the strings all read
         # `seconds.micros`, so the greatest string is the latest time).
-        ts = seconds_to_ns(max(map(itemgetter(2), wire_asks + wire_bids), default="0"))
+        ts: int | None = seconds_to_ns(max(map(itemgetter(2), wire_asks + wire_bids), default="0"))
         return BookUpdate(instrument, True, bids, asks, None, None, -1, ts)
     # An update is one object, or two when both sides change; `c` sits in the last one.
     asks = bids = []

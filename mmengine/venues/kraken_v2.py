@@ -85,8 +85,9 @@ class KrakenV2(KrakenBook):
             params = msg.get("params") if isinstance(msg, dict) else None
             book = isinstance(params, dict) and params.get("channel") == "book"
             if book and msg.get("method") == "subscribe":
-                symbols += [s for s in params.get("symbol", ()) if s not in symbols]
-                depth = int(params.get("depth", 10))
+                # `book` holds only when params is a dict (mypy does not narrow through it)
+                symbols += [s for s in params.get("symbol", ()) if s not in symbols]  # type: ignore[union-attr]
+                depth = int(params.get("depth", 10))  # type: ignore[union-attr]
         return (tuple(s.replace("/", "-") for s in symbols), depth) if symbols else None
 
     def venue_symbol(self, instrument: str) -> str:
@@ -179,6 +180,7 @@ class KrakenV2(KrakenBook):
         except DECODE_ERRORS as exc:
             touched = [e.instrument for e in events if isinstance(e, BookUpdate)]
             raise lost_update([*touched, instrument] if instrument else touched, exc) from None
+        # one update bare (the driver's fast path), several as a list
         return events[0] if len(events) == 1 else events  # type: ignore[return-value]
 
     def _instrument(self, msg: dict[str, Any]) -> list[Event]:

@@ -180,7 +180,8 @@ class OkxV5(VenueProtocol):
             raise FrameError("malformed", f"instruments answer {body[:80]!r}")
         sizes = {}
         for entry in data:
-            ours = self.by_inst_id.get(entry.get("instId")) if type(entry) is dict else None
+            # a missing id looks up None, which no instrument is: not ours (no extra branch)
+            ours = self.by_inst_id.get(entry.get("instId")) if type(entry) is dict else None  # type: ignore[arg-type]
             if ours is None or ours == entry["instId"] or not entry.get("ctVal"):
                 continue  # not ours, spot, or listed soon (its values are "" until then)
             base, quote = ours.split("-")[:2]
@@ -222,9 +223,11 @@ class OkxV5(VenueProtocol):
         channel = arg.get("channel") if type(arg) is dict else None
         if channel != self.channel:
             if channel == "tickers" and self.spec.audit:
+                # channel is 'tickers' only when arg is a dict (channel comes from arg.get)
                 return [self._ticker(arg, msg)]  # type: ignore[arg-type]
             # trades, candles, another depth's book: not ours to use
             return [Ignored(channel)] if type(channel) is str else []
+        # ignores below: arg is a dict when channel matched (channel comes from arg.get above)
         instrument = self.by_inst_id.get(arg.get("instId"))  # type: ignore[union-attr]
         if instrument is None:
             raise FrameError("unknown_symbol", repr(arg.get("instId"))[:40])  # type: ignore[union-attr]
@@ -236,7 +239,8 @@ class OkxV5(VenueProtocol):
     def _ticker(self, arg: dict[str, Any], msg: dict[str, Any]) -> AuditTop:
         """`{"arg":{"channel":"tickers",...},"data":[{"bidPx":"5.134","askPx":"5.142",...}]}`:
         compared with the book on arrival (4.3: a loose check)."""
-        instrument = self.by_inst_id.get(arg.get("instId"))
+        # a missing id looks up None, which no instrument is: not ours (no extra branch)
+        instrument = self.by_inst_id.get(arg.get("instId"))  # type: ignore[arg-type]
         if instrument is None:
             raise FrameError("unknown_symbol", repr(arg.get("instId"))[:40])
         data = msg["data"][0]

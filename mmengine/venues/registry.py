@@ -2,7 +2,7 @@
 recognised (no thread of its own).
 
 Adding a venue touches its module (`mmengine/venues/<venue>.py`), its simulator
-(`mmengine/simulator/<venue>.py`) and one line here; the conformance suite
+(`mmengine/dev/simulator/<venue>.py`) and one line here; the conformance suite
 (`tests/conformance/`) then runs over it like over every other venue, and fails while any of
 the three is missing. Simulators are named, not imported: they are development tools the
 engine does not load.
@@ -25,7 +25,7 @@ from mmengine.venues.kraken_v2 import KrakenV2
 from mmengine.venues.okx import OkxV5
 
 if TYPE_CHECKING:
-    from mmengine.simulator.server import SimProtocol
+    from mmengine.dev.simulator.server import SimProtocol
 
 
 @dataclass(frozen=True)
@@ -51,19 +51,25 @@ class Registration:
 REGISTRY: tuple[Registration, ...] = (
     Registration(
         BinanceSpot,
-        ("mmengine.simulator.binance:BinanceSim", "mmengine.simulator.binance:BinanceMergedSim"),
+        (
+            "mmengine.dev.simulator.binance:BinanceSim",
+            "mmengine.dev.simulator.binance:BinanceMergedSim",
+        ),
     ),
-    Registration(KrakenV1, ("mmengine.simulator.kraken:KrakenV1Sim",)),
-    Registration(KrakenV2, ("mmengine.simulator.kraken:KrakenV2Sim",)),
-    Registration(OkxV5, ("mmengine.simulator.okx:OkxSim",)),
+    Registration(KrakenV1, ("mmengine.dev.simulator.kraken:KrakenV1Sim",)),
+    Registration(KrakenV2, ("mmengine.dev.simulator.kraken:KrakenV2Sim",)),
+    Registration(OkxV5, ("mmengine.dev.simulator.okx:OkxSim",)),
     Registration(
         CoinbaseAdvanced,
-        ("mmengine.simulator.coinbase:CoinbaseSim", "mmengine.simulator.coinbase:CoinbaseDeepSim"),
+        (
+            "mmengine.dev.simulator.coinbase:CoinbaseSim",
+            "mmengine.dev.simulator.coinbase:CoinbaseDeepSim",
+        ),
     ),
-    Registration(BybitSpot, ("mmengine.simulator.bybit:BybitSpotSim",)),
-    Registration(BybitLinear, ("mmengine.simulator.bybit:BybitSim",)),
-    Registration(BinanceUsdm, ("mmengine.simulator.binance_futures:BinanceUsdmSim",)),
-    Registration(BinanceCoinm, ("mmengine.simulator.binance_futures:BinanceCoinmSim",)),
+    Registration(BybitSpot, ("mmengine.dev.simulator.bybit:BybitSpotSim",)),
+    Registration(BybitLinear, ("mmengine.dev.simulator.bybit:BybitSim",)),
+    Registration(BinanceUsdm, ("mmengine.dev.simulator.binance_futures:BinanceUsdmSim",)),
+    Registration(BinanceCoinm, ("mmengine.dev.simulator.binance_futures:BinanceCoinmSim",)),
 )
 
 PROTOCOLS: dict[str, type[VenueProtocol]] = {r.protocol: r.venue for r in REGISTRY}

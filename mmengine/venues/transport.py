@@ -64,7 +64,7 @@ class Backoff:
         self.attempt = 0
 
     def next_delay(self) -> float:
-        d = min(self.cap_s, self.base_s * (2**self.attempt))
+        d: float = min(self.cap_s, self.base_s * (2**self.attempt))
         self.attempt += 1
         return d / 2 + random.uniform(0, d / 2)
 

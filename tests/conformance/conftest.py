@@ -2,7 +2,7 @@
 a new venue passes the same tests by being registered.
 
 What each protocol brings: its venue module (the registry), its simulator and that
-simulator's wire kit (`mmengine.simulator.kit`), and a capture in tests/data (recorded from
+simulator's wire kit (`mmengine.dev.simulator.kit`), and a capture in tests/data (recorded from
 the venue, or from its simulator with `mmengine record`) that `mmengine replay` recognises.
 """
 
@@ -17,9 +17,9 @@ import pytest
 
 from mmengine.book.sync import BookDriver
 from mmengine.capture import read_capture
+from mmengine.dev.simulator.kit import WireKit
 from mmengine.model import BookState
 from mmengine.replay import UnsupportedCapture, detect_protocol, recorded_venues
-from mmengine.simulator.kit import WireKit
 from mmengine.venues.base import VenueSpec
 from mmengine.venues.registry import REGISTRY, Registration, open_venue
 from tests.venue_session import RecordingSession

@@ -28,8 +28,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mmengine.dev.simulator.kit import Level, WireKit
 from mmengine.model import BookState
-from mmengine.simulator.kit import Level, WireKit
 from tests.conformance.conftest import PROTOCOLS, kit_of, live_books, state
 
 CASES = 5_000  # per venue: 1-2 s each (a fresh connection per case)

@@ -8,10 +8,10 @@ import pytest
 
 from mmengine.capture import CaptureEvent
 from mmengine.config import parse_config
+from mmengine.dev.simulator import SIM_PROTOCOLS
+from mmengine.dev.simulator.kit import WireKit
+from mmengine.dev.simulator.server import SimProtocol
 from mmengine.replay import detect_protocol
-from mmengine.simulator import SIM_PROTOCOLS
-from mmengine.simulator.kit import WireKit
-from mmengine.simulator.server import SimProtocol
 from mmengine.venues.base import VenueProtocol
 from mmengine.venues.registry import PROTOCOLS, REGISTRY
 from tests.conformance.conftest import captures, kit_of, registration

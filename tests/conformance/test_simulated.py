@@ -19,8 +19,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from mmengine.simulator import SimulatorHandle, start_simulator
-from mmengine.simulator.binance_futures import contract_size
+from mmengine.dev.simulator import SimulatorHandle, start_simulator
+from mmengine.dev.simulator.binance_futures import contract_size
 from mmengine.venues.base import VenueSpec
 from mmengine.venues.transport import VenueConnection
 from tests.conformance.conftest import all_live, kit_of, registration
@@ -195,7 +195,7 @@ def test_a_crossed_book_is_never_priced_and_comes_back(protocol: str) -> None:
 def test_a_drift_moves_every_book_of_the_venue_and_back(protocol: str) -> None:
     """`drift`: the venue's markets move away in stages, hold, and come back; every stage is
     a valid update (no resync), and every LIVE top is the book announced under its id."""
-    from mmengine.simulator import server
+    from mmengine.dev.simulator import server
 
     with connected(protocol, seed=56, truth=True) as (sim, conn):
         venue = conn.venue

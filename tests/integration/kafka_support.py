@@ -23,10 +23,10 @@ import pytest
 import zmq
 
 from mmengine.codec import SCHEMA_DIR, Codec, price_record, price_values
+from mmengine.dev.tansu import start_tansu
 from mmengine.model import Price
 from mmengine.pricing.worker import SINK_KEY
 from mmengine.sinks.kafka import ensure_topic
-from mmengine.tansu import start_tansu
 from tests.conftest import free_port
 
 

@@ -3,7 +3,7 @@ read what the Postgres writer stored.
 
 The cluster is initdb'ed once per session; each test gets a copy and runs the wheel's
 `postgres` binary as a direct child on a free TCP port with a private socket dir (see
-`mmengine.pgserver` for why a direct child), stopped and reaped after the test.
+`mmengine.dev.pgserver` for why a direct child), stopped and reaped after the test.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from mmengine.pgserver import PgServer, copy_cluster, initdb, make_root, system_user
+from mmengine.dev.pgserver import PgServer, copy_cluster, initdb, make_root, system_user
 from tests.conftest import free_port
 
 __all__ = ["PgServer", "history", "latest", "pg", "pg_factory", "pg_root"]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mmengine.simulator import start_simulator
+from mmengine.dev.simulator import start_simulator
 from mmengine.venues.base import VenueSpec
 from mmengine.venues.binance_futures import BinanceCoinm
 from mmengine.venues.transport import VenueConnection

@@ -21,7 +21,7 @@ import pytest
 import websocket
 
 from mmengine.capture import read_capture
-from mmengine.simulator import SimulatorHandle, start_simulator
+from mmengine.dev.simulator import SimulatorHandle, start_simulator
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from mmengine.dev.simulator import SimulatorHandle, start_simulator
 from mmengine.model import BookState
-from mmengine.simulator import SimulatorHandle, start_simulator
 from mmengine.venues.base import VenueSpec
 from mmengine.venues.binance import BinanceSpot
 from mmengine.venues.transport import VenueConnection

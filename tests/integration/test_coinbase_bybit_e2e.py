@@ -20,11 +20,11 @@ import orjson
 import pytest
 
 from mmengine.book.sync import BookDriver as Venue
+from mmengine.cli.demo import DEMO_INSTRUMENTS, DEMO_VENUES, demo_config
 from mmengine.config import parse_config
-from mmengine.demo import DEMO_INSTRUMENTS, DEMO_VENUES, demo_config
+from mmengine.dev.simulator import SimulatorHandle, start_simulator
 from mmengine.engine import Engine
 from mmengine.model import BookState
-from mmengine.simulator import SimulatorHandle, start_simulator
 from tests.integration.conftest import Subscriber
 from tests.venue_session import wait_for
 

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from mmengine.simulator import start_simulator
+from mmengine.dev.simulator import start_simulator
 from tests.conftest import free_port
 from tests.integration.kafka_support import Broker, broker  # noqa: F401 (fixture)
 from tests.integration.pg_support import PgServer, pg, pg_factory, pg_root  # noqa: F401

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from mmengine.config import parse_config
+from mmengine.dev.simulator import start_simulator
 from mmengine.engine import Engine, RunDirBusy
-from mmengine.simulator import start_simulator
 from tests.integration.conftest import Subscriber, official_decode
 
 pytestmark = pytest.mark.integration

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from mmengine.config import parse_config
+from mmengine.dev.simulator import start_simulator
 from mmengine.engine import Engine
-from mmengine.simulator import start_simulator
 from mmengine.sinks.spool import FRAME
 from tests.conftest import free_port
 from tests.integration.conftest import Subscriber

@@ -23,8 +23,8 @@ import psutil
 import pytest
 import zmq
 
+from mmengine.cli.kafka_tail import SeqTracker, tail
 from mmengine.config import KafkaOutput
-from mmengine.kafka_tail import SeqTracker, tail
 from mmengine.sinks.kafka import KafkaWriter
 from tests.conftest import free_port
 from tests.integration.kafka_support import (

@@ -22,10 +22,10 @@ import yaml
 from mmengine.book.sync import BookDriver as Venue
 from mmengine.book.sync import InstrumentStats
 from mmengine.config import parse_config
+from mmengine.dev.simulator import start_simulator
 from mmengine.engine import Engine
 from mmengine.model import BookState
 from mmengine.replay import replay_capture
-from mmengine.simulator import start_simulator
 from tests.integration.conftest import Subscriber, frozen_live_tops, official_decode
 from tests.venue_session import wait_for
 

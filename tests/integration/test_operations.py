@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import zmq
 
-from mmengine.simulator import start_simulator
+from mmengine.dev.simulator import start_simulator
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration

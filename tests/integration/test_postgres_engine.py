@@ -23,10 +23,10 @@ from psycopg.conninfo import conninfo_to_dict
 
 from mmengine.codec import Codec
 from mmengine.config import parse_config
+from mmengine.dev.simulator import start_simulator
 from mmengine.engine import Engine
 from mmengine.errors import MmengineError
 from mmengine.pricing.worker import SINK_KEY
-from mmengine.simulator import start_simulator
 from mmengine.sinks.spool import FRAME, unpack_frames
 from tests.conftest import free_port
 from tests.integration.conftest import EngineProcess

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from mmengine.simulator import start_simulator
+from mmengine.dev.simulator import start_simulator
 from tests.integration.books_oracle import tops_before
 from tests.integration.conftest import Subscriber
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from mmengine.pgserver import PgServer, copy_cluster
-from mmengine.simulator import start_simulator
+from mmengine.dev.pgserver import PgServer, copy_cluster
+from mmengine.dev.simulator import start_simulator
 from tests.conftest import free_port
 from tests.integration.books_oracle import match_prices
 from tests.integration.conftest import Subscriber, official_decode, start_engine

@@ -21,7 +21,7 @@ import psutil
 import pytest
 import websocket
 
-from mmengine.simulator import start_simulator
+from mmengine.dev.simulator import start_simulator
 from tests.conftest import free_port, wait_for
 from tests.integration.conftest import EngineProcess, Subscriber, official_decode
 from tests.integration.pg_support import (  # noqa: F401 (fixtures)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mmengine.simulator import start_simulator
+from mmengine.dev.simulator import start_simulator
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from mmengine.simulator import start_simulator
+from mmengine.dev.simulator import start_simulator
 from tests.conftest import free_port
 from tests.integration.kafka_support import Broker, broker  # noqa: F401 (fixture)
 from tests.integration.pg_support import PgServer, pg, pg_factory, pg_root  # noqa: F401

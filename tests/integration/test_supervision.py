@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import yaml
 
+from mmengine.cli.top import Rates, render
 from mmengine.config import parse_config
+from mmengine.dev.simulator import start_simulator
 from mmengine.engine import Engine
-from mmengine.simulator import start_simulator
-from mmengine.status import snapshot
-from mmengine.top import Rates, render
+from mmengine.ops.status import snapshot
 from mmengine.venues.transport import VenueConnection
 from tests.conftest import free_port, wait_for
 

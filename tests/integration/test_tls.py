@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from mmengine.simulator import start_simulator
+from mmengine.dev.simulator import start_simulator
 from tests.integration.conftest import Subscriber
 
 pytestmark = pytest.mark.integration

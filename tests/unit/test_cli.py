@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mmengine.cli import main, tap_filter
+from mmengine.cli.app import main, tap_filter
+from mmengine.cli.simulate import _check_capture_fits, simulator_summary
+from mmengine.dev.simulator import FAULT_KINDS
 from mmengine.locate import EngineNotFound, find_engine
-from mmengine.simcli import _check_capture_fits, simulator_summary
-from mmengine.simulator import FAULT_KINDS
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -139,7 +139,7 @@ def test_simulate_takes_every_fault_kind_the_simulators_inject() -> None:
 
 def test_commands_other_than_simulate_do_not_import_the_simulators() -> None:
     """cli.py stays quick to import (tools that attach to a running engine)."""
-    code = "import sys, mmengine.cli; print('mmengine.simulator' in sys.modules)"
+    code = "import sys, mmengine.cli; print('mmengine.dev.simulator' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

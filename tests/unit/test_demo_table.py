@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
-from mmengine.demo import _table
+from mmengine.cli.demo import _table
 
 VENUES = ["binance", "coinbase", "kraken", "okx", "bybit"]
 

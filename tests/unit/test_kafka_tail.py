@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmengine.kafka_tail import SeqTracker
+from mmengine.cli.kafka_tail import SeqTracker
 
 
 def test_duplicates_dropped_gaps_reported_late_records_kept() -> None:
@@ -54,7 +54,7 @@ def test_only_the_close_race_of_the_kafka_client_is_filtered() -> None:
     import logging
     import sys
 
-    from mmengine.kafka_tail import CloseRaceFilter
+    from mmengine.cli.kafka_tail import CloseRaceFilter
 
     def record(exc: BaseException) -> logging.LogRecord:
         try:

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from prometheus_client import CollectorRegistry, generate_latest
 from rich.console import Console
 
+from mmengine.cli.top import Rates, render
 from mmengine.latency import (
     KAFKA_STAGE,
     PRICING_STAGES,
@@ -18,10 +19,9 @@ from mmengine.latency import (
     merge_reports,
     nearest_rank,
 )
-from mmengine.metrics import EngineCollector
+from mmengine.ops.metrics import EngineCollector
+from mmengine.ops.status import snapshot
 from mmengine.pricing.worker import WorkerStats
-from mmengine.status import snapshot
-from mmengine.top import Rates, render
 from tests.unit.test_reporting import Reporting
 
 

@@ -11,8 +11,8 @@ import urllib.request
 import pytest
 import websocket
 
+from mmengine.dev.loadgen import VENUES, LoadGenerator, render_feed, template_of
 from mmengine.model import BookState
-from mmengine.simulator.loadgen import VENUES, LoadGenerator, render_feed, template_of
 from tests.venue_session import RecordingSession, venue
 
 

@@ -14,7 +14,7 @@ from itertools import pairwise
 
 import pytest
 
-from mmengine.simulator.market import (
+from mmengine.dev.simulator.market import (
     ASK,
     BID,
     Change,
@@ -142,7 +142,7 @@ def test_separate_processes_agree_on_the_fair_price_and_the_venue_styles() -> No
     """What lets `mmengine simulate` processes show one market without talking: no
     per-process state (such as Python's salted string hash) enters the path or a style."""
     code = (
-        "import json; from mmengine.simulator.market import FairPath, VenueStyle\n"
+        "import json; from mmengine.dev.simulator.market import FairPath, VenueStyle\n"
         "p = FairPath.for_instrument('ETH-USDT', seed=5)\n"
         f"print(json.dumps([[p.mid({T0} + i) for i in range(50)],"
         " [VenueStyle.for_venue(v).basis_bps for v in ('binance', 'okx-v5')]]))\n"

@@ -226,7 +226,7 @@ def test_every_triggered_price_is_timed_at_each_stage(harness: Any) -> None:
     published are taken by the worker. The stages follow one another, so they add up to
     the whole path exactly."""
     from mmengine.latency import PRICING_STAGES, STAGE_BOUNDS_US
-    from mmengine.metrics import stage_metrics
+    from mmengine.ops.metrics import stage_metrics
 
     h = harness([spec("AAA-USD")])
     recv_ns = time.time_ns() - 3_000_000  # the frame arrived 3 ms ago ...

@@ -7,8 +7,8 @@ from typing import Any
 
 from rich.console import Console
 
-from mmengine.status import window_percentiles_us
-from mmengine.top import Rates, render
+from mmengine.cli.top import Rates, render
+from mmengine.ops.status import window_percentiles_us
 
 VENUES = [
     ("binance", "binance"),

@@ -1,4 +1,4 @@
-"""The simulators' record of the truth (`mmengine.simulator.truth`): every book version they
+"""The simulators' record of the truth (`mmengine.dev.simulator.truth`): every book version they
 announced, which venue id names it, and whether it reached the client intact."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from mmengine.simulator import start_simulator
+from mmengine.dev.simulator import start_simulator
 from tests.venue_session import wait_for
 
 

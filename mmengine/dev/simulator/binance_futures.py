@@ -3,7 +3,7 @@ and connection threads).
 
 Written from Binance's derivatives documentation (the sections the venue module cites), not
 from our client (`mmengine.venues.binance_futures`), so that a mistake there is not copied
-here. What differs from spot (`mmengine.simulator.binance`, whose request handling this
+here. What differs from spot (`mmengine.dev.simulator.binance`, whose request handling this
 reuses):
 
 - WebSocket combined streams at `/public/stream` (USDⓈ-M, the routed path of the public
@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from mmengine.capture import CaptureEvent
-from mmengine.simulator.binance import (
+from mmengine.dev.simulator.binance import (
     DEFAULT_LIMIT,
     ERR_ILLEGAL_LIMIT,
     ERR_INVALID_SYMBOL,
@@ -41,9 +41,9 @@ from mmengine.simulator.binance import (
     BinanceKit,
     BinanceSim,
 )
-from mmengine.simulator.kit import Level, Part
-from mmengine.simulator.market import ASK, BID, Change, MarketParams, default_params
-from mmengine.simulator.server import OutFrame, Query, ReplayFrame
+from mmengine.dev.simulator.kit import Level, Part
+from mmengine.dev.simulator.market import ASK, BID, Change, MarketParams, default_params
+from mmengine.dev.simulator.server import OutFrame, Query, ReplayFrame
 
 SNAPSHOT_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
 ID_SPANS = (1, 1, 1, 2, 3)  # update ids one event covers

@@ -51,9 +51,9 @@ class LazyGroup(click.Group):
     second, without loading the config models or the Postgres driver."""
 
     lazy = {
-        "db": "mmengine.dbcli:db",
-        "db-tail": "mmengine.dbcli:db_tail",
-        "simulate": "mmengine.simcli:simulate",  # the simulator package: ~0.3 s to import
+        "db": "mmengine.cli.db:db",
+        "db-tail": "mmengine.cli.db:db_tail",
+        "simulate": "mmengine.cli.simulate:simulate",  # the simulator package: ~0.3 s to import
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -364,7 +364,7 @@ def top(run_dir: str | None, once: bool) -> None:
 
     Fits 100 columns; a wider terminal shows more (protocols, venue names)."""
     endpoint, _, pid = _resolve_endpoint(run_dir, None, "status")
-    from mmengine.top import run_top
+    from mmengine.cli.top import run_top
 
     sys.exit(run_top(endpoint, once=once, alive=lambda: pid_alive(pid or 0)))
 
@@ -409,7 +409,7 @@ def set_position(instrument: str, qty: float, run_dir: str | None) -> None:
 @click.option("--rate", type=float, default=200.0, show_default=True, help="Messages/s per venue.")
 def demo(duration: float | None, rate: float) -> None:
     """The offline demo: simulated venues, the engine, prices shown live. Ctrl-C stops it."""
-    from mmengine.demo import run_demo
+    from mmengine.cli.demo import run_demo
 
     sys.exit(run_demo(duration, rate))
 
@@ -573,7 +573,7 @@ def kafka_tail(
     gap in seq per (instrument, epoch) is reported on stderr. Without --group no offsets are
     committed and every partition is read directly.
     """
-    from mmengine.kafka_tail import SeqTracker, tail
+    from mmengine.cli.kafka_tail import SeqTracker, tail
 
     if bootstrap is None:
         try:

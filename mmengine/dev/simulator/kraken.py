@@ -38,11 +38,11 @@ from typing import Any
 import orjson
 
 from mmengine.capture import CaptureEvent
-from mmengine.simulator.kit import ASK as KIT_ASK
-from mmengine.simulator.kit import BID as KIT_BID
-from mmengine.simulator.kit import Level, Part, WireKit, number
-from mmengine.simulator.market import ASK, BID, Change, Market
-from mmengine.simulator.server import ClientConn, OutFrame, Query, ReplayFrame, SimProtocol
+from mmengine.dev.simulator.kit import ASK as KIT_ASK
+from mmengine.dev.simulator.kit import BID as KIT_BID
+from mmengine.dev.simulator.kit import Level, Part, WireKit, number
+from mmengine.dev.simulator.market import ASK, BID, Change, Market
+from mmengine.dev.simulator.server import ClientConn, OutFrame, Query, ReplayFrame, SimProtocol
 
 DEPTHS = (10, 25, 100, 500, 1000)
 V1_NAMES = {"BTC": "XBT", "DOGE": "XDG"}
@@ -414,7 +414,14 @@ class KrakenV1Sim(_KrakenSim):
     def error_frame(self, instrument: str) -> OutFrame | None:
         return OutFrame(None, _dumps({"errorMessage": "Exceeded msg rate", "event": "error"}))
 
-    def update_text(self, instrument, depth, bids, asks, crc) -> str:  # type: ignore[no-untyped-def]
+    def update_text(
+        self,
+        instrument: str,
+        depth: int,
+        bids: list[tuple[Decimal, Decimal]],
+        asks: list[tuple[Decimal, Decimal]],
+        crc: int,
+    ) -> str:
         ts = f"{time.time():.6f}"
         parts: list[dict[str, Any]] = []
         if asks:
@@ -519,7 +526,14 @@ class KrakenV2Sim(_KrakenSim):
         )
         return OutFrame(None, text)
 
-    def update_text(self, instrument, depth, bids, asks, crc) -> str:  # type: ignore[no-untyped-def]
+    def update_text(
+        self,
+        instrument: str,
+        depth: int,
+        bids: list[tuple[Decimal, Decimal]],
+        asks: list[tuple[Decimal, Decimal]],
+        crc: int,
+    ) -> str:
         entry = {
             "symbol": self.pairs[instrument],
             "bids": self._levels(bids),

@@ -111,6 +111,7 @@ class Supervisor(threading.Thread):
                 "thread %s raised %s",
                 name,
                 text,
+                # typeshed: excepthook's exc_value is optional; logging takes it as given
                 exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
                 extra={"event": "thread_died"},
             )

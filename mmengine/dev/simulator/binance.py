@@ -33,10 +33,10 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from mmengine.capture import CaptureEvent
-from mmengine.simulator.kit import Level, Part, WireKit
-from mmengine.simulator.kraken import MirrorBook
-from mmengine.simulator.market import ASK, BID, Change
-from mmengine.simulator.server import (
+from mmengine.dev.simulator.kit import Level, Part, WireKit
+from mmengine.dev.simulator.kraken import MirrorBook
+from mmengine.dev.simulator.market import ASK, BID, Change, Side
+from mmengine.dev.simulator.server import (
     ClientConn,
     OutFrame,
     Query,
@@ -394,8 +394,8 @@ class BinanceMergedSim(BinanceSim):
         # per instrument: first id of the diff being merged, its levels by (side, price),
         # and how many steps it still takes; then, complete, waiting for the next step (with
         # the truth's version of the book at its last id)
-        self._merging: dict[str, tuple[int, dict[tuple[str, Decimal], Decimal], int]] = {}
-        self._ready: dict[str, tuple[int, int, dict[tuple[str, Decimal], Decimal], int]] = {}
+        self._merging: dict[str, tuple[int, dict[tuple[Side, Decimal], Decimal], int]] = {}
+        self._ready: dict[str, tuple[int, int, dict[tuple[Side, Decimal], Decimal], int]] = {}
         self.snapshots_inside_a_diff = 0  # REST snapshots taken while a diff was merging
         self._sent = {i: MirrorBook(m) for i, m in self.markets.items()}
 

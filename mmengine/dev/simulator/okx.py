@@ -40,12 +40,12 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from mmengine.capture import CaptureEvent
-from mmengine.simulator.kit import ASK as KIT_ASK
-from mmengine.simulator.kit import BID as KIT_BID
-from mmengine.simulator.kit import Level, Part, WireKit
-from mmengine.simulator.kraken import MirrorBook
-from mmengine.simulator.market import ASK, BID, Change, MarketParams, default_params
-from mmengine.simulator.server import ClientConn, OutFrame, Query, ReplayFrame, SimProtocol
+from mmengine.dev.simulator.kit import ASK as KIT_ASK
+from mmengine.dev.simulator.kit import BID as KIT_BID
+from mmengine.dev.simulator.kit import Level, Part, WireKit
+from mmengine.dev.simulator.kraken import MirrorBook
+from mmengine.dev.simulator.market import ASK, BID, Change, MarketParams, default_params
+from mmengine.dev.simulator.server import ClientConn, OutFrame, Query, ReplayFrame, SimProtocol
 
 WS_PATH = "/ws/v5/public"
 CHANNELS = {"books": None, "books5": 5, "bbo-tbt": 1}  # channel -> levels per snapshot
@@ -322,7 +322,8 @@ class OkxSim(SimProtocol):
         replies = []
         for arg in msg["args"]:
             channel = arg.get("channel") if isinstance(arg, dict) else None
-            instrument = self.by_id.get(arg.get("instId")) if isinstance(arg, dict) else None
+            # a missing id looks up None, which no instrument is: not ours (no extra branch)
+            instrument = self.by_id.get(arg.get("instId")) if isinstance(arg, dict) else None  # type: ignore[arg-type]
             if channel not in CHANNELS or instrument is None:
                 replies.append(
                     self._error(

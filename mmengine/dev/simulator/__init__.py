@@ -16,7 +16,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from mmengine.simulator.server import FAULT_KINDS, SimProtocol, SimulatorHandle
+from mmengine.dev.simulator.server import FAULT_KINDS, SimProtocol, SimulatorHandle
 from mmengine.venues.registry import simulators
 
 SIM_PROTOCOLS: dict[str, type[SimProtocol]] = simulators()
@@ -76,7 +76,7 @@ def start_simulator(
       `wss://` and `https://` (SNI and certificate checks run as against a real venue).
     - `truth`: remember the top `truth_levels` of every book version it announced and the
       venue ids naming them, for a checker (`handle.book_at(instrument, seq)`, and with
-      `truth_path` a JSON-lines journal; `mmengine.simulator.truth`).
+      `truth_path` a JSON-lines journal; `mmengine.dev.simulator.truth`).
     """
     protocol = SIM_PROTOCOLS.get(venue)
     if protocol is None:

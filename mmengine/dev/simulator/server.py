@@ -47,7 +47,7 @@ from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
 from mmengine.capture import CaptureEvent, read_capture
-from mmengine.simulator.market import (
+from mmengine.dev.simulator.market import (
     ASK,
     BID,
     Change,
@@ -57,7 +57,7 @@ from mmengine.simulator.market import (
     VenueStyle,
     default_params,
 )
-from mmengine.simulator.truth import NO_TRUTH, BookVersion, TruthLog
+from mmengine.dev.simulator.truth import NO_TRUTH, BookVersion, TruthLog
 
 log = logging.getLogger("mmengine.simulator")
 
@@ -184,7 +184,7 @@ class SimProtocol:
         whose sizes are contracts, or whose ticks differ, says so here)."""
         return default_params(instrument)
 
-    # How the venue's integrity rule ties ids to books (`mmengine.simulator.truth`).
+    # How the venue's integrity rule ties ids to books (`mmengine.dev.simulator.truth`).
     truth_rule: ClassVar[str] = "chain"
     # Where the protocol marks which id names which book (`SimulatorHandle(truth=True)`).
     truth: TruthLog = NO_TRUTH
@@ -279,11 +279,13 @@ class CrossedBook:
 
     def levels(self, side: str, limit: int | None = None) -> list[tuple[Decimal, Decimal]]:
         if side != BID:
+            # side is BID or ASK: the Market's Literal, read as str by the venue protocols
             return self.market.levels(side, limit)  # type: ignore[arg-type]
         out = [self.level, *self.market.levels(BID, None if limit is None else limit - 1)]
         return out if limit is None else out[:limit]
 
     def best(self, side: str) -> tuple[Decimal, Decimal] | None:
+        # side is BID or ASK: the Market's Literal, read as str by the venue protocols
         return self.level if side == BID else self.market.best(side)  # type: ignore[arg-type]
 
     def step(self) -> list[Change]:
@@ -366,7 +368,7 @@ class _Stats:
 class SimulatorHandle:
     """A running venue simulator: a WebSocket + REST server on one local port.
 
-    Build it with `mmengine.simulator.start_simulator`. Use it as a context manager, or call
+    Build it with `mmengine.dev.simulator.start_simulator`. Use it as a context manager, or call
     `stop()` (idempotent), which closes every connection and joins every thread it started.
     """
 
@@ -708,6 +710,7 @@ class SimulatorHandle:
                     if item is _GOING_AWAY:
                         ws.close(CloseCode.GOING_AWAY, "simulator stopping")
                         return
+                    # the queue holds str or bytes frames besides the two markers returned above
                     ws.send(item)  # type: ignore[arg-type]
                     sent += 1
                     try:
@@ -835,6 +838,7 @@ class SimulatorHandle:
                 return []
             level = (ask[0] + market.params.tick, ask[1])
             crossed = CrossedBook(market, level)
+            # a CrossedBook reads and steps like the Market it wraps (levels, best, step)
             self.markets[instrument] = crossed  # type: ignore[assignment]
             self.truth.announce(instrument, crossed)
             return self.protocol.update_frames(instrument, [Change(BID, *level)], self._wanted)

@@ -85,6 +85,7 @@ class WireKit:
                 if not usable((p, q)):
                     continue
                 if number(q) == 0:
+                    # ignores below: usable() above: number(p) is a Decimal key
                     book[side].pop(number(p), None)  # type: ignore[arg-type]
                 else:
                     book[side][number(p)] = (p, q)  # type: ignore[index]

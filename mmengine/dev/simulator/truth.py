@@ -43,7 +43,7 @@ from typing import IO, Any, Protocol
 
 import orjson
 
-from mmengine.simulator.market import ASK, BID
+from mmengine.dev.simulator.market import ASK, BID
 
 RULES = ("chain", "connection", "checksum")
 Levels = list[tuple[str, str]]
@@ -282,7 +282,7 @@ class NoTruth(TruthLog):
     def version(self, instrument: str) -> int:
         return 0
 
-    def mark(self, instrument: str, seq: int, **kwargs: Any) -> None:  # type: ignore[override]
+    def mark(self, instrument: str, seq: int, **kwargs: Any) -> None:
         pass
 
     @contextlib.contextmanager

@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
+from mmengine.dev.simulator import FAULT_KINDS, start_simulator
 from mmengine.signals import StopFlag
-from mmengine.simulator import FAULT_KINDS, start_simulator
 
 
 @click.command()

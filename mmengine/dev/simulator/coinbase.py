@@ -41,10 +41,10 @@ import orjson
 from websockets.protocol import State
 
 from mmengine.capture import CaptureEvent
-from mmengine.simulator.kit import Level, Part, WireKit
-from mmengine.simulator.kraken import MirrorBook
-from mmengine.simulator.market import ASK, BID, Change
-from mmengine.simulator.server import ClientConn, OutFrame, Query, ReplayFrame, SimProtocol
+from mmengine.dev.simulator.kit import Level, Part, WireKit
+from mmengine.dev.simulator.kraken import MirrorBook
+from mmengine.dev.simulator.market import ASK, BID, Change
+from mmengine.dev.simulator.server import ClientConn, OutFrame, Query, ReplayFrame, SimProtocol
 
 WS_PATH = "/"
 CHANNELS = ("level2", "heartbeats", "ticker")

@@ -19,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from mmengine.status import Reporting, snapshot
+from mmengine.ops.status import Reporting, snapshot
 
 BOOK_STATES = ("SYNCING", "LIVE", "STALE", "RESYNCING")
 

@@ -3,7 +3,7 @@ process and one thread (its main thread), so that a benchmark measures the engin
 the simulators.
 
 Each venue's frames are its exact protocol, written by that simulator's wire kit
-(`mmengine.simulator.kit`): snapshots, then updates with the venue's sequence numbers and
+(`mmengine.dev.simulator.kit`): snapshots, then updates with the venue's sequence numbers and
 checksums, which the engine verifies as it would the venue's. The frames are rendered
 before the run, as a *cycle* of updates per venue that ends with the books as they started
 (a last frame per instrument puts back every level the cycle changed). A checksum depends
@@ -27,7 +27,7 @@ its lag, and `fell_behind` when it could not keep the schedule (lag beyond 5 ms 
 fewer than 99 % of the frames due issued): such a run measured the generator, not the
 engine. Bytes the engine has not read yet wait in a per-connection buffer (counted).
 
-    python -m mmengine.simulator.loadgen --rate 10000 --seconds 20
+    python -m mmengine.dev.loadgen --rate 10000 --seconds 20
 
 prints one JSON line `{"event": "ready", "venues": {...}}` with each venue's URLs, one
 `{"event": "tick", ...}` a second once streaming, and `{"event": "done", ...}` at the end
@@ -52,8 +52,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmengine.simulator import SIM_PROTOCOLS
-from mmengine.simulator.kit import Level, WireKit
+from mmengine.dev.simulator import SIM_PROTOCOLS
+from mmengine.dev.simulator.kit import Level, WireKit
 
 # (protocol, depth to configure): the five venue protocols of a bench, one connection each.
 VENUES: tuple[tuple[str, int], ...] = (
@@ -199,6 +199,7 @@ class VenueFeed:
 
 def render_feed(protocol: str, depth: int, seed: int = 7) -> VenueFeed:
     """Render one venue's stream with its simulator's wire kit (see the module doc)."""
+    # only the kit-bearing simulators are in PROTOCOLS here; SimProtocol declares no kit()
     kit: WireKit = SIM_PROTOCOLS[protocol].kit()  # type: ignore[attr-defined]
     rng = random.Random(f"{seed}:{protocol}")
     books = {}
@@ -216,9 +217,9 @@ def render_feed(protocol: str, depth: int, seed: int = 7) -> VenueFeed:
     changes: list[tuple[str, list[Level], list[Level]]] = []
     for _ in range(CYCLE_UPDATES):
         for inst in kit.instruments:
-            bids, asks = _change(books[inst], rng)
-            if bids or asks:
-                changes.append((inst, bids, asks))
+            bid_changes, ask_changes = _change(books[inst], rng)
+            if bid_changes or ask_changes:
+                changes.append((inst, bid_changes, ask_changes))
     for inst in kit.instruments:
         changes.append((inst, *_restore(books[inst])))
     cycles = [[kit.update([(inst, b, a)]) for inst, b, a in changes] for _ in range(3)]

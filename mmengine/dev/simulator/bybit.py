@@ -41,10 +41,10 @@ from urllib.parse import urlsplit
 import orjson
 
 from mmengine.capture import CaptureEvent
-from mmengine.simulator.kit import Level, Part, WireKit
-from mmengine.simulator.kraken import MirrorBook
-from mmengine.simulator.market import ASK, BID, Change
-from mmengine.simulator.server import ClientConn, OutFrame, Query, ReplayFrame, SimProtocol
+from mmengine.dev.simulator.kit import Level, Part, WireKit
+from mmengine.dev.simulator.kraken import MirrorBook
+from mmengine.dev.simulator.market import ASK, BID, Change
+from mmengine.dev.simulator.server import ClientConn, OutFrame, Query, ReplayFrame, SimProtocol
 
 PATHS = {"/v5/public/spot": "spot", "/v5/public/linear": "linear"}
 DEPTHS = (1, 50, 200, 1000)

@@ -114,7 +114,7 @@ def demo_config(sims: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
 def start_demo_simulators(stack: ExitStack, rate: float) -> dict[str, Any]:
     """Start every demo venue's simulator whose protocol is registered (inside `stack`)."""
-    from mmengine.simulator import SIM_PROTOCOLS, start_simulator
+    from mmengine.dev.simulator import SIM_PROTOCOLS, start_simulator
 
     sims: dict[str, Any] = {}
     for name, (protocol, instruments) in DEMO_VENUES.items():
@@ -132,7 +132,7 @@ def start_demo_postgres(stack: ExitStack, console: Console) -> str | None:
     import shutil
 
     try:
-        from mmengine.pgserver import make_root, start_private_server
+        from mmengine.dev.pgserver import make_root, start_private_server
     except ImportError:
         return None
     root = make_root("mmengine-demo-pg-")
@@ -151,8 +151,8 @@ def start_demo_kafka(stack: ExitStack, console: Console) -> str | None:
     its own, stopped by `stack` after the engine; its bootstrap address, or None when it
     cannot start."""
     try:
-        from mmengine.pgserver import free_port
-        from mmengine.tansu import start_tansu
+        from mmengine.dev.pgserver import free_port
+        from mmengine.dev.tansu import start_tansu
     except ImportError:
         return None
     port = free_port()
@@ -384,7 +384,7 @@ def run_demo(duration: float | None, rate: float) -> int:
             # (and never in the user's state dir, where a real engine's spool lives).
             config["limits"] = {"spool_dir": str(spool_dir)}
             # Prometheus metrics on a free port, named in endpoints.json like every stream.
-            from mmengine.pgserver import free_port
+            from mmengine.dev.pgserver import free_port
 
             metrics_port = free_port()
             config["engine"]["metrics_port"] = metrics_port

@@ -25,7 +25,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from mmengine.status import STATUS_TOPIC
+from mmengine.ops.status import STATUS_TOPIC
 
 
 class Rates:
@@ -283,7 +283,7 @@ def run_top(
     try:
         if once:
             # Two snapshots, so rates cover one interval.
-            snaps = []
+            snaps: list[dict[str, Any]] = []
             deadline = time.monotonic() + timeout_s
             while len(snaps) < 2 and time.monotonic() < deadline:
                 if sub.poll(200):

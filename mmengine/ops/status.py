@@ -4,7 +4,7 @@ Each thread keeps plain counters in its own objects (venue stats, book states, w
 writer counters) and never locks for them: updating an int costs nothing on the hot path.
 This module reads them from outside, which is safe under the GIL for ints and for copies of
 dicts made in C. Two consumers: the IPC status stream (`ipc://<run_dir>/status`, one JSON
-message a second, read by `mmengine top`) and the Prometheus endpoint (`mmengine.metrics`).
+message a second, read by `mmengine top`) and the Prometheus endpoint (`mmengine.ops.metrics`).
 
 It reads them through a small reporting protocol (`Reporting` and the sources below), never
 through the engine itself: status and metrics sit after the engine's parts and import none
@@ -60,9 +60,13 @@ class VenueSource(Protocol):
 class WorkerSource(Protocol):
     """A pricing worker: its shard number, counters and the last Price per instrument."""
 
-    k: int
-    stats: WorkerStats
-    last_price: Mapping[str, Price]
+    # Read-only (properties): a worker's own dict is a Mapping to the reader.
+    @property
+    def k(self) -> int: ...
+    @property
+    def stats(self) -> WorkerStats: ...
+    @property
+    def last_price(self) -> Mapping[str, Price]: ...
 
 
 class WriterSource(Protocol):
