@@ -25,6 +25,11 @@ checker for its verdict. bench/results/chaos.json gets the seed, minutes, faults
 by kind, Prices checked, wrong Prices, losses and duplicates by cause and recovery times;
 a failing run prints its seed, to be replayed with `make chaos MINUTES=N SEED=S`.
 
+Beside them runs the host-stall witness (`--witness FILE`: this script again, in an
+interpreter of its own that imports nothing but the standard library): it sleeps 10 ms at a
+time and writes down every wake-up that came more than 100 ms late, so that the checker can
+tell a host too starved to run anything from a slow engine (docs/chaos.md).
+
     python scripts/chaos.py --minutes 10 [--seed S] [--out FILE] [--work DIR] [--keep]
 """
 
@@ -49,8 +54,6 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -88,6 +91,8 @@ COOLDOWN_S = 10.0  # after the last fault, before the engine is stopped
 ENGINE_SETTLE_S = 2.0  # venue faults wait this long after a restarted engine's first Price
 SYSTEM_GAP_S = 2.0  # between the end of one system fault and the start of the next
 ALL_STALL_SHARE = 0.3  # of stalls, the share that silences every venue at once
+WITNESS_PERIOD_S = 0.010  # the host-stall witness sleeps this long at a time ...
+WITNESS_LATE_S = 0.100  # ... and writes down every wake-up later than this
 
 
 class Events:
@@ -105,6 +110,74 @@ class Events:
 
     def close(self) -> None:
         self.file.close()
+
+
+# --- the host-stall witness -------------------------------------------------------------------
+
+
+def host_stall_witness(
+    path: Path,
+    parent: int | None = None,
+    period_s: float = WITNESS_PERIOD_S,
+    late_s: float = WITNESS_LATE_S,
+) -> int:
+    """Sleep `period_s` at a time and append to `path` every wake-up more than `late_s` late,
+    until SIGTERM or until `parent` (the process that started it) is gone (run in a process
+    of its own: `chaos.py --witness FILE --parent PID`).
+
+    JSON lines: a `head` (its settings), one `stall` per late wake-up (`start`, `end`:
+    time.time_ns, the clock of the rest of the campaign; `start` is when it was due), an `end`
+    when it stops. Nothing is pinned or prioritised: a process that asks for almost no CPU and
+    still wakes up late was kept from running by the host (other processes, the hypervisor,
+    memory), which delays the engine and the simulators just as much. A stall of the
+    orchestrator's own process (its simulator threads share one GIL) does not show here."""
+    # Given by the parent, not read here: a parent gone before this line would go unseen.
+    parent = os.getppid() if parent is None else parent
+    stopping = False
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    period_ns, late_ns = int(period_s * 1e9), int(late_s * 1e9)
+    stalls = 0
+    with open(path, "a", buffering=1) as out:  # a line at a time: the checker reads it live
+        head = {"k": "head", "t": time.time_ns(), "pid": os.getpid()}
+        out.write(json.dumps({**head, "period_ms": period_s * 1e3, "late_ms": late_s * 1e3}) + "\n")
+        due = time.monotonic_ns() + period_ns
+        # A parent that died without stopping it (SIGKILL) leaves it to init: it stops too.
+        while not stopping and os.getppid() == parent:
+            time.sleep(max(0, due - time.monotonic_ns()) / 1e9)
+            now = time.monotonic_ns()
+            if now - due > late_ns:
+                end = time.time_ns()
+                out.write(json.dumps({"k": "stall", "start": end - (now - due), "end": end}) + "\n")
+                stalls += 1
+            due = now + period_ns
+        out.write(json.dumps({"k": "end", "t": time.time_ns(), "stalls": stalls}) + "\n")
+    return 0
+
+
+def start_witness(path: Path) -> subprocess.Popen[bytes]:
+    """The witness in an interpreter of its own (this file, nothing of the engine imported)."""
+    return subprocess.Popen(
+        [PY, str(Path(__file__).resolve()), "--witness", str(path), "--parent", str(os.getpid())],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def stop_child(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout`; reaped either way."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # --- the services -------------------------------------------------------------------------------
@@ -322,6 +395,8 @@ def first_price(endpoint: str, seconds: float) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    import yaml
+
     from mmengine.dev.pgserver import free_port, start_private_server
     from mmengine.dev.simulator import start_simulator
     from mmengine.venues.registry import REGISTRY
@@ -340,6 +415,9 @@ def run(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {}
     with ExitStack() as stack:
         stack.callback(events.close)
+        # First in, last out: it watches the host for the whole campaign, teardown included.
+        witness = start_witness(work / "host_stalls.jsonl")
+        stack.callback(stop_child, witness)
         sims = {}
         for i, (name, (protocol, instruments, _)) in enumerate(VENUES.items()):
             sim = stack.enter_context(
@@ -390,6 +468,8 @@ def run(args: argparse.Namespace) -> int:
                 "mmengine.prices",
                 "--pg",
                 pg.dsn,
+                "--host-stalls",
+                str(work / "host_stalls.jsonl"),
                 "--out",
                 str(work / "verdict.json"),
             ],
@@ -583,6 +663,18 @@ def summary(out: dict[str, Any], args: argparse.Namespace) -> None:
         f"lost {out.get('lost', {})}, duplicated {out.get('duplicated', {})}",
         flush=True,
     )
+    stalls = out.get("host_stalls") or {}
+    excused = out.get("excused_host_stall") or {}
+    print(
+        f"chaos: host stalls {stalls.get('n', '?')} (total {stalls.get('total_s', '?')} s,"
+        f" max {stalls.get('max_s', '?')} s); excused by them: {excused.get('n', 0)}"
+        f" ({excused.get('silences', 0)} silence(s), {excused.get('recoveries', 0)}"
+        " recovery(ies))"
+        + ("" if stalls.get("watched", True) else "; NO WITNESS FILE: nothing excused"),
+        flush=True,
+    )
+    for line in excused.get("examples", [])[:5]:
+        print(f"  excused: {line}")
     for kind, r in (out.get("recovery_s") or {}).items():
         print(
             f"  recovery {kind:<13} n {r['n']:>3}  p50 {r['p50']}  max {r['max']}"
@@ -612,7 +704,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS / "chaos.json"))
     parser.add_argument("--work", default=None, help="work dir (default: a new temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir after a pass")
+    parser.add_argument("--witness", metavar="FILE", help="be the host-stall witness, writing FILE")
+    parser.add_argument("--parent", type=int, help="the witness stops when this process is gone")
     args = parser.parse_args(argv)
+    if args.witness:
+        return host_stall_witness(Path(args.witness), args.parent)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
     def interrupted(signum: int, frame: Any) -> None:

@@ -42,9 +42,16 @@ journals and the events, and judges:
    the sinks deliver again within 10 s of their service returning, and an engine restarted
    after SIGKILL has every book LIVE within 10 s.
 
+A silence or a recovery over its limit is *excused* (counted and listed, not failed) only
+when the host-stall witness (`--host-stalls`, written by scripts/chaos.py) saw the host
+stalled, within that very stretch, for at least as long as the limit was overrun. Nothing
+else is ever excused: a wrong, unverified, lost or duplicated Price fails whatever the host
+did.
+
 Usage (the orchestrator, scripts/chaos.py, runs it): `chaos_check.py run --config FILE
 --schemas DIR --truth DIR --events FILE --ipc ENDPOINT --ipc-books ENDPOINT --kafka
-HOST:PORT --topic NAME --pg DSN --out FILE`; exit 0 when every check passed.
+HOST:PORT --topic NAME --pg DSN [--host-stalls FILE] --out FILE`; exit 0 when every check
+passed.
 """
 
 from __future__ import annotations
@@ -746,6 +753,97 @@ def book_recovery(
     return None
 
 
+# --- the host-stall witness ----------------------------------------------------------------
+
+
+class HostStalls:
+    """The host-stall witness's record: stretches (ns) when a process of its own that asks for
+    almost no CPU woke up over its threshold late, i.e. the host ran nothing of ours. Read
+    from scratch (JSON lines: `head`, `stall` with `start`/`end`, `end`); overlapping
+    stretches are merged, so that no moment counts twice."""
+
+    def __init__(self, spans: list[tuple[int, int]], watched: bool = True, late_ms: float = 0.0):
+        merged: list[list[int]] = []
+        for start, end in sorted(spans):
+            if merged and start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        self.spans = [(a, b) for a, b in merged]
+        self.starts = [a for a, _ in self.spans]
+        self.watched = watched  # the witness ran (no file: nothing is ever excused)
+        self.late_ms = late_ms
+
+    @classmethod
+    def read(cls, path: Path | None) -> HostStalls:
+        if path is None or not path.exists():
+            return cls([], watched=False)
+        spans = []
+        late_ms = 0.0
+        with open(path, "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break  # a line the witness was still writing
+                rec = json.loads(line)
+                if rec.get("k") == "stall":
+                    spans.append((int(rec["start"]), int(rec["end"])))
+                elif rec.get("k") == "head":
+                    late_ms = float(rec.get("late_ms", 0.0))
+        return cls(spans, watched=True, late_ms=late_ms)
+
+    def overlap_s(self, start_ns: int, end_ns: int) -> float:
+        """Seconds of host stall inside [start_ns, end_ns]."""
+        total = 0
+        i = max(bisect.bisect_right(self.starts, start_ns) - 1, 0)
+        for a, b in self.spans[i:]:
+            if a >= end_ns:
+                break
+            total += max(0, min(b, end_ns) - max(a, start_ns))
+        return total / 1e9
+
+    def summary(self) -> dict[str, Any]:
+        lengths = [(b - a) / 1e9 for a, b in self.spans]
+        return {
+            "watched": self.watched,
+            "late_ms": self.late_ms,
+            "n": len(lengths),
+            "total_s": round(sum(lengths), 3),
+            "max_s": round(max(lengths), 3) if lengths else 0.0,
+        }
+
+
+@dataclass(frozen=True)
+class Overrun:
+    """A stretch judged too long (a silence, a recovery): `message` says what, over
+    [start_ns, end_ns] against a limit of `limit_s`."""
+
+    message: str
+    start_ns: int
+    end_ns: int
+    limit_s: float
+
+    @property
+    def excess_s(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e9 - self.limit_s
+
+
+def excuse(overruns: list[Overrun], stalls: HostStalls) -> tuple[list[Overrun], list[str]]:
+    """(the overruns that stand, the excused ones described). An overrun is excused only when
+    the host stalled inside its own stretch for at least as long as it exceeds its limit: had
+    the host run, the engine had that time back and met the limit. A stall elsewhere, or
+    shorter than the excess, excuses nothing."""
+    stand, excused = [], []
+    for o in overruns:
+        stalled = stalls.overlap_s(o.start_ns, o.end_ns)
+        if o.excess_s > 0 and stalled >= o.excess_s:
+            excused.append(
+                f"{o.message}: {o.excess_s:.3f} s over, the host stalled {stalled:.3f} s in it"
+            )
+        else:
+            stand.append(o)
+    return stand, excused
+
+
 # --- the verdict ------------------------------------------------------------------------------
 
 
@@ -871,10 +969,15 @@ class Campaign:
         order = kafka_order(kafka_rows)
         dups = self.duplicate_causes(dup_times, events)
 
-        # 5. Recovery; and Prices never stop while the engine runs.
-        recovery, slow = self.recoveries(truth, events, prices)
+        # 5. Recovery; and Prices never stop while the engine runs. Only these two, stretches
+        # of time, can be excused by a host that stalled in them.
+        stalls = HostStalls.read(Path(args.host_stalls) if args.host_stalls else None)
+        recovery, overruns, never = self.recoveries(truth, events, prices)
+        late, excused_slow = excuse(overruns, stalls)
+        slow = never + [o.message for o in late]
         kill_times = [t for kind, t, _ in system_windows(events) if kind == "engine_kill"]
-        rules += silences(prices, kill_times, self.specs)
+        silent, excused_silent = excuse(silences(prices, kill_times, self.specs), stalls)
+        rules += [o.message for o in silent]
 
         faults: Counter[str] = Counter()
         for v in truth.values():
@@ -929,6 +1032,13 @@ class Campaign:
             "duplicated": {"kafka": dups, "postgres": pg_dups},
             "out_of_order": {"kafka": len(order)},
             "recovery_s": recovery,
+            "excused_host_stall": {
+                "n": len(excused_silent) + len(excused_slow),
+                "silences": len(excused_silent),
+                "recoveries": len(excused_slow),
+                "examples": (excused_silent + excused_slow)[:MAX_EXAMPLES],
+            },
+            "host_stalls": stalls.summary(),
             "examples": {
                 "wrong": wrong[:MAX_EXAMPLES],
                 "unverified": unverified[:MAX_EXAMPLES],
@@ -1002,7 +1112,9 @@ class Campaign:
         truth: dict[str, VenueTruth],
         events: list[dict[str, Any]],
         prices: dict[Key, dict[str, Any]],
-    ) -> tuple[dict[str, Any], list[str]]:
+    ) -> tuple[dict[str, Any], list[Overrun], list[str]]:
+        """Recovery times by fault kind, those over their limit, and those that never
+        recovered."""
         tops = []
         for _t, _topic, payload in self.books.got:
             try:
@@ -1013,15 +1125,18 @@ class Campaign:
         epochs = sorted({k[1] for k in prices})
         down = engine_down_windows(events, lines, set(truth))
         times: dict[str, list[float]] = defaultdict(list)
-        slow: list[str] = []
+        slow: list[Overrun] = []
+        never: list[str] = []
 
-        def timed(kind: str, label: str, secs: float | None, limit: float) -> None:
+        def timed(kind: str, label: str, since: int, secs: float | None, limit: float) -> None:
+            """`secs` after `since` (ns) until recovered."""
             if secs is None:
-                slow.append(f"{label}: never LIVE, priced or delivering again")
+                never.append(f"{label}: never LIVE, priced or delivering again")
                 return
             times[kind].append(secs)
             if secs > limit:
-                slow.append(f"{label}: {secs:.2f} s (limit {limit} s)")
+                message = f"{label}: {secs:.2f} s (limit {limit} s)"
+                slow.append(Overrun(message, since, since + int(secs * 1e9), limit))
 
         skipped: Counter[str] = Counter()
         for name, venue in truth.items():
@@ -1058,12 +1173,13 @@ class Campaign:
                     limit = VENUE_LIMIT_S
                 else:
                     continue
-                timed(kind, f"{kind} on {name} at {start}", secs, limit)
+                timed(kind, f"{kind} on {name} at {start}", end, secs, limit)
         windows = system_windows(events)
         for kind, since, up in windows:
             if up is None:
-                slow.append(f"{kind} at {since}: never ended")
+                never.append(f"{kind} at {since}: never ended")
                 continue
+            timed_from = up
             service = kind.split("_")[0]
             # Another fault of the same service, or the engine killed, before the sink had
             # delivered again: that one's recovery is what is seen; this one is not timed.
@@ -1085,6 +1201,7 @@ class Campaign:
                 ]
                 secs = None if not got or any(g is None for g in got) else max(got)  # type: ignore[type-var]
                 limit = ENGINE_LIMIT_S
+                timed_from = max(run_start, up)
             elif kind.startswith("broker") and self.kafka is not None:
                 secs = first_after([t for *_, t in self.kafka.records], up)
                 limit = SINK_LIMIT_S
@@ -1096,7 +1213,7 @@ class Campaign:
             if cut and (secs is None or up + secs * 1e9 > min(cut)):
                 skipped[kind] += 1
                 continue
-            timed(kind, f"{kind} ending at {up}", secs, limit)
+            timed(kind, f"{kind} ending at {up}", timed_from, secs, limit)
         out: dict[str, Any] = {}
         for kind in sorted(set(times) | set(skipped)):
             vals = times.get(kind, [])
@@ -1113,7 +1230,7 @@ class Campaign:
                 else VENUE_LIMIT_S,
                 "not_timed": skipped.get(kind, 0),
             }
-        return out, slow
+        return out, slow, never
 
 
 SYSTEM_FAULTS = ("broker_pause", "broker_kill", "pg_stop", "pg_kill", "engine_kill")
@@ -1122,7 +1239,7 @@ KAFKA_RESENDS = ("broker_pause", "broker_kill", "engine_kill")
 
 def silences(
     prices: dict[Key, dict[str, Any]], kills: list[int], specs: dict[str, Spec]
-) -> list[str]:
+) -> list[Overrun]:
     """Stretches with no Price of an instrument while the engine ran (one with an engine
     SIGKILL in it is the restart)."""
     by_instrument: dict[str, list[int]] = defaultdict(list)
@@ -1137,7 +1254,8 @@ def silences(
         times.sort()
         for a, b in itertools.pairwise(times):
             if b - a > limit_ns and not any(a <= k <= b for k in kills):
-                out.append(f"{inst}: no Price for {(b - a) / 1e9:.2f} s after {a}")
+                message = f"{inst}: no Price for {(b - a) / 1e9:.2f} s after {a}"
+                out.append(Overrun(message, a, b, limit_ns / 1e9))
     return out
 
 
@@ -1246,6 +1364,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--kafka", default="")
     run.add_argument("--topic", default="mmengine.prices")
     run.add_argument("--pg", default="")
+    run.add_argument("--host-stalls", default="", help="the host-stall witness's file")
     run.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     campaign = Campaign(args)

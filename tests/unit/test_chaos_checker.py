@@ -280,6 +280,185 @@ def test_a_stale_book_used_and_a_silence_are_rule_violations(world) -> None:
         ("BTC-USD", 1, i): {"priced_ts_ns": t * s // 10} for i, t in enumerate([0, 10, 36, 40])
     }
     # max_age_ms 1.5 s + 1 s of slack: the 2.6 s between 1.0 and 3.6 is a silence ...
-    assert cc.silences(prices, [], specs) == ["BTC-USD: no Price for 2.60 s after 1000000000"]
+    got = cc.silences(prices, [], specs)
+    assert [o.message for o in got] == ["BTC-USD: no Price for 2.60 s after 1000000000"]
+    assert got[0].excess_s == pytest.approx(0.1)
     # ... unless the engine was killed in it (a restart).
     assert cc.silences(prices, [2 * s], specs) == []
+
+
+# --- the host-stall witness: what it may excuse, and what never ---------------------------------
+
+S = 1_000_000_000
+
+
+def test_an_overrun_is_excused_only_by_a_host_stall_inside_it_as_long_as_its_excess() -> None:
+    # A silence of 2.6 s against a limit of 2.5 s: 0.1 s over.
+    silence = cc.Overrun("X: no Price for 2.60 s", 10 * S, 10 * S + 26 * S // 10, 2.5)
+    inside = cc.HostStalls([(11 * S, 11 * S + 15 * S // 100)])  # 0.15 s within it
+    assert cc.excuse([silence], inside)[0] == []
+    [why] = cc.excuse([silence], inside)[1]
+    assert why.startswith("X: no Price for 2.60 s: 0.100 s over, the host stalled 0.150 s")
+    short = cc.HostStalls([(11 * S, 11 * S + 5 * S // 100)])  # 0.05 s: shorter than the excess
+    assert cc.excuse([silence], short) == ([silence], [])
+    elsewhere = cc.HostStalls([(20 * S, 25 * S)])  # long, but after it
+    assert cc.excuse([silence], elsewhere) == ([silence], [])
+    # A stall straddling its start counts only for the part inside: 0.05 of its 1.05 s.
+    straddling = cc.HostStalls([(9 * S, 10 * S + 5 * S // 100)])
+    assert cc.excuse([silence], straddling) == ([silence], [])
+    # The same moment recorded twice counts once.
+    twice = cc.HostStalls([(11 * S, 11 * S + 6 * S // 100), (11 * S, 11 * S + 6 * S // 100)])
+    assert twice.overlap_s(10 * S, 13 * S) == pytest.approx(0.06)
+    assert cc.excuse([silence], twice) == ([silence], [])
+    # No witness file: nothing is excused.
+    assert cc.excuse([silence], cc.HostStalls.read(None)) == ([silence], [])
+
+
+def test_the_witness_file_is_read_from_its_head_stall_and_end_lines(tmp_path: Path) -> None:
+    path = tmp_path / "host_stalls.jsonl"
+    path.write_text(
+        '{"k": "head", "t": 1, "pid": 7, "period_ms": 10.0, "late_ms": 100.0}\n'
+        '{"k": "stall", "start": 100, "end": 300000100}\n'
+        '{"k": "stall", "start": 500000000, "end": 600000000}\n'
+        '{"k": "stall", "start": 700000000, "en'  # still being written: not counted
+    )
+    stalls = cc.HostStalls.read(path)
+    assert stalls.summary() == {
+        "watched": True,
+        "late_ms": 100.0,
+        "n": 2,
+        "total_s": 0.4,
+        "max_s": 0.3,
+    }
+    assert cc.HostStalls.read(tmp_path / "absent").summary()["watched"] is False
+
+
+def _encode(schema_file: str, record: dict[str, Any]) -> bytes:
+    """An Avro single-object payload, written with the official package."""
+    import io
+
+    import avro.io
+    import avro.schema
+
+    schema = avro.schema.parse((SCRIPT.parents[1] / "schemas" / schema_file).read_text())
+    full = {f.name: f.default for f in schema.fields if f.has_default}
+    full.update(record)
+    buf = io.BytesIO()
+    avro.io.DatumWriter(schema).write(full, avro.io.BinaryEncoder(buf))
+    return b"\xc3\x01" + schema.fingerprint("CRC-64-AVRO") + buf.getvalue()
+
+
+def _top(state: str, t: int) -> bytes:
+    return _encode(
+        "book_top.avsc",
+        {
+            "venue": "coinbase",
+            "instrument": "X",
+            "state": state,
+            "venue_seq": 1,
+            "cross_seq": -1,
+            "exchange_ts_ns": 0,
+            "recv_ts_ns": t,
+            "bid_prices": [],
+            "bid_sizes": [],
+            "ask_prices": [],
+            "ask_sizes": [],
+        },
+    )
+
+
+SILENCE_FROM = T0 + 3000  # Prices stop for 6.4 s (limit: max_age_ms 5 s + 1 s): 0.4 s over
+FAULT = T0 + 10 * S  # an oversized frame on coinbase; LIVE again 2.3 s later: 0.3 s over
+
+
+def _verdict(tmp_path: Path, stalls: list[tuple[int, int]] | None) -> dict[str, Any]:
+    """The whole verdict on hand-written Prices (one of them wrong), BookTops and journals,
+    with a silence and a slow recovery, and the host stalls given (None: no witness file)."""
+    import argparse
+
+    with open(tmp_path / "coinbase.truth", "a") as f:
+        fault = {"k": "fault", "kind": "oversized", "i": None, "t": FAULT, "until": None}
+        f.write(json.dumps(fault) + "\n")
+    (tmp_path / "events.jsonl").write_text("")
+    witness = tmp_path / "host_stalls.jsonl"
+    if stalls is not None:
+        witness.write_text(
+            '{"k": "head", "t": 0, "late_ms": 100.0}\n'
+            + "".join(json.dumps({"k": "stall", "start": a, "end": b}) + "\n" for a, b in stalls)
+        )
+    args = argparse.Namespace(
+        config=str(tmp_path / "engine.yaml"),
+        schemas=str(SCRIPT.parents[1] / "schemas"),
+        truth=str(tmp_path),
+        events=str(tmp_path / "events.jsonl"),
+        ipc="ipc://unused",
+        ipc_books="ipc://unused-books",
+        kafka="",
+        topic="t",
+        pg="",
+        host_stalls=str(witness),
+        out=str(tmp_path / "verdict.json"),
+    )
+    campaign = cc.Campaign(args)  # its collectors are not started: they are filled here
+    off = dict(OKX_101, mid=OKX_101["mid"] + 0.01)
+    halted = {"halted": True, "venues_used": []}
+    prices = [
+        price([OKX_101, COINBASE_1], fair_value=101.5, seq=1, **GOOD),
+        price([off, COINBASE_1], fair_value=101.5, seq=2, priced_ts_ns=SILENCE_FROM, **GOOD),
+        price([], seq=3, priced_ts_ns=SILENCE_FROM + 64 * S // 10, **halted),
+        price([], seq=4, priced_ts_ns=SILENCE_FROM + 69 * S // 10, **halted),
+    ]
+    for p in prices:  # what the schema asks for beyond what the judge reads
+        p.update(venues=[u["venue"] for u in p["venues_used"]], exchange_ts_ns=0, recv_ts_ns=0)
+    campaign.ipc.got = [(p["priced_ts_ns"], b"price.", _encode("price.avsc", p)) for p in prices]
+    tops = [("LIVE", FAULT - S // 2), ("STALE", FAULT + S // 10), ("LIVE", FAULT + 23 * S // 10)]
+    campaign.books.got = [(t, b"book.", _top(state, t)) for state, t in tops]
+    return campaign.verdict()
+
+
+def test_a_silence_and_a_slow_recovery_fail_without_a_host_stall_in_them(world, tmp_path) -> None:
+    for stalls in (
+        None,  # no witness
+        [(T0 + S, T0 + S + 3 * S // 10), (FAULT + S, FAULT + S + 2 * S // 10)],  # too short
+        [(T0 + 7 * S, T0 + 95 * S // 10), (FAULT - S, FAULT + 2 * S // 10)],  # elsewhere
+    ):
+        for f in tmp_path.glob("*.truth"):  # a fresh journal for each case
+            f.write_text("".join(x for x in f.open() if '"fault"' not in x))
+        got = _verdict(tmp_path, stalls)
+        assert got["excused_host_stall"]["n"] == 0, stalls
+        assert got["examples"]["rules"] == [f"BTC-USD: no Price for 6.40 s after {SILENCE_FROM}"], (
+            stalls
+        )
+        assert got["examples"]["slow_recovery"] == [
+            f"oversized on coinbase at {FAULT}: 2.30 s (limit 2.0 s)"
+        ], stalls
+        assert "1 rule violation(s)" in got["failures"]
+        assert "1 recovery(ies) over their limit" in got["failures"]
+        assert got["host_stalls"]["watched"] is (stalls is not None)
+
+
+def test_a_host_stall_excuses_the_silence_and_the_recovery_but_never_a_wrong_price(
+    world, tmp_path
+) -> None:
+    # The first stall also covers the moment the wrong Price was priced (SILENCE_FROM).
+    stalls = [(T0 + 2500, T0 + 2500 + S // 2), (FAULT + S, FAULT + S + 4 * S // 10)]
+    got = _verdict(tmp_path, stalls)
+    excused = got["excused_host_stall"]
+    assert (excused["n"], excused["silences"], excused["recoveries"]) == (2, 1, 1)
+    assert "0.400 s over, the host stalled 0.500 s in it" in excused["examples"][0]
+    assert "0.300 s over, the host stalled 0.400 s in it" in excused["examples"][1]
+    assert got["host_stalls"] == {
+        "watched": True,
+        "late_ms": 100.0,
+        "n": 2,
+        "total_s": 0.9,
+        "max_s": 0.5,
+    }
+    assert got["rule_violations"] == 0 and got["examples"]["slow_recovery"] == []
+    assert got["recovery_s"]["oversized"]["max"] == 2.3  # still reported as measured
+    # The wrong Price (seq 2, priced while the host stalled) still fails the campaign,
+    # and so do the Prices missing from Kafka (no broker here).
+    assert got["wrong_prices"] == 1 and "okx BTC-USDT at 101: mid" in got["examples"]["wrong"][0]
+    assert "1 wrong venue book(s) or number(s) in Prices" in got["failures"]
+    assert any(f.startswith("unexplained losses: kafka 4") for f in got["failures"])
+    assert not got["passed"]
