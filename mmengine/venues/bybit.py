@@ -28,6 +28,7 @@ import logging
 from typing import Any, ClassVar
 
 import orjson
+from orjson import loads
 
 from mmengine.book.events import (
     DECODE_ERRORS,
@@ -197,7 +198,31 @@ class _Bybit(VenueProtocol):
             state.clear()
 
     def parse(self, frame: str) -> list[Event] | BookUpdate:
-        msg = orjson.loads(frame)
+        msg = loads(frame)
+        if type(msg) is dict:
+            # The usual frame: a book message of one of our topics, decoded in one call
+            # where the book core has it (else `parse_book` below).
+            topic = msg.get("topic")
+            instrument = self.by_topic.get(topic) if type(topic) is str else None
+            data = msg.get("data")
+            if instrument is not None and type(data) is dict:
+                kind = msg.get("type")
+                symbol = data.get("s")
+                if kind in (DELTA, SNAPSHOT) and symbol == self.symbols[instrument]:
+                    update = self.levels.rows_update(
+                        instrument,
+                        kind == SNAPSHOT,
+                        data.get("b"),
+                        data.get("a"),
+                        data.get("u"),
+                        data.get("seq"),
+                        msg.get("cts", msg.get("ts", 0)),
+                    )
+                    if update is not None:
+                        return update  # type: ignore[no-any-return]
+        return self._parse_message(msg)
+
+    def _parse_message(self, msg: Any) -> list[Event] | BookUpdate:
         if type(msg) is not dict:
             raise FrameError("not_an_object", repr(msg)[:80])
         topic = msg.get("topic")

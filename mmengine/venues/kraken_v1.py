@@ -19,6 +19,7 @@ from operator import itemgetter
 from typing import Any
 
 import orjson
+from orjson import loads
 
 from mmengine.book.events import (
     DECODE_ERRORS,
@@ -183,7 +184,22 @@ class KrakenV1(KrakenBook):
         return f'{{"event":"ping","reqid":{self._req_id}}}'
 
     def parse(self, frame: str) -> list[Event] | BookUpdate:
-        msg = orjson.loads(frame)
+        msg = loads(frame)
+        if type(msg) is list and len(msg) == 4 and msg[2] == self.channel:
+            # The usual frame (99 in 100): an update of one object, `a` or `b` with `c`,
+            # decoded in one call where the book core has it (else `parse_book` below).
+            body = msg[1]
+            if type(body) is dict and len(body) == 2:
+                instrument = self.by_pair.get(msg[3])
+                if instrument is not None:
+                    update = self.levels.kraken_update(
+                        instrument, body.get("a"), body.get("b"), body.get("c")
+                    )
+                    if update is not None:
+                        return update  # type: ignore[no-any-return]
+        return self._parse_message(msg)
+
+    def _parse_message(self, msg: Any) -> list[Event] | BookUpdate:
         if type(msg) is not list:
             return self._event(msg)
         channel = msg[-2] if len(msg) >= 4 else None

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from orjson import loads
 
 from mmengine.book.events import (
     DECODE_ERRORS,
@@ -129,7 +130,34 @@ class KrakenV2(KrakenBook):
         self.book_subscribed.clear()
 
     def parse(self, frame: str) -> list[Event] | BookUpdate:
-        msg = orjson.loads(frame)
+        msg = loads(frame)
+        if type(msg) is dict and msg.get("channel") == "book":
+            # The usual frame: one entry of a pair whose precisions are known, decoded in
+            # one call where the book core has it (else `_book` below).
+            data = msg.get("data")
+            if type(data) is list and len(data) == 1:
+                item = data[0]
+                if type(item) is dict:
+                    symbol = item.get("symbol")
+                    instrument = self.by_symbol.get(symbol) if type(symbol) is str else None
+                    if instrument is not None:
+                        formats = self.formats.get(symbol)  # type: ignore[arg-type]
+                        kind = msg.get("type")
+                        if formats is not None and (kind == "update" or kind == "snapshot"):
+                            update = self.levels.kraken_numbers_update(
+                                instrument,
+                                kind == "snapshot",
+                                item.get("bids"),
+                                item.get("asks"),
+                                formats,
+                                item.get("checksum"),
+                                item.get("timestamp"),
+                            )
+                            if update is not None:
+                                return update  # type: ignore[no-any-return]
+        return self._parse_message(msg)
+
+    def _parse_message(self, msg: Any) -> list[Event] | BookUpdate:
         if type(msg) is not dict:
             raise FrameError("not_an_object", repr(msg)[:80])
         channel = msg.get("channel")
