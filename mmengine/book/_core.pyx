@@ -59,6 +59,8 @@ cdef extern from *:
     #include <string.h>
     struct MmLevel { double size; PyObject* price_text; PyObject* size_text; };
     struct MmEntry { double price; double size; PyObject* price_text; PyObject* size_text; };
+    /* A level's Kraken checksum form (`price + qty`), kept with the strings it came from. */
+    struct MmForm { PyObject* price_text; PyObject* size_text; int len; char text[52]; };
     typedef std::map<double, MmLevel> MmLadder;
 
     static inline MmLadder::iterator mm_insert(MmLadder& ladder, MmLadder::iterator hint,
@@ -134,6 +136,11 @@ cdef extern from *:
         double size
         PyObject* price_text  # owned, or NULL where no strings are kept
         PyObject* size_text
+    cdef struct Form "MmForm":
+        PyObject* price_text  # owned
+        PyObject* size_text
+        int len  # -1: longer than `text`, written from the strings each time
+        char text[52]
     cdef struct Entry "MmEntry":
         double price
         double size
@@ -263,6 +270,9 @@ cdef class LevelDecoder:
     """One venue connection's level decoders (the methods of `levels.LevelDecoder`), in C."""
 
     cdef object reference
+    cdef object numbers_type  # the slotted type of Kraken v2 levels last seen (msgspec)
+    cdef PyObject* numbers_kind
+    cdef Py_ssize_t numbers_at_p, numbers_at_q
 
     def __init__(self) -> None:
         self.reference = _reference.LevelDecoder()
@@ -342,20 +352,40 @@ cdef class LevelDecoder:
         cdef PyObject* found
         if type(raw) is not list:
             return None
+        cdef PyObject* kind = self.numbers_kind  # the entries' type whose slots are known
+        cdef Py_ssize_t at_p = self.numbers_at_p, at_q = self.numbers_at_q
         n = PyList_GET_SIZE(raw)
         out = Levels()
         out.entries.reserve(n)
         owner = []
         for i in range(n):
             item = <object>PyList_GET_ITEM(raw, i)
-            if type(item) is not dict:
-                return None
-            found = PyDict_GetItem(item, "price")
-            if found == NULL or not _number(<object>found, &entry.price):
-                return None
-            found = PyDict_GetItem(item, "qty")
-            if found == NULL or not _number(<object>found, &entry.size):
-                return None
+            if type(item) is dict:
+                found = PyDict_GetItem(item, "price")
+                if found == NULL or not _number(<object>found, &entry.price):
+                    return None
+                found = PyDict_GetItem(item, "qty")
+                if found == NULL or not _number(<object>found, &entry.size):
+                    return None
+            else:
+                # objects of one slotted type (msgspec Structs): `price`, `qty` at slots
+                if kind != <PyObject*>Py_TYPE(item):
+                    at_p = _slot(type(item), "price")
+                    at_q = _slot(type(item), "qty")
+                    if at_p == 0 or at_q == 0:
+                        return None
+                    kind = <PyObject*>Py_TYPE(item)
+                    # kept for the next call (the type is held, so its address stays its)
+                    self.numbers_type = type(item)
+                    self.numbers_kind = kind
+                    self.numbers_at_p = at_p
+                    self.numbers_at_q = at_q
+                found = (<PyObject**>((<char*><PyObject*>item) + at_p))[0]
+                if found == NULL or not _number(<object>found, &entry.price):
+                    return None
+                found = (<PyObject**>((<char*><PyObject*>item) + at_q))[0]
+                if found == NULL or not _number(<object>found, &entry.size):
+                    return None
             if not (0.0 < entry.price < INF and 0.0 <= entry.size < INF):
                 return None
             texts = (_fixed(entry.price, price_decimals), _fixed(entry.size, size_decimals))
@@ -429,6 +459,27 @@ cdef class LevelDecoder:
             if ts_ns is None:
                 return None
         return _new_update(instrument, False, b, a, None, None, -1, ts_ns, c)
+
+    def kraken_snapshot(self, instrument: str, asks: object, bids: object) -> object:
+        """A Kraken v1 snapshot (`as`, `bs`): `kraken_rows` of each side, the time of its
+        newest level (the greatest `seconds.micros` string, as `max()` of them)."""
+        cdef Levels a, b
+        cdef object newest = None
+        a = self._rows(asks, True)
+        if a is None:
+            return None
+        b = self._rows(bids, True)
+        if b is None:
+            return None
+        newest = _newest_third(asks, newest)
+        if newest is not _NO_TIME:
+            newest = _newest_third(bids, newest)
+        if newest is _NO_TIME:
+            return None
+        ts_ns = _seconds_ns("0" if newest is None else newest)
+        if ts_ns is None:
+            return None
+        return _new_update(instrument, True, b, a, None, None, -1, ts_ns, None)
 
     def kraken_numbers_update(
         self, instrument: str, snapshot: bool, bids: object, asks: object, formats: tuple,
@@ -581,6 +632,11 @@ cdef class BookSide:
     cdef LevelMap ladder  # key: price (asks) or -price (bids), so begin() is the best level
     cdef list top_prices  # the lists of the last BookTop (`_top_lists`); None: none yet
     cdef list top_sizes
+    # Kraken: the checksum forms of the levels its text was last written from, best first
+    # (a level whose strings are the same objects is not written again)
+    cdef vector[Form] forms
+    cdef vector[Form] forms_next
+    cdef string scratch
     cdef readonly bint is_bid
     cdef readonly bint keep_wire
     cdef double sign
@@ -592,6 +648,65 @@ cdef class BookSide:
 
     def __dealloc__(self) -> None:
         self._clear()
+        self._drop_forms(&self.forms)
+        self._drop_forms(&self.forms_next)
+
+    cdef void _drop_forms(self, vector[Form]* forms) noexcept:
+        cdef size_t j
+        for j in range(forms.size()):
+            Py_XDECREF(deref(forms)[j].price_text)
+            Py_XDECREF(deref(forms)[j].size_text)
+        forms.clear()
+
+    cdef void _kraken_text(self, string* out, int n) noexcept:
+        """Append the Kraken checksum text of the best `n` levels (venue-protocols 3.4),
+        reusing the form of each level written last time from the same strings."""
+        cdef LevelIter it = self.ladder.begin()
+        cdef int i = 0
+        cdef size_t j, count
+        cdef Form form
+        cdef PyObject* p
+        cdef PyObject* q
+        cdef bint found
+        self._drop_forms(&self.forms_next)
+        count = self.forms.size()
+        while it != self.ladder.end() and i < n:
+            p = deref(it).second.price_text
+            q = deref(it).second.size_text
+            found = False
+            # where it was (i), one place on (a level inserted above) or back (removed)
+            if <size_t>i < count and self.forms[i].price_text == p and self.forms[i].size_text == q:
+                form = self.forms[i]
+                found = True
+            else:
+                for j in range(count):
+                    if self.forms[j].price_text == p and self.forms[j].size_text == q:
+                        form = self.forms[j]
+                        found = True
+                        break
+            if not found:
+                self.scratch.clear()
+                _kraken_form(&self.scratch, p)
+                _kraken_form(&self.scratch, q)
+                form.price_text = p
+                form.size_text = q
+                if self.scratch.size() <= sizeof(form.text):
+                    form.len = self.scratch.size()
+                    memcpy(form.text, self.scratch.data(), self.scratch.size())
+                else:
+                    form.len = -1
+            Py_XINCREF(p)
+            Py_XINCREF(q)
+            if form.len >= 0:
+                out.append(form.text, form.len)
+            else:
+                _kraken_form(out, p)
+                _kraken_form(out, q)
+            self.forms_next.push_back(form)
+            inc(it)
+            i += 1
+        self.forms.swap(self.forms_next)
+        self._drop_forms(&self.forms_next)
 
     def __len__(self) -> int:
         return self.ladder.size()
@@ -996,11 +1111,11 @@ cdef class L2Book:
         if self.kind == _KRAKEN:
             if self.asks_changed:
                 self.ask_text.clear()
-                _kraken_text(&self.ask_text, self.asks, KRAKEN_LEVELS)
+                self.asks._kraken_text(&self.ask_text, KRAKEN_LEVELS)
                 self.ask_crc = mm_crc32(0, self.ask_text.c_str(), self.ask_text.size())
             if self.bids_changed:
                 self.bid_text.clear()
-                _kraken_text(&self.bid_text, self.bids, KRAKEN_LEVELS)
+                self.bids._kraken_text(&self.bid_text, KRAKEN_LEVELS)
             crc = mm_crc32(self.ask_crc, self.bid_text.c_str(), self.bid_text.size())
             self.crc = crc
         elif self.kind == _OKX:
@@ -1048,6 +1163,8 @@ cdef inline Levels _levels(object given):
 
 cdef extern from "string.h":
     const void* memchr(const void* s, int c, size_t n)
+    void* memcpy(void* dest, const void* src, size_t n)
+    int memcmp(const void* a, const void* b, size_t n)
 
 
 cdef inline void _kraken_form(string* out, PyObject* text) noexcept:
@@ -1066,16 +1183,6 @@ cdef inline void _kraken_form(string* out, PyObject* text) noexcept:
         return
     out.append(buf + i, dot - (buf + i))
     out.append(dot + 1, buf + n - dot - 1)
-
-
-cdef void _kraken_text(string* out, BookSide side, int n) noexcept:
-    cdef LevelIter it = side.ladder.begin()
-    cdef int i = 0
-    while it != side.ladder.end() and i < n:
-        _kraken_form(out, deref(it).second.price_text)
-        _kraken_form(out, deref(it).second.size_text)
-        inc(it)
-        i += 1
 
 
 cdef inline void _append(string* out, PyObject* text) noexcept:
@@ -1450,3 +1557,36 @@ cdef object _rfc3339_ns(object text):
     return (
         (days * 86400 + hour * 3600 + minute * 60 + second) * 1_000_000_000 + micros * 1000
     )
+
+
+cdef object _NO_TIME = object()
+
+
+cdef object _newest_third(object rows, object newest):
+    """The greatest of `newest` and the third elements of `rows` (ASCII strings compared
+    as `max()` does); `_NO_TIME` where one is missing or not such a string."""
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(rows)
+    cdef Py_ssize_t size, best_size = 0
+    cdef const char* text
+    cdef const char* best = NULL
+    cdef int order
+    if newest is not None:
+        best = <const char*>PyUnicode_DATA(<PyObject*>newest)
+        best_size = PyUnicode_GET_LENGTH(<PyObject*>newest)
+    for i in range(n):
+        row = <object>PyList_GET_ITEM(rows, i)
+        if PyList_GET_SIZE(row) < 3:
+            return _NO_TIME
+        value = <object>PyList_GET_ITEM(row, 2)
+        if type(value) is not str or not PyUnicode_IS_COMPACT_ASCII(<PyObject*>value):
+            return _NO_TIME
+        text = <const char*>PyUnicode_DATA(<PyObject*>value)
+        size = PyUnicode_GET_LENGTH(<PyObject*>value)
+        if best != NULL:
+            order = memcmp(text, best, size if size < best_size else best_size)
+            if order < 0 or (order == 0 and size <= best_size):
+                continue
+        newest = value
+        best = text
+        best_size = size
+    return newest

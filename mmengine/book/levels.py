@@ -381,6 +381,10 @@ class LevelDecoder:
         """A Kraken v1 update object in one call: None (decoded by the venue module)."""
         return None
 
+    def kraken_snapshot(self, instrument: str, asks: Any, bids: Any) -> BookUpdate | None:
+        """A Kraken v1 snapshot in one call: None (decoded by the venue module)."""
+        return None
+
     def kraken_numbers_update(
         self,
         instrument: str,

@@ -27,8 +27,9 @@ import itertools
 import logging
 from typing import Any, ClassVar
 
+import msgspec
 import orjson
-from orjson import loads
+from msgspec import UNSET, Struct, UnsetType
 
 from mmengine.book.events import (
     DECODE_ERRORS,
@@ -53,6 +54,31 @@ SNAPSHOT = "snapshot"
 DELTA = "delta"
 
 log = logging.getLogger("mmengine.venue")
+
+# Book messages, as Bybit (and our simulator) write them: `topic` first.
+BOOK_START = '{"topic":"orderbook.'
+
+
+class _BookData(Struct, gc=False):
+    s: str
+    b: list[list[str]]
+    a: list[list[str]]
+    u: int
+    seq: int | UnsetType = UNSET
+
+
+class _BookFrame(Struct, gc=False):
+    """`orderbook.N` in the shape `parse_book` reads (msgspec: a quarter cheaper than orjson
+    and dict lookups; a frame of any other shape is decoded by orjson)."""
+
+    topic: str
+    type: str
+    data: _BookData
+    ts: int | UnsetType = UNSET
+    cts: int | UnsetType = UNSET
+
+
+BOOK_FRAME = msgspec.json.Decoder(_BookFrame)
 
 
 def spot_symbol(instrument: str) -> str:
@@ -198,29 +224,36 @@ class _Bybit(VenueProtocol):
             state.clear()
 
     def parse(self, frame: str) -> list[Event] | BookUpdate:
-        msg = loads(frame)
-        if type(msg) is dict:
-            # The usual frame: a book message of one of our topics, decoded in one call
-            # where the book core has it (else `parse_book` below).
-            topic = msg.get("topic")
-            instrument = self.by_topic.get(topic) if type(topic) is str else None
-            data = msg.get("data")
-            if instrument is not None and type(data) is dict:
-                kind = msg.get("type")
-                symbol = data.get("s")
-                if kind in (DELTA, SNAPSHOT) and symbol == self.symbols[instrument]:
-                    update = self.levels.rows_update(
-                        instrument,
-                        kind == SNAPSHOT,
-                        data.get("b"),
-                        data.get("a"),
-                        data.get("u"),
-                        data.get("seq"),
-                        msg.get("cts", msg.get("ts", 0)),
-                    )
-                    if update is not None:
-                        return update  # type: ignore[no-any-return]
-        return self._parse_message(msg)
+        if frame.startswith(BOOK_START):
+            # The usual frame: a book message, decoded by msgspec into the shape below and
+            # turned into a BookUpdate in one call where the book core has it. Anything
+            # else is decoded by orjson and judged as any frame (`_parse_message`).
+            try:
+                book = BOOK_FRAME.decode(frame)
+            except msgspec.MsgspecError:
+                book = None
+            if book is not None:
+                instrument = self.by_topic.get(book.topic)
+                data = book.data
+                if instrument is not None and data.s == self.symbols[instrument]:
+                    kind = book.type
+                    if kind in (DELTA, SNAPSHOT):
+                        seq = data.seq
+                        ts = book.cts
+                        if ts is UNSET:
+                            ts = 0 if book.ts is UNSET else book.ts
+                        update = self.levels.rows_update(
+                            instrument,
+                            kind == SNAPSHOT,
+                            data.b,
+                            data.a,
+                            data.u,
+                            None if seq is UNSET else seq,
+                            ts,
+                        )
+                        if update is not None:
+                            return update  # type: ignore[no-any-return]
+        return self._parse_message(orjson.loads(frame))
 
     def _parse_message(self, msg: Any) -> list[Event] | BookUpdate:
         if type(msg) is not dict:

@@ -18,8 +18,9 @@ from __future__ import annotations
 from operator import itemgetter
 from typing import Any
 
+import msgspec
 import orjson
-from orjson import loads
+from msgspec import UNSET, Struct, UnsetType, field
 
 from mmengine.book.events import (
     DECODE_ERRORS,
@@ -44,6 +45,29 @@ SUBSCRIBE_LIMIT = UNPUBLISHED_LIMIT
 # v1 spells these assets the legacy way (AssetPairs `wsname`); v2 uses the common names (3.6).
 V1_ASSET = {"BTC": "XBT", "DOGE": "XDG"}
 FROM_V1_ASSET = {v: k for k, v in V1_ASSET.items()}
+_Rows = list[list[str]]
+
+
+class _BookBody(Struct, gc=False, forbid_unknown_fields=True):
+    # (null reads as absent, as `.get` does; `as`/`bs` count by their presence)
+    a: _Rows | None = None
+    b: _Rows | None = None
+    c: str | None = None
+    as_: _Rows | UnsetType | None = field(name="as", default=UNSET)
+    bs: _Rows | UnsetType | None = UNSET
+
+
+class _BookFrame(Struct, array_like=True, gc=False):
+    """A `book-<depth>` frame of one object in the shape `parse_book` reads (msgspec:
+    cheaper than orjson and dict lookups; any other frame is decoded by orjson)."""
+
+    channel_id: int
+    body: _BookBody
+    channel: str
+    pair: str
+
+
+BOOK_FRAME = msgspec.json.Decoder(_BookFrame)
 
 
 def normalize_pair(pair: str) -> str:
@@ -184,20 +208,32 @@ class KrakenV1(KrakenBook):
         return f'{{"event":"ping","reqid":{self._req_id}}}'
 
     def parse(self, frame: str) -> list[Event] | BookUpdate:
-        msg = loads(frame)
-        if type(msg) is list and len(msg) == 4 and msg[2] == self.channel:
-            # The usual frame (99 in 100): an update of one object, `a` or `b` with `c`,
-            # decoded in one call where the book core has it (else `parse_book` below).
-            body = msg[1]
-            if type(body) is dict and len(body) == 2:
-                instrument = self.by_pair.get(msg[3])
-                if instrument is not None:
-                    update = self.levels.kraken_update(
-                        instrument, body.get("a"), body.get("b"), body.get("c")
+        if frame.startswith("["):
+            # The usual frame (99 in 100): one book object, decoded by msgspec into the
+            # shape below and turned into a BookUpdate in one call where the book core has
+            # it. Anything else is decoded by orjson and judged as any frame.
+            try:
+                book = BOOK_FRAME.decode(frame)
+            except msgspec.MsgspecError:
+                book = None
+            if book is not None and book.channel == self.channel:
+                instrument = self.by_pair.get(book.pair)
+                body = book.body
+                update = None
+                if instrument is None:
+                    pass
+                elif body.as_ is UNSET and body.bs is UNSET:
+                    if body.c is not None:  # an update (`a` and/or `b`, with `c`)
+                        update = self.levels.kraken_update(instrument, body.a, body.b, body.c)
+                elif body.a is None and body.b is None and body.c is None:
+                    update = self.levels.kraken_snapshot(
+                        instrument,
+                        [] if body.as_ is UNSET else body.as_ or [],
+                        [] if body.bs is UNSET else body.bs or [],
                     )
-                    if update is not None:
-                        return update  # type: ignore[no-any-return]
-        return self._parse_message(msg)
+                if update is not None:
+                    return update  # type: ignore[no-any-return]
+        return self._parse_message(orjson.loads(frame))
 
     def _parse_message(self, msg: Any) -> list[Event] | BookUpdate:
         if type(msg) is not list:
