@@ -23,7 +23,7 @@ import logging
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import orjson
 
@@ -377,7 +377,7 @@ class BookDriver:
             except IntegrityError as exc:
                 self._failed(exc, events)
             return
-        self.handle_events(events, recv_ns)
+        self.handle_events(cast("list[Any]", events), recv_ns)
 
     def parse_failed(self, exc: Exception) -> None:
         """A frame the venue's parse refused (one of `PARSE_ERRORS`): counted, and what
