@@ -660,49 +660,54 @@ cdef class BookSide:
 
     cdef void _kraken_text(self, string* out, int n) noexcept:
         """Append the Kraken checksum text of the best `n` levels (venue-protocols 3.4),
-        reusing the form of each level written last time from the same strings."""
+        reusing the form of each level written last time from the same strings (their
+        references move to the new list; the forms not reused are released)."""
         cdef LevelIter it = self.ladder.begin()
         cdef int i = 0
-        cdef size_t j, count
+        cdef Py_ssize_t j, k, count
         cdef Form form
+        cdef Form* kept
         cdef PyObject* p
         cdef PyObject* q
-        cdef bint found
         self._drop_forms(&self.forms_next)
         count = self.forms.size()
         while it != self.ladder.end() and i < n:
             p = deref(it).second.price_text
             q = deref(it).second.size_text
-            found = False
-            # where it was (i), one place on (a level inserted above) or back (removed)
-            if <size_t>i < count and self.forms[i].price_text == p and self.forms[i].size_text == q:
-                form = self.forms[i]
-                found = True
+            kept = NULL
+            # where it was (i), one place on (a level inserted above) or back (removed),
+            # else anywhere
+            for k in range(-1, count + 2 if p != NULL else -1):
+                j = i if k == -1 else (i + 1 if k == 0 else (i - 1 if k == 1 else k - 2))
+                if k >= 2 and (j == i or j == i + 1 or j == i - 1):
+                    continue
+                if 0 <= j < count and self.forms[j].price_text == p and self.forms[j].size_text == q:
+                    kept = &self.forms[j]
+                    break
+            if kept != NULL:
+                self.forms_next.push_back(deref(kept))
+                kept.price_text = NULL  # (moved)
+                kept.size_text = NULL
             else:
-                for j in range(count):
-                    if self.forms[j].price_text == p and self.forms[j].size_text == q:
-                        form = self.forms[j]
-                        found = True
-                        break
-            if not found:
                 self.scratch.clear()
                 _kraken_form(&self.scratch, p)
                 _kraken_form(&self.scratch, q)
                 form.price_text = p
                 form.size_text = q
+                Py_XINCREF(p)
+                Py_XINCREF(q)
                 if self.scratch.size() <= sizeof(form.text):
                     form.len = self.scratch.size()
                     memcpy(form.text, self.scratch.data(), self.scratch.size())
                 else:
                     form.len = -1
-            Py_XINCREF(p)
-            Py_XINCREF(q)
-            if form.len >= 0:
-                out.append(form.text, form.len)
+                self.forms_next.push_back(form)
+            kept = &self.forms_next.back()
+            if kept.len >= 0:
+                out.append(kept.text, kept.len)
             else:
                 _kraken_form(out, p)
                 _kraken_form(out, q)
-            self.forms_next.push_back(form)
             inc(it)
             i += 1
         self.forms.swap(self.forms_next)
@@ -1063,7 +1068,7 @@ cdef class L2Book:
         if <object>ts_ns is not None:
             self.exchange_ts_ns = <object>ts_ns
         if <object>checksum is not None and self.kind != 0:
-            return self.checksum()
+            return self._checksum()
         return None
 
     def is_crossed(self) -> bool:
@@ -1105,6 +1110,9 @@ cdef class L2Book:
 
     def checksum(self) -> int:
         """The venue's CRC32 of the book as it is now (`checksum_kind`)."""
+        return self._checksum()
+
+    cdef object _checksum(self):
         cdef uint32_t crc
         if self.crc is not None:
             return self.crc
