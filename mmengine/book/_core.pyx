@@ -897,41 +897,54 @@ cdef class BookSide:
 
     cdef void _top_lists(self, Py_ssize_t n) except *:
         """The best `n` prices and sizes as lists of floats in `top_prices` / `top_sizes`:
-        the lists of the last call while those levels are unchanged (consecutive BookTops
-        share them; a BookTop is read-only), new lists otherwise. One walk of the side."""
+        each the list of the last call while its values are unchanged (consecutive BookTops
+        share it; a BookTop is read-only), a new list otherwise. One walk of the side."""
         cdef Py_ssize_t count = min(n, <Py_ssize_t>self.ladder.size())
         cdef Py_ssize_t i
         cdef LevelIter it = self.ladder.begin()
         cdef double sign = self.sign
-        cdef PyObject* price
-        cdef PyObject* size
+        cdef bint same_prices, same_sizes
+        cdef double[64] prices_now, sizes_now
+        if count > 64:  # (not a configured top, at most 50: a tool's or a test's)
+            prices = PyList_New(count)
+            sizes = PyList_New(count)
+            for i in range(count):
+                value = PyFloat_FromDouble(sign * deref(it).first)
+                Py_INCREF(value)
+                PyList_SET_ITEM(prices, i, value)
+                value = PyFloat_FromDouble(deref(it).second.size)
+                Py_INCREF(value)
+                PyList_SET_ITEM(sizes, i, value)
+                inc(it)
+            self.top_prices = prices
+            self.top_sizes = sizes
+            return
         prices = self.top_prices
         sizes = self.top_sizes
-        if prices is not None and PyList_GET_SIZE(prices) == count:
-            for i in range(count):
-                price = PyList_GET_ITEM(prices, i)
-                size = PyList_GET_ITEM(sizes, i)
-                if (
-                    PyFloat_AS_DOUBLE(price) != sign * deref(it).first
-                    or PyFloat_AS_DOUBLE(size) != deref(it).second.size
-                ):
-                    break
-                inc(it)
-            else:
-                return
-            it = self.ladder.begin()
-        prices = PyList_New(count)
-        sizes = PyList_New(count)
+        same_prices = prices is not None and PyList_GET_SIZE(prices) == count
+        same_sizes = same_prices
         for i in range(count):
-            value = PyFloat_FromDouble(sign * deref(it).first)
-            Py_INCREF(value)
-            PyList_SET_ITEM(prices, i, value)
-            value = PyFloat_FromDouble(deref(it).second.size)
-            Py_INCREF(value)
-            PyList_SET_ITEM(sizes, i, value)
+            prices_now[i] = sign * deref(it).first
+            sizes_now[i] = deref(it).second.size
+            if same_prices and PyFloat_AS_DOUBLE(PyList_GET_ITEM(prices, i)) != prices_now[i]:
+                same_prices = False
+            if same_sizes and PyFloat_AS_DOUBLE(PyList_GET_ITEM(sizes, i)) != sizes_now[i]:
+                same_sizes = False
             inc(it)
-        self.top_prices = prices
-        self.top_sizes = sizes
+        if not same_prices:
+            prices = PyList_New(count)
+            for i in range(count):
+                value = PyFloat_FromDouble(prices_now[i])
+                Py_INCREF(value)
+                PyList_SET_ITEM(prices, i, value)
+            self.top_prices = prices
+        if not same_sizes:
+            sizes = PyList_New(count)
+            for i in range(count):
+                value = PyFloat_FromDouble(sizes_now[i])
+                Py_INCREF(value)
+                PyList_SET_ITEM(sizes, i, value)
+            self.top_sizes = sizes
 
 
 cdef class L2Book:
