@@ -270,6 +270,9 @@ cdef class LevelDecoder:
     """One venue connection's level decoders (the methods of `levels.LevelDecoder`), in C."""
 
     cdef object reference
+    cdef object sided_type  # the slotted type of `sided` entries last seen, its keys, slots
+    cdef tuple sided_keys
+    cdef Py_ssize_t sided_at_p, sided_at_q, sided_at_s
     cdef object numbers_type  # the slotted type of Kraken v2 levels last seen (msgspec)
     cdef PyObject* numbers_kind
     cdef Py_ssize_t numbers_at_p, numbers_at_q
@@ -532,11 +535,26 @@ cdef class LevelDecoder:
                     if kind != <PyObject*>Py_TYPE(item):
                         if kind != NULL:
                             break  # entries of two types: the reference judges them
-                        at_p = _slot(type(item), price_key)
-                        at_q = _slot(type(item), size_key)
-                        at_s = _slot(type(item), side_key)
-                        if at_p == 0 or at_q == 0 or at_s == 0:
-                            break
+                        if (
+                            type(item) is self.sided_type
+                            and price_key is self.sided_keys[0]
+                            and size_key is self.sided_keys[1]
+                            and side_key is self.sided_keys[2]
+                        ):
+                            at_p = self.sided_at_p  # (as found on an earlier frame)
+                            at_q = self.sided_at_q
+                            at_s = self.sided_at_s
+                        else:
+                            at_p = _slot(type(item), price_key)
+                            at_q = _slot(type(item), size_key)
+                            at_s = _slot(type(item), side_key)
+                            if at_p == 0 or at_q == 0 or at_s == 0:
+                                break
+                            self.sided_type = type(item)
+                            self.sided_keys = (price_key, size_key, side_key)
+                            self.sided_at_p = at_p
+                            self.sided_at_q = at_q
+                            self.sided_at_s = at_s
                         kind = <PyObject*>Py_TYPE(item)
                     p = (<PyObject**>((<char*><PyObject*>item) + at_p))[0]
                     q = (<PyObject**>((<char*><PyObject*>item) + at_q))[0]
@@ -1306,8 +1324,6 @@ cdef class FramePath:
     cdef object parse_errors
     cdef type sync_type
     cdef type stats_type
-    cdef Py_ssize_t max_frame_bytes
-    cdef Py_ssize_t top_levels
     cdef Py_ssize_t at_frames, at_book_frames
     cdef Py_ssize_t at_book, at_stats, at_rule, at_checks_deltas, at_checksum, at_crossed
     cdef Py_ssize_t at_audits, at_sized, at_size
@@ -1331,8 +1347,6 @@ cdef class FramePath:
         self.contiguous = contiguous
         self.integrity_error = integrity_error
         self.parse_errors = parse_errors
-        self.max_frame_bytes = driver.max_frame_bytes
-        self.top_levels = driver.top_levels
         vs = type(self.venue_stats)
         self.at_frames = _need_slot(vs, "frames")
         self.at_book_frames = _need_slot(vs, "book_frames")
@@ -1364,7 +1378,7 @@ cdef class FramePath:
         """`BookDriver.receive`."""
         driver = self.driver
         _bump(self.venue_stats, self.at_frames)
-        if len(frame) > self.max_frame_bytes:
+        if len(frame) > driver.max_frame_bytes:  # (read each time: the driver's to change)
             self.skip("frame_too_large", f"{len(frame)} characters")
             return
         try:
@@ -1444,7 +1458,7 @@ cdef class FramePath:
             self.reference_emit(sync, recv_ns)  # held, crossed, or sized: the reference's
         else:
             book.recv_ts_ns = recv_ns
-            self.publish(book._top_of(self.top_levels))
+            self.publish(book._top_of(self.driver.top_levels))
         self._audits(sync)
 
     cdef inline void _audits(self, object sync) except *:
