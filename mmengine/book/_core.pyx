@@ -1324,6 +1324,8 @@ cdef class FramePath:
     cdef object parse_errors
     cdef type sync_type
     cdef type stats_type
+    cdef Py_ssize_t max_frame_bytes  # the driver's (it sets them again through `limits`)
+    cdef Py_ssize_t top_levels
     cdef Py_ssize_t at_frames, at_book_frames
     cdef Py_ssize_t at_book, at_stats, at_rule, at_checks_deltas, at_checksum, at_crossed
     cdef Py_ssize_t at_audits, at_sized, at_size
@@ -1347,6 +1349,8 @@ cdef class FramePath:
         self.contiguous = contiguous
         self.integrity_error = integrity_error
         self.parse_errors = parse_errors
+        self.max_frame_bytes = driver.max_frame_bytes
+        self.top_levels = driver.top_levels
         vs = type(self.venue_stats)
         self.at_frames = _need_slot(vs, "frames")
         self.at_book_frames = _need_slot(vs, "book_frames")
@@ -1374,11 +1378,16 @@ cdef class FramePath:
         self.sync_type = sync_type
         self.stats_type = stats_type
 
+    def limits(self, max_frame_bytes: int, top_levels: int) -> None:
+        """The driver's `max_frame_bytes` and `top_levels`, whenever it sets them."""
+        self.max_frame_bytes = max_frame_bytes
+        self.top_levels = top_levels
+
     def receive(self, frame: str, recv_ns: object) -> None:
         """`BookDriver.receive`."""
         driver = self.driver
         _bump(self.venue_stats, self.at_frames)
-        if len(frame) > driver.max_frame_bytes:  # (read each time: the driver's to change)
+        if len(frame) > self.max_frame_bytes:
             self.skip("frame_too_large", f"{len(frame)} characters")
             return
         try:
@@ -1458,7 +1467,7 @@ cdef class FramePath:
             self.reference_emit(sync, recv_ns)  # held, crossed, or sized: the reference's
         else:
             book.recv_ts_ns = recv_ns
-            self.publish(book._top_of(self.driver.top_levels))
+            self.publish(book._top_of(self.top_levels))
         self._audits(sync)
 
     cdef inline void _audits(self, object sync) except *:

@@ -231,10 +231,11 @@ class BookDriver:
         self.name = spec.name
         self.protocol = venue.protocol
         self.session = session
-        self.max_frame_bytes = venue.max_frame_bytes
+        self._path: Any = None  # the compiled core's per-frame path (below), if any
+        self._max_frame_bytes = venue.max_frame_bytes
         self.keepalive_interval_s = venue.keepalive_interval_s
         self.silence_timeout_s = venue.silence_timeout_s
-        self.top_levels = spec.top_levels
+        self._top_levels = spec.top_levels
         self.hold_crossed = venue.crossed_is_venue_state
         alarm = venue.audit_alarm_s
         self.audit_alarm_ns = int(alarm * 1e9) if alarm is not None else 0
@@ -276,6 +277,7 @@ class BookDriver:
             path = self.core.frame_path(self, ContiguousIds, IntegrityError, PARSE_ERRORS)
             self.receive = path.receive  # type: ignore[method-assign]
             self.on_book = path.on_book  # type: ignore[method-assign]
+            self._path = path
         self._handlers = {
             AuditTop: self.on_audit,
             Sequenced: self.on_sequenced,
@@ -285,6 +287,28 @@ class BookDriver:
             Resync: self.on_resync,
             Reconnect: self.on_reconnect,
         }
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """A frame longer than this is a counted skip (`frame_too_large`), never parsed."""
+        return self._max_frame_bytes
+
+    @max_frame_bytes.setter
+    def max_frame_bytes(self, value: int) -> None:
+        self._max_frame_bytes = value
+        if self._path is not None:
+            self._path.limits(value, self._top_levels)  # it keeps them as C integers
+
+    @property
+    def top_levels(self) -> int:
+        """Levels per side in each BookTop published."""
+        return self._top_levels
+
+    @top_levels.setter
+    def top_levels(self, value: int) -> None:
+        self._top_levels = value
+        if self._path is not None:
+            self._path.limits(self._max_frame_bytes, value)
 
     # --- what the transport calls --------------------------------------------------------
 

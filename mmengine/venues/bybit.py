@@ -79,6 +79,7 @@ class _BookFrame(Struct, gc=False):
 
 
 BOOK_FRAME = msgspec.json.Decoder(_BookFrame)
+_decode_book = BOOK_FRAME.decode
 
 
 def spot_symbol(instrument: str) -> str:
@@ -161,6 +162,7 @@ class _Bybit(VenueProtocol):
         self.by_ticker = {f"tickers.{s}": inst for inst, s in self.symbols.items()}
         self.tickers: dict[str, dict[str, Any]] = {inst: {} for inst in spec.instruments}
         self._req_ids = itertools.count(1)
+        self._rows_update = self.levels.rows_update  # the usual frame's one call (`parse`)
         if spec.audit and not self.ticker_audit:
             log.info("%s: %s tickers carry no best bid/ask: no audit", spec.name, self.category)
 
@@ -225,34 +227,37 @@ class _Bybit(VenueProtocol):
 
     def parse(self, frame: str) -> list[Event] | BookUpdate:
         if frame.startswith(BOOK_START):
-            # The usual frame: a book message, decoded by msgspec into the shape below and
+            # The usual frame: a book message, decoded by msgspec into the shape above and
             # turned into a BookUpdate in one call where the book core has it. Anything
             # else is decoded by orjson and judged as any frame (`_parse_message`).
             try:
-                book = BOOK_FRAME.decode(frame)
+                book = _decode_book(frame)
             except msgspec.MsgspecError:
                 book = None
             if book is not None:
                 instrument = self.by_topic.get(book.topic)
                 data = book.data
-                if instrument is not None and data.s == self.symbols[instrument]:
-                    kind = book.type
-                    if kind in (DELTA, SNAPSHOT):
-                        seq = data.seq
-                        ts = book.cts
-                        if ts is UNSET:
-                            ts = 0 if book.ts is UNSET else book.ts
-                        update = self.levels.rows_update(
-                            instrument,
-                            kind == SNAPSHOT,
-                            data.b,
-                            data.a,
-                            data.u,
-                            None if seq is UNSET else seq,
-                            ts,
-                        )
-                        if update is not None:
-                            return update  # type: ignore[no-any-return]
+                kind = book.type
+                if (
+                    instrument is not None
+                    and data.s == self.symbols[instrument]
+                    and kind in ("delta", "snapshot")  # (a constant tuple: DELTA, SNAPSHOT)
+                ):
+                    ts = book.cts
+                    if ts is UNSET:
+                        ts = 0 if book.ts is UNSET else book.ts
+                    seq = data.seq
+                    update = self._rows_update(
+                        instrument,
+                        kind == SNAPSHOT,
+                        data.b,
+                        data.a,
+                        data.u,
+                        None if seq is UNSET else seq,
+                        ts,
+                    )
+                    if update is not None:
+                        return update  # type: ignore[no-any-return]
         return self._parse_message(orjson.loads(frame))
 
     def _parse_message(self, msg: Any) -> list[Event] | BookUpdate:

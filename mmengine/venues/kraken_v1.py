@@ -68,6 +68,7 @@ class _BookFrame(Struct, array_like=True, gc=False):
 
 
 BOOK_FRAME = msgspec.json.Decoder(_BookFrame)
+_decode_book = BOOK_FRAME.decode
 
 
 def normalize_pair(pair: str) -> str:
@@ -213,7 +214,7 @@ class KrakenV1(KrakenBook):
             # shape below and turned into a BookUpdate in one call where the book core has
             # it. Anything else is decoded by orjson and judged as any frame.
             try:
-                book = BOOK_FRAME.decode(frame)
+                book = _decode_book(frame)
             except msgspec.MsgspecError:
                 book = None
             if book is not None and book.channel == self.channel:

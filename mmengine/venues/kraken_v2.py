@@ -64,6 +64,7 @@ class _BookFrame(Struct, gc=False):
 
 
 BOOK_FRAME = msgspec.json.Decoder(_BookFrame)
+_decode_book = BOOK_FRAME.decode
 
 
 def v2_symbol(instrument: str) -> str:
@@ -163,7 +164,7 @@ class KrakenV2(KrakenBook):
             # the book core has it. Anything else is decoded by orjson and judged as any
             # frame (`_parse_message`).
             try:
-                book = BOOK_FRAME.decode(frame)
+                book = _decode_book(frame)
             except msgspec.MsgspecError:
                 book = None
             if book is not None and len(book.data) == 1:
