@@ -16,6 +16,7 @@ pure-Python reference (`book.py`, `levels.py`, `checksum.py`), with the per-leve
   CRC32s over the top levels built in C from the kept strings, `top` building the BookTop.
 """
 
+cimport cython
 from cpython.object cimport Py_TYPE, PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF, Py_XINCREF
 from cython.operator cimport dereference as deref, preincrement as inc, predecrement as dec
@@ -221,6 +222,8 @@ cdef inline bint _number(object value, double* out):
     return False
 
 
+@cython.no_gc  # (its `owner` is the decoded level list: it can be in no reference cycle)
+@cython.freelist(16)
 cdef class Levels:
     """One decoded frame side: validated prices and sizes as C doubles, in the venue's order,
     and (for a checksum) the venue's strings, held alive by `owner`."""
