@@ -925,21 +925,15 @@ cdef class BookSide:
         cdef LevelIter it = self.ladder.begin()
         cdef double sign = self.sign
         cdef bint same_prices, same_sizes
-        cdef double[64] prices_now, sizes_now
-        if count > 64:  # (not a configured top, at most 50: a tool's or a test's)
-            prices = PyList_New(count)
-            sizes = PyList_New(count)
-            for i in range(count):
-                value = PyFloat_FromDouble(sign * deref(it).first)
-                Py_INCREF(value)
-                PyList_SET_ITEM(prices, i, value)
-                value = PyFloat_FromDouble(deref(it).second.size)
-                Py_INCREF(value)
-                PyList_SET_ITEM(sizes, i, value)
-                inc(it)
-            self.top_prices = prices
-            self.top_sizes = sizes
-            return
+        cdef double[64] small_prices, small_sizes  # a configured top is at most 50 levels
+        cdef vector[double] big_prices, big_sizes  # (a tool's or a test's longer top)
+        cdef double* prices_now = small_prices
+        cdef double* sizes_now = small_sizes
+        if count > 64:
+            big_prices.resize(count)
+            big_sizes.resize(count)
+            prices_now = big_prices.data()
+            sizes_now = big_sizes.data()
         prices = self.top_prices
         sizes = self.top_sizes
         same_prices = prices is not None and PyList_GET_SIZE(prices) == count
@@ -953,19 +947,19 @@ cdef class BookSide:
                 same_sizes = False
             inc(it)
         if not same_prices:
-            prices = PyList_New(count)
-            for i in range(count):
-                value = PyFloat_FromDouble(prices_now[i])
-                Py_INCREF(value)
-                PyList_SET_ITEM(prices, i, value)
-            self.top_prices = prices
+            self.top_prices = _float_list(prices_now, count)
         if not same_sizes:
-            sizes = PyList_New(count)
-            for i in range(count):
-                value = PyFloat_FromDouble(sizes_now[i])
-                Py_INCREF(value)
-                PyList_SET_ITEM(sizes, i, value)
-            self.top_sizes = sizes
+            self.top_sizes = _float_list(sizes_now, count)
+
+
+cdef list _float_list(const double* values, Py_ssize_t count):
+    cdef Py_ssize_t i
+    out = PyList_New(count)
+    for i in range(count):
+        value = PyFloat_FromDouble(values[i])
+        Py_INCREF(value)  # SET_ITEM steals a reference
+        PyList_SET_ITEM(out, i, value)
+    return out
 
 
 cdef class L2Book:
