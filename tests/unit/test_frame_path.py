@@ -145,7 +145,11 @@ def _counting(own: Any, handed: dict[str, int]) -> Any:
 FAST = ["KRAKEN.jsonl.gz", "KRAKEN_V2.jsonl.gz", "BYBIT.jsonl.gz"]
 
 
-@pytest.mark.parametrize("capture", [c for c in CAPTURES if c.path.name in FAST], ids=str)
+@pytest.mark.parametrize(
+    "capture",
+    [c for c in CAPTURES if c.path.name in FAST],
+    ids=[f"{c.path.name}:{c.venue_name or ''}" for c in CAPTURES if c.path.name in FAST],
+)
 def test_the_usual_book_frame_takes_the_compiled_path(
     capture: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
