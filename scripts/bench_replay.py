@@ -59,9 +59,9 @@ def book_path_texts(
     bodies: list[str] = []
     answers = session.fetched
 
-    def fetched() -> list[tuple[Any, str | None, str]]:
+    def fetched() -> list[tuple[Any, str | None, str, int]]:
         got = answers()
-        bodies.extend(body for _, body, _ in got if body is not None)
+        bodies.extend(answer[1] for answer in got if answer[1] is not None)
         return got
 
     session.fetched = fetched  # type: ignore[method-assign]

@@ -31,6 +31,30 @@ class LevelDecoder:
     def sided(
         self, raw: Any, bid: str, ask: str, price_key: str, size_key: str, side_key: str
     ) -> tuple[Levels, Levels]: ...
+    def rows_update(
+        self,
+        instrument: str,
+        snapshot: bool,
+        bids: object,
+        asks: object,
+        last_id: object,
+        cross_seq: object,
+        ts_ms: object,
+    ) -> BookUpdate | None: ...
+    def kraken_update(
+        self, instrument: str, asks: object, bids: object, checksum: object
+    ) -> BookUpdate | None: ...
+    def kraken_snapshot(self, instrument: str, asks: object, bids: object) -> BookUpdate | None: ...
+    def kraken_numbers_update(
+        self,
+        instrument: str,
+        snapshot: bool,
+        bids: object,
+        asks: object,
+        formats: tuple[int, int],
+        checksum: object,
+        timestamp: object,
+    ) -> BookUpdate | None: ...
 
 class BookSide:
     """One side of a book, best level first."""
@@ -86,3 +110,18 @@ class L2Book:
     def is_crossed(self) -> bool: ...
     def top(self, n: int) -> BookTop: ...
     def checksum(self) -> int: ...
+
+class FramePath:
+    """The shared driver's per-frame path for a LIVE book (`sync.BookDriver.receive` and
+    `on_book`), in C; every other case it hands back to the driver's Python methods."""
+
+    def __init__(
+        self,
+        driver: Any,
+        contiguous: type,
+        integrity_error: type[Exception],
+        parse_errors: tuple[type[Exception], ...],
+    ) -> None: ...
+    def limits(self, max_frame_bytes: int, top_levels: int) -> None: ...
+    def receive(self, frame: str, recv_ns: int) -> None: ...
+    def on_book(self, ev: BookUpdate, recv_ns: int) -> None: ...

@@ -16,6 +16,7 @@ pure-Python reference (`book.py`, `levels.py`, `checksum.py`), with the per-leve
   CRC32s over the top levels built in C from the kept strings, `top` building the BookTop.
 """
 
+cimport cython
 from cpython.object cimport Py_TYPE, PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF, Py_XINCREF
 from cython.operator cimport dereference as deref, preincrement as inc, predecrement as dec
@@ -44,6 +45,9 @@ cdef extern from "Python.h":
     void PyList_SET_ITEM(object lst, Py_ssize_t i, object item)
     void PyTuple_SET_ITEM(object tup, Py_ssize_t i, object item)
     object PyFloat_FromDouble(double value)
+    object PyLong_FromDouble(double value)
+    str PyUnicode_FromStringAndSize(const char* text, Py_ssize_t size)
+    double PyFloat_AS_DOUBLE(PyObject* value)
     bint PyUnicode_IS_COMPACT_ASCII(PyObject* text)
     Py_ssize_t PyUnicode_GET_LENGTH(PyObject* text)
     void* PyUnicode_DATA(PyObject* text)
@@ -56,6 +60,8 @@ cdef extern from *:
     #include <string.h>
     struct MmLevel { double size; PyObject* price_text; PyObject* size_text; };
     struct MmEntry { double price; double size; PyObject* price_text; PyObject* size_text; };
+    /* A level's Kraken checksum form (`price + qty`), kept with the strings it came from. */
+    struct MmForm { PyObject* price_text; PyObject* size_text; int len; char text[52]; };
     typedef std::map<double, MmLevel> MmLadder;
 
     static inline MmLadder::iterator mm_insert(MmLadder& ladder, MmLadder::iterator hint,
@@ -70,6 +76,7 @@ cdef extern from *:
        else, which the caller converts the slow way. */
     static const double mm_pow10[23] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9,
         1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+    static inline double mm_pow10_at(int k) { return mm_pow10[k]; }
     static inline int mm_decimal(const char* s, Py_ssize_t n, double* out) {
         uint64_t m = 0;
         int digits = 0, scale = 0, dot = 0, seen = 0;
@@ -130,12 +137,18 @@ cdef extern from *:
         double size
         PyObject* price_text  # owned, or NULL where no strings are kept
         PyObject* size_text
+    cdef struct Form "MmForm":
+        PyObject* price_text  # owned
+        PyObject* size_text
+        int len  # -1: longer than `text`, written from the strings each time
+        char text[52]
     cdef struct Entry "MmEntry":
         double price
         double size
         PyObject* price_text  # borrowed from `Levels.owner`
         PyObject* size_text
     bint mm_decimal(const char* s, Py_ssize_t n, double* out) noexcept
+    double mm_pow10_of "mm_pow10_at"(int k) noexcept
     void mm_crc_init()
     uint32_t mm_crc32(uint32_t crc, const char* data, size_t n)
 
@@ -209,6 +222,8 @@ cdef inline bint _number(object value, double* out):
     return False
 
 
+@cython.no_gc  # (its `owner` is the decoded level list: it can be in no reference cycle)
+@cython.freelist(16)
 cdef class Levels:
     """One decoded frame side: validated prices and sizes as C doubles, in the venue's order,
     and (for a checksum) the venue's strings, held alive by `owner`."""
@@ -258,6 +273,12 @@ cdef class LevelDecoder:
     """One venue connection's level decoders (the methods of `levels.LevelDecoder`), in C."""
 
     cdef object reference
+    cdef object sided_type  # the slotted type of `sided` entries last seen, its keys, slots
+    cdef tuple sided_keys
+    cdef Py_ssize_t sided_at_p, sided_at_q, sided_at_s
+    cdef object numbers_type  # the slotted type of Kraken v2 levels last seen (msgspec)
+    cdef PyObject* numbers_kind
+    cdef Py_ssize_t numbers_at_p, numbers_at_q
 
     def __init__(self) -> None:
         self.reference = _reference.LevelDecoder()
@@ -320,39 +341,173 @@ cdef class LevelDecoder:
     def kraken_numbers(self, raw: object, formats: tuple) -> Levels:
         """Kraken v2 `{"price": 45283.5, "qty": 0.1}` numbers, each written with the pair's
         precision (`PyOS_double_to_string`, what `format(x, ".1f")` uses) for the checksum."""
+        out = self._numbers(raw, formats)
+        if out is not None:
+            return out
+        price_decimals, size_decimals = formats
+        reference = _reference.PairFormats(f".{price_decimals}f", f".{size_decimals}f")
+        return _from_reference(_reference.kraken_numbers(raw, reference), True)
+
+    cdef Levels _numbers(self, object raw, tuple formats):
+        """`kraken_numbers` of clean input; None otherwise."""
         cdef Levels out
         cdef Py_ssize_t i, n
         cdef Entry entry
         cdef int price_decimals = formats[0]
         cdef int size_decimals = formats[1]
         cdef PyObject* found
-        if type(raw) is list:
-            n = PyList_GET_SIZE(raw)
-            out = Levels()
-            out.entries.reserve(n)
-            owner = []
-            for i in range(n):
-                item = <object>PyList_GET_ITEM(raw, i)
-                if type(item) is not dict:
-                    break
+        if type(raw) is not list:
+            return None
+        cdef PyObject* kind = self.numbers_kind  # the entries' type whose slots are known
+        cdef Py_ssize_t at_p = self.numbers_at_p, at_q = self.numbers_at_q
+        n = PyList_GET_SIZE(raw)
+        out = Levels()
+        out.entries.reserve(n)
+        owner = []
+        for i in range(n):
+            item = <object>PyList_GET_ITEM(raw, i)
+            if type(item) is dict:
                 found = PyDict_GetItem(item, "price")
                 if found == NULL or not _number(<object>found, &entry.price):
-                    break
+                    return None
                 found = PyDict_GetItem(item, "qty")
                 if found == NULL or not _number(<object>found, &entry.size):
-                    break
-                if not (0.0 < entry.price < INF and 0.0 <= entry.size < INF):
-                    break
-                texts = (_fixed(entry.price, price_decimals), _fixed(entry.size, size_decimals))
-                owner.append(texts)
-                entry.price_text = <PyObject*>texts[0]
-                entry.size_text = <PyObject*>texts[1]
-                out.entries.push_back(entry)
+                    return None
             else:
-                out.owner = owner
-                return out
-        reference = _reference.PairFormats(f".{price_decimals}f", f".{size_decimals}f")
-        return _from_reference(_reference.kraken_numbers(raw, reference), True)
+                # objects of one slotted type (msgspec Structs): `price`, `qty` at slots
+                if kind != <PyObject*>Py_TYPE(item):
+                    at_p = _slot(type(item), "price")
+                    at_q = _slot(type(item), "qty")
+                    if at_p == 0 or at_q == 0:
+                        return None
+                    kind = <PyObject*>Py_TYPE(item)
+                    # kept for the next call (the type is held, so its address stays its)
+                    self.numbers_type = type(item)
+                    self.numbers_kind = kind
+                    self.numbers_at_p = at_p
+                    self.numbers_at_q = at_q
+                found = (<PyObject**>((<char*><PyObject*>item) + at_p))[0]
+                if found == NULL or not _number(<object>found, &entry.price):
+                    return None
+                found = (<PyObject**>((<char*><PyObject*>item) + at_q))[0]
+                if found == NULL or not _number(<object>found, &entry.size):
+                    return None
+            if not (0.0 < entry.price < INF and 0.0 <= entry.size < INF):
+                return None
+            texts = (_fixed(entry.price, price_decimals), _fixed(entry.size, size_decimals))
+            owner.append(texts)
+            entry.price_text = <PyObject*>texts[0]
+            entry.size_text = <PyObject*>texts[1]
+            out.entries.push_back(entry)
+        out.owner = owner
+        return out
+
+    # --- whole book messages in one call (the venue module's fast path) ----------------
+    # Each returns the BookUpdate its venue module's own decoding would give, or None when
+    # anything is not as expected: the venue module then decodes the message its own way
+    # (which also raises what the reference raises). The reference decoder's always return
+    # None (`levels.LevelDecoder`).
+
+    def rows_update(
+        self, instrument: str, snapshot: bool, bids: object, asks: object, last_id: object,
+        cross_seq: object, ts_ms: object
+    ) -> object:
+        """Bybit `orderbook`: `rows` of both sides, `u` (int), `seq` (int or None: -1) and
+        the time in ms (int) -> BookUpdate."""
+        cdef Levels b, a
+        if type(last_id) is not int or type(ts_ms) is not int:
+            return None
+        if cross_seq is None:
+            cross_seq = -1
+        elif type(cross_seq) is not int:
+            return None
+        b = self._rows(bids, False)
+        if b is None:
+            return None
+        a = self._rows(asks, False)
+        if a is None:
+            return None
+        return _new_update(
+            instrument, snapshot, b, a, last_id, None, cross_seq, ts_ms * 1_000_000, None
+        )
+
+    def kraken_update(
+        self, instrument: str, asks: object, bids: object, checksum: object
+    ) -> object:
+        """A Kraken v1 update of one object (`a` and/or `b`, with `c`): `kraken_rows` of
+        each side given, the time of the last level (of `b`, else `a`), `c` as an int."""
+        cdef object a = []
+        cdef object b = []
+        cdef object last = None
+        cdef object c
+        cdef object ts_ns = None
+        if type(checksum) is not str:
+            return None
+        c = _digits(checksum)
+        if c is None:
+            return None
+        if asks is not None:
+            a = self._rows(asks, True)
+            if a is None:
+                return None
+            if PyList_GET_SIZE(asks):
+                last = <object>PyList_GET_ITEM(asks, PyList_GET_SIZE(asks) - 1)
+        if bids is not None:
+            b = self._rows(bids, True)
+            if b is None:
+                return None
+            if PyList_GET_SIZE(bids):
+                last = <object>PyList_GET_ITEM(bids, PyList_GET_SIZE(bids) - 1)
+        if last is not None:
+            if PyList_GET_SIZE(last) < 3:
+                return None
+            ts_ns = _seconds_ns(<object>PyList_GET_ITEM(last, 2))
+            if ts_ns is None:
+                return None
+        return _new_update(instrument, False, b, a, None, None, -1, ts_ns, c)
+
+    def kraken_snapshot(self, instrument: str, asks: object, bids: object) -> object:
+        """A Kraken v1 snapshot (`as`, `bs`): `kraken_rows` of each side, the time of its
+        newest level (the greatest `seconds.micros` string, as `max()` of them)."""
+        cdef Levels a, b
+        cdef object newest = None
+        a = self._rows(asks, True)
+        if a is None:
+            return None
+        b = self._rows(bids, True)
+        if b is None:
+            return None
+        newest = _newest_third(asks, newest)
+        if newest is not _NO_TIME:
+            newest = _newest_third(bids, newest)
+        if newest is _NO_TIME:
+            return None
+        ts_ns = _seconds_ns("0" if newest is None else newest)
+        if ts_ns is None:
+            return None
+        return _new_update(instrument, True, b, a, None, None, -1, ts_ns, None)
+
+    def kraken_numbers_update(
+        self, instrument: str, snapshot: bool, bids: object, asks: object, formats: tuple,
+        checksum: object, timestamp: object
+    ) -> object:
+        """A Kraken v2 `book` entry: `kraken_numbers` of both sides, the integer checksum
+        (or None), the RFC 3339 timestamp (or none)."""
+        cdef Levels b, a
+        cdef object ts_ns = None
+        if checksum is not None and type(checksum) is not int:
+            return None
+        if timestamp:
+            ts_ns = _rfc3339_ns(timestamp)
+            if ts_ns is None:
+                return None
+        b = self._numbers(bids or [], formats)
+        if b is None:
+            return None
+        a = self._numbers(asks or [], formats)
+        if a is None:
+            return None
+        return _new_update(instrument, snapshot, b, a, None, None, -1, ts_ns, checksum)
 
     def sided(
         self, raw: object, bid: str, ask: str, price_key: str, size_key: str, side_key: str
@@ -383,11 +538,26 @@ cdef class LevelDecoder:
                     if kind != <PyObject*>Py_TYPE(item):
                         if kind != NULL:
                             break  # entries of two types: the reference judges them
-                        at_p = _slot(type(item), price_key)
-                        at_q = _slot(type(item), size_key)
-                        at_s = _slot(type(item), side_key)
-                        if at_p == 0 or at_q == 0 or at_s == 0:
-                            break
+                        if (
+                            type(item) is self.sided_type
+                            and price_key is self.sided_keys[0]
+                            and size_key is self.sided_keys[1]
+                            and side_key is self.sided_keys[2]
+                        ):
+                            at_p = self.sided_at_p  # (as found on an earlier frame)
+                            at_q = self.sided_at_q
+                            at_s = self.sided_at_s
+                        else:
+                            at_p = _slot(type(item), price_key)
+                            at_q = _slot(type(item), size_key)
+                            at_s = _slot(type(item), side_key)
+                            if at_p == 0 or at_q == 0 or at_s == 0:
+                                break
+                            self.sided_type = type(item)
+                            self.sided_keys = (price_key, size_key, side_key)
+                            self.sided_at_p = at_p
+                            self.sided_at_q = at_q
+                            self.sided_at_s = at_s
                         kind = <PyObject*>Py_TYPE(item)
                     p = (<PyObject**>((<char*><PyObject*>item) + at_p))[0]
                     q = (<PyObject**>((<char*><PyObject*>item) + at_q))[0]
@@ -435,6 +605,37 @@ cdef Py_ssize_t _slot(type kind, str name):
 
 
 cdef str _fixed(double value, int decimals):
+    """`format(value, f".{decimals}f")`. A value that is a whole number of 10**-decimals
+    (what a venue writes with that precision) is written from that integer: the correctly
+    rounded text is then that integer's digits, which `PyOS_double_to_string` would also
+    give, at a fraction of its cost; anything else is written by it."""
+    cdef double scaled
+    cdef long long whole
+    cdef char[40] buf
+    cdef int n = 0, i, lo, hi
+    cdef char swap
+    if 0.0 <= value and 0 <= decimals <= 15:
+        scaled = value * mm_pow10_of(decimals)
+        if scaled < 562949953421312.0:  # 2**49: the product is within 1/16 of exact
+            whole = <long long>(scaled + 0.5)
+            if -0.125 <= scaled - <double>whole <= 0.125:
+                # the digits, least significant first, at least decimals + 1 of them
+                while whole > 0 or n <= decimals:
+                    if n == decimals and decimals > 0:
+                        buf[n] = c'.'
+                        n += 1
+                    buf[n] = c'0' + <char>(whole % 10)
+                    whole //= 10
+                    n += 1
+                lo = 0
+                hi = n - 1
+                while lo < hi:
+                    swap = buf[lo]
+                    buf[lo] = buf[hi]
+                    buf[hi] = swap
+                    lo += 1
+                    hi -= 1
+                return PyUnicode_FromStringAndSize(buf, n)
     cdef char* text = PyOS_double_to_string(value, b"f", decimals, 0, NULL)
     try:
         return text.decode("ascii")
@@ -450,6 +651,13 @@ cdef class BookSide:
     the tests read)."""
 
     cdef LevelMap ladder  # key: price (asks) or -price (bids), so begin() is the best level
+    cdef list top_prices  # the lists of the last BookTop (`_top_lists`); None: none yet
+    cdef list top_sizes
+    # Kraken: the checksum forms of the levels its text was last written from, best first
+    # (a level whose strings are the same objects is not written again)
+    cdef vector[Form] forms
+    cdef vector[Form] forms_next
+    cdef string scratch
     cdef readonly bint is_bid
     cdef readonly bint keep_wire
     cdef double sign
@@ -461,6 +669,70 @@ cdef class BookSide:
 
     def __dealloc__(self) -> None:
         self._clear()
+        self._drop_forms(&self.forms)
+        self._drop_forms(&self.forms_next)
+
+    cdef void _drop_forms(self, vector[Form]* forms) noexcept:
+        cdef size_t j
+        for j in range(forms.size()):
+            Py_XDECREF(deref(forms)[j].price_text)
+            Py_XDECREF(deref(forms)[j].size_text)
+        forms.clear()
+
+    cdef void _kraken_text(self, string* out, int n) noexcept:
+        """Append the Kraken checksum text of the best `n` levels (venue-protocols 3.4),
+        reusing the form of each level written last time from the same strings (their
+        references move to the new list; the forms not reused are released)."""
+        cdef LevelIter it = self.ladder.begin()
+        cdef int i = 0
+        cdef Py_ssize_t j, k, count
+        cdef Form form
+        cdef Form* kept
+        cdef PyObject* p
+        cdef PyObject* q
+        self._drop_forms(&self.forms_next)
+        count = self.forms.size()
+        while it != self.ladder.end() and i < n:
+            p = deref(it).second.price_text
+            q = deref(it).second.size_text
+            kept = NULL
+            # where it was (i), one place on (a level inserted above) or back (removed),
+            # else anywhere
+            for k in range(-1, count + 2 if p != NULL else -1):
+                j = i if k == -1 else (i + 1 if k == 0 else (i - 1 if k == 1 else k - 2))
+                if k >= 2 and (j == i or j == i + 1 or j == i - 1):
+                    continue
+                if 0 <= j < count and self.forms[j].price_text == p and self.forms[j].size_text == q:
+                    kept = &self.forms[j]
+                    break
+            if kept != NULL:
+                self.forms_next.push_back(deref(kept))
+                kept.price_text = NULL  # (moved)
+                kept.size_text = NULL
+            else:
+                self.scratch.clear()
+                _kraken_form(&self.scratch, p)
+                _kraken_form(&self.scratch, q)
+                form.price_text = p
+                form.size_text = q
+                Py_XINCREF(p)
+                Py_XINCREF(q)
+                if self.scratch.size() <= sizeof(form.text):
+                    form.len = self.scratch.size()
+                    memcpy(form.text, self.scratch.data(), self.scratch.size())
+                else:
+                    form.len = -1
+                self.forms_next.push_back(form)
+            kept = &self.forms_next.back()
+            if kept.len >= 0:
+                out.append(kept.text, kept.len)
+            else:
+                _kraken_form(out, p)
+                _kraken_form(out, q)
+            inc(it)
+            i += 1
+        self.forms.swap(self.forms_next)
+        self._drop_forms(&self.forms_next)
 
     def __len__(self) -> int:
         return self.ladder.size()
@@ -644,20 +916,50 @@ cdef class BookSide:
             i += 1
         return out
 
-    cdef object _top(self, Py_ssize_t n, bint sizes):
-        """The best `n` prices (or their sizes) as a list of floats."""
+    cdef void _top_lists(self, Py_ssize_t n) except *:
+        """The best `n` prices and sizes as lists of floats in `top_prices` / `top_sizes`:
+        each the list of the last call while its values are unchanged (consecutive BookTops
+        share it; a BookTop is read-only), a new list otherwise. One walk of the side."""
         cdef Py_ssize_t count = min(n, <Py_ssize_t>self.ladder.size())
         cdef Py_ssize_t i
         cdef LevelIter it = self.ladder.begin()
-        out = PyList_New(count)
+        cdef double sign = self.sign
+        cdef bint same_prices, same_sizes
+        cdef double[64] small_prices, small_sizes  # a configured top is at most 50 levels
+        cdef vector[double] big_prices, big_sizes  # (a tool's or a test's longer top)
+        cdef double* prices_now = small_prices
+        cdef double* sizes_now = small_sizes
+        if count > 64:
+            big_prices.resize(count)
+            big_sizes.resize(count)
+            prices_now = big_prices.data()
+            sizes_now = big_sizes.data()
+        prices = self.top_prices
+        sizes = self.top_sizes
+        same_prices = prices is not None and PyList_GET_SIZE(prices) == count
+        same_sizes = same_prices
         for i in range(count):
-            value = PyFloat_FromDouble(
-                deref(it).second.size if sizes else self.sign * deref(it).first
-            )
-            Py_INCREF(value)
-            PyList_SET_ITEM(out, i, value)
+            prices_now[i] = sign * deref(it).first
+            sizes_now[i] = deref(it).second.size
+            if same_prices and PyFloat_AS_DOUBLE(PyList_GET_ITEM(prices, i)) != prices_now[i]:
+                same_prices = False
+            if same_sizes and PyFloat_AS_DOUBLE(PyList_GET_ITEM(sizes, i)) != sizes_now[i]:
+                same_sizes = False
             inc(it)
-        return out
+        if not same_prices:
+            self.top_prices = _float_list(prices_now, count)
+        if not same_sizes:
+            self.top_sizes = _float_list(sizes_now, count)
+
+
+cdef list _float_list(const double* values, Py_ssize_t count):
+    cdef Py_ssize_t i
+    out = PyList_New(count)
+    for i in range(count):
+        value = PyFloat_FromDouble(values[i])
+        Py_INCREF(value)  # SET_ITEM steals a reference
+        PyList_SET_ITEM(out, i, value)
+    return out
 
 
 cdef class L2Book:
@@ -683,6 +985,7 @@ cdef class L2Book:
     cdef bint asks_changed
     cdef bint bids_changed
     cdef object crc  # the last value while neither side changed; None: to compute
+    cdef uint32_t ask_crc  # Kraken: the CRC32 of `ask_text` (the bids' continue from it)
 
     def __init__(
         self,
@@ -745,6 +1048,9 @@ cdef class L2Book:
     def apply(self, bids: object, asks: object) -> None:
         """A delta: every level of both sides (set, delete on zero size, deletes of absent
         levels ignored), then truncation to depth."""
+        self._apply_sides(bids, asks)
+
+    cdef void _apply_sides(self, object bids, object asks) except *:
         cdef bint dropped
         if type(asks) is Levels:
             if self.asks._apply(<Levels>asks, self.watch):
@@ -767,13 +1073,16 @@ cdef class L2Book:
         """A delta its sequence rule accepted, in one call: `apply` its levels, take its
         cross sequence and venue time; the book's checksum when the message carries the
         venue's (to compare), else None. (`ev` is a BookUpdate: its slots are read in C.)"""
+        if type(ev) is not BookUpdate or _AT_CHECKSUM == 0:
+            raise TypeError(f"a BookUpdate, not {type(ev).__name__}")
+        return self._update(ev)
+
+    cdef object _update(self, object ev):
         cdef PyObject* bids
         cdef PyObject* asks
         cdef PyObject* cross_seq
         cdef PyObject* ts_ns
         cdef PyObject* checksum
-        if type(ev) is not BookUpdate or _AT_CHECKSUM == 0:
-            raise TypeError(f"a BookUpdate, not {type(ev).__name__}")
         bids = _at(ev, _AT_BIDS)
         asks = _at(ev, _AT_ASKS)
         cross_seq = _at(ev, _AT_CROSS_SEQ)
@@ -781,22 +1090,28 @@ cdef class L2Book:
         checksum = _at(ev, _AT_CHECKSUM)
         if bids == NULL or asks == NULL or cross_seq == NULL or ts_ns == NULL or checksum == NULL:
             raise AttributeError("a BookUpdate with a field not set")
-        self.apply(<object>bids, <object>asks)
+        self._apply_sides(<object>bids, <object>asks)
         if <object>cross_seq >= 0:
             self.cross_seq = <object>cross_seq
         if <object>ts_ns is not None:
             self.exchange_ts_ns = <object>ts_ns
         if <object>checksum is not None and self.kind != 0:
-            return self.checksum()
+            return self._checksum()
         return None
 
     def is_crossed(self) -> bool:
+        return self._is_crossed()
+
+    cdef inline bint _is_crossed(self):
         if self.bids.ladder.empty() or self.asks.ladder.empty():
             return False
         return -deref(self.bids.ladder.begin()).first >= deref(self.asks.ladder.begin()).first
 
     def top(self, n: int) -> object:
         """The best `n` levels per side as a BookTop (levels only when LIVE)."""
+        return self._top_of(n)
+
+    cdef object _top_of(self, Py_ssize_t n):
         cdef bint live = self.state is LIVE
         cdef Py_ssize_t depth = n if live else 0
         top = PyType_GenericAlloc(_BOOK_TOP, 11)
@@ -807,26 +1122,37 @@ cdef class L2Book:
         _put(top, 4, self.cross_seq)
         _put(top, 5, self.exchange_ts_ns)
         _put(top, 6, self.recv_ts_ns)
-        _put(top, 7, self.bids._top(depth, False))
-        _put(top, 8, self.bids._top(depth, True))
-        _put(top, 9, self.asks._top(depth, False))
-        _put(top, 10, self.asks._top(depth, True))
+        if depth == 0:
+            _put(top, 7, [])
+            _put(top, 8, [])
+            _put(top, 9, [])
+            _put(top, 10, [])
+        else:
+            self.bids._top_lists(depth)
+            self.asks._top_lists(depth)
+            _put(top, 7, self.bids.top_prices)
+            _put(top, 8, self.bids.top_sizes)
+            _put(top, 9, self.asks.top_prices)
+            _put(top, 10, self.asks.top_sizes)
         return top
 
     def checksum(self) -> int:
         """The venue's CRC32 of the book as it is now (`checksum_kind`)."""
+        return self._checksum()
+
+    cdef object _checksum(self):
         cdef uint32_t crc
         if self.crc is not None:
             return self.crc
         if self.kind == _KRAKEN:
             if self.asks_changed:
                 self.ask_text.clear()
-                _kraken_text(&self.ask_text, self.asks, KRAKEN_LEVELS)
+                self.asks._kraken_text(&self.ask_text, KRAKEN_LEVELS)
+                self.ask_crc = mm_crc32(0, self.ask_text.c_str(), self.ask_text.size())
             if self.bids_changed:
                 self.bid_text.clear()
-                _kraken_text(&self.bid_text, self.bids, KRAKEN_LEVELS)
-            crc = mm_crc32(0, self.ask_text.c_str(), self.ask_text.size())
-            crc = mm_crc32(crc, self.bid_text.c_str(), self.bid_text.size())
+                self.bids._kraken_text(&self.bid_text, KRAKEN_LEVELS)
+            crc = mm_crc32(self.ask_crc, self.bid_text.c_str(), self.bid_text.size())
             self.crc = crc
         elif self.kind == _OKX:
             self.ask_text.clear()
@@ -873,6 +1199,8 @@ cdef inline Levels _levels(object given):
 
 cdef extern from "string.h":
     const void* memchr(const void* s, int c, size_t n)
+    void* memcpy(void* dest, const void* src, size_t n)
+    int memcmp(const void* a, const void* b, size_t n)
 
 
 cdef inline void _kraken_form(string* out, PyObject* text) noexcept:
@@ -891,16 +1219,6 @@ cdef inline void _kraken_form(string* out, PyObject* text) noexcept:
         return
     out.append(buf + i, dot - (buf + i))
     out.append(dot + 1, buf + n - dot - 1)
-
-
-cdef void _kraken_text(string* out, BookSide side, int n) noexcept:
-    cdef LevelIter it = side.ladder.begin()
-    cdef int i = 0
-    while it != side.ladder.end() and i < n:
-        _kraken_form(out, deref(it).second.price_text)
-        _kraken_form(out, deref(it).second.size_text)
-        inc(it)
-        i += 1
 
 
 cdef inline void _append(string* out, PyObject* text) noexcept:
@@ -934,3 +1252,382 @@ cdef void _okx_text(string* out, BookSide bids, BookSide asks, int n) noexcept:
         if a != asks.ladder.end():
             _okx_level(out, deref(a).second)
             inc(a)
+
+
+# --- the driver's per-frame path (the reference: `sync.BookDriver.receive` / `on_book`) -------
+
+
+cdef inline object _field(object obj, Py_ssize_t offset):
+    """A slot's object (a new reference); AttributeError where it is unset."""
+    cdef PyObject* value = (<PyObject**>((<char*><PyObject*>obj) + offset))[0]
+    if value == NULL:
+        raise AttributeError("a slot of the driver's state is not set")
+    return <object>value
+
+
+cdef inline void _store(object obj, Py_ssize_t offset, object value):
+    """Set a slot (the reference is taken; the old value released)."""
+    cdef PyObject** at = <PyObject**>((<char*><PyObject*>obj) + offset)
+    cdef PyObject* old = at[0]
+    Py_INCREF(value)
+    at[0] = <PyObject*>value
+    Py_XDECREF(old)
+
+
+cdef inline void _bump(object obj, Py_ssize_t offset) except *:
+    """`obj.<slot> += 1` for a counter slot."""
+    _store(obj, offset, _field(obj, offset) + 1)
+
+
+cdef Py_ssize_t _need_slot(type kind, str name) except 0:
+    cdef Py_ssize_t at = _slot(kind, name)
+    if at == 0:
+        raise TypeError(f"{kind.__name__}.{name} is not a slot: the compiled path reads it in C")
+    return at
+
+
+cdef object _FALSE = False
+cdef Py_ssize_t _AT_INSTRUMENT = _slot(BookUpdate, "instrument")
+cdef Py_ssize_t _AT_SNAPSHOT = _slot(BookUpdate, "snapshot")
+cdef Py_ssize_t _AT_LAST_ID = _slot(BookUpdate, "last_id")
+
+
+cdef class FramePath:
+    """`BookDriver.receive` and `on_book` in C for one driver (venue thread): what the
+    reference does for every frame, with the common case done here in one call: a book
+    message for a LIVE book (state check, the sequence rule's fast case, apply, checksum
+    compare, counters, the BookTop published). Anything else (a snapshot, a book not LIVE,
+    a rule's other answers, a crossed or contract-sized book, waiting audits, a frame that
+    is not one book message, a refused frame) is handed to the driver's own Python methods,
+    so the outcome is the reference's by construction; `tests/unit/test_book_cores.py`
+    checks books, tops, counters and errors on every capture.
+
+    The driver's state objects (`InstrumentSync`, `InstrumentStats`, `VenueStats`, the
+    event `BookUpdate`) are slotted classes whose slots are read and counted in C."""
+
+    cdef object driver
+    cdef dict syncs
+    cdef object venue_stats
+    cdef object publish
+    cdef object reference_on_book
+    cdef object reference_emit
+    cdef object audit_waiting
+    cdef object failed
+    cdef object parse_failed
+    cdef object handle_events
+    cdef object skip
+    cdef object contiguous  # the rule whose fast case is done here (`ContiguousIds`)
+    cdef object integrity_error
+    cdef object parse_errors
+    cdef type sync_type
+    cdef type stats_type
+    cdef Py_ssize_t max_frame_bytes  # the driver's (it sets them again through `limits`)
+    cdef Py_ssize_t top_levels
+    cdef Py_ssize_t at_frames, at_book_frames
+    cdef Py_ssize_t at_book, at_stats, at_rule, at_checks_deltas, at_checksum, at_crossed
+    cdef Py_ssize_t at_audits, at_sized, at_size
+    cdef Py_ssize_t at_messages, at_updates, at_checked, at_failed, at_seq_checked
+
+    def __init__(self, driver: object, contiguous: type, integrity_error: type,
+                 parse_errors: tuple) -> None:
+        kind = type(driver)
+        self.driver = driver
+        self.syncs = driver.syncs
+        self.venue_stats = driver.venue_stats
+        self.publish = driver.session.publish  # a driver's session is its for life
+        # The reference's own methods (the class's: the instance's are this path's).
+        self.reference_on_book = kind.on_book.__get__(driver, kind)
+        self.reference_emit = kind.emit.__get__(driver, kind)
+        self.audit_waiting = driver._audit_waiting
+        self.failed = driver._failed
+        self.parse_failed = driver.parse_failed
+        self.handle_events = driver.handle_events
+        self.skip = driver.skip
+        self.contiguous = contiguous
+        self.integrity_error = integrity_error
+        self.parse_errors = parse_errors
+        self.max_frame_bytes = driver.max_frame_bytes
+        self.top_levels = driver.top_levels
+        vs = type(self.venue_stats)
+        self.at_frames = _need_slot(vs, "frames")
+        self.at_book_frames = _need_slot(vs, "book_frames")
+        self.sync_type = None
+        self.stats_type = None
+        for sync in self.syncs.values():
+            self._learn(type(sync), type(sync.stats))
+            break
+
+    cdef void _learn(self, type sync_type, type stats_type) except *:
+        self.at_book = _need_slot(sync_type, "book")
+        self.at_stats = _need_slot(sync_type, "stats")
+        self.at_rule = _need_slot(sync_type, "rule")
+        self.at_checks_deltas = _need_slot(sync_type, "checks_deltas")
+        self.at_checksum = _need_slot(sync_type, "checksum")
+        self.at_crossed = _need_slot(sync_type, "crossed")
+        self.at_audits = _need_slot(sync_type, "audits")
+        self.at_sized = _need_slot(sync_type, "sized")
+        self.at_size = _need_slot(sync_type, "size")
+        self.at_messages = _need_slot(stats_type, "messages")
+        self.at_updates = _need_slot(stats_type, "updates")
+        self.at_checked = _need_slot(stats_type, "checksums_checked")
+        self.at_failed = _need_slot(stats_type, "checksums_failed")
+        self.at_seq_checked = _need_slot(stats_type, "sequence_checked")
+        self.sync_type = sync_type
+        self.stats_type = stats_type
+
+    def limits(self, max_frame_bytes: int, top_levels: int) -> None:
+        """The driver's `max_frame_bytes` and `top_levels`, whenever it sets them."""
+        self.max_frame_bytes = max_frame_bytes
+        self.top_levels = top_levels
+
+    def receive(self, frame: str, recv_ns: object) -> None:
+        """`BookDriver.receive`."""
+        driver = self.driver
+        _bump(self.venue_stats, self.at_frames)
+        if len(frame) > self.max_frame_bytes:
+            self.skip("frame_too_large", f"{len(frame)} characters")
+            return
+        try:
+            events = driver._parse(frame)
+        except Exception as exc:
+            if isinstance(exc, self.parse_errors):
+                self.parse_failed(exc)
+                return
+            raise
+        if type(events) is BookUpdate:
+            try:
+                self._on_book(events, recv_ns)
+            except Exception as exc:
+                if isinstance(exc, self.integrity_error):
+                    self.failed(exc, events)
+                    return
+                raise
+            return
+        self.handle_events(events, recv_ns)
+
+    def on_book(self, ev: object, recv_ns: object) -> None:
+        """`BookDriver.on_book`."""
+        if type(ev) is not BookUpdate:
+            self.reference_on_book(ev, recv_ns)
+            return
+        self._on_book(ev, recv_ns)
+
+    cdef void _on_book(self, object ev, object recv_ns) except *:
+        cdef PyObject* found
+        cdef L2Book book
+        cdef object last_id
+        found = PyDict_GetItem(self.syncs, _field(ev, _AT_INSTRUMENT))
+        if found == NULL or _at(ev, _AT_SNAPSHOT) != <PyObject*>_FALSE:
+            self.reference_on_book(ev, recv_ns)  # (a KeyError there, as in the reference)
+            return
+        sync = <object>found
+        if type(sync) is not self.sync_type:
+            self.reference_on_book(ev, recv_ns)
+            return
+        book_obj = _field(sync, self.at_book)
+        stats = _field(sync, self.at_stats)
+        if type(book_obj) is not L2Book or type(stats) is not self.stats_type:
+            self.reference_on_book(ev, recv_ns)
+            return
+        book = <L2Book>book_obj
+        if book.state is not LIVE:
+            self.reference_on_book(ev, recv_ns)  # STALE, or waiting for a snapshot
+            return
+        _bump(self.venue_stats, self.at_book_frames)
+        _bump(stats, self.at_messages)
+        last_id = _field(ev, _AT_LAST_ID)
+        if last_id is not None:
+            if _field(sync, self.at_checks_deltas) is True:
+                rule = _field(sync, self.at_rule)
+                seq = book.venue_seq
+                if (
+                    type(rule) is self.contiguous
+                    and type(last_id) is int
+                    and type(seq) is int
+                    and last_id == seq + 1
+                ):
+                    _bump(stats, self.at_seq_checked)
+                    book.venue_seq = last_id
+                elif not rule.delta(sync, ev):
+                    return
+            else:
+                book.venue_seq = last_id
+        got = book._update(ev)
+        self._counted(sync, stats, book, ev, got, last_id)
+        if (
+            book.state is not LIVE  # (a rule's delta may have changed it)
+            or _field(sync, self.at_sized) is not False
+            or _field(sync, self.at_size) is not None
+            or _field(sync, self.at_crossed) is not False
+            or book._is_crossed()
+        ):
+            self.reference_emit(sync, recv_ns)  # held, crossed, or sized: the reference's
+        else:
+            book.recv_ts_ns = recv_ns
+            self.publish(book._top_of(self.top_levels))
+        self._audits(sync)
+
+    cdef inline void _audits(self, object sync) except *:
+        if _field(sync, self.at_audits):
+            self.audit_waiting(sync)
+
+    cdef void _counted(self, object sync, object stats, L2Book book, object ev, object got,
+                       object last_id) except *:
+        """The counters and checksum verdict of an applied delta (`on_book`)."""
+        _bump(stats, self.at_updates)
+        if got is not None:
+            _bump(stats, self.at_checked)
+            checksum = _field(ev, _AT_CHECKSUM)
+            if got != checksum:
+                _bump(stats, self.at_failed)
+                raise self.integrity_error(
+                    _field(ev, _AT_INSTRUMENT), "checksum", f"computed {got}, venue {checksum}"
+                )
+            if last_id is None:
+                book.venue_seq = got & 0xFFFFFFFF
+        elif last_id is None and _field(sync, self.at_checksum) is not None:
+            book.venue_seq = -1
+
+
+
+# --- the fields of a book message (the venue modules' fast path) ------------------------------
+
+
+cdef Py_ssize_t _AT_FIRST_ID = _slot(BookUpdate, "first_id")
+cdef Py_ssize_t _AT_PREV_ID = _slot(BookUpdate, "prev_id")
+cdef PyTypeObject* _BOOK_UPDATE = <PyTypeObject*>BookUpdate
+
+
+cdef object _new_update(
+    object instrument, object snapshot, object bids, object asks, object last_id,
+    object first_id, object cross_seq, object ts_ns, object checksum
+):
+    """A BookUpdate with its slots filled in C (what its `__init__` sets, without the call)."""
+    ev = PyType_GenericAlloc(_BOOK_UPDATE, 0)
+    _store(ev, _AT_INSTRUMENT, instrument)
+    _store(ev, _AT_SNAPSHOT, True if snapshot else False)
+    _store(ev, _AT_BIDS, bids)
+    _store(ev, _AT_ASKS, asks)
+    _store(ev, _AT_LAST_ID, last_id)
+    _store(ev, _AT_FIRST_ID, first_id)
+    _store(ev, _AT_CROSS_SEQ, cross_seq)
+    _store(ev, _AT_TS_NS, ts_ns)
+    _store(ev, _AT_CHECKSUM, checksum)
+    _store(ev, _AT_PREV_ID, None)
+    return ev
+
+
+cdef object _digits(str text):
+    """A str of 1 to 18 ASCII digits as an int (what `int()` gives it); None otherwise."""
+    cdef Py_ssize_t n, i
+    cdef const char* buf
+    cdef long long value = 0
+    if not PyUnicode_IS_COMPACT_ASCII(<PyObject*>text):
+        return None
+    n = PyUnicode_GET_LENGTH(<PyObject*>text)
+    if n < 1 or n > 18:
+        return None
+    buf = <const char*>PyUnicode_DATA(<PyObject*>text)
+    for i in range(n):
+        if buf[i] < c'0' or buf[i] > c'9':
+            return None
+        value = value * 10 + (buf[i] - c'0')
+    return value
+
+
+cdef object _seconds_ns(object text):
+    """`seconds_to_ns` (venues.base) of a decimal string in range; None otherwise."""
+    cdef double seconds
+    if not _decimal(text, &seconds):
+        return None
+    if not (0.0 <= seconds < 1e11):
+        return None
+    return PyLong_FromDouble(seconds * 1e9)
+
+
+cdef inline int _two(const char* p):
+    if p[0] < c'0' or p[0] > c'9' or p[1] < c'0' or p[1] > c'9':
+        return -1
+    return (p[0] - c'0') * 10 + (p[1] - c'0')
+
+
+cdef object _rfc3339_ns(object text):
+    """`2023-10-06T17:35:55.440295Z` (exactly this form: UTC, microseconds) as ns since the
+    epoch, as `kraken_v2.rfc3339_ns` gives it; None for anything else."""
+    cdef const char* p
+    cdef int year, month, day, hour, minute, second, i, micros = 0
+    cdef long long days, y, era, yoe, doy, doe, mp
+    cdef int[13] month_days
+    if type(text) is not str or not PyUnicode_IS_COMPACT_ASCII(<PyObject*>text):
+        return None
+    if PyUnicode_GET_LENGTH(<PyObject*>text) != 27:
+        return None
+    p = <const char*>PyUnicode_DATA(<PyObject*>text)
+    if (p[4] != c'-' or p[7] != c'-' or p[10] != c'T' or p[13] != c':' or p[16] != c':'
+            or p[19] != c'.' or p[26] != c'Z'):
+        return None
+    if _two(p) < 0 or _two(p + 2) < 0:
+        return None
+    year = _two(p) * 100 + _two(p + 2)
+    month = _two(p + 5)
+    day = _two(p + 8)
+    hour = _two(p + 11)
+    minute = _two(p + 14)
+    second = _two(p + 17)
+    for i in range(20, 26):
+        if p[i] < c'0' or p[i] > c'9':
+            return None
+        micros = micros * 10 + (p[i] - c'0')
+    if year < 1970 or year > 2200 or month < 1 or month > 12 or day < 1 or hour < 0 or hour > 23:
+        return None
+    if minute < 0 or minute > 59 or second < 0 or second > 59:
+        return None
+    month_days[:] = [0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+    if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0):
+        month_days[2] = 29
+    if day > month_days[month]:
+        return None
+    # days from 1970-01-01 (H. Hinnant's days_from_civil)
+    y = year - (1 if month <= 2 else 0)
+    era = y // 400
+    yoe = y - era * 400
+    mp = month - 3 if month > 2 else month + 9
+    doy = (153 * mp + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    days = era * 146097 + doe - 719468
+    return (
+        (days * 86400 + hour * 3600 + minute * 60 + second) * 1_000_000_000 + micros * 1000
+    )
+
+
+cdef object _NO_TIME = object()
+
+
+cdef object _newest_third(object rows, object newest):
+    """The greatest of `newest` and the third elements of `rows` (ASCII strings compared
+    as `max()` does); `_NO_TIME` where one is missing or not such a string."""
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(rows)
+    cdef Py_ssize_t size, best_size = 0
+    cdef const char* text
+    cdef const char* best = NULL
+    cdef int order
+    if newest is not None:
+        best = <const char*>PyUnicode_DATA(<PyObject*>newest)
+        best_size = PyUnicode_GET_LENGTH(<PyObject*>newest)
+    for i in range(n):
+        row = <object>PyList_GET_ITEM(rows, i)
+        if PyList_GET_SIZE(row) < 3:
+            return _NO_TIME
+        value = <object>PyList_GET_ITEM(row, 2)
+        if type(value) is not str or not PyUnicode_IS_COMPACT_ASCII(<PyObject*>value):
+            return _NO_TIME
+        text = <const char*>PyUnicode_DATA(<PyObject*>value)
+        size = PyUnicode_GET_LENGTH(<PyObject*>value)
+        if best != NULL:
+            order = memcmp(text, best, size if size < best_size else best_size)
+            if order < 0 or (order == 0 and size <= best_size):
+                continue
+        newest = value
+        best = text
+        best_size = size
+    return newest

@@ -4,7 +4,9 @@ reference (no thread of its own: resolved once when a venue connection is built)
 - `compiled`: `mmengine.book._core`, Cython compiled to C++ from `mmengine/book/_core.pyx`
   by the package build (`make venv`, `pip install -e .`). Levels are C doubles in a
   `std::map` per side (a new best level moves nothing else), one C call per frame side
-  decodes, validates and applies, and the checksums and the BookTop are built in C.
+  decodes, validates and applies, and the checksums and the BookTop are built in C. The
+  driver's per-frame path (`receive`, and `on_book` for a LIVE book) is one C call too
+  (`FramePath`), handing every other case to the driver's Python methods.
 - `python`: `book.py`, `levels.py` and `checksum.py`, the reference the compiled core is
   tested against (`tests/unit/test_book_cores.py`), for debugging.
 
@@ -40,6 +42,9 @@ class BookCore:
     name: str
     book: type[Any]  # `L2Book(venue, instrument, depth, keep_wire=False, checksum=None)`
     decoder: type[Any]  # `LevelDecoder()`: one per venue connection
+    # `FramePath(driver, ...)`: the driver's `receive` / `on_book` in C; None: the driver's
+    # own Python methods (the reference)
+    frame_path: type[Any] | None = None
 
 
 def core_name(name: str | None = None) -> str:
@@ -69,7 +74,7 @@ def _load(chosen: str) -> BookCore:
                 f"slower: `engine.book_core: python` or {ENV}=python."
             ]
         ) from exc
-    return BookCore(COMPILED, _core.L2Book, _core.LevelDecoder)
+    return BookCore(COMPILED, _core.L2Book, _core.LevelDecoder, _core.FramePath)
 
 
 def book_core(name: str | None = None) -> BookCore:

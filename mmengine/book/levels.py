@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from itertools import compress
 from operator import itemgetter, not_
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmengine.book.book import Level, WireLevel
 from mmengine.errors import FrameError
+
+if TYPE_CHECKING:
+    from mmengine.book.events import BookUpdate
 
 INF = float("inf")
 _STR = str.__str__
@@ -356,3 +359,43 @@ class LevelDecoder:
     ) -> tuple[list[Level], list[Level]]:
         """Entries naming their side (Coinbase `updates`): see `sided`."""
         return sided(raw, bid, ask, price_key, size_key, side_key)
+
+    # A whole book message in one call: the compiled core's fast path of a venue module
+    # (`_core.LevelDecoder.rows_update`, ...). Here none: the venue module decodes every
+    # message its own way, which is the reference the fast path is tested against.
+
+    def rows_update(
+        self,
+        instrument: str,
+        snapshot: bool,
+        bids: Any,
+        asks: Any,
+        last_id: Any,
+        cross_seq: Any,
+        ts_ms: Any,
+    ) -> BookUpdate | None:
+        """Bybit `orderbook` in one call: None (decoded by the venue module)."""
+        return None
+
+    def kraken_update(
+        self, instrument: str, asks: Any, bids: Any, checksum: Any
+    ) -> BookUpdate | None:
+        """A Kraken v1 update object in one call: None (decoded by the venue module)."""
+        return None
+
+    def kraken_snapshot(self, instrument: str, asks: Any, bids: Any) -> BookUpdate | None:
+        """A Kraken v1 snapshot in one call: None (decoded by the venue module)."""
+        return None
+
+    def kraken_numbers_update(
+        self,
+        instrument: str,
+        snapshot: bool,
+        bids: Any,
+        asks: Any,
+        formats: PairFormats,
+        checksum: Any,
+        timestamp: Any,
+    ) -> BookUpdate | None:
+        """A Kraken v2 `book` entry in one call: None (decoded by the venue module)."""
+        return None

@@ -24,7 +24,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import orjson
 
@@ -41,7 +41,12 @@ from mmengine.book.events import (
     Sequenced,
     Skipped,
 )
-from mmengine.book.integrity import ChecksumRule, ConnectionCounter, SequenceRule
+from mmengine.book.integrity import (
+    ChecksumRule,
+    ConnectionCounter,
+    ContiguousIds,
+    SequenceRule,
+)
 from mmengine.errors import FrameError, IntegrityError
 from mmengine.logs import RepeatLimiter
 from mmengine.model import BookState, BookTop
@@ -54,6 +59,16 @@ log = logging.getLogger("mmengine.venue")
 
 LIVE = BookState.LIVE
 STALE = BookState.STALE
+# What a venue's parse may raise for a frame that cannot be used (anything else is a bug).
+PARSE_ERRORS = (
+    FrameError,
+    orjson.JSONDecodeError,
+    ValueError,
+    KeyError,
+    TypeError,
+    IndexError,
+    AttributeError,
+)
 MAX_WAITING_AUDITS = 1000  # tickers held until the book reaches their update id
 CONTRACT_SIZES = "contract sizes"  # the key of the connection's contract-size fetch
 RETRY_SIZES_S = 1.0  # after a failed fetch of contract sizes
@@ -217,10 +232,11 @@ class BookDriver:
         self.name = spec.name
         self.protocol = venue.protocol
         self.session = session
-        self.max_frame_bytes = venue.max_frame_bytes
+        self._path: Any = None  # the compiled core's per-frame path (below), if any
+        self._max_frame_bytes = venue.max_frame_bytes
         self.keepalive_interval_s = venue.keepalive_interval_s
         self.silence_timeout_s = venue.silence_timeout_s
-        self.top_levels = spec.top_levels
+        self._top_levels = spec.top_levels
         self.hold_crossed = venue.crossed_is_venue_state
         alarm = venue.audit_alarm_s
         self.audit_alarm_ns = int(alarm * 1e9) if alarm is not None else 0
@@ -256,6 +272,13 @@ class BookDriver:
         self._sizes_next = 0.0  # monotonic time before which they are not asked for again
         self._log_limiter = RepeatLimiter()
         self._parse = venue.parse
+        if self.core.frame_path is not None:
+            # The compiled core's per-frame path replaces `receive` and `on_book` on this
+            # instance (the class's methods stay the reference it hands other cases to).
+            path = self.core.frame_path(self, ContiguousIds, IntegrityError, PARSE_ERRORS)
+            self.receive = path.receive  # type: ignore[method-assign]
+            self.on_book = path.on_book  # type: ignore[method-assign]
+            self._path = path
         self._handlers: dict[type[Any], Callable[[Any, int], None]] = {
             AuditTop: self.on_audit,
             Sequenced: self.on_sequenced,
@@ -265,6 +288,28 @@ class BookDriver:
             Resync: self.on_resync,
             Reconnect: self.on_reconnect,
         }
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """A frame longer than this is a counted skip (`frame_too_large`), never parsed."""
+        return self._max_frame_bytes
+
+    @max_frame_bytes.setter
+    def max_frame_bytes(self, value: int) -> None:
+        self._max_frame_bytes = value
+        if self._path is not None:
+            self._path.limits(value, self._top_levels)  # it keeps them as C integers
+
+    @property
+    def top_levels(self) -> int:
+        """Levels per side in each BookTop published."""
+        return self._top_levels
+
+    @top_levels.setter
+    def top_levels(self, value: int) -> None:
+        self._top_levels = value
+        if self._path is not None:
+            self._path.limits(self._max_frame_bytes, value)
 
     # --- what the transport calls --------------------------------------------------------
 
@@ -339,22 +384,17 @@ class BookDriver:
         self.check_staleness(now_ns)
 
     def receive(self, frame: str, recv_ns: int) -> None:
-        """Feed one frame through the venue's parse and apply what it yields."""
+        """Feed one frame through the venue's parse and apply what it yields. (With the
+        compiled book core, `FramePath.receive` takes this method's place on the instance:
+        the same steps, with the LIVE delta of `on_book` in C; this is the reference.)"""
         self.venue_stats.frames += 1
         if len(frame) > self.max_frame_bytes:
             self.skip("frame_too_large", f"{len(frame)} characters")
             return
         try:
             events = self._parse(frame)  # `_awaiting_reconnect` while the connection resyncs
-        except FrameError as exc:
-            self._unusable(exc)
-            return
-        except orjson.JSONDecodeError as exc:
-            self.skip("bad_json", str(exc))
-            return
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-            # Venues decode a whole frame before anything is applied: every book unchanged.
-            self.skip("malformed", f"{type(exc).__name__}: {exc}")
+        except PARSE_ERRORS as exc:
+            self.parse_failed(exc)
             return
         if type(events) is BookUpdate:  # the common case: one book message
             try:
@@ -362,6 +402,21 @@ class BookDriver:
             except IntegrityError as exc:
                 self._failed(exc, events)
             return
+        self.handle_events(cast("list[Any]", events), recv_ns)
+
+    def parse_failed(self, exc: Exception) -> None:
+        """A frame the venue's parse refused (one of `PARSE_ERRORS`): counted, and what
+        it carried for a LIVE book resynced."""
+        if isinstance(exc, FrameError):
+            self._unusable(exc)
+        elif isinstance(exc, orjson.JSONDecodeError):
+            self.skip("bad_json", str(exc))
+        else:
+            # Venues decode a whole frame before anything is applied: every book unchanged.
+            self.skip("malformed", f"{type(exc).__name__}: {exc}")
+
+    def handle_events(self, events: list[Any], recv_ns: int) -> None:
+        """The events of one frame, in order (a connection resync ends the frame)."""
         for ev in events:
             try:
                 if type(ev) is BookUpdate:
