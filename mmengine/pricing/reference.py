@@ -114,8 +114,8 @@ def evaluate(
             VenueUsed(src.venue, src.instrument, mid, weight, rate, top.venue_seq, top.recv_ts_ns)
         )
     total_weight = sum(raw_weights) or 1.0
-    for entry in used:
-        entry.weight /= total_weight
+    for venue_used in used:
+        venue_used.weight /= total_weight
 
     best_bid = max(bid_levels)
     best_ask = min(ask_levels)
@@ -154,6 +154,8 @@ def evaluate(
         halt_reason = f"{len(used)} usable venue(s), fewer than min_venues {spec.min_venues}"
     elif jump_bps > spec.max_jump_bps:
         halt_reason = f"fair value moved {jump_bps:.1f} bps in one step (max {spec.max_jump_bps})"
+    bids: list[tuple[float, float]]
+    asks: list[tuple[float, float]]
     if halt_reason:
         bids, asks = [], []
     else:

@@ -24,7 +24,12 @@ def read_all(chunks: list[bytes], count: int) -> tuple[list[tuple[int, bytes]], 
     a, b = socket.socketpair()
     b.settimeout(2.0)
     pongs: list[bytes] = []
-    sender = threading.Thread(target=lambda: [a.sendall(c) for c in chunks])
+
+    def send() -> None:
+        for chunk in chunks:
+            a.sendall(chunk)
+
+    sender = threading.Thread(target=send)
     sender.start()
     try:
         reader = FrameReader(b, pongs.append)

@@ -12,6 +12,7 @@ import pytest
 from mmengine.model import BookTop
 from mmengine.pricing import reference
 from mmengine.pricing.model import (
+    Decision,
     InstrumentSpec,
     InstrumentState,
     QuoteParams,
@@ -90,8 +91,8 @@ def random_top(rng: random.Random, venue: str, instrument: str, mid: float, now:
     )
 
 
-def fields(decision: object) -> object:
-    return None if decision is None else dataclasses.astuple(decision)  # type: ignore[arg-type]
+def fields(decision: Decision | None) -> tuple[object, ...] | None:
+    return None if decision is None else dataclasses.astuple(decision)
 
 
 @pytest.mark.parametrize("seed", range(4))
