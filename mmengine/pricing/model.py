@@ -122,6 +122,9 @@ class InstrumentState:
     last_fair: float = 0.0
     last_ts_ns: int = 0
     var_rate: float = 0.0  # EWMA of squared log returns per second
+    # What `evaluate` derived from the spec it last priced with (kept here, in the state the
+    # worker thread owns, rather than in a cache shared by threads); not part of the state.
+    plan: _Plan | None = field(default=None, compare=False, repr=False)
 
 
 # --- steps --------------------------------------------------------------------------------
@@ -237,6 +240,7 @@ def quote_ladder(
 class _Plan:
     """What `evaluate` derives from an InstrumentSpec once, instead of on every Price."""
 
+    spec: InstrumentSpec  # the spec it was derived from (compared by identity)
     sources: tuple[tuple[SourceSpec, tuple[str, str]], ...]  # with its key into `tops`
     max_age_ns: float
     levels: int  # venue levels per side into the consolidated book (micro_levels, >= 1)
@@ -245,28 +249,24 @@ class _Plan:
     sizes: tuple[float, ...] | None
 
 
-_PLANS: dict[int, tuple[InstrumentSpec, _Plan]] = {}
-
-
-def _plan(spec: InstrumentSpec) -> _Plan:
-    entry = _PLANS.get(id(spec))
-    if entry is not None and entry[0] is spec:
-        return entry[1]
+def _plan(spec: InstrumentSpec, state: InstrumentState) -> _Plan:
+    plan = state.plan
+    if plan is not None and plan.spec is spec:
+        return plan
     q = spec.quote
     sizes = None
     if not (q.skew_sizes and q.max_position):
         # quote_ladder's lean is then 0: size * (1.0 - 0) is size, bid and ask alike.
         sizes = tuple(round_down(q.size + q.size_step * i, spec.lot) for i in range(q.levels))
     plan = _Plan(
+        spec=spec,
         sources=tuple((src, (src.venue, src.instrument)) for src in spec.sources),
         max_age_ns=spec.max_age_ms * 1e6,  # a float: int() of a configured inf would raise
         levels=max(spec.micro_levels, 1),
         tick_decimals=_decimals(spec.tick),
         sizes=sizes,
     )
-    if len(_PLANS) > 4096:  # specs are made once per run; this only bounds a leak in tests
-        _PLANS.clear()
-    _PLANS[id(spec)] = (spec, plan)  # holding spec keeps its id from being reused
+    state.plan = plan
     return plan
 
 
@@ -289,7 +289,7 @@ def evaluate(
     reference's, in the same order, so the Decision is the same bit for bit (checked on
     random inputs by tests/unit/test_pricing_fast.py).
     """
-    plan = _plan(spec)
+    plan = _plan(spec, state)
     max_age_ns = plan.max_age_ns
     used_tops: list[tuple[SourceSpec, BookTop, float, float]] = []  # + rate, mid
     excluded: list[VenueExcluded] = []
@@ -371,8 +371,8 @@ def evaluate(
             VenueUsed(src.venue, src.instrument, mid, weight, rate, top.venue_seq, top.recv_ts_ns)
         )
     total_weight = sum(raw_weights) or 1.0
-    for entry in used:
-        entry.weight /= total_weight
+    for venue_used in used:
+        venue_used.weight /= total_weight
 
     best_bid = max(bid_levels)
     best_ask = min(ask_levels)
