@@ -26,6 +26,7 @@ and FX rate, venues excluded with the reason, and the spread and skew that shape
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -236,6 +237,12 @@ def quote_ladder(
 # --- the whole model ----------------------------------------------------------------------
 
 
+Ladder = Callable[
+    [float, float, float, float, QuoteParams, float, float],
+    tuple[list[tuple[float, float]], list[tuple[float, float]]],
+]
+
+
 @dataclass(slots=True)
 class _Plan:
     """What `evaluate` derives from an InstrumentSpec once, instead of on every Price."""
@@ -244,9 +251,7 @@ class _Plan:
     sources: tuple[tuple[SourceSpec, tuple[str, str]], ...]  # with its key into `tops`
     max_age_ns: float
     levels: int  # venue levels per side into the consolidated book (micro_levels, >= 1)
-    tick_decimals: int
-    # ladder sizes (bid == ask) of each level when sizes do not lean with the position
-    sizes: tuple[float, ...] | None
+    ladder: Ladder  # quote_ladder, or the same ladder for sizes that never lean
 
 
 def _plan(spec: InstrumentSpec, state: InstrumentState) -> _Plan:
@@ -254,17 +259,17 @@ def _plan(spec: InstrumentSpec, state: InstrumentState) -> _Plan:
     if plan is not None and plan.spec is spec:
         return plan
     q = spec.quote
-    sizes = None
+    ladder: Ladder = quote_ladder
     if not (q.skew_sizes and q.max_position):
         # quote_ladder's lean is then 0: size * (1.0 - 0) is size, bid and ask alike.
         sizes = tuple(round_down(q.size + q.size_step * i, spec.lot) for i in range(q.levels))
+        ladder = _fixed_size_ladder(sizes, _decimals(spec.tick))
     plan = _Plan(
         spec=spec,
         sources=tuple((src, (src.venue, src.instrument)) for src in spec.sources),
         max_age_ns=spec.max_age_ms * 1e6,  # a float: int() of a configured inf would raise
         levels=max(spec.micro_levels, 1),
-        tick_decimals=_decimals(spec.tick),
-        sizes=sizes,
+        ladder=ladder,
     )
     state.plan = plan
     return plan
@@ -374,6 +379,23 @@ def evaluate(
     for venue_used in used:
         venue_used.weight /= total_weight
 
+    return decide(spec, state, now_ns, n, bid_levels, ask_levels, used, excluded, plan.ladder)
+
+
+def decide(
+    spec: InstrumentSpec,
+    state: InstrumentState,
+    now_ns: int,
+    n: int,
+    bid_levels: dict[float, float],
+    ask_levels: dict[float, float],
+    used: list[VenueUsed],
+    excluded: list[VenueExcluded],
+    ladder: Ladder,
+) -> Decision:
+    """The model's steps 4 to 7 from the consolidated book (`n` levels a side from each
+    venue) and the venues used: fair value, volatility, halts, the ladder (`quote_ladder`,
+    or a faster one giving the same levels), and the Decision."""
     best_bid = max(bid_levels)
     best_ask = min(ask_levels)
     crossed = best_bid >= best_ask
@@ -393,6 +415,8 @@ def evaluate(
         fair = (best_bid + best_ask) / 2
 
     if not math.isfinite(fair) or fair <= 0.0:
+        # Sizes near the float limit make the microprice inf/inf; never let it into the
+        # state (volatility, the jump check) or a Price.
         return halted_decision(spec, state, excluded, f"non-finite fair value ({fair!r})")
     update_volatility(state, fair, now_ns, spec.vol_half_life_s)
     if not math.isfinite(state.var_rate):
@@ -413,14 +437,7 @@ def evaluate(
     bids: list[tuple[float, float]] = []
     asks: list[tuple[float, float]] = []
     if not halt_reason:
-        if plan.sizes is None:
-            bids, asks = quote_ladder(
-                fair, half_spread, skew, state.position, q, spec.tick, spec.lot
-            )
-        else:
-            _ladder(
-                fair, half_spread, skew, q, spec.tick, plan.tick_decimals, plan.sizes, bids, asks
-            )
+        bids, asks = ladder(fair, half_spread, skew, state.position, q, spec.tick, spec.lot)
     decision = Decision(
         fair_value=fair,
         best_bid=best_bid,
@@ -445,37 +462,43 @@ def evaluate(
     return decision
 
 
-def _ladder(
-    fair: float,
-    half_spread_bps: float,
-    skew: float,
-    q: QuoteParams,
-    tick: float,
-    decimals: int,
-    sizes: tuple[float, ...],
-    bids: list[tuple[float, float]],
-    asks: list[tuple[float, float]],
-) -> None:
-    """`quote_ladder` when sizes do not lean (`sizes` already rounded to the lot), with
-    `raw_ladder`'s rounding inlined: the same operations, into `bids` and `asks`."""
-    center = fair * (1.0 + skew / 1e4)
-    step_bps = q.level_step_bps
+def _fixed_size_ladder(sizes: tuple[float, ...], decimals: int) -> Ladder:
+    """`quote_ladder` for sizes that do not lean with the position (`sizes`, one per level,
+    already rounded to the lot), with `raw_ladder`'s rounding inlined (`decimals`: the
+    tick's): the same operations, the same levels."""
     floor = math.floor
     ceil = math.ceil
     isfinite = math.isfinite
-    for i, size in enumerate(sizes):
-        offset = (half_spread_bps + step_bps * i) / 1e4
-        bid = center * (1.0 - offset)
-        ask = center * (1.0 + offset)
-        if isfinite(bid / tick):
-            bid = round(floor(bid / tick + 1e-9) * tick, decimals)
-        if isfinite(ask / tick):
-            ask = round(ceil(ask / tick - 1e-9) * tick, decimals)
-        if size > 0.0:
-            if 0.0 < bid < fair and (not bids or bid < bids[-1][0]):
-                bids.append((bid, size))
-            if fair < ask < INF and (not asks or ask > asks[-1][0]):
-                asks.append((ask, size))
+
+    def ladder(
+        fair: float,
+        half_spread_bps: float,
+        skew: float,
+        _position: float,
+        q: QuoteParams,
+        tick: float,
+        _lot: float,
+    ) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+        bids: list[tuple[float, float]] = []
+        asks: list[tuple[float, float]] = []
+        center = fair * (1.0 + skew / 1e4)
+        step_bps = q.level_step_bps
+        for i, size in enumerate(sizes):
+            offset = (half_spread_bps + step_bps * i) / 1e4
+            bid = center * (1.0 - offset)
+            ask = center * (1.0 + offset)
+            if isfinite(bid / tick):
+                bid = round(floor(bid / tick + 1e-9) * tick, decimals)
+            if isfinite(ask / tick):
+                ask = round(ceil(ask / tick - 1e-9) * tick, decimals)
+            if size > 0.0:
+                if 0.0 < bid < fair and (not bids or bid < bids[-1][0]):
+                    bids.append((bid, size))
+                if fair < ask < INF and (not asks or ask > asks[-1][0]):
+                    asks.append((ask, size))
+        return bids, asks
+
+    return ladder
 
 
 def non_finite_field(d: Decision) -> str | None:

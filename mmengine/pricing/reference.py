@@ -1,15 +1,15 @@
 """The pricing model as first written: the reference the fast `mmengine.pricing.model.evaluate`
 is checked against (no thread of its own; tests call it).
 
-`evaluate` here is the model step by step, in the order the README and docs/pricing.md
-describe it; the engine runs `mmengine.pricing.model.evaluate`, which computes the same
-Decision (bit for bit: the same float operations in the same order) with less Python per
-Price. `tests/unit/test_pricing_fast.py` requires equal Decisions on random inputs.
+`evaluate` here is the model's steps 1 to 3 as first written (sources, exclusions, outliers,
+the consolidated book), then the steps both share (`decide`: fair value, volatility, halts,
+with the plain `quote_ladder`). The engine runs `mmengine.pricing.model.evaluate`, which
+computes the same Decision (bit for bit: the same float operations in the same order) with
+less Python per Price. `tests/unit/test_pricing_fast.py` requires equal Decisions on random
+inputs.
 """
 
 from __future__ import annotations
-
-import math
 
 from mmengine.model import BookTop, VenueExcluded, VenueUsed
 from mmengine.pricing.model import (
@@ -19,13 +19,10 @@ from mmengine.pricing.model import (
     InstrumentSpec,
     InstrumentState,
     SourceSpec,
+    decide,
     halted_decision,
     median,
-    microprice,
-    non_finite_field,
     quote_ladder,
-    skew_bps,
-    update_volatility,
 )
 
 
@@ -117,68 +114,4 @@ def evaluate(
     for venue_used in used:
         venue_used.weight /= total_weight
 
-    best_bid = max(bid_levels)
-    best_ask = min(ask_levels)
-    crossed = best_bid >= best_ask
-    if spec.method == "weighted_mid":
-        fair = sum(u.mid * u.weight for u in used)
-    elif spec.method == "microprice":
-        bids_n = sorted(bid_levels, reverse=True)[:n]
-        asks_n = sorted(ask_levels)[:n]
-        fair = microprice(
-            best_bid,
-            sum(bid_levels[p] for p in bids_n),
-            best_ask,
-            sum(ask_levels[p] for p in asks_n),
-        )
-    else:
-        fair = (best_bid + best_ask) / 2
-
-    if not math.isfinite(fair) or fair <= 0.0:
-        # Sizes near the float limit make the microprice inf/inf; never let it into the
-        # state (volatility, the jump check) or a Price.
-        return halted_decision(spec, state, excluded, f"non-finite fair value ({fair!r})")
-    update_volatility(state, fair, now_ns, spec.vol_half_life_s)
-    if not math.isfinite(state.var_rate):
-        state.var_rate = 0.0
-    jump_bps = abs(fair / state.last_fair - 1.0) * 1e4 if state.last_fair > 0 else 0.0
-    state.last_fair = fair
-    state.last_ts_ns = now_ns
-    volatility_bps = math.sqrt(state.var_rate * spec.vol_horizon_s) * 1e4
-
-    q = spec.quote
-    half_spread = max(q.min_spread_bps / 2, q.vol_mult * volatility_bps)
-    skew = skew_bps(state.position, q)
-    halt_reason = ""
-    if len(used) < spec.min_venues:
-        halt_reason = f"{len(used)} usable venue(s), fewer than min_venues {spec.min_venues}"
-    elif jump_bps > spec.max_jump_bps:
-        halt_reason = f"fair value moved {jump_bps:.1f} bps in one step (max {spec.max_jump_bps})"
-    bids: list[tuple[float, float]]
-    asks: list[tuple[float, float]]
-    if halt_reason:
-        bids, asks = [], []
-    else:
-        bids, asks = quote_ladder(fair, half_spread, skew, state.position, q, spec.tick, spec.lot)
-    decision = Decision(
-        fair_value=fair,
-        best_bid=best_bid,
-        best_bid_size=bid_levels[best_bid],
-        best_ask=best_ask,
-        best_ask_size=ask_levels[best_ask],
-        cross_venue_crossed=crossed,
-        volatility_bps=volatility_bps,
-        half_spread_bps=half_spread,
-        skew_bps=skew,
-        position=state.position,
-        halted=bool(halt_reason),
-        halt_reason=halt_reason,
-        bids=bids,
-        asks=asks,
-        used=used,
-        excluded=excluded,
-    )
-    bad = non_finite_field(decision)
-    if bad is not None:
-        return halted_decision(spec, state, excluded, f"non-finite {bad}")
-    return decision
+    return decide(spec, state, now_ns, n, bid_levels, ask_levels, used, excluded, quote_ladder)
