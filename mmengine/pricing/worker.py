@@ -333,9 +333,9 @@ class PricingWorker(ServiceThread):
         n = 0
         while n < MAX_DRAIN:
             # After the first message, ask whether another waits (a getsockopt, under the
-            # GIL) before receiving: most drains take one message, and the recv that finds
-            # the queue empty costs an exception and a release of the GIL, which another
-            # thread may keep for a switch interval.
+            # GIL) before receiving: at low rates a drain takes one message, and the recv
+            # that finds the queue empty costs an exception and a release of the GIL, which
+            # another thread may keep for a switch interval.
             if n == 1 and not pull.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 break
             try:
