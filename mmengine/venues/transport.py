@@ -44,18 +44,23 @@ class FrameReader:
     websocket-client reads each frame with three or more `recv` calls (header, length,
     payload) and builds an object per frame: about 17 µs of GIL-holding Python per frame,
     which capped a venue thread near 20,000 frames/s. This reads whatever the socket holds
-    in one `recv` and cuts the frames out of it (a few µs per frame): under load one system
-    call serves many frames. A ping is answered (`pong`) and returned, so that it counts as
-    traffic; fragments are joined; a frame larger than what is buffered is read into one
-    buffer of its size. A masked server frame or reserved bits (no extension is
-    negotiated) break the protocol: `websocket.WebSocketProtocolException`.
+    in one `recv_into` and cuts the frames out of it (a few µs per frame): under load one
+    system call serves many frames. It reads into one buffer of its own, allocated once: a
+    `recv(256 KiB)` per call would allocate that much and shrink it to what came, which
+    fragments the heap (the engine's RSS grew a third in ten minutes). A ping is answered
+    (`pong`) and returned, so that it counts as traffic; fragments are joined; a frame
+    larger than the buffer is read into a buffer of its size. A masked server frame or
+    reserved bits (no extension is negotiated) break the protocol:
+    `websocket.WebSocketProtocolException`.
     """
 
     def __init__(self, sock: Any, pong: Callable[[bytes], None]) -> None:
         self._sock = sock
         self._pong = pong
-        self._buf = b""
-        self._pos = 0
+        self._buf = bytearray(RECV_BYTES)
+        self._view = memoryview(self._buf)
+        self._pos = 0  # the next unread byte
+        self._end = 0  # one past the last byte read
         self._fragments: list[bytes] = []
         self._fragment_opcode = 0
 
@@ -101,7 +106,8 @@ class FrameReader:
         buffer holds no complete header or frame."""
         buf = self._buf
         pos = self._pos
-        avail = len(buf) - pos
+        end = self._end
+        avail = end - pos
         if avail < 2:
             return None
         b0 = buf[pos]
@@ -125,19 +131,18 @@ class FrameReader:
             length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
         if opcode & 0x8 and (length > 125 or not b0 & 0x80):
             raise websocket.WebSocketProtocolException("a control frame too long or fragmented")
-        end = pos + head + length
-        if end <= len(buf):
-            self._pos = end
-            return bool(b0 & 0x80), opcode, buf[pos + head : end]
-        if length <= RECV_BYTES:
-            return None  # the next recv completes it
-        # A large frame: read the rest straight into a buffer of its size.
+        stop = pos + head + length
+        if stop <= end:
+            self._pos = stop
+            return bool(b0 & 0x80), opcode, bytes(self._view[pos + head : stop])
+        if head + length <= RECV_BYTES:
+            return None  # the buffer can hold it: the next reads complete it
+        # Larger than the buffer: read the rest straight into a buffer of its size.
         payload = bytearray(length)
         view = memoryview(payload)
-        have = len(buf) - pos - head
-        view[:have] = buf[pos + head :]
-        self._buf = b""
-        self._pos = 0
+        have = end - pos - head
+        view[:have] = self._view[pos + head : end]
+        self._pos = self._end = 0
         while have < length:
             n = self._sock.recv_into(view[have:], min(length - have, 1 << 20))
             if not n:
@@ -146,16 +151,22 @@ class FrameReader:
         return bool(b0 & 0x80), opcode, bytes(payload)
 
     def _fill(self) -> bool:
-        """One recv appended to what is unread; False on the socket's timeout."""
+        """One read into the free end of the buffer (what is unread first moved to its
+        start); False on the socket's timeout."""
+        pos = self._pos
+        if pos:
+            rest = self._end - pos
+            if rest:
+                self._view[:rest] = self._view[pos : self._end]
+            self._pos = 0
+            self._end = rest
         try:
-            chunk = self._sock.recv(RECV_BYTES)
+            n = self._sock.recv_into(self._view[self._end :])
         except TimeoutError:
             return False
-        if not chunk:
+        if not n:
             raise websocket.WebSocketConnectionClosedException("the venue closed the socket")
-        rest = self._buf[self._pos :] if self._pos < len(self._buf) else b""
-        self._buf = rest + chunk if rest else chunk
-        self._pos = 0
+        self._end += n
         return True
 
 
