@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -98,42 +99,73 @@ _D3 = struct.Struct("<3d").pack
 _D2 = struct.Struct("<2d").pack
 
 
+# Avro longs: zig-zag, then base-128 varint (7 bits a byte, low bits first, the high bit of a
+# byte says another follows). A Price holds a dozen 9-byte timestamps; a byte-at-a-time loop
+# cost about 1 us each, so whole 14-bit pairs of continuation bytes come from a table.
+_ONE = [bytes((i,)) for i in range(0x80)]
+_PAIR = [bytes(((i & 0x7F) | 0x80, (i >> 7) | 0x80)) for i in range(0x4000)]
+_STRINGS_MAX = 4096  # a halt reason can carry numbers; past this, texts are not kept
+# Each thread keeps the strings it encoded (venue and instrument names, reasons: a few dozen
+# texts) in a dict of its own: threads share nothing mutable.
+_thread = threading.local()
+
+
 def _varlong(n: int) -> bytes:
     """Avro long: zig-zag, then base-128 varint."""
     n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n & ~0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+    if n < 0x80:
+        return _ONE[n]
+    parts = []
+    while n >= 0x4000:  # more than 14 bits left: two bytes, both saying more follows
+        parts.append(_PAIR[n & 0x3FFF])
+        n >>= 14
+    parts.append(_ONE[n] if n < 0x80 else bytes(((n & 0x7F) | 0x80, n >> 7)))
+    return b"".join(parts)
 
 
-def _string(text: str) -> bytes:
+def _strings() -> dict[str, bytes]:
+    """This thread's encoded strings."""
+    try:
+        known: dict[str, bytes] = _thread.strings
+    except AttributeError:
+        known = _thread.strings = {}
+    return known
+
+
+def _string(text: str, known: dict[str, bytes]) -> bytes:
+    """An Avro string, from `known` when it was encoded before (it is added if there is
+    room)."""
+    encoded = known.get(text)
+    if encoded is not None:
+        return encoded
     raw = text.encode()
-    return _varlong(len(raw)) + raw
+    encoded = _varlong(len(raw)) + raw
+    if len(known) < _STRINGS_MAX:
+        known[text] = encoded
+    return encoded
 
 
 def encode_price(header: bytes, p: Price) -> bytes:
     """The single-object payload of a Price: `header` (C3 01 + fingerprint), then the body."""
+    known = _strings()
     parts = [
         header,
-        _string(p.instrument),
+        _string(p.instrument, known),
         _varlong(p.epoch),
         _varlong(p.seq),
         _D5(p.fair_value, p.best_bid, p.best_bid_size, p.best_ask, p.best_ask_size),
     ]
     if p.venues:
         parts.append(_varlong(len(p.venues)))
-        parts.extend(_string(v) for v in p.venues)
+        parts.extend(_string(v, known) for v in p.venues)
     parts.append(b"\0")
     parts.append(_varlong(p.exchange_ts_ns))
     parts.append(_varlong(p.recv_ts_ns))
     parts.append(_varlong(p.priced_ts_ns))
-    parts.append(_string(p.method))
+    parts.append(_string(p.method, known))
     parts.append(_D4(p.volatility_bps, p.half_spread_bps, p.position, p.skew_bps))
     parts.append(b"\1" if p.halted else b"\0")
-    parts.append(_string(p.halt_reason))
+    parts.append(_string(p.halt_reason, known))
     parts.append(b"\1" if p.cross_venue_crossed else b"\0")
     for ladder in (p.bids, p.asks):
         if ladder:
@@ -144,8 +176,8 @@ def encode_price(header: bytes, p: Price) -> bytes:
         parts.append(_varlong(len(p.venues_used)))
         for u in p.venues_used:
             parts += (
-                _string(u.venue),
-                _string(u.instrument),
+                _string(u.venue, known),
+                _string(u.instrument, known),
                 _D3(u.mid, u.weight, u.fx_rate),
                 _varlong(u.venue_seq),
                 _varlong(u.recv_ts_ns),
@@ -154,7 +186,11 @@ def encode_price(header: bytes, p: Price) -> bytes:
     if p.venues_excluded:
         parts.append(_varlong(len(p.venues_excluded)))
         for x in p.venues_excluded:
-            parts += (_string(x.venue), _string(x.instrument), _string(x.reason))
+            parts += (
+                _string(x.venue, known),
+                _string(x.instrument, known),
+                _string(x.reason, known),
+            )
     parts.append(b"\0")
     return b"".join(parts)
 

@@ -110,6 +110,16 @@ def nearest_rank(samples: Sequence[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def nearest_ranks(samples: Sequence[float], qs: Sequence[float]) -> list[float | None]:
+    """`nearest_rank` of each q in `qs`, sorting the samples once (the status thread sorts
+    every stage's window each second, holding the GIL while `sorted` runs)."""
+    if not samples:
+        return [None for _ in qs]
+    ordered = sorted(samples)
+    last = len(ordered) - 1
+    return [ordered[min(last, int(q * len(ordered)))] for q in qs]
+
+
 def bucket_quantile(counts: Sequence[int], q: float) -> float | None:
     """The q-quantile (µs) read off bucket counts, interpolated linearly inside the bucket
     that holds it (as Prometheus' histogram_quantile does); None without samples. A quantile
@@ -134,10 +144,11 @@ def window_summary(report: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any
     out = {}
     for name, r in report.items():
         count = sum(r["counts"])
+        p50, p99 = nearest_ranks(r["recent_us"], (0.5, 0.99))
         out[name] = {
             "count": count,
             "mean_us": r["sum_us"] / count if count else None,
-            "p50_us": nearest_rank(r["recent_us"], 0.5),
-            "p99_us": nearest_rank(r["recent_us"], 0.99),
+            "p50_us": p50,
+            "p99_us": p99,
         }
     return out

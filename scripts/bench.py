@@ -58,6 +58,7 @@ RESULTS = REPO / "bench" / "results"
 PEERS = REPO / ".venv-peers"
 PY = sys.executable
 PRICING_WORKERS = 2
+ENGINE_OVERRIDES: dict[str, Any] = {}  # engine.* keys from --engine KEY=VALUE (experiments)
 
 # --- 1. replay -------------------------------------------------------------------------------
 
@@ -264,7 +265,7 @@ def engine_config(venues: dict[str, dict[str, Any]], run_dir: Path) -> dict:
         for inst in v["instruments"]:
             sources[inst.split("-")[0] + "-USD"].append({"venue": name, "instrument": inst})
     return {
-        "engine": {"run_dir": str(run_dir), "pricing_workers": PRICING_WORKERS},
+        "engine": {"run_dir": str(run_dir), "pricing_workers": PRICING_WORKERS, **ENGINE_OVERRIDES},
         "venues": cfg_venues,
         "instruments": [
             {
@@ -707,7 +708,26 @@ def main() -> None:
     parser.add_argument("--soak", type=float, default=None, metavar="MINUTES")
     parser.add_argument("--no-peers", action="store_true", help="skip cryptofeed")
     parser.add_argument("--only", choices=["replay", "e2e", "sinks"], default=None)
+    parser.add_argument(
+        "--rates",
+        type=lambda text: tuple(float(r) for r in text.split(",")),
+        default=None,
+        help="end-to-end rates, comma-separated (default: 1000 quick, else 1000,10000,50000)",
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="each end-to-end window (default 4 quick, 20)"
+    )
+    parser.add_argument(
+        "--engine",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an engine.* config key for the end-to-end engine (e.g. switch_interval_us=200)",
+    )
     args = parser.parse_args()
+    for item in args.engine:
+        key, _, value = item.partition("=")
+        ENGINE_OVERRIDES[key] = yaml.safe_load(value)
     runs = 3 if args.quick else 7
     peers = not (args.no_peers or args.quick)  # cryptofeed's own venv takes minutes to build
     rss: list[tuple[float, float]] = []
@@ -724,8 +744,8 @@ def main() -> None:
             else {}
         )
         result["book_depth"] = depth_section(args.quick) if "replay" in want else {}
-        rates = (1_000,) if args.quick else (1_000, 10_000, 50_000)
-        seconds = 4 if args.quick else 20
+        rates = args.rates or ((1_000,) if args.quick else (1_000, 10_000, 50_000))
+        seconds = args.seconds or (4 if args.quick else 20)
         result["e2e"] = []
         for rate in rates if "e2e" in want else ():
             row = e2e_run(rate, seconds, rss, sync_s=2.0 if args.quick else 3.0)

@@ -1,5 +1,6 @@
-"""Benchmark: the cost of pricing one instrument from five venue tops, ladder included,
-and of encoding the resulting Price (main thread; prints JSON).
+"""Benchmark: the cost of pricing one instrument from five venue tops, ladder included, by
+the engine's model and by the reference it was rewritten from, and of encoding the resulting
+Price as the pricing worker does (main thread; prints JSON, µs per Price, best of 5).
 
     .venv/bin/python scripts/bench_pricing.py [--n 20000]
 """
@@ -12,8 +13,9 @@ import platform
 import random
 import time
 
-from mmengine.codec import Codec, price_record
+from mmengine.codec import Codec, encode_price
 from mmengine.model import BookTop, Price
+from mmengine.pricing import reference
 from mmengine.pricing.model import (
     InstrumentSpec,
     InstrumentState,
@@ -68,15 +70,16 @@ def main() -> None:
     now = time.time_ns()
     inputs = [make_tops(rng, now) for _ in range(64)]
     fx = {"USDT-USD": (0.9998, now)}
-    state = InstrumentState(position=2.0)
-    codec = Codec("price.avsc")
+    header = Codec("price.avsc").header
     results = {}
-    for label in ("evaluate", "evaluate+encode"):
+    for label in ("reference evaluate", "evaluate", "evaluate+encode"):
+        model = reference.evaluate if label.startswith("reference") else evaluate
+        state = InstrumentState(position=2.0)
         best = float("inf")
         for _ in range(5):
             t0 = time.perf_counter()
             for i in range(args.n):
-                d = evaluate(spec, inputs[i & 63], fx, state, now + i * 1000)
+                d = model(spec, inputs[i & 63], fx, state, now + i * 1000)
                 if label == "evaluate+encode" and d is not None:
                     price = Price(
                         "BTC-USD",
@@ -96,7 +99,7 @@ def main() -> None:
                         venues_used=d.used,
                         venues_excluded=d.excluded,
                     )
-                    codec.encode(price_record(price))
+                    encode_price(header, price)
             best = min(best, (time.perf_counter() - t0) / args.n * 1e6)
         results[label] = round(best, 2)
     print(json.dumps({"python": platform.python_version(), "us_per_price": results}, indent=2))

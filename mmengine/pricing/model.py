@@ -12,6 +12,9 @@ For one priced instrument, from the latest BookTop of each venue book that feeds
 7. halt (no quotes) on too few venues, a jump in fair value, every usable source older than
    `max_age_ms` (`halt_reason` "stale"), or any number that is not finite.
 
+The engine runs `evaluate` here, a faster rendering of `mmengine.pricing.reference.evaluate`
+(the model as first written, kept as the reference) that gives the same Decision bit for bit.
+
 No Decision ever carries a non-finite number or a ladder level priced at or below zero:
 absurd inputs (sizes near the float limit, a zero or infinite rate) halt the instrument
 with a reason instead of raising or publishing NaN.
@@ -23,6 +26,7 @@ and FX rate, venues excluded with the reason, and the spread and skew that shape
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -119,6 +123,9 @@ class InstrumentState:
     last_fair: float = 0.0
     last_ts_ns: int = 0
     var_rate: float = 0.0  # EWMA of squared log returns per second
+    # What `evaluate` derived from the spec it last priced with (kept here, in the state the
+    # worker thread owns, rather than in a cache shared by threads); not part of the state.
+    plan: _Plan | None = field(default=None, compare=False, repr=False)
 
 
 # --- steps --------------------------------------------------------------------------------
@@ -230,6 +237,44 @@ def quote_ladder(
 # --- the whole model ----------------------------------------------------------------------
 
 
+Ladder = Callable[
+    [float, float, float, float, QuoteParams, float, float],
+    tuple[list[tuple[float, float]], list[tuple[float, float]]],
+]
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What `evaluate` derives from an InstrumentSpec once, instead of on every Price."""
+
+    spec: InstrumentSpec  # the spec it was derived from (compared by identity)
+    sources: tuple[tuple[SourceSpec, tuple[str, str]], ...]  # with its key into `tops`
+    max_age_ns: float
+    levels: int  # venue levels per side into the consolidated book (micro_levels, >= 1)
+    ladder: Ladder  # quote_ladder, or the same ladder for sizes that never lean
+
+
+def _plan(spec: InstrumentSpec, state: InstrumentState) -> _Plan:
+    plan = state.plan
+    if plan is not None and plan.spec is spec:
+        return plan
+    q = spec.quote
+    ladder: Ladder = quote_ladder
+    if not (q.skew_sizes and q.max_position):
+        # quote_ladder's lean is then 0: size * (1.0 - 0) is size, bid and ask alike.
+        sizes = tuple(round_down(q.size + q.size_step * i, spec.lot) for i in range(q.levels))
+        ladder = _fixed_size_ladder(sizes, _decimals(spec.tick))
+    plan = _Plan(
+        spec=spec,
+        sources=tuple((src, (src.venue, src.instrument)) for src in spec.sources),
+        max_age_ns=spec.max_age_ms * 1e6,  # a float: int() of a configured inf would raise
+        levels=max(spec.micro_levels, 1),
+        ladder=ladder,
+    )
+    state.plan = plan
+    return plan
+
+
 def evaluate(
     spec: InstrumentSpec,
     tops: dict[tuple[str, str], BookTop],
@@ -242,16 +287,25 @@ def evaluate(
 
     `fx_rates` maps an FX instrument to (rate, time it was priced in ns). Returns None only
     when no source has ever sent a LIVE top (nothing to say yet).
+
+    This is `mmengine.pricing.reference.evaluate` (the model step by step) with less Python
+    per Price: what depends only on the spec is worked out once (`_plan`), each venue's mid
+    is computed once, the ladder's rounding is inlined. Every float operation is the
+    reference's, in the same order, so the Decision is the same bit for bit (checked on
+    random inputs by tests/unit/test_pricing_fast.py).
     """
-    max_age_ns = spec.max_age_ms * 1e6  # a float: int() of a configured inf would raise
-    used_tops: list[tuple[SourceSpec, BookTop, float]] = []
+    plan = _plan(spec, state)
+    max_age_ns = plan.max_age_ns
+    used_tops: list[tuple[SourceSpec, BookTop, float, float]] = []  # + rate, mid
     excluded: list[VenueExcluded] = []
     seen_live = False
-    for src in spec.sources:
-        top = tops.get((src.venue, src.instrument))
+    for src, key in plan.sources:
+        top = tops.get(key)
         if top is None:
             continue
-        if top.state != "LIVE" or not top.bid_prices or not top.ask_prices:
+        bid_prices = top.bid_prices
+        ask_prices = top.ask_prices
+        if top.state != "LIVE" or not bid_prices or not ask_prices:
             # A book its venue thread marked STALE (silent for stale_after_s) is stale input,
             # as one aged past max_age_ms is: the halt says so, and repeats while it lasts.
             reason = "stale" if top.state == "STALE" else "not_live"
@@ -261,7 +315,7 @@ def evaluate(
         if now_ns - top.recv_ts_ns > max_age_ns:
             excluded.append(VenueExcluded(src.venue, src.instrument, "stale"))
             continue
-        if top.bid_prices[0] >= top.ask_prices[0]:
+        if bid_prices[0] >= ask_prices[0]:
             excluded.append(VenueExcluded(src.venue, src.instrument, "crossed"))
             continue
         rate = 1.0
@@ -272,44 +326,51 @@ def evaluate(
                 excluded.append(VenueExcluded(src.venue, src.instrument, "no_fx"))
                 continue
             rate = 1.0 / known[0] if src.fx_invert else known[0]
-        used_tops.append((src, top, rate))
+        used_tops.append((src, top, rate, (bid_prices[0] + ask_prices[0]) / 2 * rate))
     if not seen_live and not excluded:
         return None
 
-    # Outliers (needs >= 3 venues): a venue mid far from the median of all venue mids. The
-    # median includes the venue itself: with three venues the median of the two *others*
-    # is their mean, so one bad venue would drag it and make the good ones look like
-    # outliers; the median of all three is robust to one bad venue.
+    # Outliers (needs >= 3 venues): a venue mid far from the median of all venue mids (the
+    # reference says why the median includes the venue itself).
     if len(used_tops) >= 3:
-        mids = [(t.bid_prices[0] + t.ask_prices[0]) / 2 * r for _, t, r in used_tops]
-        center = median(mids)
+        center = median([entry[3] for entry in used_tops])
+        limit_bps = spec.outlier_bps
         kept = []
-        for entry, mid in zip(used_tops, mids, strict=True):
-            if abs(mid / center - 1.0) * 1e4 > spec.outlier_bps:
+        for entry in used_tops:
+            if abs(entry[3] / center - 1.0) * 1e4 > limit_bps:
                 excluded.append(VenueExcluded(entry[0].venue, entry[0].instrument, "outlier"))
             else:
                 kept.append(entry)
         used_tops = kept
 
     if not used_tops:
-        # Every source that could be used has aged out: say so in the one word a consumer
-        # can match on.
         stale = any(x.reason == "stale" for x in excluded)
         return halted_decision(spec, state, excluded, STALE if stale else "no usable venue")
 
     # Consolidated book: levels converted to the quote currency, equal prices summed.
-    n = max(spec.micro_levels, 1)
+    n = plan.levels
     bid_levels: dict[float, float] = {}
     ask_levels: dict[float, float] = {}
     used: list[VenueUsed] = []
     raw_weights: list[float] = []
-    for src, top, rate in used_tops:
-        for p, s in zip(top.bid_prices[:n], top.bid_sizes[:n], strict=False):
-            bid_levels[p * rate] = bid_levels.get(p * rate, 0.0) + s
-        for p, s in zip(top.ask_prices[:n], top.ask_sizes[:n], strict=False):
-            ask_levels[p * rate] = ask_levels.get(p * rate, 0.0) + s
-        mid = (top.bid_prices[0] + top.ask_prices[0]) / 2 * rate
-        weight = src.weight if src.weight is not None else top.bid_sizes[0] + top.ask_sizes[0]
+    get_bid = bid_levels.get
+    get_ask = ask_levels.get
+    for src, top, rate, mid in used_tops:
+        bid_sizes = top.bid_sizes
+        ask_sizes = top.ask_sizes
+        if n == 1:
+            p = top.bid_prices[0] * rate
+            bid_levels[p] = get_bid(p, 0.0) + bid_sizes[0]
+            p = top.ask_prices[0] * rate
+            ask_levels[p] = get_ask(p, 0.0) + ask_sizes[0]
+        else:
+            for p, s in zip(top.bid_prices[:n], bid_sizes[:n], strict=False):
+                p *= rate
+                bid_levels[p] = get_bid(p, 0.0) + s
+            for p, s in zip(top.ask_prices[:n], ask_sizes[:n], strict=False):
+                p *= rate
+                ask_levels[p] = get_ask(p, 0.0) + s
+        weight = src.weight if src.weight is not None else bid_sizes[0] + ask_sizes[0]
         raw_weights.append(weight)
         used.append(
             VenueUsed(src.venue, src.instrument, mid, weight, rate, top.venue_seq, top.recv_ts_ns)
@@ -318,12 +379,30 @@ def evaluate(
     for venue_used in used:
         venue_used.weight /= total_weight
 
+    return decide(spec, state, now_ns, n, bid_levels, ask_levels, used, excluded, plan.ladder)
+
+
+def decide(
+    spec: InstrumentSpec,
+    state: InstrumentState,
+    now_ns: int,
+    n: int,
+    bid_levels: dict[float, float],
+    ask_levels: dict[float, float],
+    used: list[VenueUsed],
+    excluded: list[VenueExcluded],
+    ladder: Ladder,
+) -> Decision:
+    """The model's steps 4 to 7 from the consolidated book (`n` levels a side from each
+    venue) and the venues used: fair value, volatility, halts, the ladder (`quote_ladder`,
+    or a faster one giving the same levels), and the Decision."""
     best_bid = max(bid_levels)
     best_ask = min(ask_levels)
     crossed = best_bid >= best_ask
-    if spec.method == "weighted_mid":
+    method = spec.method
+    if method == "weighted_mid":
         fair = sum(u.mid * u.weight for u in used)
-    elif spec.method == "microprice":
+    elif method == "microprice":
         bids_n = sorted(bid_levels, reverse=True)[:n]
         asks_n = sorted(ask_levels)[:n]
         fair = microprice(
@@ -355,12 +434,10 @@ def evaluate(
         halt_reason = f"{len(used)} usable venue(s), fewer than min_venues {spec.min_venues}"
     elif jump_bps > spec.max_jump_bps:
         halt_reason = f"fair value moved {jump_bps:.1f} bps in one step (max {spec.max_jump_bps})"
-    bids: list[tuple[float, float]]
-    asks: list[tuple[float, float]]
-    if halt_reason:
-        bids, asks = [], []
-    else:
-        bids, asks = quote_ladder(fair, half_spread, skew, state.position, q, spec.tick, spec.lot)
+    bids: list[tuple[float, float]] = []
+    asks: list[tuple[float, float]] = []
+    if not halt_reason:
+        bids, asks = ladder(fair, half_spread, skew, state.position, q, spec.tick, spec.lot)
     decision = Decision(
         fair_value=fair,
         best_bid=best_bid,
@@ -383,6 +460,45 @@ def evaluate(
     if bad is not None:
         return halted_decision(spec, state, excluded, f"non-finite {bad}")
     return decision
+
+
+def _fixed_size_ladder(sizes: tuple[float, ...], decimals: int) -> Ladder:
+    """`quote_ladder` for sizes that do not lean with the position (`sizes`, one per level,
+    already rounded to the lot), with `raw_ladder`'s rounding inlined (`decimals`: the
+    tick's): the same operations, the same levels."""
+    floor = math.floor
+    ceil = math.ceil
+    isfinite = math.isfinite
+
+    def ladder(
+        fair: float,
+        half_spread_bps: float,
+        skew: float,
+        _position: float,
+        q: QuoteParams,
+        tick: float,
+        _lot: float,
+    ) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+        bids: list[tuple[float, float]] = []
+        asks: list[tuple[float, float]] = []
+        center = fair * (1.0 + skew / 1e4)
+        step_bps = q.level_step_bps
+        for i, size in enumerate(sizes):
+            offset = (half_spread_bps + step_bps * i) / 1e4
+            bid = center * (1.0 - offset)
+            ask = center * (1.0 + offset)
+            if isfinite(bid / tick):
+                bid = round(floor(bid / tick + 1e-9) * tick, decimals)
+            if isfinite(ask / tick):
+                ask = round(ceil(ask / tick - 1e-9) * tick, decimals)
+            if size > 0.0:
+                if 0.0 < bid < fair and (not bids or bid < bids[-1][0]):
+                    bids.append((bid, size))
+                if fair < ask < INF and (not asks or ask > asks[-1][0]):
+                    asks.append((ask, size))
+        return bids, asks
+
+    return ladder
 
 
 def non_finite_field(d: Decision) -> str | None:

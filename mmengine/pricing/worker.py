@@ -337,6 +337,12 @@ class PricingWorker(ServiceThread):
         now = time.time_ns
         n = 0
         while n < MAX_DRAIN:
+            # After the first message, ask whether another waits (a getsockopt, under the
+            # GIL) before receiving: at low rates a drain takes one message, and the recv
+            # that finds the queue empty costs an exception and a release of the GIL, which
+            # another thread may keep for a switch interval.
+            if n == 1 and not pull.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                break
             try:
                 payload = pull.recv(zmq.NOBLOCK)
             except zmq.Again:

@@ -18,6 +18,7 @@ from mmengine.latency import (
     bucket_quantile,
     merge_reports,
     nearest_rank,
+    nearest_ranks,
 )
 from mmengine.ops.metrics import EngineCollector
 from mmengine.ops.status import snapshot
@@ -87,3 +88,11 @@ def test_status_metrics_and_top_show_the_stages() -> None:
     assert "apply_to_dequeue" in screen and "price_to_kafka_ack" in screen
     line = next(ln for ln in screen.splitlines() if "receive_to_publish" in ln)
     assert "160" in line
+
+
+def test_nearest_ranks_sorts_once_and_agrees_with_nearest_rank() -> None:
+    rng = random.Random(9)
+    for n in (0, 1, 2, 99, 100, 2048):
+        samples = [rng.uniform(0, 1000) for _ in range(n)]
+        qs = (0.0, 0.5, 0.99, 1.0)
+        assert nearest_ranks(samples, qs) == [nearest_rank(samples, q) for q in qs]
