@@ -26,7 +26,7 @@ import time
 from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -341,7 +341,7 @@ class PricingWorker(ServiceThread):
             # GIL) before receiving: at low rates a drain takes one message, and the recv
             # that finds the queue empty costs an exception and a release of the GIL, which
             # another thread may keep for a switch interval.
-            if n == 1 and not pull.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if n == 1 and not cast(int, pull.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 break
             try:
                 payload = pull.recv(zmq.NOBLOCK)

@@ -69,7 +69,9 @@ def test_pricing_gets_base_units_from_contracts_and_spot_sized_books(engine_fact
                     want = [float(q) * per_contract / float(p) for p, q in levels]
                     assert all(float(q) == int(q) for _, q in levels)  # whole contracts
                 assert top[side] == want, (instrument, side)
-        assert latest["BTC-USD-PERP"]["bid_sizes"][0] < 1.0  # BTC, not 300-odd contracts
+        # BTC, not contracts: a $100 contract is a small fraction of a BTC near 60,000 USD
+        contracts = float(coinm.book("BTC-USD-PERP", 1)[0][0][1])
+        assert latest["BTC-USD-PERP"]["bid_sizes"][0] < contracts / 100
         assert engine.stop() == 0, engine.output
     assert "binance-coinm: " in engine.output and "0 gaps" in engine.output
 

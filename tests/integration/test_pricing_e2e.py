@@ -201,19 +201,28 @@ def test_stopped_fx_venue_excludes_the_venues_that_need_its_rate(engine_factory:
         if u["venue"] == "usdtvenue"
     ]
     assert len(converted) > 20
-    exact = 0
+    checked = 0
     for p, u in converted:
         assert u["fx_rate"] > 1.0  # the simulated USDT-USD market sits near 100
         assert u["fx_rate"] in published, u
-        # The last tops before the Price; a worker on a loaded machine may price from one a
-        # few behind the books stream, and the simulated books move their mid often.
-        raw = tops_before(tops, "usdtvenue", "BTC-USDT", p["priced_ts_ns"], n=12)
-        mids = [(t["bid_prices"][0] + t["ask_prices"][0]) / 2 for t in raw if t["bid_prices"]]
-        if not mids:
+        # The venue book the Price names (its receive time) on the books stream: its raw mid
+        # times the rate is the converted mid, exactly, however far behind a loaded
+        # machine kept the worker.
+        named = [
+            t
+            for t in tops
+            if t["venue"] == "usdtvenue"
+            and t["instrument"] == "BTC-USDT"
+            and t["recv_ts_ns"] == u["recv_ts_ns"]
+            and t["recv_ts_ns"] <= p["priced_ts_ns"]
+        ]
+        if not named:
             continue  # the books SUB joined after this top
-        assert u["mid"] in [m * u["fx_rate"] for m in mids], (u, mids)
-        exact += u["mid"] == mids[0] * u["fx_rate"]
-    assert exact > len(converted) / 2  # mostly the very last top
+        top = named[-1]
+        raw_mid = (top["bid_prices"][0] + top["ask_prices"][0]) / 2
+        assert u["mid"] == raw_mid * u["fx_rate"], (u, top)
+        checked += 1
+    assert checked > len(converted) / 2
     assert after and all(reasons(p).get("usdtvenue") == "no_fx" for p in after)
     assert all(p["venues"] == ["usdvenue"] for p in after)
 
