@@ -303,3 +303,60 @@ def test_tap_reports_the_gaps_it_sees(tmp_path: Path) -> None:
     assert len(gaps) >= 3
     assert all(": 1 Prices missed" in ln for ln in gaps)
     assert f"tap: {len(gaps)} Prices missed in {len(gaps)} gaps" in out
+
+
+REPO = Path(__file__).resolve().parents[2]
+NAME = r"[A-Z0-9]{2,10}-[A-Z0-9]{2,10}(?:-[A-Z0-9]{4,8})?"  # our instrument names
+
+
+def shipped_instruments() -> tuple[set[str], set[str]]:
+    """(what the shipped configs price, what their venues are asked for)."""
+    from mmengine.config import load_config
+
+    priced: set[str] = set()
+    sourced: set[str] = set()
+    for path in sorted((REPO / "config").glob("*.yaml")):
+        cfg = load_config(path)
+        priced |= {i.name for i in cfg.instruments}
+        sourced |= {s.instrument for i in cfg.instruments for s in i.sources}
+    return priced, sourced
+
+
+def help_text(command: str) -> str:
+    # Wide enough that click never wraps a name at its hyphen.
+    result = CliRunner().invoke(
+        main, [command, "--help"], terminal_width=400, max_content_width=400
+    )
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())
+
+
+def test_help_texts_and_readme_examples_name_instruments_the_shipped_configs_price() -> None:
+    """An example a new user copies must give output: `tap --topic BTC-USDT` or `db-tail
+    --instrument BTC-USDT` waited forever, as no shipped config prices BTC-USDT (it is a
+    venue's instrument, which only `--stream books` shows)."""
+    import re
+
+    priced, sourced = shipped_instruments()
+    assert {"BTC-USD", "ETH-USD"} <= priced and "BTC-USDT" not in priced
+    # Commands whose instrument is a priced one: every name in their help.
+    for command in ("set-position", "db-tail", "kafka-tail", "top"):
+        named = set(re.findall(NAME, help_text(command)))
+        assert named <= priced, (command, named - priced)
+    # tap: Prices by instrument, books by a venue's instrument (said as such).
+    text = help_text("tap")
+    books = re.search(r"--stream books an instrument \((" + NAME + r")\)", text)
+    assert books and books[1] in sourced, text
+    prices = set(re.findall(NAME, text.replace(books[0], "")))
+    assert prices and prices <= priced, (prices - priced, text)
+    # README and docs: every example that names a Price's instrument.
+    example = re.compile(
+        r"mmengine (?:tap(?: \[[^]]*\])* --topic|set-position|db-tail(?: --\S+ \S+)* --instrument)"
+        r" (" + NAME + r")\b"
+    )
+    found = []
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for match in example.finditer(doc.read_text()):
+            found.append((doc.name, match[1]))
+            assert match[1] in priced, (doc.name, match[0])
+    assert len(found) >= 5, found  # the pattern still sees the README's examples
