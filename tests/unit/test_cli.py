@@ -225,6 +225,15 @@ def test_a_stopped_simulator_says_what_it_did_once_in_words() -> None:
     assert "{" not in rest, rest
 
 
+def _has_eventfd(pid: int) -> bool:
+    """Whether process `pid` holds an eventfd (a ZeroMQ context makes one)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+        return any("eventfd" in os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds)
+    except OSError:
+        return False
+
+
 def test_tap_and_top_exit_when_the_engine_they_watch_stops(tmp_path: Path) -> None:
     """An engine killed while a tool waits on it: the tool says so instead of hanging."""
     stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -249,7 +258,14 @@ def test_tap_and_top_exit_when_the_engine_they_watch_stops(tmp_path: Path) -> No
         )
         for args in (["tap"], ["top"])
     ]
-    time.sleep(1.5)  # both attached and waiting
+    # Both attached and waiting: each has made its ZeroMQ context (an eventfd), which it does
+    # after finding the endpoints and before it waits; a loaded machine takes its time.
+    deadline = time.monotonic() + 30
+    while not all(_has_eventfd(t.pid) for t in tools) and time.monotonic() < deadline:
+        if any(t.poll() is not None for t in tools):
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
     if [t.poll() for t in tools] != [None, None]:
         early = [(t.args[-1], t.returncode, *t.communicate(timeout=10)) for t in tools]
         stand_in.kill()
