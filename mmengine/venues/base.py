@@ -11,6 +11,7 @@ and `mmengine.replay` drives a capture through the same code.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -210,6 +211,18 @@ class TypedFrame(msgspec.Struct, gc=False):
 
     def get(self, key: str, default: Any = None) -> Any:
         return getattr(self, key, default)
+
+
+def sent_objects(sent: list[str]) -> Iterator[dict[str, Any]]:
+    """The JSON objects among the frames a recording sent (for `capture_subscription`);
+    any other frame (not JSON, not an object) is passed over."""
+    for text in sent:
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(msg, dict):
+            yield msg
 
 
 def seconds_to_ns(value: object) -> int:

@@ -14,8 +14,10 @@ that cannot be used resyncs its pair too: no sequence number would reveal the lo
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from mmengine.book.integrity import KrakenCrc32
-from mmengine.venues.base import UNPUBLISHED_LIMIT, TypedBookFrames
+from mmengine.venues.base import UNPUBLISHED_LIMIT, TypedBookFrames, VenueSpec
 
 DEPTHS = (10, 25, 100, 500, 1000)  # book depths both versions offer (3.1)
 KEEPALIVE_S = 30.0  # the server closes a connection after ~1 min without requests (3.5)
@@ -43,3 +45,13 @@ class KrakenBook(TypedBookFrames):
     depths = DEPTHS
     subscribe_limit = SUBSCRIBE_LIMIT
     checksum = KrakenCrc32
+    ping: ClassVar[str]  # the version's ping request, `{}` standing for its request id
+
+    def __init__(self, spec: VenueSpec) -> None:
+        super().__init__(spec)
+        self._req_id = 0  # the last request id sent on this connection (pings, requests)
+
+    def keepalive_frame(self) -> str:
+        # a request every KEEPALIVE_S keeps the server from closing the connection (3.5)
+        self._req_id += 1
+        return self.ping.format(self._req_id)

@@ -118,6 +118,7 @@ class KrakenV1(KrakenBook):
     protocol = "kraken-v1"
     default_url = WS_URL_V1
     capture_addresses = ("kraken.com",)
+    ping = '{{"event":"ping","reqid":{}}}'
     book_start = "["  # a data frame (events are objects)
     book_frame = msgspec.json.Decoder(_BookFrame)
 
@@ -126,7 +127,6 @@ class KrakenV1(KrakenBook):
     def __init__(self, spec: VenueSpec) -> None:
         super().__init__(spec)
         self.channel = f"book-{spec.depth}"  # route on channelName and pair (3.7)
-        self._req_id = 0
 
     @classmethod
     def capture_subscription(cls, sent: list[str]) -> tuple[tuple[str, ...], int | None] | None:
@@ -158,10 +158,6 @@ class KrakenV1(KrakenBook):
     def resync_frames(self, instrument: str) -> list[str]:
         pair = [self.symbols[instrument]]  # 3.4: unsubscribe, subscribe for a new snapshot
         return [self._subscription("unsubscribe", pair), self._subscription("subscribe", pair)]
-
-    def keepalive_frame(self) -> str:
-        self._req_id += 1
-        return f'{{"event":"ping","reqid":{self._req_id}}}'
 
     def book_update(self, book: _BookFrame) -> BookUpdate | None:
         # The usual frame (99 in 100): one book object of ours, `a` and/or `b` with `c`

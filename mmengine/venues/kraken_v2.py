@@ -79,6 +79,7 @@ class KrakenV2(KrakenBook):
     protocol = "kraken-v2"
     default_url = WS_URL_V2
     capture_addresses = ("kraken.com/v2",)
+    ping = '{{"method":"ping","req_id":{}}}'
     book_start = '{"channel":"book"'  # how Kraken (and our simulator) begin book frames
     book_frame = msgspec.json.Decoder(_BookFrame)
     wire_symbol = staticmethod(v2_symbol)
@@ -88,7 +89,6 @@ class KrakenV2(KrakenBook):
         # symbol -> its precisions for the checksum (`levels.pair_formats`), from `instrument`
         self.formats: dict[str, Any] = {}
         self.book_subscribed: set[str] = set()  # on this connection
-        self._req_id = 0
 
     @classmethod
     def capture_subscription(cls, sent: list[str]) -> tuple[tuple[str, ...], int | None] | None:
@@ -132,10 +132,6 @@ class KrakenV2(KrakenBook):
             self._book_request("unsubscribe", [symbol]),
             self._book_request("subscribe", [symbol]),
         ]
-
-    def keepalive_frame(self) -> str:
-        self._req_id += 1
-        return f'{{"method":"ping","req_id":{self._req_id}}}'
 
     def on_connected(self) -> None:
         self.book_subscribed.clear()
