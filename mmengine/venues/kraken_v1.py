@@ -121,7 +121,6 @@ class KrakenV1(KrakenBook):
     ping = '{{"event":"ping","reqid":{}}}'
     book_start = "["  # a data frame (events are objects)
     book_frame = msgspec.json.Decoder(_BookFrame)
-
     wire_symbol = staticmethod(v1_pair)
 
     def __init__(self, spec: VenueSpec) -> None:
