@@ -177,10 +177,12 @@ class TypedBookFrames(VenueProtocol):
 
     def __init__(self, spec: VenueSpec) -> None:
         super().__init__(spec)
+        # on the instance: the cheapest lookups on the per-frame path
+        self._book_start = self.book_start
         self._decode_book = self.book_frame.decode
 
     def parse(self, frame: str) -> list[Event] | BookUpdate:
-        if frame.startswith(self.book_start):
+        if frame.startswith(self._book_start):
             try:
                 book = self._decode_book(frame)
             except msgspec.MsgspecError:
