@@ -11,10 +11,13 @@ and `mmengine.replay` drives a capture through the same code.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import msgspec
+import orjson
 
 from mmengine.book.core import book_core
 from mmengine.book.events import BookUpdate, ContractSize, Event
@@ -72,6 +75,9 @@ class VenueProtocol:
     def __init__(self, spec: VenueSpec) -> None:
         self.spec = spec
         self.levels = book_core(spec.book_core).decoder()
+        # our instrument -> the venue's name for it (`wire_symbol`), and back
+        self.symbols = {inst: self.wire_symbol(inst) for inst in spec.instruments}
+        self.by_symbol = {symbol: inst for inst, symbol in self.symbols.items()}
 
     # --- facts of this connection -----------------------------------------------------------
 
@@ -84,6 +90,12 @@ class VenueProtocol:
 
     def venue_symbol(self, instrument: str) -> str:
         """The venue's own name for one of our instruments."""
+        return self.symbols[instrument]
+
+    @classmethod
+    def wire_symbol(cls, instrument: str) -> str:
+        """The venue's name for `instrument` (ours by default); ValueError where the venue
+        cannot name it."""
         return instrument
 
     def contract_sizes_requests(self) -> list[tuple[str, int]]:
@@ -108,7 +120,12 @@ class VenueProtocol:
 
     @classmethod
     def instrument_problem(cls, instrument: str) -> str | None:
-        """Why the venue cannot serve `instrument` (config validation), or None."""
+        """Why the venue cannot serve `instrument` (config validation), or None: by default
+        what `wire_symbol` says of it."""
+        try:
+            cls.wire_symbol(instrument)
+        except ValueError as exc:
+            return str(exc)
         return None
 
     @classmethod
@@ -147,6 +164,44 @@ class VenueProtocol:
         raise NotImplementedError
 
 
+class TypedBookFrames(VenueProtocol):
+    """A venue whose usual frame is one book message of a known shape (Kraken v1 and v2,
+    Bybit): a frame beginning with `book_start` is decoded by msgspec into the venue's
+    Struct (`book_frame`: no dict lookups, cheaper than orjson) and handed to `book_update`,
+    which turns it into a BookUpdate in one call where the book core has it. Anything else
+    (another shape, a msgspec error, a book_update of None) is decoded by orjson and judged
+    by `_parse_message`, the reference for every frame."""
+
+    book_start: ClassVar[str]  # how the venue (and our simulator) begins a book frame
+    book_frame: ClassVar[msgspec.json.Decoder[Any]]  # into the venue's Struct
+
+    def __init__(self, spec: VenueSpec) -> None:
+        super().__init__(spec)
+        # on the instance: the cheapest lookups on the per-frame path
+        self._book_start = self.book_start
+        self._decode_book = self.book_frame.decode
+
+    def parse(self, frame: str) -> list[Event] | BookUpdate:
+        if frame.startswith(self._book_start):
+            try:
+                book = self._decode_book(frame)
+            except msgspec.MsgspecError:
+                book = None
+            if book is not None:
+                update = self.book_update(book)
+                if update is not None:
+                    return update
+        return self._parse_message(orjson.loads(frame))
+
+    def book_update(self, book: Any) -> BookUpdate | None:
+        """The BookUpdate of one decoded book frame, or None: judged by `_parse_message`."""
+        raise NotImplementedError
+
+    def _parse_message(self, msg: Any) -> list[Event] | BookUpdate:
+        """The events of one frame decoded by orjson (as `parse`)."""
+        raise NotImplementedError
+
+
 class TypedFrame(msgspec.Struct, gc=False):
     """A part of a frame decoded by msgspec into a typed Struct (no garbage-collector work,
     strings checked while decoding), read as the dict orjson would give (`[key]`, `.get`),
@@ -160,6 +215,18 @@ class TypedFrame(msgspec.Struct, gc=False):
         return getattr(self, key, default)
 
 
+def sent_objects(sent: list[str]) -> Iterator[dict[str, Any]]:
+    """The JSON objects among the frames a recording sent (for `capture_subscription`);
+    any other frame (not JSON, not an object) is passed over."""
+    for text in sent:
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(msg, dict):
+            yield msg
+
+
 def seconds_to_ns(value: object) -> int:
     """A venue timestamp in seconds (`"1618678133.365913"`) as ns; FrameError if not sane."""
     # float() of what is no number raises, and the caller counts a malformed frame
@@ -167,6 +234,14 @@ def seconds_to_ns(value: object) -> int:
     if not 0.0 <= seconds < 1e11:
         raise FrameError("bad_timestamp", repr(value))
     return int(seconds * 1e9)
+
+
+def rfc3339_ns(ts: str) -> int:
+    """`2023-10-06T17:35:55.440295Z` -> ns since the epoch."""
+    dt = datetime.fromisoformat(ts)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
 
 
 def integer(value: object, name: str) -> int:

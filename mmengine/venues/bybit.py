@@ -33,19 +33,17 @@ from msgspec import UNSET, Struct, UnsetType
 
 from mmengine.book.events import (
     DECODE_ERRORS,
-    AuditTop,
     BookUpdate,
     Event,
     Ignored,
     lost_update,
 )
 from mmengine.book.integrity import ContiguousIds
-from mmengine.book.levels import LevelDecoder, one
+from mmengine.book.levels import LevelDecoder
 from mmengine.errors import FrameError, VenueRejected
-from mmengine.venues.base import VenueProtocol, VenueSpec, integer
+from mmengine.venues.base import TypedBookFrames, VenueSpec, integer, sent_objects
 
 SPOT_URL = "wss://stream.bybit.com/v5/public/spot"
-LINEAR_URL = "wss://stream.bybit.com/v5/public/linear"
 DEPTHS = (1, 50, 200, 1000)  # orderbook.N for spot and linear (5.2)
 ARGS_PER_REQUEST = 10  # spot's limit per subscribe request (5.5); linear follows it too
 PING_S = 20.0  # send {"op":"ping"} this often (5.5)
@@ -54,9 +52,6 @@ SNAPSHOT = "snapshot"
 DELTA = "delta"
 
 log = logging.getLogger("mmengine.venue")
-
-# Book messages, as Bybit (and our simulator) write them: `topic` first.
-BOOK_START = '{"topic":"orderbook.'
 
 
 class _BookData(Struct, gc=False):
@@ -68,8 +63,8 @@ class _BookData(Struct, gc=False):
 
 
 class _BookFrame(Struct, gc=False):
-    """`orderbook.N` in the shape `parse_book` reads (msgspec: a quarter cheaper than orjson
-    and dict lookups; a frame of any other shape is decoded by orjson)."""
+    """`orderbook.N` in the shape `parse_book` reads (`TypedBookFrames`: msgspec is a quarter
+    cheaper than orjson and dict lookups here)."""
 
     topic: str
     type: str
@@ -78,24 +73,12 @@ class _BookFrame(Struct, gc=False):
     cts: int | UnsetType = UNSET
 
 
-BOOK_FRAME = msgspec.json.Decoder(_BookFrame)
-_decode_book = BOOK_FRAME.decode
-
-
 def spot_symbol(instrument: str) -> str:
     """`BTC-USDT` -> `BTCUSDT` (joining is safe; splitting is not)."""
     parts = instrument.split("-")
     if len(parts) != 2:
         raise ValueError(f"bybit-v5-spot: {instrument!r} is not BASE-QUOTE")
     return parts[0] + parts[1]
-
-
-def linear_symbol(instrument: str) -> str:
-    """`BTC-USDT-PERP` -> `BTCUSDT`; `BTC-USDC-PERP` -> `BTCPERP` (Bybit's USDC perps)."""
-    parts = instrument.split("-")
-    if len(parts) != 3 or parts[2] != "PERP" or parts[1] not in ("USDT", "USDC"):
-        raise ValueError(f"bybit-v5-linear: {instrument!r} is not BASE-USDT-PERP or BASE-USDC-PERP")
-    return parts[0] + ("USDT" if parts[1] == "USDT" else "PERP")
 
 
 def parse_book(instrument: str, msg: dict[str, Any], levels: LevelDecoder) -> BookUpdate:
@@ -125,24 +108,7 @@ def parse_book(instrument: str, msg: dict[str, Any], levels: LevelDecoder) -> Bo
     )
 
 
-def merge_ticker(state: dict[str, Any], msg: dict[str, Any]) -> dict[str, Any]:
-    """Linear `tickers`: a snapshot replaces, a delta updates only the fields it carries
-    (a missing field means unchanged, 5.7). Returns the merged state.
-
-    Delta: {"topic":"tickers.BTCUSDT","type":"delta","data":{"symbol":"BTCUSDT",
-            "bid1Price":"65114.20","bid1Size":"6.054","ask1Price":"65114.30",
-            "ask1Size":"10.486"},"cs":753843907770,"ts":1786310817883}
-    """
-    data = msg["data"]
-    if type(data) is not dict:
-        raise FrameError("malformed", "ticker data is not an object")
-    if msg.get("type") == SNAPSHOT:
-        state.clear()
-    state.update(data)
-    return state
-
-
-class _Bybit(VenueProtocol):
+class BybitBook(TypedBookFrames):
     """What both categories share; a subclass fixes the category and its symbols."""
 
     capture_exchange = "BYBIT"
@@ -152,34 +118,19 @@ class _Bybit(VenueProtocol):
     depths = DEPTHS
     integrity = ContiguousIds
     ticker_audit: ClassVar[bool] = False  # the category's tickers carry bid1/ask1
+    book_start = '{"topic":"orderbook.'  # as Bybit (and our simulator) write them: `topic` first
+    book_frame = msgspec.json.Decoder(_BookFrame)
 
     def __init__(self, spec: VenueSpec) -> None:
         super().__init__(spec)
-        self.symbols = {inst: self.wire_symbol(inst) for inst in spec.instruments}
         self.book_channel = f"orderbook.{spec.depth}."
         self.topics = {inst: self.book_channel + s for inst, s in self.symbols.items()}
         self.by_topic = {topic: inst for inst, topic in self.topics.items()}
         self.by_ticker = {f"tickers.{s}": inst for inst, s in self.symbols.items()}
-        self.tickers: dict[str, dict[str, Any]] = {inst: {} for inst in spec.instruments}
         self._req_ids = itertools.count(1)
-        self._rows_update = self.levels.rows_update  # the usual frame's one call (`parse`)
+        self._rows_update = self.levels.rows_update  # the usual frame's one call
         if spec.audit and not self.ticker_audit:
             log.info("%s: %s tickers carry no best bid/ask: no audit", spec.name, self.category)
-
-    @classmethod
-    def wire_symbol(cls, instrument: str) -> str:
-        raise NotImplementedError
-
-    @classmethod
-    def instrument_problem(cls, instrument: str) -> str | None:
-        try:
-            cls.wire_symbol(instrument)
-        except ValueError as exc:
-            return str(exc)
-        return None
-
-    def venue_symbol(self, instrument: str) -> str:
-        return self.symbols[instrument]
 
     @classmethod
     def capture_subscription(cls, sent: list[str]) -> tuple[tuple[str, ...], int | None] | None:
@@ -187,12 +138,8 @@ class _Bybit(VenueProtocol):
         deepest, if several). Its instruments are left to the capture's header: `BTCUSDT`
         names spot and perpetual alike and cannot be split into ours."""
         depth = None
-        for text in sent:
-            try:
-                msg = orjson.loads(text)
-            except orjson.JSONDecodeError:
-                continue
-            if not isinstance(msg, dict) or msg.get("op") != "subscribe":
+        for msg in sent_objects(sent):
+            if msg.get("op") != "subscribe":
                 continue
             for arg in msg.get("args", ()):
                 parts = arg.split(".") if isinstance(arg, str) else ()
@@ -221,44 +168,29 @@ class _Bybit(VenueProtocol):
     def keepalive_frame(self) -> str:
         return orjson.dumps({"req_id": f"ping-{next(self._req_ids)}", "op": "ping"}).decode()
 
-    def on_connected(self) -> None:
-        for state in self.tickers.values():
-            state.clear()
-
-    def parse(self, frame: str) -> list[Event] | BookUpdate:
-        if frame.startswith(BOOK_START):
-            # The usual frame: a book message, decoded by msgspec into the shape above and
-            # turned into a BookUpdate in one call where the book core has it. Anything
-            # else is decoded by orjson and judged as any frame (`_parse_message`).
-            try:
-                book = _decode_book(frame)
-            except msgspec.MsgspecError:
-                book = None
-            if book is not None:
-                instrument = self.by_topic.get(book.topic)
-                data = book.data
-                kind = book.type
-                if (
-                    instrument is not None
-                    and data.s == self.symbols[instrument]
-                    and kind in ("delta", "snapshot")  # (a constant tuple: DELTA, SNAPSHOT)
-                ):
-                    ts = book.cts
-                    if ts is UNSET:
-                        ts = 0 if book.ts is UNSET else book.ts
-                    seq = data.seq
-                    update = self._rows_update(
-                        instrument,
-                        kind == SNAPSHOT,
-                        data.b,
-                        data.a,
-                        data.u,
-                        None if seq is UNSET else seq,
-                        ts,
-                    )
-                    if update is not None:
-                        return update  # type: ignore[no-any-return]
-        return self._parse_message(orjson.loads(frame))
+    def book_update(self, book: _BookFrame) -> BookUpdate | None:
+        instrument = self.by_topic.get(book.topic)
+        data = book.data
+        kind = book.type
+        if (
+            instrument is None
+            or data.s != self.symbols[instrument]
+            or kind not in ("delta", "snapshot")  # (a constant tuple: DELTA, SNAPSHOT)
+        ):
+            return None
+        ts = book.cts
+        if ts is UNSET:
+            ts = 0 if book.ts is UNSET else book.ts
+        seq = data.seq
+        return self._rows_update(  # type: ignore[no-any-return]
+            instrument,
+            kind == SNAPSHOT,
+            data.b,
+            data.a,
+            data.u,
+            None if seq is UNSET else seq,
+            ts,
+        )
 
     def _parse_message(self, msg: Any) -> list[Event] | BookUpdate:
         if type(msg) is not dict:
@@ -290,22 +222,11 @@ class _Bybit(VenueProtocol):
         raise FrameError("unknown_topic", repr(topic)[:80])
 
     def _ticker(self, instrument: str, msg: dict[str, Any]) -> list[Event]:
-        """5. Merge the partial ticker (validated on a copy, then kept)."""
-        state = self.tickers[instrument]
-        merged = merge_ticker(dict(state), msg)
-        bid_s = merged.get("bid1Price")
-        ask_s = merged.get("ask1Price")
-        bid = one(bid_s, "0")[0] if bid_s is not None else None
-        ask = one(ask_s, "0")[0] if ask_s is not None else None
-        cs = msg.get("cs")
-        state.clear()
-        state.update(merged)
-        if bid is None or ask is None:
-            return []
-        return [AuditTop(instrument, bid, ask, cross_seq=cs if type(cs) is int else None)]
+        """5. The audit, where the category's tickers carry bid1/ask1 (`ticker_audit`)."""
+        raise NotImplementedError
 
 
-class BybitSpot(_Bybit):
+class BybitSpot(BybitBook):
     """Bybit v5 spot order book (`wss://stream.bybit.com/v5/public/spot`)."""
 
     protocol = "bybit-v5-spot"
@@ -315,24 +236,4 @@ class BybitSpot(_Bybit):
         "stream-testnet.bybit.com/v5/public/spot",
     )
     category = "spot"
-
-    @classmethod
-    def wire_symbol(cls, instrument: str) -> str:
-        return spot_symbol(instrument)
-
-
-class BybitLinear(_Bybit):
-    """Bybit v5 linear perpetuals (`wss://stream.bybit.com/v5/public/linear`)."""
-
-    protocol = "bybit-v5-linear"
-    default_url = LINEAR_URL
-    capture_addresses = (
-        "stream.bybit.com/v5/public/linear",
-        "stream-testnet.bybit.com/v5/public/linear",
-    )
-    category = "linear"
-    ticker_audit = True
-
-    @classmethod
-    def wire_symbol(cls, instrument: str) -> str:
-        return linear_symbol(instrument)
+    wire_symbol = staticmethod(spot_symbol)

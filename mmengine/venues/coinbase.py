@@ -44,7 +44,7 @@ from mmengine.book.events import (
 from mmengine.book.integrity import CountedByConnection
 from mmengine.book.levels import one
 from mmengine.errors import FrameError, VenueRejected
-from mmengine.venues.base import TypedFrame, VenueProtocol, VenueSpec
+from mmengine.venues.base import TypedFrame, VenueProtocol, VenueSpec, sent_objects
 
 WS_URL = "wss://advanced-trade-ws.coinbase.com"
 LEVEL2 = "level2"  # the channel subscribed ...
@@ -143,12 +143,8 @@ class CoinbaseAdvanced(VenueProtocol):
     @classmethod
     def capture_subscription(cls, sent: list[str]) -> tuple[tuple[str, ...], int | None] | None:
         found: list[str] = []
-        for text in sent:
-            try:
-                msg = orjson.loads(text)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(msg, dict) and msg.get("channel") == LEVEL2:
+        for msg in sent_objects(sent):
+            if msg.get("channel") == LEVEL2:
                 found += [p for p in msg.get("product_ids", ()) if p not in found]
         return (tuple(found), None) if found else None
 

@@ -1,16 +1,10 @@
 """Kraken spot WebSocket v1 `book-<depth>` (venue thread); what the 2021 capture speaks.
 
-Integrity is Kraken's CRC32 book checksum (venue-protocols.md 3.4), the shared `KrakenCrc32`
-(one function for v1 and v2): there are no sequence numbers. After applying a whole message
-and truncating each side to the subscribed depth (Kraken sends no deletes for levels leaving
-the window), the CRC32 of the top 10 asks then the top 10 bids, each level written as
-`price + qty` with the `.` removed and leading zeros stripped, must equal the message's `c`
-(a string, on updates only; in the *last* object of a two-sided update). v1 checksums the
-wire strings as received. Snapshots carry no checksum: the book is LIVE from its snapshot.
-
-A mismatch drops that pair's book and resubscribes that pair alone (unsubscribe, then
-subscribe for a new snapshot); the other pairs on the connection stay LIVE. A book update
-that cannot be used resyncs its pair too: no sequence number would reveal the loss.
+Integrity is Kraken's CRC32 book checksum, shared with v2 (`mmengine.venues.kraken`,
+venue-protocols.md 3.4): in v1 the checksum is the message's `c` (a string, on updates only;
+in the *last* object of a two-sided update), and v1 checksums the wire strings as received.
+Snapshots carry no checksum: the book is LIVE from its snapshot. A mismatch, or a book
+update that cannot be used, resubscribes that pair alone.
 """
 
 from __future__ import annotations
@@ -30,18 +24,12 @@ from mmengine.book.events import (
     Ignored,
     lost_update,
 )
-from mmengine.book.integrity import KrakenCrc32
 from mmengine.book.levels import LevelDecoder, one
 from mmengine.errors import FrameError, VenueRejected
-from mmengine.venues.base import UNPUBLISHED_LIMIT, VenueProtocol, VenueSpec, seconds_to_ns
+from mmengine.venues.base import VenueSpec, seconds_to_ns
+from mmengine.venues.kraken import KrakenBook, spot_pair
 
 WS_URL_V1 = "wss://ws.kraken.com"
-DEPTHS = (10, 25, 100, 500, 1000)  # book depths both versions offer (3.1)
-KEEPALIVE_S = 30.0  # the server closes a connection after ~1 min without requests (3.5)
-SILENCE_S = 15.0  # heartbeats arrive about once a second, even on busy connections (3.5)
-# Kraken publishes no fixed subscribe-request rate: it is dynamic, and the server answers
-# "Exceeded msg rate" (docs.kraken.com/api/docs/guides/spot-ratelimits).
-SUBSCRIBE_LIMIT = UNPUBLISHED_LIMIT
 # v1 spells these assets the legacy way (AssetPairs `wsname`); v2 uses the common names (3.6).
 V1_ASSET = {"BTC": "XBT", "DOGE": "XDG"}
 FROM_V1_ASSET = {v: k for k, v in V1_ASSET.items()}
@@ -58,17 +46,13 @@ class _BookBody(Struct, gc=False, forbid_unknown_fields=True):
 
 
 class _BookFrame(Struct, array_like=True, gc=False):
-    """A `book-<depth>` frame of one object in the shape `parse_book` reads (msgspec:
-    cheaper than orjson and dict lookups; any other frame is decoded by orjson)."""
+    """A `book-<depth>` frame of one object in the shape `parse_book` reads
+    (`TypedBookFrames`)."""
 
     channel_id: int
     body: _BookBody
     channel: str
     pair: str
-
-
-BOOK_FRAME = msgspec.json.Decoder(_BookFrame)
-_decode_book = BOOK_FRAME.decode
 
 
 def normalize_pair(pair: str) -> str:
@@ -77,14 +61,6 @@ def normalize_pair(pair: str) -> str:
     if not sep or not base or not quote:
         raise ValueError(f"expected BASE/QUOTE, was {pair!r}")
     return f"{FROM_V1_ASSET.get(base, base)}-{FROM_V1_ASSET.get(quote, quote)}"
-
-
-def spot_pair(instrument: str) -> tuple[str, str]:
-    """`BTC-USD` -> ("BTC", "USD"); Kraken takes spot pairs only."""
-    parts = instrument.split("-")
-    if len(parts) != 2:
-        raise ValueError(f"kraken: {instrument!r} is not a spot BASE-QUOTE pair")
-    return parts[0], parts[1]
 
 
 def v1_pair(instrument: str) -> str:
@@ -136,39 +112,20 @@ def parse_book(instrument: str, msg: list[Any], levels: LevelDecoder) -> BookUpd
     return BookUpdate(instrument, False, bids, asks, None, None, -1, ts_ns, checksum)
 
 
-class KrakenBook(VenueProtocol):
-    """What both Kraken versions share: spot pairs, depths, keepalive, the checksum."""
-
-    capture_exchange = "KRAKEN"
-    keep_wire = True
-    keepalive_interval_s = KEEPALIVE_S
-    silence_timeout_s = SILENCE_S
-    depths = DEPTHS
-    subscribe_limit = SUBSCRIBE_LIMIT
-    checksum = KrakenCrc32
-
-    @classmethod
-    def instrument_problem(cls, instrument: str) -> str | None:
-        try:
-            spot_pair(instrument)
-        except ValueError as exc:
-            return str(exc)
-        return None
-
-
 class KrakenV1(KrakenBook):
     """Kraken WebSocket v1: array frames, string levels, string checksum `c`."""
 
     protocol = "kraken-v1"
     default_url = WS_URL_V1
     capture_addresses = ("kraken.com",)
+    ping = '{{"event":"ping","reqid":{}}}'
+    book_start = "["  # a data frame (events are objects)
+    book_frame = msgspec.json.Decoder(_BookFrame)
+    wire_symbol = staticmethod(v1_pair)
 
     def __init__(self, spec: VenueSpec) -> None:
         super().__init__(spec)
-        self.pairs = {inst: v1_pair(inst) for inst in spec.instruments}
-        self.by_pair = {pair: inst for inst, pair in self.pairs.items()}
         self.channel = f"book-{spec.depth}"  # route on channelName and pair (3.7)
-        self._req_id = 0
 
     @classmethod
     def capture_subscription(cls, sent: list[str]) -> tuple[tuple[str, ...], int | None] | None:
@@ -184,9 +141,6 @@ class KrakenV1(KrakenBook):
                 return pairs, int(sub.get("depth", 10))
         return None
 
-    def venue_symbol(self, instrument: str) -> str:
-        return self.pairs[instrument]
-
     def _subscription(self, event: str, pairs: list[str], name: str = "book") -> str:
         sub: dict[str, Any] = {"name": name}
         if name == "book":
@@ -194,47 +148,34 @@ class KrakenV1(KrakenBook):
         return orjson.dumps({"event": event, "pair": pairs, "subscription": sub}).decode()
 
     def subscribe_frames(self) -> list[str]:
-        frames = [self._subscription("subscribe", list(self.by_pair))]
+        frames = [self._subscription("subscribe", list(self.by_symbol))]
         if self.spec.audit:
             # v1 `ticker` (3.3): best bid/ask, updated on trades: a loose audit by arrival.
-            frames.append(self._subscription("subscribe", list(self.by_pair), "ticker"))
+            frames.append(self._subscription("subscribe", list(self.by_symbol), "ticker"))
         return frames
 
     def resync_frames(self, instrument: str) -> list[str]:
-        pair = [self.pairs[instrument]]  # 3.4: unsubscribe, subscribe for a new snapshot
+        pair = [self.symbols[instrument]]  # 3.4: unsubscribe, subscribe for a new snapshot
         return [self._subscription("unsubscribe", pair), self._subscription("subscribe", pair)]
 
-    def keepalive_frame(self) -> str:
-        self._req_id += 1
-        return f'{{"event":"ping","reqid":{self._req_id}}}'
-
-    def parse(self, frame: str) -> list[Event] | BookUpdate:
-        if frame.startswith("["):
-            # The usual frame (99 in 100): one book object, decoded by msgspec into the
-            # shape below and turned into a BookUpdate in one call where the book core has
-            # it. Anything else is decoded by orjson and judged as any frame.
-            try:
-                book = _decode_book(frame)
-            except msgspec.MsgspecError:
-                book = None
-            if book is not None and book.channel == self.channel:
-                instrument = self.by_pair.get(book.pair)
-                body = book.body
-                update = None
-                if instrument is None:
-                    pass
-                elif body.as_ is UNSET and body.bs is UNSET:
-                    if body.c is not None:  # an update (`a` and/or `b`, with `c`)
-                        update = self.levels.kraken_update(instrument, body.a, body.b, body.c)
-                elif body.a is None and body.b is None and body.c is None:
-                    update = self.levels.kraken_snapshot(
-                        instrument,
-                        [] if body.as_ is UNSET else body.as_ or [],
-                        [] if body.bs is UNSET else body.bs or [],
-                    )
-                if update is not None:
-                    return update  # type: ignore[no-any-return]
-        return self._parse_message(orjson.loads(frame))
+    def book_update(self, book: _BookFrame) -> BookUpdate | None:
+        # The usual frame (99 in 100): one book object of ours, `a` and/or `b` with `c`
+        # (an update) or `as` and `bs` alone (a snapshot).
+        instrument = self.by_symbol.get(book.pair) if book.channel == self.channel else None
+        body = book.body
+        if instrument is None:
+            return None
+        if body.as_ is UNSET and body.bs is UNSET:
+            if body.c is None:
+                return None
+            return self.levels.kraken_update(instrument, body.a, body.b, body.c)  # type: ignore[no-any-return]
+        if body.a is None and body.b is None and body.c is None:
+            return self.levels.kraken_snapshot(  # type: ignore[no-any-return]
+                instrument,
+                [] if body.as_ is UNSET else body.as_ or [],
+                [] if body.bs is UNSET else body.bs or [],
+            )
+        return None
 
     def _parse_message(self, msg: Any) -> list[Event] | BookUpdate:
         if type(msg) is not list:
@@ -246,7 +187,7 @@ class KrakenV1(KrakenBook):
             if channel == "ticker" and self.spec.audit:
                 return [self._ticker(msg)]
             return [Ignored(channel)]  # trade, spread, another depth's book: not ours to use
-        instrument = self.by_pair.get(msg[-1])
+        instrument = self.by_symbol.get(msg[-1])
         if instrument is None:
             raise FrameError("unknown_symbol", repr(msg[-1])[:40])
         try:
@@ -257,7 +198,7 @@ class KrakenV1(KrakenBook):
     def _ticker(self, msg: list[Any]) -> AuditTop:
         """`[1668,{"a":["13.253900",35,"35.72"],"b":["13.232900",185,"185.18"],...},"ticker",
         "WAVES/EUR"]`: `a`/`b` are [price, whole lot volume, lot volume]."""
-        instrument = self.by_pair.get(msg[-1])
+        instrument = self.by_symbol.get(msg[-1])
         if instrument is None:
             raise FrameError("unknown_symbol", repr(msg[-1])[:40])
         body = msg[1]

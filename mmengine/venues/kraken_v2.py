@@ -1,7 +1,7 @@
 """Kraken spot WebSocket v2 `book` (venue thread).
 
-Integrity is the same CRC32 as v1 (`kraken_v1`, venue-protocols.md 3.4, the shared
-`KrakenCrc32`), on the snapshot and on every update. v2 sends prices and sizes as JSON
+Integrity is the same CRC32 as v1 (`mmengine.venues.kraken`, venue-protocols.md 3.4, the
+shared `KrakenCrc32`), on the snapshot and on every update. v2 sends prices and sizes as JSON
 numbers, so they are first written with the pair's `price_precision` / `qty_precision`. We
 take those from the v2 `instrument` channel: it is subscribed first on every connection, and
 a pair's `book` is subscribed as soon as its precisions are known, so no book message ever
@@ -13,7 +13,6 @@ LIVE. A book update that cannot be used resyncs its pair (nothing else would rev
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -33,12 +32,10 @@ from mmengine.book.events import (
 )
 from mmengine.book.levels import number
 from mmengine.errors import FrameError, VenueRejected
-from mmengine.venues.base import VenueSpec
-from mmengine.venues.kraken_v1 import KrakenBook, spot_pair
+from mmengine.venues.base import VenueSpec, rfc3339_ns
+from mmengine.venues.kraken import KrakenBook, spot_pair
 
 WS_URL_V2 = "wss://ws.kraken.com/v2"
-CONTROL_CHANNELS = ("heartbeat", "status")  # channels that carry no market data
-BOOK_START = '{"channel":"book"'  # how Kraken (and our simulator) begin book frames
 
 
 class _Level(Struct, gc=False):
@@ -55,30 +52,17 @@ class _BookEntry(Struct, gc=False):
 
 
 class _BookFrame(Struct, gc=False):
-    """`book` in the shape `_book` reads (msgspec: cheaper than orjson and dict lookups; a
-    frame of any other shape is decoded by orjson)."""
+    """`book` in the shape `_book` reads (`TypedBookFrames`)."""
 
     channel: str
     type: str
     data: list[_BookEntry]
 
 
-BOOK_FRAME = msgspec.json.Decoder(_BookFrame)
-_decode_book = BOOK_FRAME.decode
-
-
 def v2_symbol(instrument: str) -> str:
     """`BTC-USD` -> `BTC/USD`."""
     base, quote = spot_pair(instrument)
     return f"{base}/{quote}"
-
-
-def rfc3339_ns(ts: str) -> int:
-    """`2023-10-06T17:35:55.440295Z` -> ns since the epoch."""
-    dt = datetime.fromisoformat(ts)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
 
 
 class KrakenV2(KrakenBook):
@@ -95,15 +79,16 @@ class KrakenV2(KrakenBook):
     protocol = "kraken-v2"
     default_url = WS_URL_V2
     capture_addresses = ("kraken.com/v2",)
+    ping = '{{"method":"ping","req_id":{}}}'
+    book_start = '{"channel":"book"'  # how Kraken (and our simulator) begin book frames
+    book_frame = msgspec.json.Decoder(_BookFrame)
+    wire_symbol = staticmethod(v2_symbol)
 
     def __init__(self, spec: VenueSpec) -> None:
         super().__init__(spec)
-        self.symbols = {inst: v2_symbol(inst) for inst in spec.instruments}
-        self.by_symbol = {symbol: inst for inst, symbol in self.symbols.items()}
         # symbol -> its precisions for the checksum (`levels.pair_formats`), from `instrument`
         self.formats: dict[str, Any] = {}
         self.book_subscribed: set[str] = set()  # on this connection
-        self._req_id = 0
 
     @classmethod
     def capture_subscription(cls, sent: list[str]) -> tuple[tuple[str, ...], int | None] | None:
@@ -118,9 +103,6 @@ class KrakenV2(KrakenBook):
                 symbols += [s for s in params.get("symbol", ()) if s not in symbols]  # type: ignore[union-attr]
                 depth = int(params.get("depth", 10))  # type: ignore[union-attr]
         return (tuple(s.replace("/", "-") for s in symbols), depth) if symbols else None
-
-    def venue_symbol(self, instrument: str) -> str:
-        return self.symbols[instrument]
 
     def _request(self, method: str, params: dict[str, Any]) -> str:
         self._req_id += 1
@@ -151,45 +133,28 @@ class KrakenV2(KrakenBook):
             self._book_request("subscribe", [symbol]),
         ]
 
-    def keepalive_frame(self) -> str:
-        self._req_id += 1
-        return f'{{"method":"ping","req_id":{self._req_id}}}'
-
     def on_connected(self) -> None:
         self.book_subscribed.clear()
 
-    def parse(self, frame: str) -> list[Event] | BookUpdate:
-        if frame.startswith(BOOK_START):
-            # The usual frame: one entry of a pair whose precisions are known, decoded by
-            # msgspec into the shape below and turned into a BookUpdate in one call where
-            # the book core has it. Anything else is decoded by orjson and judged as any
-            # frame (`_parse_message`).
-            try:
-                book = _decode_book(frame)
-            except msgspec.MsgspecError:
-                book = None
-            if book is not None and len(book.data) == 1:
-                item = book.data[0]
-                instrument = self.by_symbol.get(item.symbol)
-                formats = self.formats.get(item.symbol)
-                kind = book.type
-                if (
-                    instrument is not None
-                    and formats is not None
-                    and (kind == "update" or kind == "snapshot")
-                ):
-                    update = self.levels.kraken_numbers_update(
-                        instrument,
-                        kind == "snapshot",
-                        item.bids,
-                        item.asks,
-                        formats,
-                        item.checksum,
-                        item.timestamp,
-                    )
-                    if update is not None:
-                        return update  # type: ignore[no-any-return]
-        return self._parse_message(orjson.loads(frame))
+    def book_update(self, book: _BookFrame) -> BookUpdate | None:
+        # The usual frame: one entry of a pair whose precisions are known.
+        if len(book.data) != 1:
+            return None
+        item = book.data[0]
+        instrument = self.by_symbol.get(item.symbol)
+        formats = self.formats.get(item.symbol)
+        kind = book.type
+        if instrument is None or formats is None or (kind != "update" and kind != "snapshot"):
+            return None
+        return self.levels.kraken_numbers_update(  # type: ignore[no-any-return]
+            instrument,
+            kind == "snapshot",
+            item.bids,
+            item.asks,
+            formats,
+            item.checksum,
+            item.timestamp,
+        )
 
     def _parse_message(self, msg: Any) -> list[Event] | BookUpdate:
         if type(msg) is not dict:
@@ -203,8 +168,8 @@ class KrakenV2(KrakenBook):
             return self._ticker(msg)
         if channel is None and msg.get("success") is False:
             raise VenueRejected(f"{msg.get('symbol')}: {msg.get('error')}")
-        if channel is None or channel in CONTROL_CHANNELS:
-            return []  # acks, pong, heartbeat, status
+        if channel is None or channel in ("heartbeat", "status"):
+            return []  # acks and pong; heartbeat and status carry no market data
         return [Ignored(str(channel))]  # trade, ohlc, level3: not ours to use
 
     def _book(self, msg: dict[str, Any]) -> list[Event] | BookUpdate:
@@ -224,20 +189,14 @@ class KrakenV2(KrakenBook):
                 checksum = item.get("checksum")
                 if checksum is not None and type(checksum) is not int:
                     raise FrameError("malformed", f"checksum {checksum!r}"[:80])
+                bids = self.levels.kraken_numbers(item.get("bids") or [], formats)
+                asks = self.levels.kraken_numbers(item.get("asks") or [], formats)
                 ts = item.get("timestamp")
-                events.append(
-                    BookUpdate(
-                        instrument,
-                        snapshot,
-                        self.levels.kraken_numbers(item.get("bids") or [], formats),
-                        self.levels.kraken_numbers(item.get("asks") or [], formats),
-                        None,
-                        None,
-                        -1,
-                        rfc3339_ns(ts) if ts else None,
-                        checksum,
-                    )
+                ts_ns = rfc3339_ns(ts) if ts else None
+                update = BookUpdate(
+                    instrument, snapshot, bids, asks, None, None, -1, ts_ns, checksum
                 )
+                events.append(update)
         except DECODE_ERRORS as exc:
             touched = [e.instrument for e in events if isinstance(e, BookUpdate)]
             raise lost_update([*touched, instrument] if instrument else touched, exc) from None

@@ -123,20 +123,11 @@ class OkxV5(VenueProtocol):
     subscribe_limit = SUBSCRIBE_LIMIT
     checksum = OkxCrc32
     crossed_is_venue_state = True
+    wire_symbol = staticmethod(inst_id)
 
     def __init__(self, spec: VenueSpec) -> None:
         super().__init__(spec)
         self.channel = channel_for_depth(spec.depth)
-        self.inst_ids = {inst: inst_id(inst) for inst in spec.instruments}
-        self.by_inst_id = {i: inst for inst, i in self.inst_ids.items()}
-
-    @classmethod
-    def instrument_problem(cls, instrument: str) -> str | None:
-        try:
-            inst_id(instrument)
-        except ValueError as exc:
-            return str(exc)
-        return None
 
     @classmethod
     def capture_subscription(cls, sent: list[str]) -> tuple[tuple[str, ...], int | None] | None:
@@ -159,14 +150,11 @@ class OkxV5(VenueProtocol):
     def sequence_rule(self, instrument: str) -> SequenceRule:
         return (PreviousIdChain if self.channel == BOOKS else Unsequenced)(self, instrument)
 
-    def venue_symbol(self, instrument: str) -> str:
-        return self.inst_ids[instrument]
-
     def contract_sized(self, instrument: str) -> bool:
-        return self.inst_ids[instrument] != instrument  # a spot instId is our name
+        return self.symbols[instrument] != instrument  # a spot instId is our name
 
     def contract_sizes_requests(self) -> list[tuple[str, int]]:
-        swaps = {i.endswith("-SWAP") for i, ours in self.by_inst_id.items() if i != ours}  # types
+        swaps = {i.endswith("-SWAP") for i, ours in self.by_symbol.items() if i != ours}  # types
         url = f"{self.spec.rest_url or REST_URL}/api/v5/public/instruments"
         return [(f"{url}?instType={'SWAP' if s else 'FUTURES'}", 1) for s in sorted(swaps)[::-1]]
 
@@ -181,7 +169,7 @@ class OkxV5(VenueProtocol):
         sizes = {}
         for entry in data:
             # a missing id looks up None, which no instrument is: not ours (no extra branch)
-            ours = self.by_inst_id.get(entry.get("instId")) if type(entry) is dict else None  # type: ignore[arg-type]
+            ours = self.by_symbol.get(entry.get("instId")) if type(entry) is dict else None  # type: ignore[arg-type]
             if ours is None or ours == entry["instId"] or not entry.get("ctVal"):
                 continue  # not ours, spot, or listed soon (its values are "" until then)
             base, quote = ours.split("-")[:2]
@@ -198,14 +186,14 @@ class OkxV5(VenueProtocol):
         return orjson.dumps({"op": op, "args": args}).decode()
 
     def subscribe_frames(self) -> list[str]:
-        frames = [self._request("subscribe", list(self.by_inst_id))]
+        frames = [self._request("subscribe", list(self.by_symbol))]
         if self.spec.audit:
             # `tickers` (4.3) pushes best bid/ask at most every 100 ms: a loose audit.
-            frames.append(self._request("subscribe", list(self.by_inst_id), "tickers"))
+            frames.append(self._request("subscribe", list(self.by_symbol), "tickers"))
         return frames
 
     def resync_frames(self, instrument: str) -> list[str]:
-        ids = [self.inst_ids[instrument]]  # 4.4: unsubscribe and subscribe that instId
+        ids = [self.symbols[instrument]]  # 4.4: unsubscribe and subscribe that instId
         return [self._request("unsubscribe", ids), self._request("subscribe", ids)]
 
     def keepalive_frame(self) -> str:
@@ -228,7 +216,7 @@ class OkxV5(VenueProtocol):
             # trades, candles, another depth's book: not ours to use
             return [Ignored(channel)] if type(channel) is str else []
         # ignores below: arg is a dict when channel matched (channel comes from arg.get above)
-        instrument = self.by_inst_id.get(arg.get("instId"))  # type: ignore[union-attr]
+        instrument = self.by_symbol.get(arg.get("instId"))  # type: ignore[union-attr]
         if instrument is None:
             raise FrameError("unknown_symbol", repr(arg.get("instId"))[:40])  # type: ignore[union-attr]
         try:
@@ -240,7 +228,7 @@ class OkxV5(VenueProtocol):
         """`{"arg":{"channel":"tickers",...},"data":[{"bidPx":"5.134","askPx":"5.142",...}]}`:
         compared with the book on arrival (4.3: a loose check)."""
         # a missing id looks up None, which no instrument is: not ours (no extra branch)
-        instrument = self.by_inst_id.get(arg.get("instId"))  # type: ignore[arg-type]
+        instrument = self.by_symbol.get(arg.get("instId"))  # type: ignore[arg-type]
         if instrument is None:
             raise FrameError("unknown_symbol", repr(arg.get("instId"))[:40])
         data = msg["data"][0]

@@ -18,7 +18,8 @@ from mmengine.book.sync import BookDriver, Session
 from mmengine.venues.base import VenueProtocol, VenueSpec
 from mmengine.venues.binance import BinanceSpot
 from mmengine.venues.binance_futures import BinanceCoinm, BinanceUsdm
-from mmengine.venues.bybit import BybitLinear, BybitSpot
+from mmengine.venues.bybit import BybitSpot
+from mmengine.venues.bybit_linear import BybitLinear
 from mmengine.venues.coinbase import CoinbaseAdvanced
 from mmengine.venues.kraken_v1 import KrakenV1
 from mmengine.venues.kraken_v2 import KrakenV2

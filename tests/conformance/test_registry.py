@@ -4,6 +4,9 @@ them fails here, by name."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from mmengine.capture import CaptureEvent
@@ -31,6 +34,30 @@ def test_the_venue_module_states_its_facts(protocol: str) -> None:
     count, per_s = venue.subscribe_limit
     assert count >= 1 and per_s > 0
     assert venue.__module__.startswith("mmengine.venues.")
+
+
+# A venue module holds its protocol only (issue 13): what every venue needs lives in the
+# shared code (`venues.base`, `venues.transport`, `book.sync`), and this bound keeps it there.
+MAX_VENUE_MODULE_LINES = 250
+SHARED_MODULES = ("mmengine.venues.base",)
+
+
+def test_its_venue_modules_hold_only_protocol(protocol: str) -> None:
+    """The venue class's module and every venue module it builds on (Kraken's common piece,
+    Bybit's shared categories) stay within MAX_VENUE_MODULE_LINES."""
+    venue = registration(protocol).venue
+    modules = {
+        cls.__module__
+        for cls in venue.__mro__
+        if cls.__module__.startswith("mmengine.venues.") and cls.__module__ not in SHARED_MODULES
+    }
+    assert venue.__module__ in modules
+    counts = {}
+    for name in sorted(modules):
+        path = Path(sys.modules[name].__file__ or "")
+        counts[path.name] = len(path.read_text().splitlines())
+    over = {name: n for name, n in counts.items() if n > MAX_VENUE_MODULE_LINES}
+    assert not over, f"{protocol}: over {MAX_VENUE_MODULE_LINES} lines: {over}"
 
 
 def test_it_has_a_simulator_with_a_wire_kit(protocol: str) -> None:

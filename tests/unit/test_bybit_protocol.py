@@ -20,14 +20,8 @@ from mmengine.config import parse_config
 from mmengine.errors import ConfigError
 from mmengine.model import BookState
 from mmengine.replay import detect_protocol, replay_capture, scorecard
-from mmengine.venues.bybit import (
-    BybitLinear,
-    BybitSpot,
-    linear_symbol,
-    merge_ticker,
-    parse_book,
-    spot_symbol,
-)
+from mmengine.venues.bybit import BybitSpot, parse_book, spot_symbol
+from mmengine.venues.bybit_linear import BybitLinear, linear_symbol, merge_ticker
 from tests.venue_session import RecordingSession, venue
 
 # Real frames, verbatim from venue-protocols.md 5.3 (first spot, second linear).
