@@ -22,6 +22,7 @@ import orjson
 from mmengine.book.core import book_core
 from mmengine.book.events import BookUpdate, ContractSize, Event
 from mmengine.book.integrity import ChecksumRule, SequenceRule, Unsequenced
+from mmengine.book.levels import LevelDecoder
 from mmengine.errors import FrameError
 
 # A venue's published subscribe-request limit where it has none (Kraken, Bybit): Binance's
@@ -74,7 +75,8 @@ class VenueProtocol:
 
     def __init__(self, spec: VenueSpec) -> None:
         self.spec = spec
-        self.levels = book_core(spec.book_core).decoder()
+        # Either core's decoder; the reference's class is the interface both provide.
+        self.levels: LevelDecoder = book_core(spec.book_core).decoder()
         # our instrument -> the venue's name for it (`wire_symbol`), and back
         self.symbols = {inst: self.wire_symbol(inst) for inst in spec.instruments}
         self.by_symbol = {symbol: inst for inst, symbol in self.symbols.items()}

@@ -52,11 +52,6 @@ def snapshot_weight(limit: int) -> int:
     return 250
 
 
-def wire_symbol(instrument: str) -> str:
-    """`BTC-USDT` -> `BTCUSDT`. Joining is safe; splitting the wire symbol is not (1.6)."""
-    return instrument.replace("-", "")
-
-
 def _stream_channel(msg: dict[str, Any]) -> str:
     """`nknusdt@kline_1m` -> `kline_1m`: a combined stream's channel, without the symbol."""
     stream = msg.get("stream")
@@ -124,11 +119,12 @@ class BinanceSpot(VenueProtocol):
 
     def __init__(self, spec: VenueSpec) -> None:
         super().__init__(spec)
-        self.by_symbol = {wire_symbol(i): i for i in spec.instruments}
         self.snapshot_limit = next((x for x in SNAPSHOT_LIMITS if x >= spec.depth), 5000)
 
-    def venue_symbol(self, instrument: str) -> str:
-        return wire_symbol(instrument)
+    @classmethod
+    def wire_symbol(cls, instrument: str) -> str:
+        """`BTC-USDT` -> `BTCUSDT`. Joining is safe; splitting the wire symbol is not (1.6)."""
+        return instrument.replace("-", "")
 
     def connect_url(self) -> str:
         # Streams go in the URL (1.2): nothing to subscribe after connecting.
@@ -140,7 +136,9 @@ class BinanceSpot(VenueProtocol):
     def snapshot_request(self, instrument: str) -> tuple[str, int]:
         """The REST snapshot of one symbol: (url, weight)."""
         base = self.spec.rest_url or REST_URL
-        url = f"{base}/api/v3/depth?symbol={wire_symbol(instrument)}&limit={self.snapshot_limit}"
+        url = (
+            f"{base}/api/v3/depth?symbol={self.wire_symbol(instrument)}&limit={self.snapshot_limit}"
+        )
         return url, snapshot_weight(self.snapshot_limit)
 
     def parse_snapshot(self, body: str) -> tuple[int, Any, Any]:

@@ -98,7 +98,6 @@ class BinanceFutures(VenueProtocol):
 
     def __init__(self, spec: VenueSpec) -> None:
         super().__init__(spec)
-        self.by_symbol = {self.venue_symbol(i): i for i in spec.instruments}
         self.snapshot_limit = next((x for x in SNAPSHOT_LIMITS if x >= spec.depth), 1000)
         self.request_id = 0
 
@@ -108,9 +107,6 @@ class BinanceFutures(VenueProtocol):
         if kind == "PERP":
             return f"{base}{quote}_PERP" if cls.coin_margined else f"{base}{quote}"
         return f"{base}{quote}_{kind}"
-
-    def venue_symbol(self, instrument: str) -> str:
-        return self.wire_symbol(instrument)
 
     @classmethod
     def instrument_problem(cls, instrument: str) -> str | None:

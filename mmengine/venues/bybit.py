@@ -182,7 +182,7 @@ class BybitBook(TypedBookFrames):
         if ts is UNSET:
             ts = 0 if book.ts is UNSET else book.ts
         seq = data.seq
-        return self._rows_update(  # type: ignore[no-any-return]
+        return self._rows_update(
             instrument,
             kind == SNAPSHOT,
             data.b,

@@ -168,9 +168,9 @@ class KrakenV1(KrakenBook):
         if body.as_ is UNSET and body.bs is UNSET:
             if body.c is None:
                 return None
-            return self.levels.kraken_update(instrument, body.a, body.b, body.c)  # type: ignore[no-any-return]
+            return self.levels.kraken_update(instrument, body.a, body.b, body.c)
         if body.a is None and body.b is None and body.c is None:
-            return self.levels.kraken_snapshot(  # type: ignore[no-any-return]
+            return self.levels.kraken_snapshot(
                 instrument,
                 [] if body.as_ is UNSET else body.as_ or [],
                 [] if body.bs is UNSET else body.bs or [],

@@ -146,7 +146,7 @@ class KrakenV2(KrakenBook):
         kind = book.type
         if instrument is None or formats is None or (kind != "update" and kind != "snapshot"):
             return None
-        return self.levels.kraken_numbers_update(  # type: ignore[no-any-return]
+        return self.levels.kraken_numbers_update(
             instrument,
             kind == "snapshot",
             item.bids,
