@@ -145,7 +145,7 @@ class BookStates(threading.Thread):
 
 
 GAP_EVERY_S = 0.025
-GAPS_FOR_S = 6.0
+GAPS_FOR_S = 8.0
 
 
 @pytest.mark.parametrize(
@@ -159,7 +159,7 @@ def test_resync_snapshots_respect_the_rest_weight_budget(
 
     The documented weights allow no small budget: the heaviest snapshot (limit 1000) weighs
     20 of 2400 a minute, 120 snapshots at once and then one per 0.5 s. So the gaps come
-    every 25 ms, about 240 in 6 s: without the limit, each one a snapshot at once; with it,
+    every 25 ms, about 320 in 8 s: without the limit, each one a snapshot at once; with it,
     the gaps that fall while a book waits for its snapshot are covered by that snapshot."""
     depth = SNAPSHOT_LIMITS[-1]
     weight = snapshot_weight(depth)
@@ -213,9 +213,12 @@ def test_resync_snapshots_respect_the_rest_weight_budget(
         elif state == "LIVE" and down_since is not None:
             waits.append((recv_ns - down_since) / 1e9)
             down_since = None
+    # Most of one snapshot's refill (0.5 s); longer than the 0.25 s a book waits to fetch
+    # again when a gap comes right after its snapshot, which happens without the limit too.
+    refills = [w for w in waits if w > 0.8 * weight / per_s]
     print(
         f"{protocol}: {gaps} gaps in {GAPS_FOR_S:.0f} s, {snapshots} snapshots and {infos}"
         f" exchangeInfo served in {elapsed:.1f} s: weight {used} of {budget:.0f};"
-        f" {len(waits)} waits out of LIVE, longest {max(waits, default=0):.2f} s"
+        f" {len(waits)} waits out of LIVE, {len(refills)} of them for the budget"
     )
-    assert max(waits) > 0.6 * weight / per_s, waits  # most of one snapshot's refill
+    assert len(refills) >= 3, waits
