@@ -188,6 +188,20 @@ def test_resync_snapshots_respect_the_rest_weight_budget(
         snapshots, infos = protocol_sim.snapshots_served, protocol_sim.exchange_info_served
         elapsed = time.monotonic() - started
         stopped_ns = time.time_ns()
+        used = snapshots * weight + infos * EXCHANGE_INFO_WEIGHT
+        budget = REST_WEIGHT_PER_MINUTE + elapsed * per_s
+        print(
+            f"{protocol}: {gaps} gaps in {GAPS_FOR_S:.0f} s, {snapshots} snapshots and {infos}"
+            f" exchangeInfo served in {elapsed:.1f} s: weight {used} of {budget:.0f}"
+        )
+        # Checked before the engine is waited on: an engine over the budget also logs a
+        # line per resync into a pipe nobody reads until it stops, and blocks on it once
+        # full (64 KiB), which would fail the wait below instead, for the wrong reason.
+        assert infos == (1 if protocol == "binance-coinm" else 0)  # COIN-M: on connecting
+        assert gaps > budget / weight + 5, "too few gaps to reach the limit"
+        # Without the limit every gap would be one snapshot at once (the simulator answers
+        # in a millisecond); with it the book waits, out of LIVE, for the budget to refill.
+        assert used <= budget + weight, (used, budget)
         # Once the gaps stop, the budget refills and the book comes back, and stays: LIVE
         # a second after the last gap could have been seen.
         wait_for(lambda: books.live_since(stopped_ns + 1_000_000_000), 15)
@@ -197,13 +211,6 @@ def test_resync_snapshots_respect_the_rest_weight_budget(
         assert sim.stats["faults"]["gap"] == gaps
         # The gaps are resynced on the open connection: nothing reconnected for a budget.
         assert sim.stats["connections"] == 1
-    used = snapshots * weight + infos * EXCHANGE_INFO_WEIGHT
-    budget = REST_WEIGHT_PER_MINUTE + elapsed * per_s
-    assert infos == (1 if protocol == "binance-coinm" else 0)  # COIN-M: on connecting
-    assert gaps > budget / weight + 5, "too few gaps to reach the limit"
-    # Without the limit every gap would be one snapshot at once (the simulator answers in
-    # a millisecond); with it the book waits, out of LIVE, for the budget to refill.
-    assert used <= budget + weight, (used, budget)
     waits, down_since = [], None
     for state, recv_ns in books.got:
         if recv_ns < gapping_ns:
@@ -216,9 +223,5 @@ def test_resync_snapshots_respect_the_rest_weight_budget(
     # Most of one snapshot's refill (0.5 s); longer than the 0.25 s a book waits to fetch
     # again when a gap comes right after its snapshot, which happens without the limit too.
     refills = [w for w in waits if w > 0.8 * weight / per_s]
-    print(
-        f"{protocol}: {gaps} gaps in {GAPS_FOR_S:.0f} s, {snapshots} snapshots and {infos}"
-        f" exchangeInfo served in {elapsed:.1f} s: weight {used} of {budget:.0f};"
-        f" {len(waits)} waits out of LIVE, {len(refills)} of them for the budget"
-    )
+    print(f"{protocol}: {len(waits)} waits out of LIVE, {len(refills)} of them for the budget")
     assert len(refills) >= 3, waits
