@@ -6,15 +6,24 @@ capture served back by the simulator to a venue connection.
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from typing import Any
 
 import pytest
 
 from mmengine.dev.simulator import start_simulator
 from mmengine.venues.base import VenueSpec
-from mmengine.venues.binance_futures import BinanceCoinm
+from mmengine.venues.binance_futures import (
+    EXCHANGE_INFO_WEIGHT,
+    REST_WEIGHT_PER_MINUTE,
+    SNAPSHOT_LIMITS,
+    BinanceCoinm,
+    snapshot_weight,
+)
 from mmengine.venues.transport import VenueConnection
-from tests.integration.conftest import frozen_live_tops
+from tests.integration.conftest import EngineProcess, Subscriber, frozen_live_tops, official_decode
 from tests.venue_session import Tops, wait_for
 
 pytestmark = pytest.mark.integration
@@ -105,3 +114,114 @@ def test_the_simulator_serves_the_recorded_capture_back(data_dir: Any) -> None:
             conn.stop()
             conn.join(5)
     assert not conn.is_alive()
+
+
+class BookStates(threading.Thread):
+    """(state, recv_ts_ns) of every BookTop on an engine's books stream, as it arrives."""
+
+    def __init__(self, engine: EngineProcess) -> None:
+        super().__init__(daemon=True)
+        doc = json.loads((engine.run_dir / "endpoints.json").read_text())
+        self.sub = Subscriber(doc["ipc"]["books"]["endpoint"])
+        self.got: list[tuple[str, int]] = []
+        self.halt = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            if self.sub.sock.poll(50):
+                top = official_decode("book_top.avsc", self.sub.sock.recv_multipart()[1])
+                self.got.append((top["state"], top["recv_ts_ns"]))
+
+    def live_since(self, ts_ns: int) -> bool:
+        """The book's latest top is LIVE, received after `ts_ns`."""
+        got = list(self.got)
+        return bool(got) and got[-1][0] == "LIVE" and got[-1][1] > ts_ns
+
+    def finish(self) -> None:
+        self.halt.set()
+        self.join(5)
+        self.sub.close()
+
+
+GAP_EVERY_S = 0.025
+GAPS_FOR_S = 8.0
+
+
+@pytest.mark.parametrize(
+    ("protocol", "instrument"),
+    [("binance-usdm", "BTC-USDT-PERP"), ("binance-coinm", "BTC-USD-PERP")],
+)
+def test_resync_snapshots_respect_the_rest_weight_budget(
+    engine_factory: Any, protocol: str, instrument: str
+) -> None:
+    """A `pu` gap fetches a new REST snapshot, rate-limited on request weight as on spot.
+
+    The documented weights allow no small budget: the heaviest snapshot (limit 1000) weighs
+    20 of 2400 a minute, 120 snapshots at once and then one per 0.5 s. So the gaps come
+    every 25 ms, about 320 in 8 s: without the limit, each one a snapshot at once; with it,
+    the gaps that fall while a book waits for its snapshot are covered by that snapshot."""
+    depth = SNAPSHOT_LIMITS[-1]
+    weight = snapshot_weight(depth)
+    per_s = REST_WEIGHT_PER_MINUTE / 60
+    started = time.monotonic()  # before the engine: its first snapshot is within the budget
+    with start_simulator(protocol, instruments=[instrument], rate=200, seed=303) as sim:
+        spec = {**venue(protocol, sim, [instrument]), "depth": depth, "audit": False}
+        engine = engine_factory(
+            {
+                "venues": [spec],
+                "instruments": [
+                    {"name": instrument, "sources": [{"venue": protocol}], "min_venues": 1}
+                ],
+                "limits": {"reconnect_max_s": 0.5},
+            }
+        )
+        books = BookStates(engine)
+        wait_for(lambda: books.live_since(0), 15)
+        gaps = 0
+        gapping, gapping_ns = time.monotonic(), time.time_ns()
+        while time.monotonic() - gapping < GAPS_FOR_S:
+            sim.inject("gap")
+            gaps += 1
+            time.sleep(GAP_EVERY_S)
+        protocol_sim: Any = sim.protocol
+        snapshots, infos = protocol_sim.snapshots_served, protocol_sim.exchange_info_served
+        elapsed = time.monotonic() - started
+        stopped_ns = time.time_ns()
+        used = snapshots * weight + infos * EXCHANGE_INFO_WEIGHT
+        budget = REST_WEIGHT_PER_MINUTE + elapsed * per_s
+        print(
+            f"{protocol}: {gaps} gaps in {GAPS_FOR_S:.0f} s, {snapshots} snapshots and {infos}"
+            f" exchangeInfo served in {elapsed:.1f} s: weight {used} of {budget:.0f}"
+        )
+        # Checked before the engine is waited on: an engine over the budget also logs a
+        # line per resync into a pipe nobody reads until it stops, and blocks on it once
+        # full (64 KiB), which would fail the wait below instead, for the wrong reason.
+        assert infos == (1 if protocol == "binance-coinm" else 0)  # COIN-M: on connecting
+        assert gaps > budget / weight + 5, "too few gaps to reach the limit"
+        # Without the limit every gap would be one snapshot at once (the simulator answers
+        # in a millisecond); with it the book waits, out of LIVE, for the budget to refill.
+        assert used <= budget + weight, (used, budget)
+        # Once the gaps stop, the budget refills and the book comes back, and stays: LIVE
+        # a second after the last gap could have been seen.
+        wait_for(lambda: books.live_since(stopped_ns + 1_000_000_000), 15)
+        assert engine.stop() == 0, engine.output
+        print(next(ln for ln in engine.output.splitlines() if ln.startswith(f"{protocol}: ")))
+        books.finish()
+        assert sim.stats["faults"]["gap"] == gaps
+        # The gaps are resynced on the open connection: nothing reconnected for a budget.
+        assert sim.stats["connections"] == 1
+    waits, down_since = [], None
+    for state, recv_ns in books.got:
+        if recv_ns < gapping_ns:
+            continue  # the first sync (COIN-M also waits for its exchangeInfo there)
+        if state != "LIVE" and down_since is None:
+            down_since = recv_ns
+        elif state == "LIVE" and down_since is not None:
+            waits.append((recv_ns - down_since) / 1e9)
+            down_since = None
+    # Most of one snapshot's refill (0.5 s); longer than the 0.25 s a book waits to fetch
+    # again when a gap comes right after its snapshot, which happens without the limit too.
+    refills = [w for w in waits if w > 0.8 * weight / per_s]
+    print(f"{protocol}: {len(waits)} waits out of LIVE, {len(refills)} of them for the budget")
+    assert len(refills) >= 3, waits

@@ -153,6 +153,11 @@ class BinanceUsdmSim(BinanceSim):
         grids = {i: self.market_params(i) for i in self.instruments}
         self._decimals = {i: (_places(g.tick), _places(g.lot)) for i, g in grids.items()}
         self._info_body: str | None = None  # exchangeInfo in replay mode
+        # REST answers served (HTTP 200), by kind: the server's `snapshots_served` counts
+        # every 200, exchangeInfo too, and the two weigh differently against the venue's
+        # request-weight limit. Written under `self.lock` (several connection threads).
+        self.snapshots_served = 0
+        self.exchange_info_served = 0
 
     @classmethod
     def market_params(cls, instrument: str) -> MarketParams:
@@ -228,12 +233,17 @@ class BinanceUsdmSim(BinanceSim):
             return 400, _dumps(ERR_ILLEGAL_LIMIT)
         if self._replay_http is not None:
             body = self._replay_http.get(symbol)
-            return (200, body) if body is not None else (400, _dumps(ERR_INVALID_SYMBOL))
+            if body is None:
+                return 400, _dumps(ERR_INVALID_SYMBOL)
+            with self.lock:
+                self.snapshots_served += 1
+            return 200, body
         instrument = self.by_symbol.get(symbol)
         if instrument is None:
             return 400, _dumps(ERR_INVALID_SYMBOL)
         market = self.markets[instrument]
         with self.lock:  # the book and its id, read together: what makes the bridge hold
+            self.snapshots_served += 1
             last_id = self.last_id[instrument]
             bids = market.levels(BID, int(raw_limit))
             asks = market.levels(ASK, int(raw_limit))
@@ -302,6 +312,8 @@ class BinanceCoinmSim(BinanceUsdmSim):
         "contractSize":100,"marginAsset":"BTC","baseAsset":"BTC","quoteAsset":"USD"}]}"""
         if path != "/dapi/v1/exchangeInfo":
             return super().http(path, query)
+        with self.lock:
+            self.exchange_info_served += 1
         if self._info_body is not None:
             return 200, self._info_body
         symbols = []
