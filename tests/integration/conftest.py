@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,7 +35,10 @@ def official_decode(schema_file: str, payload: bytes) -> dict[str, Any]:
 
 @dataclass
 class EngineProcess:
-    """`mmengine run` in a child process; `stop()` sends SIGTERM and collects the output."""
+    """`mmengine run` in a child process; `stop()` sends SIGTERM and collects the output.
+
+    A thread reads the engine's output as it comes: an engine that logs more than a pipe
+    holds (64 KiB) while nobody reads would block in its logging call and look frozen."""
 
     config_path: Path
     run_dir: Path
@@ -42,17 +46,31 @@ class EngineProcess:
     output: str = ""
     returncode: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    _lines: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        if self.proc.stdout is not None:
+            self._reader = threading.Thread(target=self._read, daemon=True)
+            self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.append(line)
 
     def stop(self) -> int:
         if self.returncode is None:
             if self.proc.poll() is None:
                 self.proc.send_signal(signal.SIGTERM)
             try:
-                out, _ = self.proc.communicate(timeout=20)
+                self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                out, _ = self.proc.communicate()
-            self.output = out
+                self.proc.wait()
+            if self._reader is not None:
+                self._reader.join(timeout=10)
+            self.output = "".join(self._lines)
             self.returncode = self.proc.returncode
         return self.returncode
 
