@@ -107,16 +107,27 @@ def main() -> None:
                 f" {'yes' if g.get('engine_fell_behind') else 'no'} ({held:,.1f}) |"
             )
         print()
-    print("| sink | Prices/s sustained (flat out) | delivery lag p50 / p99 ms | lag measured at |")
-    print("|---|---|---|---|")
+    print(
+        "| sink | Prices/s sustained (flat out) | delivered at 20,000/s offered"
+        " | delivery lag p50 / p99 ms | lag measured at |"
+    )
+    print("|---|---|---|---|---|")
+    load = d["sinks"].get("engine_load")  # the engine pricing beside the sinks, not a sink
     for name, s in d["sinks"].items():
-        if s:
+        if s and "prices_per_s" in s:
             at = s.get("lag_measured_at_offered_per_s", 20_000)
             print(
                 f"| {name} | {fmt(s['prices_per_s'])} |"
+                f" {fmt(s.get('delivered_per_s_at_20k_offered'))} |"
                 f" {fmt(s['lag_p50_ms'], '.1f')} / {fmt(s['lag_p99_ms'], '.1f')} |"
                 f" {fmt(at)} Prices/s offered |"
             )
+    if load:
+        print(
+            f"\nMeanwhile an engine priced {fmt(load['rate'])} book msgs/s from the load"
+            f" generator: frame -> subscriber p50 {fmt(load['p50_us'])} us, p99"
+            f" {fmt(load['p99_us'])} us, engine CPU {fmt(load['cpu_pct'])} %."
+        )
     soak = RESULTS / "soak.json"
     if soak.exists():
         mem = json.loads(soak.read_text())["memory"]
