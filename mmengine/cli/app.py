@@ -21,7 +21,10 @@ from mmengine.model import INSTRUMENT_RE
 from mmengine.signals import StopFlag
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from mmengine.config import Config
+    from mmengine.engine import Engine
 
 log = logging.getLogger("mmengine.cli")
 
@@ -137,21 +140,35 @@ def run(config_path: str, duration: float | None, metrics_port: int | None) -> N
     for warning in cfg.warnings():
         log.warning("config: %s", warning)
     engine = Engine(cfg)
-    try:
-        engine.start()
-    except MmengineError as exc:
-        click.echo(f"cannot start: {exc}", err=True)
-        sys.exit(1)
-    click.echo(f"engine running; prices on {engine.endpoint('prices')} (run dir {engine.run_dir})")
-    failed = engine.run_until(stop, duration)
-    _log_signal(stop)
-    clean = engine.stop() == 0
+    failed, clean = _serve(
+        engine,
+        stop,
+        duration,
+        lambda: f"engine running; prices on {engine.endpoint('prices')} (run dir {engine.run_dir})",
+    )
     for line in engine.summary():
         click.echo(line)
     if failed:  # crash-only: a thread that cannot be restarted died; the supervisor said which
         click.echo(f"engine stopped: {engine.failure}", err=True)
     if failed or not clean:
         sys.exit(1)
+
+
+def _serve(
+    engine: Engine, stop: StopFlag, duration: float | None, banner: Callable[[], str]
+) -> tuple[bool, bool]:
+    """Start `engine` (exit 1 with the reason if it cannot), say `banner()`, run until a
+    signal or `duration`, stop it: (a thread that cannot be restarted died, it stopped
+    cleanly)."""
+    try:
+        engine.start()
+    except MmengineError as exc:
+        click.echo(f"cannot start: {exc}", err=True)
+        sys.exit(1)
+    click.echo(banner())
+    failed = engine.run_until(stop, duration)
+    _log_signal(stop)
+    return failed, engine.stop() == 0
 
 
 RUN_DIR_HELP = f"Engine run dir (default ${RUN_DIR_ENV}, else <tmp>/mmengine)."
@@ -524,15 +541,12 @@ def record(config_path: str, out: str, duration: float | None) -> None:
     writer = CaptureWriter(out, exchange, header_config)
     engine = Engine(cfg, recorder=writer)
     try:
-        try:
-            engine.start()
-        except MmengineError as exc:
-            click.echo(f"cannot start: {exc}", err=True)
-            sys.exit(1)
-        click.echo(f"recording to {out}; prices on {engine.endpoint('prices')}")
-        failed = engine.run_until(stop, duration)
-        _log_signal(stop)
-        clean = engine.stop() == 0
+        failed, clean = _serve(
+            engine,
+            stop,
+            duration,
+            lambda: f"recording to {out}; prices on {engine.endpoint('prices')}",
+        )
     finally:
         writer.close()
     for line in engine.summary():

@@ -182,6 +182,10 @@ class TypedBookFrames(VenueProtocol):
         # on the instance: the cheapest lookups on the per-frame path
         self._book_start = self.book_start
         self._decode_book = self.book_frame.decode
+        if type(self.levels) is LevelDecoder:
+            # The reference core decodes no book message in one call (`book_update` would
+            # give None after msgspec's decode): each frame is decoded once, by orjson.
+            self.parse = self._parse_json  # type: ignore[method-assign]
 
     def parse(self, frame: str) -> list[Event] | BookUpdate:
         if frame.startswith(self._book_start):
@@ -193,6 +197,9 @@ class TypedBookFrames(VenueProtocol):
                 update = self.book_update(book)
                 if update is not None:
                     return update
+        return self._parse_message(orjson.loads(frame))
+
+    def _parse_json(self, frame: str) -> list[Event] | BookUpdate:
         return self._parse_message(orjson.loads(frame))
 
     def book_update(self, book: Any) -> BookUpdate | None:
