@@ -34,6 +34,9 @@ from mmengine.venues.base import VenueProtocol, VenueSpec
 log = logging.getLogger("mmengine.transport")
 
 TICK_S = 0.25
+# While BookTops wait for a full pricing queue, the socket is read with this timeout, so
+# that they go out soon after the worker makes room even if the venue falls quiet.
+HOLD_RETRY_S = 0.001
 RECV_BYTES = 256 * 1024  # one recv takes every frame waiting, up to this
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -171,9 +174,17 @@ class FrameReader:
 
 
 class TopPublisher(Protocol):
-    """Where a venue thread sends BookTops; created inside the venue thread (it owns sockets)."""
+    """Where a venue thread sends BookTops; created inside the venue thread (it owns sockets).
+
+    A send never blocks: what a full queue refuses waits (`waiting` of them) until the
+    venue thread calls `flush()`, which it does between frames while anything waits.
+    """
+
+    waiting: int
 
     def send(self, top: BookTop) -> None: ...
+
+    def flush(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -408,8 +419,17 @@ class VenueConnection(threading.Thread):
         next_keepalive = time.monotonic() + keepalive_s if keepalive_s else float("inf")
         next_tick = time.monotonic() + TICK_S
         live_since: float | None = None
-        reader = FrameReader(ws.sock, ws.pong)
+        sock = ws.sock
+        publisher = self._publisher
+        assert sock is not None and publisher is not None  # connected; made by run()
+        reader = FrameReader(sock, ws.pong)
+        holding = False  # tops wait for a pricing queue: the socket's timeout is short
         while not self._stop_event.is_set():
+            if publisher.waiting:
+                publisher.flush()
+            if holding != bool(publisher.waiting):
+                holding = not holding
+                sock.settimeout(HOLD_RETRY_S if holding else TICK_S)
             opcode, payload = reader.next()
             now = time.monotonic()
             if opcode in (OP_TEXT, OP_BINARY):
