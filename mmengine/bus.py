@@ -25,14 +25,15 @@ stale. What a full queue refuses is kept, the latest per instrument, and sent fi
 there is room: pricing keeps only the latest top per venue book, so delivering the latest
 loses nothing it uses, and a state change (LIVE -> RESYNCING) still arrives, in order.
 
-The queues are short on purpose (`PUSH_HWM` + `PULL_HWM` messages per venue thread and
-worker), and what waits goes out as one message. Every `recv` lets go of the GIL, and a
-pricing worker gets it back only when a busy venue thread hands it over (a switch
-interval): a worker that must take one message per top falls behind five venue threads
-reading a flood, and a long queue made the input of a Price seconds old (50,000 msgs/s on
-two cores: 7 Prices in 6 s, RSS +180 MB). With short queues a flood conflates at the
-source, each instrument's latest top rides in one batch, and one `recv` brings the worker
-all of it (counted: `deferred`, `superseded`).
+Tops travel in batches, and the queues are short on purpose (`PUSH_HWM` + `PULL_HWM`
+messages per venue thread and worker). Every `send` and `recv` lets go of the GIL, and a
+thread gets it back only when a busy one hands it over (a switch interval): a worker that
+must take one message per top falls behind five venue threads reading a flood, and a long
+queue made the input of a Price seconds old (50,000 msgs/s on two cores: 7 Prices in 6 s,
+RSS +180 MB). So a venue thread sends once per read of its socket (what the frames of that
+read changed, the latest top per book), and while a worker's queue is full the batch keeps
+conflating at the source; one `recv` brings the worker all of it (counted: `superseded`,
+`deferred`, `waiting`).
 """
 
 from __future__ import annotations
@@ -112,10 +113,12 @@ class BookTopRouter:
     """A venue thread's sender: each BookTop goes to the workers pricing its instrument.
 
     `routes` maps a venue instrument to the priced instruments it feeds; a BookTop goes once
-    to each distinct worker owning one of them. A send never blocks: at the high-water mark
-    the top waits in `_pending` (latest per instrument; see the module doc) and goes out,
-    with everything else that waits for that worker, as one batch before anything newer.
-    The venue thread calls `flush()` between frames while anything waits (`waiting`).
+    to each distinct worker owning one of them. `send` only queues the top (the latest per
+    instrument and worker, in `_pending`); `flush` sends what is queued for each worker as
+    one message, and is called by the venue thread when it has no complete frame left to
+    read, so a burst of frames read at once costs one send per worker, not one per frame.
+    A flush never blocks: a worker whose queue is full keeps its batch waiting (`waiting`
+    tops) for the next flush, and newer tops of the same book replace older ones in it.
     """
 
     def __init__(
@@ -133,71 +136,66 @@ class BookTopRouter:
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(pricing_endpoint(k))
             self._pushes.append(sock)
-        # instrument -> the (worker, PUSH) pairs its tops go to
-        self._targets: dict[str, list[tuple[int, zmq.Socket[Any]]]] = {
-            inst: [(k, self._pushes[k]) for k in sorted({stable_shard(p, workers) for p in priced})]
+        # instrument -> the workers its tops go to
+        self._targets: dict[str, list[int]] = {
+            inst: sorted({stable_shard(p, workers) for p in priced})
             for inst, priced in routes.items()
         }
-        # per worker: instrument -> its latest top that a full queue refused, oldest first
+        # per worker: instrument -> its latest top not yet sent, oldest first
         self._pending: list[dict[str, Entry]] = [{} for _ in range(workers)]
-        self.waiting = 0  # tops held back by full worker queues right now
+        self._blocked = [False] * workers  # the worker's queue was full at the last flush
+        self.waiting = 0  # tops queued and not yet sent
         self._books = books  # the IPC `books` stream, when it is on
         self._codec = Codec("book_top.avsc") if books is not None else None
-        self.sent = 0
-        self.deferred = 0  # tops a full worker queue refused (kept for a later send)
-        self.superseded = 0  # deferred tops replaced by a newer one of the same book
-        self.batches = 0  # messages that carried deferred tops
+        self.sent = 0  # tops routed
+        self.deferred = 0  # tops that waited because their worker's queue was full
+        self.superseded = 0  # tops replaced by a newer one of the same book before a send
+        self.batches = 0  # messages sent
 
     def send(self, top: BookTop) -> None:
+        """Queue `top` for its workers; it goes out at the next `flush()`."""
         targets = self._targets.get(top.instrument)
         if targets:
             entry = (tuple(top), time.time_ns())  # stamped: the book was applied just now
-            payload: bytes | None = None
-            for k, sock in targets:
+            instrument = top.instrument
+            for k in targets:
                 pending = self._pending[k]
-                if pending:  # behind what waits: it joins the batch, order kept
-                    self._defer(pending, top.instrument, entry)
-                    self._send_batch(sock, pending)
-                    continue
-                if payload is None:
-                    payload = pickle.dumps((entry,), protocol=pickle.HIGHEST_PROTOCOL)
-                try:
-                    sock.send(payload, zmq.NOBLOCK)
-                except zmq.Again:
-                    self._defer(pending, top.instrument, entry)
+                self.deferred += self._blocked[k]
+                if instrument in pending:
+                    self.superseded += 1
+                    del pending[instrument]  # re-insert last: older instruments go first
+                else:
+                    self.waiting += 1
+                pending[instrument] = entry
             self.sent += 1
         if self._books is not None and self._codec is not None:
             topic = f"book.{top.venue}.{top.instrument}".encode()
             self._books.publish(topic, self._codec.encode(book_top_record(top)))
 
     def flush(self) -> None:
-        """Send what waits for each worker whose queue has room again (never blocks)."""
-        for sock, pending in zip(self._pushes, self._pending, strict=True):
+        """Send what is queued, one message per worker whose queue has room; never blocks."""
+        for k, pending in enumerate(self._pending):
             if pending:
-                self._send_batch(sock, pending)
+                self._send_batch(k, pending)
 
-    def _defer(self, pending: dict[str, Entry], instrument: str, entry: Entry) -> None:
-        self.deferred += 1
-        if instrument in pending:
-            self.superseded += 1
-            del pending[instrument]  # re-insert last: older instruments go out first
-        else:
-            self.waiting += 1
-        pending[instrument] = entry
-
-    def _send_batch(self, sock: zmq.Socket[Any], pending: dict[str, Entry]) -> None:
-        """Everything waiting for one worker as one message, oldest first, if there is room."""
+    def _send_batch(self, k: int, pending: dict[str, Entry]) -> None:
+        sock = self._pushes[k]
         # Asking first spares a refused send's exception and its release of the GIL.
-        if not cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLOUT:
-            return
-        batch = pickle.dumps(tuple(pending.values()), protocol=pickle.HIGHEST_PROTOCOL)
-        try:
-            sock.send(batch, zmq.NOBLOCK)
-        except zmq.Again:
-            return
-        self.waiting -= len(pending)
-        self.batches += 1
-        pending.clear()
+        if cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLOUT:
+            batch = pickle.dumps(tuple(pending.values()), protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                sock.send(batch, zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            else:
+                self.waiting -= len(pending)
+                self.batches += 1
+                self._blocked[k] = False
+                pending.clear()
+                return
+        if not self._blocked[k]:
+            self.deferred += len(pending)
+            self._blocked[k] = True
 
     def close(self) -> None:
         for sock in self._pushes:

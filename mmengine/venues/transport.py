@@ -104,6 +104,24 @@ class FrameReader:
             else:
                 raise websocket.WebSocketProtocolException(f"unknown opcode {opcode}")
 
+    def buffered(self) -> bool:
+        """Whether a whole frame is in the buffer (the next `next()` need not read)."""
+        pos = self._pos
+        avail = self._end - pos
+        if avail < 2:
+            return False
+        length = self._buf[pos + 1] & 0x7F
+        head = 2
+        if length == 126:
+            head = 4
+        elif length == 127:
+            head = 10
+        if avail < head:
+            return False
+        if head > 2:
+            length = int.from_bytes(self._buf[pos + 2 : pos + head], "big")
+        return head + length <= avail
+
     def _frame(self) -> tuple[bool, int, bytes] | None:
         """Cut one frame out of the buffer (reading the rest of a large one); None when the
         buffer holds no complete header or frame."""
@@ -176,8 +194,9 @@ class FrameReader:
 class TopPublisher(Protocol):
     """Where a venue thread sends BookTops; created inside the venue thread (it owns sockets).
 
-    A send never blocks: what a full queue refuses waits (`waiting` of them) until the
-    venue thread calls `flush()`, which it does between frames while anything waits.
+    `send` queues a top (`waiting` of them); `flush()` delivers what it can without
+    blocking. The venue thread flushes whenever it has no complete frame left to read, so
+    the frames of one socket read go out together.
     """
 
     waiting: int
@@ -356,11 +375,23 @@ class VenueConnection(threading.Thread):
                 # answers must not report 0 reconnects.
                 self.venue.venue_stats.reconnects += 1
                 log.info("%s reconnecting in %.2fs", self.spec.name, delay)
-                self._stop_event.wait(delay)
+                self._pause(delay)
         finally:
             self.venue.on_disconnected()
+            self._publisher.flush()  # the books' last state, if the queues have room
             self._rest.stop()
             self._publisher.close()
+
+    def _pause(self, delay_s: float) -> None:
+        """Wait `delay_s` (or until stop), delivering the BookTops that wait for a full
+        pricing queue meanwhile (a lost connection's books, marked stale)."""
+        deadline = time.monotonic() + delay_s
+        publisher = self._publisher
+        while publisher is not None and publisher.waiting:
+            publisher.flush()
+            if self._stop_event.wait(HOLD_RETRY_S) or time.monotonic() >= deadline:
+                return
+        self._stop_event.wait(max(0.0, deadline - time.monotonic()))
 
     def _run_one_connection(self) -> None:
         venue = self.venue
@@ -425,7 +456,7 @@ class VenueConnection(threading.Thread):
         reader = FrameReader(sock, ws.pong)
         holding = False  # tops wait for a pricing queue: the socket's timeout is short
         while not self._stop_event.is_set():
-            if publisher.waiting:
+            if publisher.waiting and not reader.buffered():
                 publisher.flush()
             if holding != bool(publisher.waiting):
                 holding = not holding

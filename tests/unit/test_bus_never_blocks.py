@@ -1,6 +1,7 @@
 """A venue thread never blocks on a pricing worker (issue 16): a full worker queue defers
 the latest top per instrument, which goes out, in order and as one batch, once there is
-room. A flood therefore conflates at the source instead of queueing (issue 15)."""
+room. A flood therefore conflates at the source instead of queueing (issue 15). A venue
+thread flushes once per socket read, so what one read's frames changed goes out together."""
 
 from __future__ import annotations
 
@@ -36,9 +37,10 @@ def test_a_wedged_worker_does_not_block_the_venue_thread() -> None:
     done = threading.Event()
 
     def venue_thread() -> None:
-        for seq in range(1, 3001):
+        for seq in range(1, 3001):  # one frame per socket read
             instrument = INSTRUMENTS[seq % 3]
             router.send(top(instrument, seq))
+            router.flush()
             last_sent[instrument] = seq
         done.set()
 
@@ -54,11 +56,12 @@ def test_a_wedged_worker_does_not_block_the_venue_thread() -> None:
         assert router.superseded == router.deferred - 3
         # Room again: flush() sends what waits, the latest of each, as one message.
         router.flush()
-        assert router.waiting == 0 and router.batches == 1
+        assert router.waiting == 0 and router.batches == len(queued) + 1
         (batch,) = received_batches(pull)
         assert [t.venue_seq for t in batch] == sorted(last_sent.values())  # oldest first
         # A send behind nothing waiting goes out alone again.
         router.send(top("BTC-USDT", 3001))
+        router.flush()
         assert [[t.venue_seq for t in b] for b in received_batches(pull)] == [[3001]]
         for instrument in INSTRUMENTS:
             seqs = [t.venue_seq for b in (*queued, batch) for t in b if t.instrument == instrument]
@@ -82,12 +85,38 @@ def test_a_top_sent_while_others_wait_joins_their_batch_in_order() -> None:
         while router.waiting == 0:  # fill the queue until a top must wait
             seq += 1
             router.send(top(INSTRUMENTS[seq % 3], seq))
+            router.flush()
         waiting_one = seq
+        assert router.deferred == 1
         assert received_batches(pull)  # the worker reads: room again
-        router.send(top(INSTRUMENTS[(seq + 1) % 3], seq + 1))  # flushes the batch first
+        router.send(top(INSTRUMENTS[(seq + 1) % 3], seq + 1))
+        router.flush()
         (batch,) = received_batches(pull)
         assert [t.venue_seq for t in batch] == [waiting_one, seq + 1]
         assert router.waiting == 0
+    finally:
+        router.close()
+        pull.close(0)
+        ctx.term()
+
+
+def test_the_frames_of_one_read_go_out_as_one_batch_of_the_latest_per_book() -> None:
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.bind(pricing_endpoint(0))
+    router = BookTopRouter(ctx, 1, {i: [i] for i in INSTRUMENTS}, books=None)
+    try:
+        for seq, instrument in enumerate(["BTC-USDT", "ETH-USDT", "BTC-USDT", "SOL-USDT"], 1):
+            router.send(top(instrument, seq))
+        assert router.waiting == 3 and not pull.poll(50)  # nothing goes before the flush
+        router.flush()
+        (batch,) = received_batches(pull)
+        assert [(t.instrument, t.venue_seq) for t in batch] == [
+            ("ETH-USDT", 2),
+            ("BTC-USDT", 3),
+            ("SOL-USDT", 4),
+        ]
+        assert router.superseded == 1 and router.deferred == 0 and router.waiting == 0
     finally:
         router.close()
         pull.close(0)
