@@ -10,10 +10,11 @@ The last step, `IpcPublisher`, is each IPC stream's public socket, on which pric
 a full subscriber could not take (see its docstring).
 
 BookTops cross the inproc hop pickled: they never leave the process, and pickling a small
-tuple costs about a microsecond where Avro costs ten. The envelope is `(top as a tuple,
-applied_ns)`: the moment the router took the top (the book was applied), so that pricing can
-time each stage of the tick-to-quote path (`mmengine.latency`) without a field in BookTop.
-The IPC `books` stream, which other processes read, carries BookTops Avro-encoded.
+tuple costs about a microsecond where Avro costs ten. A message is a batch: a tuple of
+`(top as a tuple, applied_ns)` entries, one in the usual case; `applied_ns` is the moment
+the router took the top (the book was applied), so that pricing can time each stage of the
+tick-to-quote path (`mmengine.latency`) without a field in BookTop. The IPC `books`
+stream, which other processes read, carries BookTops Avro-encoded.
 
 Sockets are made by the thread that uses them, from the one shared `zmq.Context`; the one
 exception is each IPC stream's PUB, shared by its producers under a lock (`IpcPublisher`).
@@ -23,6 +24,16 @@ or dead) would otherwise stop the venue thread reading, reconnecting and marking
 stale. What a full queue refuses is kept, the latest per instrument, and sent first once
 there is room: pricing keeps only the latest top per venue book, so delivering the latest
 loses nothing it uses, and a state change (LIVE -> RESYNCING) still arrives, in order.
+
+Tops travel in batches, and the queues are short on purpose (`PUSH_HWM` + `PULL_HWM`
+messages per venue thread and worker). Every `send` and `recv` lets go of the GIL, and a
+thread gets it back only when a busy one hands it over (a switch interval): a worker that
+must take one message per top falls behind five venue threads reading a flood, and a long
+queue made the input of a Price seconds old (50,000 msgs/s on two cores: 7 Prices in 6 s,
+RSS +180 MB). So a venue thread sends once per read of its socket (what the frames of that
+read changed, the latest top per book), and while a worker's queue is full the batch keeps
+conflating at the source; one `recv` brings the worker all of it (counted: `superseded`,
+`deferred`, `waiting`).
 """
 
 from __future__ import annotations
@@ -34,14 +45,15 @@ import time
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
 from mmengine.codec import Codec, book_top_record
 from mmengine.model import BookTop
 
-PUSH_HWM = 100_000
+PUSH_HWM = 2  # messages a venue thread's PUSH holds for one worker (see the module doc)
+PULL_HWM = 2  # and the worker's PULL, per venue thread
 PUB_HWM = 100_000  # messages queued for each IPC subscriber
 
 
@@ -78,30 +90,35 @@ def pricing_endpoint(worker: int) -> str:
     return f"inproc://pricing.{worker}"
 
 
+Entry = tuple[tuple[Any, ...], int]  # (a BookTop as a tuple, applied_ns): one top in a batch
+
+
 def encode_top(top: BookTop, applied_ns: int | None = None) -> bytes:
-    """The inproc envelope of a BookTop: `(tuple(top), applied_ns)`, pickled (`applied_ns`
-    defaults to now)."""
+    """The inproc message of one BookTop: a batch of one entry `(tuple(top), applied_ns)`,
+    pickled (`applied_ns` defaults to now)."""
     stamp = time.time_ns() if applied_ns is None else applied_ns
-    return pickle.dumps((tuple(top), stamp), protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(((tuple(top), stamp),), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def decode_envelope(payload: bytes) -> tuple[BookTop, int]:
-    """(BookTop, applied_ns) from `encode_top`'s envelope."""
-    fields, applied_ns = pickle.loads(payload)
-    return BookTop._make(fields), applied_ns
+def decode_envelope(payload: bytes) -> list[tuple[BookTop, int]]:
+    """The (BookTop, applied_ns) pairs of one inproc message, in the order they were sent."""
+    return [(BookTop._make(fields), applied_ns) for fields, applied_ns in pickle.loads(payload)]
 
 
-def decode_top(payload: bytes) -> BookTop:
-    return decode_envelope(payload)[0]
+def decode_tops(payload: bytes) -> list[BookTop]:
+    return [top for top, _ in decode_envelope(payload)]
 
 
 class BookTopRouter:
     """A venue thread's sender: each BookTop goes to the workers pricing its instrument.
 
     `routes` maps a venue instrument to the priced instruments it feeds; a BookTop goes once
-    to each distinct worker owning one of them. A send never blocks: at the high-water mark
-    the top waits in `_pending` (latest per instrument; see the module doc) and goes out
-    before anything newer to that worker.
+    to each distinct worker owning one of them. `send` only queues the top (the latest per
+    instrument and worker, in `_pending`); `flush` sends what is queued for each worker as
+    one message, and is called by the venue thread when it has no complete frame left to
+    read, so a burst of frames read at once costs one send per worker, not one per frame.
+    A flush never blocks: a worker whose queue is full keeps its batch waiting (`waiting`
+    tops) for the next flush, and newer tops of the same book replace older ones in it.
     """
 
     def __init__(
@@ -119,59 +136,66 @@ class BookTopRouter:
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(pricing_endpoint(k))
             self._pushes.append(sock)
-        # instrument -> the (worker, PUSH) pairs its tops go to
-        self._targets: dict[str, list[tuple[int, zmq.Socket[Any]]]] = {
-            inst: [(k, self._pushes[k]) for k in sorted({stable_shard(p, workers) for p in priced})]
+        # instrument -> the workers its tops go to
+        self._targets: dict[str, list[int]] = {
+            inst: sorted({stable_shard(p, workers) for p in priced})
             for inst, priced in routes.items()
         }
-        # per worker: instrument -> its latest encoded top that a full queue refused
-        self._pending: list[dict[str, bytes]] = [{} for _ in range(workers)]
+        # per worker: instrument -> its latest top not yet sent, oldest first
+        self._pending: list[dict[str, Entry]] = [{} for _ in range(workers)]
+        self._blocked = [False] * workers  # the worker's queue was full at the last flush
+        self.waiting = 0  # tops queued and not yet sent
         self._books = books  # the IPC `books` stream, when it is on
         self._codec = Codec("book_top.avsc") if books is not None else None
-        self.sent = 0
-        self.deferred = 0  # tops a full worker queue refused (kept for a later send)
-        self.superseded = 0  # deferred tops replaced by a newer one of the same book
+        self.sent = 0  # tops routed
+        self.deferred = 0  # tops that waited because their worker's queue was full
+        self.superseded = 0  # tops replaced by a newer one of the same book before a send
+        self.batches = 0  # messages sent
 
     def send(self, top: BookTop) -> None:
+        """Queue `top` for its workers; it goes out at the next `flush()`."""
         targets = self._targets.get(top.instrument)
         if targets:
-            payload = encode_top(top)  # stamped: the book was applied just now
-            for k, sock in targets:
+            entry = (tuple(top), time.time_ns())  # stamped: the book was applied just now
+            instrument = top.instrument
+            for k in targets:
                 pending = self._pending[k]
-                if pending and not self._flush(sock, pending):
-                    self._defer(pending, top.instrument, payload)
-                    continue
-                try:
-                    sock.send(payload, zmq.NOBLOCK)
-                except zmq.Again:
-                    self._defer(pending, top.instrument, payload)
+                self.deferred += self._blocked[k]
+                if instrument in pending:
+                    self.superseded += 1
+                    del pending[instrument]  # re-insert last: older instruments go first
+                else:
+                    self.waiting += 1
+                pending[instrument] = entry
             self.sent += 1
         if self._books is not None and self._codec is not None:
             topic = f"book.{top.venue}.{top.instrument}".encode()
             self._books.publish(topic, self._codec.encode(book_top_record(top)))
 
-    @property
-    def waiting(self) -> int:
-        """Tops held back by full worker queues right now."""
-        return sum(len(p) for p in self._pending)
+    def flush(self) -> None:
+        """Send what is queued, one message per worker whose queue has room; never blocks."""
+        for k, pending in enumerate(self._pending):
+            if pending:
+                self._send_batch(k, pending)
 
-    def _defer(self, pending: dict[str, bytes], instrument: str, payload: bytes) -> None:
-        self.deferred += 1
-        if instrument in pending:
-            self.superseded += 1
-            del pending[instrument]  # re-insert last: older instruments go out first
-        pending[instrument] = payload
-
-    def _flush(self, sock: zmq.Socket[Any], pending: dict[str, bytes]) -> bool:
-        """Send what a full queue refused, oldest first; True once nothing waits."""
-        while pending:
-            instrument = next(iter(pending))
+    def _send_batch(self, k: int, pending: dict[str, Entry]) -> None:
+        sock = self._pushes[k]
+        # Asking first spares a refused send's exception and its release of the GIL.
+        if cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLOUT:
+            batch = pickle.dumps(tuple(pending.values()), protocol=pickle.HIGHEST_PROTOCOL)
             try:
-                sock.send(pending[instrument], zmq.NOBLOCK)
+                sock.send(batch, zmq.NOBLOCK)
             except zmq.Again:
-                return False
-            del pending[instrument]
-        return True
+                pass
+            else:
+                self.waiting -= len(pending)
+                self.batches += 1
+                self._blocked[k] = False
+                pending.clear()
+                return
+        if not self._blocked[k]:
+            self.deferred += len(pending)
+            self._blocked[k] = True
 
     def close(self) -> None:
         for sock in self._pushes:

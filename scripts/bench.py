@@ -404,6 +404,11 @@ def e2e_run(
     frames = _sum(after, "venues", "frames") - _sum(before, "venues", "frames")
     inputs = _sum(after, "workers", "inputs") - _sum(before, "workers", "inputs")
     priced = _sum(after, "workers", "prices") - _sum(before, "workers", "prices")
+    # BookTops a newer top of the same book replaced before they left the venue thread
+    # (conflation at the source: `mmengine.bus`).
+    superseded = _sum(after, "venues", "superseded_tops") - _sum(
+        before, "venues", "superseded_tops"
+    )
     cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / wall * 100
     skipped = sum(sum(v["skipped"].values()) for v in after["venues"])
     resyncs = sum(sum(v["resyncs"].values()) for v in after["venues"])
@@ -439,6 +444,7 @@ def e2e_run(
         "loadgen": loadgen,
         "received_by_venue_threads": frames,  # within the measured window
         "book_tops_to_pricing": inputs,
+        "book_tops_superseded_at_source": superseded,
         "priced": priced,
         "received_by_subscriber": measured["received"],
         "missed_by_subscriber": measured["missed_seq"],

@@ -66,15 +66,17 @@ def main() -> None:
     print()
     print(
         "| book msgs/s offered | p50 µs | p99 µs | p99.9 µs | max µs | engine p50 / p99 µs |"
-        " parsed by venue threads | priced | conflation | dropped | engine CPU % |"
+        " parsed by venue threads | superseded at the source | priced | conflation | dropped |"
+        " engine CPU % |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in d["e2e"]:
         print(
             f"| {fmt(r['rate'])} | {fmt(r['p50_us'])} | {fmt(r['p99_us'])} |"
             f" {fmt(r['p999_us'])} | {fmt(r['max_us'])} |"
             f" {fmt(r['engine_p50_us'])} / {fmt(r['engine_p99_us'])} |"
-            f" {fmt(r['received_by_venue_threads'])} | {fmt(r['priced'])} |"
+            f" {fmt(r['received_by_venue_threads'])} |"
+            f" {fmt(r.get('book_tops_superseded_at_source'))} | {fmt(r['priced'])} |"
             f" {fmt(r['conflation'], '.1f')} | {r['dropped']} | {fmt(r['cpu_pct'], '.0f')} |"
         )
     print()

@@ -77,11 +77,16 @@ def venue(
 class Tops:
     """A transport's TopPublisher that keeps every BookTop with its arrival time."""
 
+    waiting = 0  # it keeps everything: nothing ever waits
+
     def __init__(self) -> None:
         self.got: list[tuple[float, BookTop]] = []
 
     def send(self, top: BookTop) -> None:
         self.got.append((time.monotonic(), top))
+
+    def flush(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

@@ -62,6 +62,16 @@ def venue_metrics(snap: dict[str, Any]) -> Iterator[Any]:
         "BookTops a full pricing queue refused (the latest per book is sent later).",
         ["venue"],
     )
+    superseded = _counter(
+        "mmengine_venue_superseded_tops",
+        "Deferred BookTops replaced by a newer one of their book (conflated at the source).",
+        ["venue"],
+    )
+    waiting = GaugeMetricFamily(
+        "mmengine_venue_waiting_tops",
+        "BookTops waiting for room in a pricing queue right now.",
+        labels=["venue"],
+    )
     book = ["venue", "instrument"]
     msgs = _counter("mmengine_book_messages", "Book messages applied or checked.", book)
     gaps = _counter("mmengine_book_sequence_gaps", "Sequence gaps detected.", book)
@@ -85,6 +95,8 @@ def venue_metrics(snap: dict[str, Any]) -> Iterator[Any]:
         delayed.add_metric([name], v.get("requests_delayed", 0))
         up.add_metric([name], 1.0 if v["connected"] else 0.0)
         deferred.add_metric([name], v.get("deferred_tops", 0))
+        superseded.add_metric([name], v.get("superseded_tops", 0))
+        waiting.add_metric([name], v.get("waiting_tops", 0))
         for kind, n in v["skipped"].items():
             skipped.add_metric([name, kind], n)
         for reason, n in v["resyncs"].items():
@@ -110,6 +122,8 @@ def venue_metrics(snap: dict[str, Any]) -> Iterator[Any]:
         resyncs,
         up,
         deferred,
+        superseded,
+        waiting,
         msgs,
         gaps,
         checks,

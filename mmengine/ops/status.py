@@ -172,6 +172,8 @@ def snapshot(engine: Reporting, now_ns: int | None = None) -> dict[str, Any]:
                 "books": books,
                 "live": sum(b["state"] == "LIVE" for b in books),
                 "deferred_tops": routers.get(venue.name, {}).get("deferred", 0),
+                "superseded_tops": routers.get(venue.name, {}).get("superseded", 0),
+                "waiting_tops": routers.get(venue.name, {}).get("waiting", 0),
             }
         )
     workers = []

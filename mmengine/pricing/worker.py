@@ -30,7 +30,13 @@ from typing import Any, cast
 
 import zmq
 
-from mmengine.bus import IpcPublisher, ServiceThread, decode_envelope, pricing_endpoint
+from mmengine.bus import (
+    PULL_HWM,
+    IpcPublisher,
+    ServiceThread,
+    decode_envelope,
+    pricing_endpoint,
+)
 from mmengine.codec import Codec, encode_price, price_values
 from mmengine.latency import PRICING_STAGES, StageLatency
 from mmengine.logs import RepeatLimiter
@@ -47,7 +53,9 @@ from mmengine.pricing.model import (
 
 log = logging.getLogger("mmengine.pricing")
 
-MAX_DRAIN = 10_000
+# Messages one drain takes before pricing: the queues hold a few per venue thread
+# (`mmengine.bus`), so more than this is a flood still arriving; price what came first.
+MAX_DRAIN = 64
 LATENCY_BOUNDS_US = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 50_000, 250_000)
 LATENCY_WINDOW = 2048
 # Sink message: [instrument, SINK_KEY(epoch, seq, priced_ts_ns), Avro single-object Price],
@@ -162,6 +170,7 @@ class PricingWorker(ServiceThread):
             self._values_for = [e in self.sinks_with_values for e in self.sink_endpoints]
             for sock in (pull, control):
                 sock.setsockopt(zmq.LINGER, 0)
+            pull.setsockopt(zmq.RCVHWM, PULL_HWM)
             pull.bind(pricing_endpoint(self.k))
             control.bind(control_endpoint(self.k))
             for endpoint in self.sink_endpoints:
@@ -335,7 +344,8 @@ class PricingWorker(ServiceThread):
         fed_by = self.fed_by
         tops = self.tops
         now = time.time_ns
-        n = 0
+        n = 0  # messages
+        tops_in = 0  # BookTops they carried (a message is a batch: `mmengine.bus`)
         while n < MAX_DRAIN:
             # After the first message, ask whether another waits (a getsockopt, under the
             # GIL) before receiving: at low rates a drain takes one message, and the recv
@@ -350,23 +360,24 @@ class PricingWorker(ServiceThread):
             dequeued_ns = now()
             n += 1
             try:
-                top, applied_ns = decode_envelope(payload)
-                key = (top.venue, top.instrument)
-                feeds = fed_by.get(key, ())
+                batch = decode_envelope(payload)
             except Exception:
                 self.stats.bad_inputs += 1
                 self._count_error("decoding a book top")
                 continue
-            for name in feeds:
-                tops[name][key] = top
-                touched[name] = top
-                arrivals[name] = (applied_ns, dequeued_ns)
+            tops_in += len(batch)
+            for top, applied_ns in batch:
+                key = (top.venue, top.instrument)
+                for name in fed_by.get(key, ()):
+                    tops[name][key] = top
+                    touched[name] = top
+                    arrivals[name] = (applied_ns, dequeued_ns)
         stats = self.stats
-        stats.inputs += n
+        stats.inputs += tops_in
         stats.drains += 1
-        stats.last_drain = n
-        if n > stats.max_drain:
-            stats.max_drain = n
+        stats.last_drain = tops_in
+        if tops_in > stats.max_drain:
+            stats.max_drain = tops_in
         return touched
 
     def price(

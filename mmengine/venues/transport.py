@@ -34,6 +34,9 @@ from mmengine.venues.base import VenueProtocol, VenueSpec
 log = logging.getLogger("mmengine.transport")
 
 TICK_S = 0.25
+# While BookTops wait for a full pricing queue, the socket is read with this timeout, so
+# that they go out soon after the worker makes room even if the venue falls quiet.
+HOLD_RETRY_S = 0.001
 RECV_BYTES = 256 * 1024  # one recv takes every frame waiting, up to this
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -100,6 +103,24 @@ class FrameReader:
                 return opcode, payload
             else:
                 raise websocket.WebSocketProtocolException(f"unknown opcode {opcode}")
+
+    def buffered(self) -> bool:
+        """Whether a whole frame is in the buffer (the next `next()` need not read)."""
+        pos = self._pos
+        avail = self._end - pos
+        if avail < 2:
+            return False
+        length = self._buf[pos + 1] & 0x7F
+        head = 2
+        if length == 126:
+            head = 4
+        elif length == 127:
+            head = 10
+        if avail < head:
+            return False
+        if head > 2:
+            length = int.from_bytes(self._buf[pos + 2 : pos + head], "big")
+        return head + length <= avail
 
     def _frame(self) -> tuple[bool, int, bytes] | None:
         """Cut one frame out of the buffer (reading the rest of a large one); None when the
@@ -171,9 +192,18 @@ class FrameReader:
 
 
 class TopPublisher(Protocol):
-    """Where a venue thread sends BookTops; created inside the venue thread (it owns sockets)."""
+    """Where a venue thread sends BookTops; created inside the venue thread (it owns sockets).
+
+    `send` queues a top (`waiting` of them); `flush()` delivers what it can without
+    blocking. The venue thread flushes whenever it has no complete frame left to read, so
+    the frames of one socket read go out together.
+    """
+
+    waiting: int
 
     def send(self, top: BookTop) -> None: ...
+
+    def flush(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -345,11 +375,23 @@ class VenueConnection(threading.Thread):
                 # answers must not report 0 reconnects.
                 self.venue.venue_stats.reconnects += 1
                 log.info("%s reconnecting in %.2fs", self.spec.name, delay)
-                self._stop_event.wait(delay)
+                self._pause(delay)
         finally:
             self.venue.on_disconnected()
+            self._publisher.flush()  # the books' last state, if the queues have room
             self._rest.stop()
             self._publisher.close()
+
+    def _pause(self, delay_s: float) -> None:
+        """Wait `delay_s` (or until stop), delivering the BookTops that wait for a full
+        pricing queue meanwhile (a lost connection's books, marked stale)."""
+        deadline = time.monotonic() + delay_s
+        publisher = self._publisher
+        while publisher is not None and publisher.waiting:
+            publisher.flush()
+            if self._stop_event.wait(HOLD_RETRY_S) or time.monotonic() >= deadline:
+                return
+        self._stop_event.wait(max(0.0, deadline - time.monotonic()))
 
     def _run_one_connection(self) -> None:
         venue = self.venue
@@ -408,8 +450,17 @@ class VenueConnection(threading.Thread):
         next_keepalive = time.monotonic() + keepalive_s if keepalive_s else float("inf")
         next_tick = time.monotonic() + TICK_S
         live_since: float | None = None
-        reader = FrameReader(ws.sock, ws.pong)
+        sock = ws.sock
+        publisher = self._publisher
+        assert sock is not None and publisher is not None  # connected; made by run()
+        reader = FrameReader(sock, ws.pong)
+        holding = False  # tops wait for a pricing queue: the socket's timeout is short
         while not self._stop_event.is_set():
+            if publisher.waiting and not reader.buffered():
+                publisher.flush()
+            if holding != bool(publisher.waiting):
+                holding = not holding
+                sock.settimeout(HOLD_RETRY_S if holding else TICK_S)
             opcode, payload = reader.next()
             now = time.monotonic()
             if opcode in (OP_TEXT, OP_BINARY):

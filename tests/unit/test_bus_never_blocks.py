@@ -1,15 +1,16 @@
 """A venue thread never blocks on a pricing worker (issue 16): a full worker queue defers
-the latest top per instrument, which goes out, in order, once there is room."""
+the latest top per instrument, which goes out, in order and as one batch, once there is
+room. A flood therefore conflates at the source instead of queueing (issue 15). A venue
+thread flushes once per socket read, so what one read's frames changed goes out together."""
 
 from __future__ import annotations
 
 import threading
 
-import pytest
 import zmq
 
 from mmengine import bus
-from mmengine.bus import BookTopRouter, decode_top, pricing_endpoint
+from mmengine.bus import BookTopRouter, decode_tops, pricing_endpoint
 from mmengine.model import BookTop
 
 INSTRUMENTS = ["BTC-USDT", "ETH-USDT", "SOL-USDT"]
@@ -19,20 +20,27 @@ def top(instrument: str, seq: int) -> BookTop:
     return BookTop("v", instrument, "LIVE", seq, -1, 0, seq, [1.0], [1.0], [2.0], [1.0])
 
 
-def test_a_wedged_worker_does_not_block_the_venue_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bus, "PUSH_HWM", 10)
+def received_batches(pull: zmq.Socket[bytes]) -> list[list[BookTop]]:
+    batches = []
+    while pull.poll(100):
+        batches.append(decode_tops(pull.recv()))
+    return batches
+
+
+def test_a_wedged_worker_does_not_block_the_venue_thread() -> None:
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)  # a worker that stopped reading
-    pull.setsockopt(zmq.RCVHWM, 10)
+    pull.setsockopt(zmq.RCVHWM, bus.PULL_HWM)
     pull.bind(pricing_endpoint(0))
     router = BookTopRouter(ctx, 1, {i: [i] for i in INSTRUMENTS}, books=None)
     last_sent: dict[str, int] = {}
     done = threading.Event()
 
     def venue_thread() -> None:
-        for seq in range(1, 3001):
+        for seq in range(1, 3001):  # one frame per socket read
             instrument = INSTRUMENTS[seq % 3]
             router.send(top(instrument, seq))
+            router.flush()
             last_sent[instrument] = seq
         done.set()
 
@@ -40,18 +48,23 @@ def test_a_wedged_worker_does_not_block_the_venue_thread(monkeypatch: pytest.Mon
     sender.start()
     try:
         assert done.wait(5), "the venue thread blocked on a full worker queue"
-        assert router.deferred > 0 and router.waiting == 3  # the latest of each instrument
-        received: list[BookTop] = []
-        while pull.poll(100):
-            received.append(decode_top(pull.recv()))
-        # Room again: the next send delivers what waited first, then itself.
+        assert router.waiting == 3  # the latest of each instrument
+        # The queue holds a few messages at most: the rest conflated at the source.
+        queued = received_batches(pull)
+        assert 0 < len(queued) <= bus.PUSH_HWM + bus.PULL_HWM
+        assert router.deferred == 3000 - len(queued)
+        assert router.superseded == router.deferred - 3
+        # Room again: flush() sends what waits, the latest of each, as one message.
+        router.flush()
+        assert router.waiting == 0 and router.batches == len(queued) + 1
+        (batch,) = received_batches(pull)
+        assert [t.venue_seq for t in batch] == sorted(last_sent.values())  # oldest first
+        # A send behind nothing waiting goes out alone again.
         router.send(top("BTC-USDT", 3001))
-        last_sent["BTC-USDT"] = 3001
-        while pull.poll(100):
-            received.append(decode_top(pull.recv()))
-        assert router.waiting == 0
+        router.flush()
+        assert [[t.venue_seq for t in b] for b in received_batches(pull)] == [[3001]]
         for instrument in INSTRUMENTS:
-            seqs = [t.venue_seq for t in received if t.instrument == instrument]
+            seqs = [t.venue_seq for b in (*queued, batch) for t in b if t.instrument == instrument]
             assert seqs == sorted(seqs), instrument  # per-instrument order holds
             assert seqs[-1] == last_sent[instrument], instrument  # the latest arrived
     finally:
@@ -59,3 +72,52 @@ def test_a_wedged_worker_does_not_block_the_venue_thread(monkeypatch: pytest.Mon
             router.close()
             pull.close(0)
             ctx.term()
+
+
+def test_a_top_sent_while_others_wait_joins_their_batch_in_order() -> None:
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVHWM, bus.PULL_HWM)
+    pull.bind(pricing_endpoint(0))
+    router = BookTopRouter(ctx, 1, {i: [i] for i in INSTRUMENTS}, books=None)
+    try:
+        seq = 0
+        while router.waiting == 0:  # fill the queue until a top must wait
+            seq += 1
+            router.send(top(INSTRUMENTS[seq % 3], seq))
+            router.flush()
+        waiting_one = seq
+        assert router.deferred == 1
+        assert received_batches(pull)  # the worker reads: room again
+        router.send(top(INSTRUMENTS[(seq + 1) % 3], seq + 1))
+        router.flush()
+        (batch,) = received_batches(pull)
+        assert [t.venue_seq for t in batch] == [waiting_one, seq + 1]
+        assert router.waiting == 0
+    finally:
+        router.close()
+        pull.close(0)
+        ctx.term()
+
+
+def test_the_frames_of_one_read_go_out_as_one_batch_of_the_latest_per_book() -> None:
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.bind(pricing_endpoint(0))
+    router = BookTopRouter(ctx, 1, {i: [i] for i in INSTRUMENTS}, books=None)
+    try:
+        for seq, instrument in enumerate(["BTC-USDT", "ETH-USDT", "BTC-USDT", "SOL-USDT"], 1):
+            router.send(top(instrument, seq))
+        assert router.waiting == 3 and not pull.poll(50)  # nothing goes before the flush
+        router.flush()
+        (batch,) = received_batches(pull)
+        assert [(t.instrument, t.venue_seq) for t in batch] == [
+            ("ETH-USDT", 2),
+            ("BTC-USDT", 3),
+            ("SOL-USDT", 4),
+        ]
+        assert router.superseded == 1 and router.deferred == 0 and router.waiting == 0
+    finally:
+        router.close()
+        pull.close(0)
+        ctx.term()

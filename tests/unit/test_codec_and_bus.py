@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmengine.bus import decode_top, encode_top, stable_shard
+from mmengine.bus import decode_envelope, decode_tops, encode_top, stable_shard
 from mmengine.codec import (
     Codec,
     book_top_record,
@@ -84,7 +84,8 @@ def test_every_schema_field_has_a_doc() -> None:
 
 def test_book_top_inproc_round_trip() -> None:
     top = BookTop("binance", "BTC-USDT", "LIVE", 1, -1, 2, 3, [1.0], [2.0], [3.0], [4.0])
-    assert decode_top(encode_top(top)) == top
+    assert decode_tops(encode_top(top)) == [top]
+    assert decode_envelope(encode_top(top, applied_ns=7)) == [(top, 7)]
     assert isinstance(pickle.loads(encode_top(top)), tuple)
 
 

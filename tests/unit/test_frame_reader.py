@@ -136,3 +136,35 @@ def test_protocol_violations_are_refused(bad: bytes) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_buffered_says_whether_a_whole_frame_waits_without_reading() -> None:
+    """The venue thread sends its BookTops when `buffered()` is False: a wrong True would
+    hold them until more data came, a wrong False would split a burst into more sends."""
+    sizes = (5, 200, 70_000)  # the 7-bit, 16-bit and 64-bit length forms
+    frames = [frame(ABNF.OPCODE_TEXT, b"x" * n) for n in sizes]
+    ends = [sum(len(f) for f in frames[: i + 1]) for i in range(len(frames))]
+    stream = b"".join(frames)
+    a, b = socket.socketpair()
+    b.settimeout(2.0)
+    try:
+        reader = FrameReader(b, lambda _: None)
+        assert not reader.buffered()
+        got = 0  # frames taken with next()
+        cuts = sorted({*range(1, 12), *(e + d for e in ends for d in (-1, 0, 1, 3))})
+        sent = 0
+        for cut in (c for c in cuts if c <= len(stream)):
+            a.sendall(stream[sent:cut])
+            sent = cut
+            reader._fill()  # what arrived, read as next() would read it
+            while True:
+                whole = got < len(frames) and ends[got] <= sent
+                assert reader.buffered() == whole, (cut, got)
+                if not whole:
+                    break
+                assert reader.next() == (ABNF.OPCODE_TEXT, b"x" * sizes[got])
+                got += 1
+        assert got == len(frames)
+    finally:
+        a.close()
+        b.close()

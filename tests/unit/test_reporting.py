@@ -77,7 +77,7 @@ class Reporting:
         ]
 
     def router_counters(self) -> dict[str, dict[str, int]]:
-        return {"binance": {"deferred": 4, "superseded": 1, "waiting": 0}}
+        return {"binance": {"deferred": 4, "superseded": 1, "waiting": 3}}
 
 
 def test_a_snapshot_and_the_metrics_from_the_protocol_alone() -> None:
@@ -85,6 +85,7 @@ def test_a_snapshot_and_the_metrics_from_the_protocol_alone() -> None:
     snap = snapshot(source, now_ns=2_000_000_000)
     [venue] = snap["venues"]
     assert venue["frames"] == 10 and venue["live"] == 1 and venue["deferred_tops"] == 4
+    assert venue["superseded_tops"] == 1 and venue["waiting_tops"] == 3
     assert venue["requests_delayed"] == 6
     assert snap["workers"][0]["timed"] == 1
     assert snap["instruments"][0]["instrument"] == "BTC-USDT"
@@ -98,6 +99,8 @@ def test_a_snapshot_and_the_metrics_from_the_protocol_alone() -> None:
         'mmengine_ipc_dropped_total{stream="prices"} 2.0',
         'mmengine_thread_deaths_total{kind="venue",thread="venue-binance"} 1.0',
         'mmengine_venue_deferred_tops_total{venue="binance"} 4.0',
+        'mmengine_venue_superseded_tops_total{venue="binance"} 1.0',
+        'mmengine_venue_waiting_tops{venue="binance"} 3.0',
         'mmengine_venue_requests_delayed_total{venue="binance"} 6.0',
         'mmengine_pricing_timed_prices_total{worker="0"} 1.0',
         'mmengine_control_requests_total{outcome="refused"} 1.0',

@@ -39,7 +39,12 @@ def test_reconnect_attempts_are_counted_even_when_none_connects() -> None:
     from tests.conftest import free_port
 
     class Nowhere:
+        waiting = 0
+
         def send(self, top: object) -> None:
+            pass
+
+        def flush(self) -> None:
             pass
 
         def close(self) -> None:
