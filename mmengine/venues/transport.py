@@ -439,6 +439,10 @@ class VenueConnection(threading.Thread):
             self._ws = None
             with contextlib.suppress(websocket.WebSocketException, OSError):
                 ws.close(timeout=1)
+            # What the last frames made of the books goes to pricing before the books are
+            # marked disconnected, as it went to the `books` stream: not superseded by it.
+            if self._publisher is not None:
+                self._publisher.flush()
             venue.on_disconnected()
 
     def _read_loop(self, ws: websocket.WebSocket) -> None:

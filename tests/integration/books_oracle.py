@@ -7,7 +7,9 @@ have used are, per venue, the last one received before its `priced_ts_ns` or one
 before that (a top stamped just before pricing may still have been on its way to the
 worker). The worker's latest top per venue only moves forward, so successive Prices of an
 instrument use non-decreasing positions in each venue's stream; `match_prices` walks the
-Prices in seq order and keeps that position per venue.
+Prices in seq order and keeps, per venue, the earliest position that explains the last one.
+Not every top on the stream reaches the worker: a venue thread sends the latest top per
+book once per socket read, so a top superseded within one read is skipped.
 """
 
 from __future__ import annotations
@@ -125,23 +127,26 @@ def match_prices(
                 options[v] += [
                     i for i in range(lo[v], start) if i >= 0 and stream[i]["recv_ts_ns"] in named
                 ]
-            found = None
+            found = []
             for combo in itertools.product(*(options[v] for v in venues)):
                 chosen = {
                     v: streams[(v, inst)][i] for v, i in zip(venues, combo, strict=True) if i >= 0
                 }
                 want = implied(chosen)
                 if want is not None and agrees(p, want):
-                    found = combo
-                    break
-            if found is None:
+                    found.append(combo)
+            if not found:
                 report.unmatched.append(p)
                 continue
             report.matched += 1
-            if all(i == options[v][0] for v, i in zip(venues, found, strict=True)):
+            if any(all(i == options[v][0] for v, i in zip(venues, c, strict=True)) for c in found):
                 report.at_latest += 1
-            for v, i in zip(venues, found, strict=True):
-                lo[v] = max(lo[v], i)
+            # Two tops of a venue can explain a Price alike (a change away from the best);
+            # the worker had at least the earliest of them. Keeping the latest instead would
+            # refuse a later Price priced, rightly, from the earlier one: a top the venue
+            # thread superseded before sending it never reached the worker.
+            for k, v in enumerate(venues):
+                lo[v] = max(lo[v], min(c[k] for c in found))
     return reports
 
 

@@ -6,7 +6,9 @@ thread flushes once per socket read, so what one read's frames changed goes out 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
+import pytest
 import zmq
 
 from mmengine import bus
@@ -74,50 +76,51 @@ def test_a_wedged_worker_does_not_block_the_venue_thread() -> None:
             ctx.term()
 
 
-def test_a_top_sent_while_others_wait_joins_their_batch_in_order() -> None:
+@pytest.fixture
+def worker() -> Iterator[tuple[BookTopRouter, zmq.Socket[bytes]]]:
+    """A venue thread's router and the PULL of the one worker it feeds (read by the test)."""
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
     pull.setsockopt(zmq.RCVHWM, bus.PULL_HWM)
     pull.bind(pricing_endpoint(0))
     router = BookTopRouter(ctx, 1, {i: [i] for i in INSTRUMENTS}, books=None)
-    try:
-        seq = 0
-        while router.waiting == 0:  # fill the queue until a top must wait
-            seq += 1
-            router.send(top(INSTRUMENTS[seq % 3], seq))
-            router.flush()
-        waiting_one = seq
-        assert router.deferred == 1
-        assert received_batches(pull)  # the worker reads: room again
-        router.send(top(INSTRUMENTS[(seq + 1) % 3], seq + 1))
-        router.flush()
-        (batch,) = received_batches(pull)
-        assert [t.venue_seq for t in batch] == [waiting_one, seq + 1]
-        assert router.waiting == 0
-    finally:
-        router.close()
-        pull.close(0)
-        ctx.term()
+    yield router, pull
+    router.close()
+    pull.close(0)
+    ctx.term()
 
 
-def test_the_frames_of_one_read_go_out_as_one_batch_of_the_latest_per_book() -> None:
-    ctx = zmq.Context()
-    pull = ctx.socket(zmq.PULL)
-    pull.bind(pricing_endpoint(0))
-    router = BookTopRouter(ctx, 1, {i: [i] for i in INSTRUMENTS}, books=None)
-    try:
-        for seq, instrument in enumerate(["BTC-USDT", "ETH-USDT", "BTC-USDT", "SOL-USDT"], 1):
-            router.send(top(instrument, seq))
-        assert router.waiting == 3 and not pull.poll(50)  # nothing goes before the flush
+def test_a_top_sent_while_others_wait_joins_their_batch_in_order(
+    worker: tuple[BookTopRouter, zmq.Socket[bytes]],
+) -> None:
+    router, pull = worker
+    seq = 0
+    while router.waiting == 0:  # fill the queue until a top must wait
+        seq += 1
+        router.send(top(INSTRUMENTS[seq % 3], seq))
         router.flush()
-        (batch,) = received_batches(pull)
-        assert [(t.instrument, t.venue_seq) for t in batch] == [
-            ("ETH-USDT", 2),
-            ("BTC-USDT", 3),
-            ("SOL-USDT", 4),
-        ]
-        assert router.superseded == 1 and router.deferred == 0 and router.waiting == 0
-    finally:
-        router.close()
-        pull.close(0)
-        ctx.term()
+    waiting_one = seq
+    assert router.deferred == 1
+    assert received_batches(pull)  # the worker reads: room again
+    router.send(top(INSTRUMENTS[(seq + 1) % 3], seq + 1))
+    router.flush()
+    (batch,) = received_batches(pull)
+    assert [t.venue_seq for t in batch] == [waiting_one, seq + 1]
+    assert router.waiting == 0
+
+
+def test_the_frames_of_one_read_go_out_as_one_batch_of_the_latest_per_book(
+    worker: tuple[BookTopRouter, zmq.Socket[bytes]],
+) -> None:
+    router, pull = worker
+    for seq, instrument in enumerate(["BTC-USDT", "ETH-USDT", "BTC-USDT", "SOL-USDT"], 1):
+        router.send(top(instrument, seq))
+    assert router.waiting == 3 and not pull.poll(50)  # nothing goes before the flush
+    router.flush()
+    (batch,) = received_batches(pull)
+    assert [(t.instrument, t.venue_seq) for t in batch] == [
+        ("ETH-USDT", 2),
+        ("BTC-USDT", 3),
+        ("SOL-USDT", 4),
+    ]
+    assert router.superseded == 1 and router.deferred == 0 and router.waiting == 0
