@@ -41,6 +41,7 @@ from mmengine.book.events import (
 from mmengine.book.integrity import ContiguousIds
 from mmengine.book.levels import LevelDecoder
 from mmengine.errors import FrameError, VenueRejected
+from mmengine.book.shape import FrameShape
 from mmengine.venues.base import TypedBookFrames, VenueSpec, integer, sent_objects
 
 SPOT_URL = "wss://stream.bybit.com/v5/public/spot"
@@ -120,6 +121,10 @@ class BybitBook(TypedBookFrames):
     ticker_audit: ClassVar[bool] = False  # the category's tickers carry bid1/ask1
     book_start = '{"topic":"orderbook.'  # as Bybit (and our simulator) write them: `topic` first
     book_frame = msgspec.json.Decoder(_BookFrame)
+    frame_shape = FrameShape(  # `_BookFrame`, its `data.s` the topic's symbol
+        "object", "strings", bids="b", asks="a", books="by_topic", route="topic",
+        symbols="symbols", symbol="s", last_id="u", cross_seq="seq", time_ms=("cts", "ts"),
+    )  # fmt: skip
 
     def __init__(self, spec: VenueSpec) -> None:
         super().__init__(spec)
