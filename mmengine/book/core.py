@@ -77,9 +77,7 @@ def _load(chosen: str) -> BookCore:
                 f"slower: `engine.book_core: python` or {ENV}=python."
             ]
         ) from exc
-    return BookCore(
-        COMPILED, _core.L2Book, _core.LevelDecoder, _core.FramePath, _core.FrameScanner
-    )
+    return BookCore(COMPILED, _core.L2Book, _core.LevelDecoder, _core.FramePath, _core.FrameScanner)
 
 
 def book_core(name: str | None = None) -> BookCore:

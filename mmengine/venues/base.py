@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 import orjson
@@ -25,6 +25,10 @@ from mmengine.book.integrity import ChecksumRule, SequenceRule, Unsequenced
 from mmengine.book.levels import LevelDecoder
 from mmengine.book.shape import FrameShape
 from mmengine.errors import FrameError
+
+# An integer of a typed frame (`TypedBookFrames`) within int64: orjson, the reference's
+# decoder, reads a greater one as a float, which the venue modules refuse (msgspec would not).
+WireInt = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 # A venue's published subscribe-request limit where it has none (Kraken, Bybit): Binance's
 # 5 per second, the strictest per-second figure of the five venues.

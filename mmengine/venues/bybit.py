@@ -40,9 +40,9 @@ from mmengine.book.events import (
 )
 from mmengine.book.integrity import ContiguousIds
 from mmengine.book.levels import LevelDecoder
-from mmengine.errors import FrameError, VenueRejected
 from mmengine.book.shape import FrameShape
-from mmengine.venues.base import TypedBookFrames, VenueSpec, integer, sent_objects
+from mmengine.errors import FrameError, VenueRejected
+from mmengine.venues.base import TypedBookFrames, VenueSpec, WireInt, integer, sent_objects
 
 SPOT_URL = "wss://stream.bybit.com/v5/public/spot"
 DEPTHS = (1, 50, 200, 1000)  # orderbook.N for spot and linear (5.2)
@@ -59,8 +59,8 @@ class _BookData(Struct, gc=False):
     s: str
     b: list[list[str]]
     a: list[list[str]]
-    u: int
-    seq: int | UnsetType = UNSET
+    u: WireInt
+    seq: WireInt | UnsetType = UNSET
 
 
 class _BookFrame(Struct, gc=False):
@@ -70,8 +70,8 @@ class _BookFrame(Struct, gc=False):
     topic: str
     type: str
     data: _BookData
-    ts: int | UnsetType = UNSET
-    cts: int | UnsetType = UNSET
+    ts: WireInt | UnsetType = UNSET
+    cts: WireInt | UnsetType = UNSET
 
 
 def spot_symbol(instrument: str) -> str:

@@ -25,8 +25,8 @@ from mmengine.book.events import (
     lost_update,
 )
 from mmengine.book.levels import LevelDecoder, one
-from mmengine.errors import FrameError, VenueRejected
 from mmengine.book.shape import FrameShape
+from mmengine.errors import FrameError, VenueRejected
 from mmengine.venues.base import VenueSpec, seconds_to_ns
 from mmengine.venues.kraken import KrakenBook, spot_pair
 

@@ -30,9 +30,9 @@ from mmengine.book.events import (
     lost_update,
 )
 from mmengine.book.levels import number
-from mmengine.errors import FrameError, VenueRejected
 from mmengine.book.shape import FrameShape
-from mmengine.venues.base import VenueSpec, rfc3339_ns
+from mmengine.errors import FrameError, VenueRejected
+from mmengine.venues.base import VenueSpec, WireInt, rfc3339_ns
 from mmengine.venues.kraken import KrakenBook, spot_pair
 
 WS_URL_V2 = "wss://ws.kraken.com/v2"
@@ -47,7 +47,7 @@ class _BookEntry(Struct, gc=False):
     symbol: str
     bids: list[_Level] = field(default_factory=list)
     asks: list[_Level] = field(default_factory=list)
-    checksum: int | None = None
+    checksum: WireInt | None = None
     timestamp: str | None = None
 
 
