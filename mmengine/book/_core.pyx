@@ -53,6 +53,7 @@ cdef extern from "Python.h":
     void* PyUnicode_DATA(PyObject* text)
     object PyType_GenericAlloc(PyTypeObject* kind, Py_ssize_t items)
     PyObject* PyUnicode_New(Py_ssize_t size, unsigned int maxchar) except NULL
+    Py_ssize_t Py_REFCNT(PyObject* obj)
 
 cdef extern from *:
     """
@@ -97,6 +98,36 @@ cdef extern from *:
         }
         if (!seen) return 0;
         while (scale > 0 && m != 0 && m % 10 == 0) { m /= 10; scale--; }
+        if (m > ((uint64_t)1 << 53) || scale > 22) return 0;
+        *out = (double)m / mm_pow10[scale];
+        return 1;
+    }
+
+    /* mm_decimal in fewer steps, the same value where both give one: a loop per run of
+       digits instead of a test per character, and a fraction's trailing zeros (which change
+       no value) dropped from the text rather than divided out. */
+    static inline int mm_decimal_runs(const char* s, Py_ssize_t n, double* out) {
+        const char* p = s;
+        const char* end = s + n;
+        const char* from;
+        uint64_t m = 0;
+        int digits, scale = 0, seen;
+        while (p < end && *p == '0') p++;
+        from = p;
+        while (p < end && (unsigned char)(*p - '0') < 10) m = m * 10 + (uint64_t)(*p++ - '0');
+        digits = (int)(p - from);
+        seen = p > s;
+        if (p < end && *p == '.') {
+            const char* fraction = ++p;
+            while (end > fraction && end[-1] == '0') { end--; seen = 1; }
+            if (m == 0) while (p < end && *p == '0') p++;  /* no significant digit yet */
+            from = p;
+            while (p < end && (unsigned char)(*p - '0') < 10) m = m * 10 + (uint64_t)(*p++ - '0');
+            digits += (int)(p - from);
+            scale = (int)(p - fraction);
+            seen = seen || p > fraction;
+        }
+        if (p != end || !seen || digits > 19) return 0;
         if (m > ((uint64_t)1 << 53) || scale > 22) return 0;
         *out = (double)m / mm_pow10[scale];
         return 1;
@@ -149,6 +180,7 @@ cdef extern from *:
         PyObject* price_text  # borrowed from `Levels.owner`
         PyObject* size_text
     bint mm_decimal(const char* s, Py_ssize_t n, double* out) noexcept
+    bint mm_decimal_runs(const char* s, Py_ssize_t n, double* out) noexcept
     double mm_pow10_of "mm_pow10_at"(int k) noexcept
     void mm_crc_init()
     uint32_t mm_crc32(uint32_t crc, const char* data, size_t n)
@@ -1663,66 +1695,27 @@ cdef extern from *:
         while (i < n && (s[i] == ' ' || s[i] == '\\t' || s[i] == '\\n' || s[i] == '\\r')) i++;
         return i;
     }
+    /* 1: a character a scanned string may hold as it is (printable ASCII but `"` and `\\`) */
+    static unsigned char mm_plain_char[256];
+    static void mm_scan_init(void) {
+        for (int c = 0x20; c < 0x7F; c++) mm_plain_char[c] = c != '"' && c != '\\\\';
+    }
     static inline int mm_digits(const char* s, int i, int n) {
         while (i < n && s[i] >= '0' && s[i] <= '9') i++;
         return i;
     }
-    /* Strict JSON, and less: a string with an escape, a control or a non-ASCII character, a
-       number longer than 30 characters or a nesting deeper than 10 are refused (-1) like
-       invalid JSON: the frame then takes the full decoder, which judges it. */
-    static int mm_value(const char* s, int i, int n, MmTape& tape, int depth) {
-        if (depth > 10) return -1;
-        i = mm_ws(s, i, n);
-        if (i >= n) return -1;
-        int at = (int)tape.size();
-        MmTok t = {0, i, 0, at + 1, 0, 0};
-        tape.push_back(t);
+    /* A scalar at s[i] into `t` (a string, a number, true, false, null); the index after
+       it, or -1. */
+    static inline int mm_scalar(const char* s, int i, int n, MmTok* t) {
         char c = s[i];
         if (c == '"') {
             int j = i + 1;
-            for (;;) {
-                if (j >= n) return -1;
-                unsigned char d = (unsigned char)s[j];
-                if (d == '"') break;
-                if (d == '\\\\' || d < 0x20 || d >= 0x80) return -1;
-                j++;
-            }
-            tape[at].kind = '"';
-            tape[at].start = i + 1;
-            tape[at].len = j - i - 1;
+            while (j < n && mm_plain_char[(unsigned char)s[j]]) j++;
+            if (j >= n || s[j] != '"') return -1;  /* an escape, a control, non-ASCII */
+            t->kind = '"';
+            t->start = i + 1;
+            t->len = j - i - 1;
             return j + 1;
-        }
-        if (c == '{' || c == '[') {
-            char close = c == '{' ? '}' : ']';
-            int count = 0;
-            i = mm_ws(s, i + 1, n);
-            if (i < n && s[i] == close) {
-                i++;
-            } else {
-                for (;;) {
-                    if (c == '{') {
-                        i = mm_ws(s, i, n);
-                        if (i >= n || s[i] != '"') return -1;
-                        i = mm_value(s, i, n, tape, depth + 1);  /* the key */
-                        if (i < 0) return -1;
-                        i = mm_ws(s, i, n);
-                        if (i >= n || s[i] != ':') return -1;
-                        i++;
-                    }
-                    i = mm_value(s, i, n, tape, depth + 1);
-                    if (i < 0) return -1;
-                    count++;
-                    i = mm_ws(s, i, n);
-                    if (i >= n) return -1;
-                    if (s[i] == ',') { i++; continue; }
-                    if (s[i] == close) { i++; break; }
-                    return -1;
-                }
-            }
-            tape[at].kind = c;
-            tape[at].count = count;
-            tape[at].next = (int)tape.size();
-            return i;
         }
         if (c == '-' || (c >= '0' && c <= '9')) {
             int j = i, flags = 0, d;
@@ -1746,22 +1739,101 @@ cdef extern from *:
                 if (j == d) return -1;
             }
             if (j - i > 30) return -1;
-            tape[at].kind = 'n';
-            tape[at].len = j - i;
-            tape[at].flags = flags;
+            t->kind = 'n';
+            t->start = i;
+            t->len = j - i;
+            t->flags = flags;
             return j;
         }
-        if (n - i >= 4 && memcmp(s + i, "true", 4) == 0) { tape[at].kind = 't'; return i + 4; }
-        if (n - i >= 5 && memcmp(s + i, "false", 5) == 0) { tape[at].kind = 'f'; return i + 5; }
-        if (n - i >= 4 && memcmp(s + i, "null", 4) == 0) { tape[at].kind = 'z'; return i + 4; }
+        t->start = i;
+        t->len = 0;
+        if (n - i >= 4 && memcmp(s + i, "true", 4) == 0) { t->kind = 't'; return i + 4; }
+        if (n - i >= 5 && memcmp(s + i, "false", 5) == 0) { t->kind = 'f'; return i + 5; }
+        if (n - i >= 4 && memcmp(s + i, "null", 4) == 0) { t->kind = 'z'; return i + 4; }
         return -1;
     }
-    /* The whole text as one JSON value (and nothing after it but whitespace). */
-    static int mm_scan(const char* s, Py_ssize_t n, MmTape& tape) {
-        tape.clear();
-        if (n <= 0 || n > 0x3FFFFFFF) return 0;
-        int i = mm_value(s, 0, (int)n, tape, 0);
-        return i >= 0 && mm_ws(s, i, (int)n) == (int)n;
+    #define MM_WS(i) if (i < n && (unsigned char)s[i] <= ' ') i = mm_ws(s, i, n)
+
+    /* The whole text as one JSON value (and nothing after it but whitespace) on `tape`, in
+       order (an object's key before its value); the number of values, or 0. Strict JSON,
+       and less: a string with an escape, a control or a non-ASCII character, a number
+       longer than 30 characters or a nesting deeper than 10 are refused like invalid JSON
+       (the frame then takes the full decoder, which judges it). */
+    static int mm_scan(const char* s, Py_ssize_t length, MmTape& tape) {
+        if (length <= 0 || length > 0x3FFFFFFF) return 0;
+        int n = (int)length, i = 0, k = 0, depth = 0, open[11];
+        /* every value but the first follows a `,` `:` `[` or `{`, which is no value */
+        size_t need = (size_t)n / 2 + 2;
+        if (tape.size() < need) tape.resize(need);
+        MmTok* t = tape.data();
+        for (;;) {
+            /* a value at i */
+            MM_WS(i);
+            if (i >= n) return 0;
+            MmTok* v = &t[k];
+            v->next = ++k;
+            v->count = 0;
+            v->flags = 0;
+            char c = s[i];
+            if (c == '{' || c == '[') {
+                v->kind = c;
+                v->start = i;
+                v->len = 0;
+                i++;
+                MM_WS(i);
+                if (i < n && s[i] == (c == '{' ? '}' : ']')) {
+                    i++;  /* empty: a value of its container, as any */
+                } else {
+                    if (depth == 10) return 0;
+                    open[depth++] = k - 1;
+                    if (c == '[') continue;
+                    /* an object's first key */
+                    if (i >= n || s[i] != '"') return 0;
+                    v = &t[k];
+                    v->next = ++k;
+                    v->count = 0;
+                    v->flags = 0;
+                    i = mm_scalar(s, i, n, v);
+                    if (i < 0) return 0;
+                    MM_WS(i);
+                    if (i >= n || s[i] != ':') return 0;
+                    i++;
+                    continue;
+                }
+            } else {
+                i = mm_scalar(s, i, n, v);
+                if (i < 0) return 0;
+            }
+            /* a value is done: close what it ends, find the next */
+            for (;;) {
+                MM_WS(i);
+                if (depth == 0) return i == n ? k : 0;
+                if (i >= n) return 0;
+                MmTok* top = &t[open[depth - 1]];
+                top->count++;
+                if (s[i] == ',') {
+                    i++;
+                    if (top->kind == '{') {
+                        MM_WS(i);
+                        if (i >= n || s[i] != '"') return 0;
+                        v = &t[k];
+                        v->next = ++k;
+                        v->count = 0;
+                        v->flags = 0;
+                        i = mm_scalar(s, i, n, v);
+                        if (i < 0) return 0;
+                        MM_WS(i);
+                        if (i >= n || s[i] != ':') return 0;
+                        i++;
+                    }
+                    break;
+                }
+                if (s[i] != (top->kind == '{' ? '}' : ']')) return 0;
+                i++;
+                top->next = k;
+                depth--;
+            }
+        }
     }
     """
     cdef struct Tok "MmTok":
@@ -1772,6 +1844,9 @@ cdef extern from *:
         int count
         int flags
     bint mm_scan(const char* s, Py_ssize_t n, vector[Tok]& tape)
+    void mm_scan_init()
+
+mm_scan_init()
 
 
 cdef enum:
@@ -1780,6 +1855,7 @@ cdef enum:
     _NULL = -3  # (Kraken v1's body: a null key is there, its value None)
 
 
+@cython.final
 cdef class FrameScanner:
     """A venue's `parse` (the compiled core): a frame of its declared usual shape
     (`shape.FrameShape`) is read from its text in one call, levels straight into `Levels`
@@ -1808,6 +1884,7 @@ cdef class FrameScanner:
     cdef vector[string] k_time_ms
     cdef vector[Tok] tape
     cdef const char* text
+    cdef object last  # the BookUpdate last returned (filled again when no one holds it)
     cdef readonly Py_ssize_t scanned  # frames returned from the text
     cdef readonly Py_ssize_t passed  # frames handed to the fallback
 
@@ -1891,14 +1968,20 @@ cdef class FrameScanner:
         """The index of `key`'s value in object `obj`: _ABSENT, or _TWICE if it is there twice
         (an undeclared key (empty) is absent)."""
         cdef int j = obj + 1, k, found = _ABSENT
-        if key.empty():
+        cdef Tok* t = self.tape.data()
+        cdef int n = key.size()
+        cdef const char* name = key.data()
+        if n == 0:
             return _ABSENT
-        for k in range(self.tape[obj].count):
-            if self._is(j, key):
+        for k in range(t[obj].count):
+            # (a key is a string: `mm_scan`)
+            if t[j].len == n and self.text[t[j].start] == name[0] and memcmp(
+                self.text + t[j].start, name, n
+            ) == 0:
                 if found != _ABSENT:
                     return _TWICE
                 found = j + 1
-            j = self.tape[j + 1].next
+            j = t[j + 1].next
         return found
 
     cdef bint _is(self, int at, const string& text) noexcept:
@@ -1973,7 +2056,7 @@ cdef class FrameScanner:
 
     cdef bint _plain(self, int at, double* out) noexcept:
         """A plain decimal (digits, a dot) at `at` (a string's content or a number)."""
-        return mm_decimal(self.text + self.tape[at].start, self.tape[at].len, out)
+        return mm_decimal_runs(self.text + self.tape[at].start, self.tape[at].len, out)
 
     cdef object _seconds_ns(self, int at):
         """`seconds_to_ns` of a plain decimal string in range; None otherwise."""
@@ -2157,9 +2240,7 @@ cdef class FrameScanner:
         asks = self._side(self._get(entry, self.k_asks), formats)
         if asks is None:
             return None
-        return _new_update(
-            instrument, snapshot, bids, asks, last_id, None, cross_seq, ts_ns, checksum
-        )
+        return self._update(instrument, snapshot, bids, asks, last_id, cross_seq, ts_ns, checksum)
 
     cdef object _array(self):
         """`[id, {body}, channel, name]` (Kraken v1): an update (`a` and/or `b`, with `c`)
@@ -2221,7 +2302,7 @@ cdef class FrameScanner:
                 ts_ns = self._seconds_ns(last + 3)
                 if ts_ns is None:
                     return None
-            return _new_update(instrument, False, bids, asks, None, None, -1, ts_ns, checksum)
+            return self._update(instrument, False, bids, asks, None, -1, ts_ns, checksum)
         if a >= 0 or b >= 0 or c >= 0:
             return None
         asks = self._rows(sa) if sa >= 0 else Levels()
@@ -2244,7 +2325,33 @@ cdef class FrameScanner:
             ts_ns = self._seconds_ns(newest)
             if ts_ns is None:
                 return None
-        return _new_update(instrument, True, bids, asks, None, None, -1, ts_ns, None)
+        return self._update(instrument, True, bids, asks, None, -1, ts_ns, None)
+
+    cdef object _update(
+        self, object instrument, bint snapshot, object bids, object asks, object last_id,
+        object cross_seq, object ts_ns, object checksum
+    ):
+        """The frame's BookUpdate: the one returned last, filled again, where nothing else
+        holds it any more (the driver is done with it: no allocation, no collector work), a
+        new one otherwise."""
+        cdef object ev
+        if self.last is None or Py_REFCNT(<PyObject*>self.last) != 1:
+            self.last = _new_update(
+                instrument, snapshot, bids, asks, last_id, None, cross_seq, ts_ns, checksum
+            )
+            return self.last
+        ev = self.last
+        _store(ev, _AT_INSTRUMENT, instrument)
+        _store(ev, _AT_SNAPSHOT, True if snapshot else False)
+        _store(ev, _AT_BIDS, bids)
+        _store(ev, _AT_ASKS, asks)
+        _store(ev, _AT_LAST_ID, last_id)
+        _store(ev, _AT_CROSS_SEQ, cross_seq)
+        _store(ev, _AT_TS_NS, ts_ns)
+        _store(ev, _AT_CHECKSUM, checksum)
+        _store(ev, _AT_FIRST_ID, None)
+        _store(ev, _AT_PREV_ID, None)
+        return ev
 
     cdef int _present(self, int obj, const string& key, int kind) noexcept:
         """A key's value of the given kind: its index; _ABSENT where missing or null (read
