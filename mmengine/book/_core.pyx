@@ -54,6 +54,7 @@ cdef extern from "Python.h":
     object PyType_GenericAlloc(PyTypeObject* kind, Py_ssize_t items)
     PyObject* PyUnicode_New(Py_ssize_t size, unsigned int maxchar) except NULL
     Py_ssize_t Py_REFCNT(PyObject* obj)
+    str _new_ascii "PyUnicode_New"(Py_ssize_t size, unsigned int maxchar)
 
 cdef extern from *:
     """
@@ -676,7 +677,9 @@ cdef str _fixed(double value, int decimals):
                     buf[hi] = swap
                     lo += 1
                     hi -= 1
-                return PyUnicode_FromStringAndSize(buf, n)
+                out = _new_ascii(n, 127)  # (digits and a dot: no decoding needed)
+                memcpy(PyUnicode_DATA(<PyObject*>out), buf, n)
+                return out
     cdef char* text = PyOS_double_to_string(value, b"f", decimals, 0, NULL)
     try:
         return text.decode("ascii")
@@ -1706,7 +1709,7 @@ cdef extern from *:
     }
     /* A scalar at s[i] into `t` (a string, a number, true, false, null); the index after
        it, or -1. */
-    static inline int mm_scalar(const char* s, int i, int n, MmTok* t) {
+    static inline __attribute__((always_inline)) int mm_scalar(const char* s, int i, int n, MmTok* t) {
         char c = s[i];
         if (c == '"') {
             int j = i + 1;
@@ -2054,7 +2057,7 @@ cdef class FrameScanner:
             value = value * 10 + (p[i] - c'0')
         return value
 
-    cdef bint _plain(self, int at, double* out) noexcept:
+    cdef inline bint _plain(self, int at, double* out) noexcept:
         """A plain decimal (digits, a dot) at `at` (a string's content or a number)."""
         return mm_decimal_runs(self.text + self.tape[at].start, self.tape[at].len, out)
 
