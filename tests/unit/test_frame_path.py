@@ -487,3 +487,25 @@ def test_the_scanner_is_the_compiled_core_venues_parse_only_where_declared() -> 
         kind = type(cls(spec).parse).__name__
         assert kind == ("FrameScanner" if getattr(cls, "frame_shape", None) else "method")
         assert type(cls(dataclasses.replace(spec, book_core="python")).parse).__name__ == "method"
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    texts=st.lists(
+        st.from_regex(r"\A0{0,3}[0-9]{0,20}(\.[0-9]{0,20}0{0,9})?\Z"), min_size=2, max_size=8
+    )
+)
+def test_the_scanner_reads_decimal_strings_as_float_does(texts: list[str]) -> None:
+    """Digit runs of every length (the scanner reads eight at a time), leading and trailing
+    zeros, a dot anywhere: the same levels as the reference (`float()`), or the same
+    refusal."""
+    rows = [[texts[i], texts[i + 1]] for i in range(0, len(texts) - 1, 2)]
+    data = {"s": "BTCUSDT", "b": rows, "a": rows[::-1], "u": 7, "seq": 9}
+    frame = orjson.dumps({"topic": "orderbook.50.BTCUSDT", "type": "snapshot", "data": data})
+    ref = PROTOCOLS["bybit-v5-spot"](
+        VenueSpec("v", "bybit-v5-spot", ("BTC-USDT",), 50, book_core="python")
+    )
+    got = PROTOCOLS["bybit-v5-spot"](
+        VenueSpec("v", "bybit-v5-spot", ("BTC-USDT",), 50, book_core="compiled")
+    )
+    assert _parse(got, frame.decode()) == _parse(ref, frame.decode()), frame
