@@ -697,6 +697,8 @@ cdef class BookSide:
     cdef LevelMap ladder  # key: price (asks) or -price (bids), so begin() is the best level
     cdef list top_prices  # the lists of the last BookTop (`_top_lists`); None: none yet
     cdef list top_sizes
+    cdef Py_ssize_t top_n  # ...of its best `top_n` levels
+    cdef bint top_dirty  # the side changed since (any level set, deleted or cleared)
     # Kraken: the checksum forms of the levels its text was last written from, best first
     # (a level whose strings are the same objects is not written again)
     cdef vector[Form] forms
@@ -710,6 +712,7 @@ cdef class BookSide:
         self.is_bid = is_bid
         self.keep_wire = keep_wire
         self.sign = -1.0 if is_bid else 1.0
+        self.top_dirty = True
 
     def __dealloc__(self) -> None:
         self._clear()
@@ -790,6 +793,7 @@ cdef class BookSide:
                 Py_XDECREF(deref(it).second.size_text)
                 inc(it)
         self.ladder.clear()
+        self.top_dirty = True
 
     def clear(self) -> None:
         self._clear()
@@ -799,11 +803,13 @@ cdef class BookSide:
             Py_XDECREF(deref(it).second.price_text)
             Py_XDECREF(deref(it).second.size_text)
         self.ladder.erase(it)
+        self.top_dirty = True
 
     cdef inline void _set(self, double key, const Entry& entry):
         """Set a level; a zero size deletes it (a price not held: nothing to do)."""
         cdef LevelIter it = self.ladder.lower_bound(key)
         cdef Level level
+        self.top_dirty = True
         if entry.size == 0.0:
             if it != self.ladder.end() and deref(it).first == key:
                 self._erase(it)
@@ -973,6 +979,8 @@ cdef class BookSide:
         cdef vector[double] big_prices, big_sizes  # (a tool's or a test's longer top)
         cdef double* prices_now = small_prices
         cdef double* sizes_now = small_sizes
+        if not self.top_dirty and n == self.top_n and self.top_prices is not None:
+            return  # (the lists are the side's as it is: the other side changed)
         if count > 64:
             big_prices.resize(count)
             big_sizes.resize(count)
@@ -994,6 +1002,8 @@ cdef class BookSide:
             self.top_prices = _float_list(prices_now, count)
         if not same_sizes:
             self.top_sizes = _float_list(sizes_now, count)
+        self.top_dirty = False
+        self.top_n = n
 
 
 cdef list _float_list(const double* values, Py_ssize_t count):
