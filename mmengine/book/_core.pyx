@@ -2267,7 +2267,7 @@ cdef class FrameScanner:
         if self.tape[1].kind != c'n' or self.tape[1].flags != 0 or self.tape[1].len > 18:
             return None
         body = self.tape[1].next
-        if self.tape[body].kind != c'{' or not self._unique(body):
+        if self.tape[body].kind != c'{':  # (a key twice or one not declared: refused below)
             return None
         at = self.tape[body].next
         if self.tape[at].kind != c'"' or self.tape[at + 1].kind != c'"':
