@@ -6,8 +6,9 @@ key, a number it does not read exactly) takes the venue's own parse, unchanged. 
 module declares; the scanning is shared code here and in `_core.pyx`.
 
 Route names (`books`, `symbols`, `formats`, `channel`) are attributes of the venue object,
-read when its first frame is scanned: the dicts are read in place, so a Kraken v2 pair's
-precisions learnt later are seen.
+read when its first frame is scanned (after the venue's `__init__`): `books` and `channel`
+are copied then (a venue's names for its books are fixed for its life); `symbols` and
+`formats` are read in place, so a Kraken v2 pair's precisions learnt later are seen.
 """
 
 from __future__ import annotations
