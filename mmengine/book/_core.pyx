@@ -2088,7 +2088,7 @@ cdef class FrameScanner:
         cdef bint wire = self.wire
         if self.tape[arr].kind != c'[':
             return None
-        out = Levels()
+        out = Levels.__new__(Levels)  # (no __init__ to look up)
         out.entries.reserve(self.tape[arr].count)
         out.owns = wire
         entry.price_text = NULL
@@ -2122,7 +2122,7 @@ cdef class FrameScanner:
         cdef int j = arr + 1, k, p, q
         if self.tape[arr].kind != c'[':
             return None
-        out = Levels()
+        out = Levels.__new__(Levels)
         out.entries.reserve(self.tape[arr].count)
         out.owns = True
         entry.price_text = NULL
