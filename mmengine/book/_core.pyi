@@ -6,9 +6,11 @@ reference's lists of tuples, the stub says so. `tests/unit/test_book_cores.py` c
 two cores agree at run time; `tests/unit/test_core_stub.py` checks this file names what
 the extension defines."""
 
+from collections.abc import Callable
 from typing import Any
 
-from mmengine.book.events import BookUpdate
+from mmengine.book.events import BookUpdate, Event
+from mmengine.book.shape import FrameShape
 from mmengine.model import BookState, BookTop
 
 class Levels:
@@ -125,3 +127,20 @@ class FramePath:
     def limits(self, max_frame_bytes: int, top_levels: int) -> None: ...
     def receive(self, frame: str, recv_ns: int) -> None: ...
     def on_book(self, ev: BookUpdate, recv_ns: int) -> None: ...
+
+class FrameScanner:
+    """A venue's `parse` reading its usual book frame (`shape.FrameShape`) from the text, in
+    C; every other frame it hands to the venue's own parse (`fallback`)."""
+
+    scanned: int  # frames read from the text
+    passed: int  # frames handed to the fallback
+
+    def __init__(
+        self,
+        shape: FrameShape,
+        venue: Any,
+        start: str,
+        fallback: Callable[[str], list[Event] | BookUpdate],
+        keep_wire: bool,
+    ) -> None: ...
+    def __call__(self, frame: str) -> list[Event] | BookUpdate: ...

@@ -52,6 +52,9 @@ cdef extern from "Python.h":
     Py_ssize_t PyUnicode_GET_LENGTH(PyObject* text)
     void* PyUnicode_DATA(PyObject* text)
     object PyType_GenericAlloc(PyTypeObject* kind, Py_ssize_t items)
+    PyObject* PyUnicode_New(Py_ssize_t size, unsigned int maxchar) except NULL
+    Py_ssize_t Py_REFCNT(PyObject* obj)
+    str _new_ascii "PyUnicode_New"(Py_ssize_t size, unsigned int maxchar)
 
 cdef extern from *:
     """
@@ -96,6 +99,36 @@ cdef extern from *:
         }
         if (!seen) return 0;
         while (scale > 0 && m != 0 && m % 10 == 0) { m /= 10; scale--; }
+        if (m > ((uint64_t)1 << 53) || scale > 22) return 0;
+        *out = (double)m / mm_pow10[scale];
+        return 1;
+    }
+
+    /* mm_decimal in fewer steps, the same value where both give one: a loop per run of
+       digits instead of a test per character, and a fraction's trailing zeros (which change
+       no value) dropped from the text rather than divided out. */
+    static inline int mm_decimal_runs(const char* s, Py_ssize_t n, double* out) {
+        const char* p = s;
+        const char* end = s + n;
+        const char* from;
+        uint64_t m = 0;
+        int digits, scale = 0, seen;
+        while (p < end && *p == '0') p++;
+        from = p;
+        while (p < end && (unsigned char)(*p - '0') < 10) m = m * 10 + (uint64_t)(*p++ - '0');
+        digits = (int)(p - from);
+        seen = p > s;
+        if (p < end && *p == '.') {
+            const char* fraction = ++p;
+            while (end > fraction && end[-1] == '0') { end--; seen = 1; }
+            if (m == 0) while (p < end && *p == '0') p++;  /* no significant digit yet */
+            from = p;
+            while (p < end && (unsigned char)(*p - '0') < 10) m = m * 10 + (uint64_t)(*p++ - '0');
+            digits += (int)(p - from);
+            scale = (int)(p - fraction);
+            seen = seen || p > fraction;
+        }
+        if (p != end || !seen || digits > 19) return 0;
         if (m > ((uint64_t)1 << 53) || scale > 22) return 0;
         *out = (double)m / mm_pow10[scale];
         return 1;
@@ -148,6 +181,7 @@ cdef extern from *:
         PyObject* price_text  # borrowed from `Levels.owner`
         PyObject* size_text
     bint mm_decimal(const char* s, Py_ssize_t n, double* out) noexcept
+    bint mm_decimal_runs(const char* s, Py_ssize_t n, double* out) noexcept
     double mm_pow10_of "mm_pow10_at"(int k) noexcept
     void mm_crc_init()
     uint32_t mm_crc32(uint32_t crc, const char* data, size_t n)
@@ -230,6 +264,14 @@ cdef class Levels:
 
     cdef vector[Entry] entries
     cdef object owner
+    cdef bint owns  # the entries' strings are references of its own (`FrameScanner`)
+
+    def __dealloc__(self) -> None:
+        cdef size_t i
+        if self.owns:
+            for i in range(self.entries.size()):
+                Py_XDECREF(self.entries[i].price_text)
+                Py_XDECREF(self.entries[i].size_text)
 
     def __len__(self) -> int:
         return self.entries.size()
@@ -635,7 +677,9 @@ cdef str _fixed(double value, int decimals):
                     buf[hi] = swap
                     lo += 1
                     hi -= 1
-                return PyUnicode_FromStringAndSize(buf, n)
+                out = _new_ascii(n, 127)  # (digits and a dot: no decoding needed)
+                memcpy(PyUnicode_DATA(<PyObject*>out), buf, n)
+                return out
     cdef char* text = PyOS_double_to_string(value, b"f", decimals, 0, NULL)
     try:
         return text.decode("ascii")
@@ -653,6 +697,8 @@ cdef class BookSide:
     cdef LevelMap ladder  # key: price (asks) or -price (bids), so begin() is the best level
     cdef list top_prices  # the lists of the last BookTop (`_top_lists`); None: none yet
     cdef list top_sizes
+    cdef Py_ssize_t top_n  # ...of its best `top_n` levels
+    cdef bint top_dirty  # the side changed since (any level set, deleted or cleared)
     # Kraken: the checksum forms of the levels its text was last written from, best first
     # (a level whose strings are the same objects is not written again)
     cdef vector[Form] forms
@@ -666,6 +712,7 @@ cdef class BookSide:
         self.is_bid = is_bid
         self.keep_wire = keep_wire
         self.sign = -1.0 if is_bid else 1.0
+        self.top_dirty = True
 
     def __dealloc__(self) -> None:
         self._clear()
@@ -746,6 +793,7 @@ cdef class BookSide:
                 Py_XDECREF(deref(it).second.size_text)
                 inc(it)
         self.ladder.clear()
+        self.top_dirty = True
 
     def clear(self) -> None:
         self._clear()
@@ -755,11 +803,13 @@ cdef class BookSide:
             Py_XDECREF(deref(it).second.price_text)
             Py_XDECREF(deref(it).second.size_text)
         self.ladder.erase(it)
+        self.top_dirty = True
 
     cdef inline void _set(self, double key, const Entry& entry):
         """Set a level; a zero size deletes it (a price not held: nothing to do)."""
         cdef LevelIter it = self.ladder.lower_bound(key)
         cdef Level level
+        self.top_dirty = True
         if entry.size == 0.0:
             if it != self.ladder.end() and deref(it).first == key:
                 self._erase(it)
@@ -929,6 +979,8 @@ cdef class BookSide:
         cdef vector[double] big_prices, big_sizes  # (a tool's or a test's longer top)
         cdef double* prices_now = small_prices
         cdef double* sizes_now = small_sizes
+        if not self.top_dirty and n == self.top_n and self.top_prices is not None:
+            return  # (the lists are the side's as it is: the other side changed)
         if count > 64:
             big_prices.resize(count)
             big_sizes.resize(count)
@@ -950,6 +1002,8 @@ cdef class BookSide:
             self.top_prices = _float_list(prices_now, count)
         if not same_sizes:
             self.top_sizes = _float_list(sizes_now, count)
+        self.top_dirty = False
+        self.top_n = n
 
 
 cdef list _float_list(const double* values, Py_ssize_t count):
@@ -1387,8 +1441,12 @@ cdef class FramePath:
         if len(frame) > self.max_frame_bytes:
             self.skip("frame_too_large", f"{len(frame)} characters")
             return
+        parse = driver._parse
         try:
-            events = driver._parse(frame)
+            if type(parse) is FrameScanner:
+                events = (<FrameScanner>parse)._parse(frame)
+            else:
+                events = parse(frame)
         except Exception as exc:
             if isinstance(exc, self.parse_errors):
                 self.parse_failed(exc)
@@ -1631,3 +1689,714 @@ cdef object _newest_third(object rows, object newest):
         best = text
         best_size = size
     return newest
+
+
+# --- the usual book frame scanned from its text (`shape.FrameShape`) --------------------------
+
+
+cdef extern from *:
+    """
+    #include <vector>
+    /* One JSON value of a scanned frame: kind '{' '[' '"' 'n' 't' 'f' 'z' (null); a string's
+       span is its content (no quotes); `next` is the index after the value and everything
+       in it; `count` the elements (array) or pairs (object); `flags` of a number: 1 a
+       minus, 2 a fraction, 4 an exponent. */
+    struct MmTok { int kind; int start; int len; int next; int count; int flags; };
+    typedef std::vector<MmTok> MmTape;
+
+    static inline int mm_ws(const char* s, int i, int n) {
+        while (i < n && (s[i] == ' ' || s[i] == '\\t' || s[i] == '\\n' || s[i] == '\\r')) i++;
+        return i;
+    }
+    /* 1: a character a scanned string may hold as it is (printable ASCII but `"` and `\\`) */
+    static unsigned char mm_plain_char[256];
+    static void mm_scan_init(void) {
+        for (int c = 0x20; c < 0x7F; c++) mm_plain_char[c] = c != '"' && c != '\\\\';
+    }
+    static inline int mm_digits(const char* s, int i, int n) {
+        while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+        return i;
+    }
+    /* A scalar at s[i] into `t` (a string, a number, true, false, null); the index after
+       it, or -1. */
+    static inline __attribute__((always_inline)) int mm_scalar(const char* s, int i, int n, MmTok* t) {
+        char c = s[i];
+        if (c == '"') {
+            int j = i + 1;
+            while (j < n && mm_plain_char[(unsigned char)s[j]]) j++;
+            if (j >= n || s[j] != '"') return -1;  /* an escape, a control, non-ASCII */
+            t->kind = '"';
+            t->start = i + 1;
+            t->len = j - i - 1;
+            return j + 1;
+        }
+        if (c == '-' || (c >= '0' && c <= '9')) {
+            int j = i, flags = 0, d;
+            if (s[j] == '-') { flags |= 1; j++; }
+            if (j >= n) return -1;
+            if (s[j] == '0') j++;
+            else if (s[j] >= '1' && s[j] <= '9') j = mm_digits(s, j, n);
+            else return -1;
+            if (j < n && s[j] == '.') {
+                flags |= 2;
+                d = ++j;
+                j = mm_digits(s, j, n);
+                if (j == d) return -1;
+            }
+            if (j < n && (s[j] == 'e' || s[j] == 'E')) {
+                flags |= 4;
+                j++;
+                if (j < n && (s[j] == '+' || s[j] == '-')) j++;
+                d = j;
+                j = mm_digits(s, j, n);
+                if (j == d) return -1;
+            }
+            if (j - i > 30) return -1;
+            t->kind = 'n';
+            t->start = i;
+            t->len = j - i;
+            t->flags = flags;
+            return j;
+        }
+        t->start = i;
+        t->len = 0;
+        if (n - i >= 4 && memcmp(s + i, "true", 4) == 0) { t->kind = 't'; return i + 4; }
+        if (n - i >= 5 && memcmp(s + i, "false", 5) == 0) { t->kind = 'f'; return i + 5; }
+        if (n - i >= 4 && memcmp(s + i, "null", 4) == 0) { t->kind = 'z'; return i + 4; }
+        return -1;
+    }
+    #define MM_WS(i) if (i < n && (unsigned char)s[i] <= ' ') i = mm_ws(s, i, n)
+
+    /* The whole text as one JSON value (and nothing after it but whitespace) on `tape`, in
+       order (an object's key before its value); the number of values, or 0. Strict JSON,
+       and less: a string with an escape, a control or a non-ASCII character, a number
+       longer than 30 characters or a nesting deeper than 10 are refused like invalid JSON
+       (the frame then takes the full decoder, which judges it). */
+    static int mm_scan(const char* s, Py_ssize_t length, MmTape& tape) {
+        if (length <= 0 || length > 0x3FFFFFFF) return 0;
+        int n = (int)length, i = 0, k = 0, depth = 0, open[11];
+        /* every value but the first follows a `,` `:` `[` or `{`, which is no value */
+        size_t need = (size_t)n / 2 + 2;
+        if (tape.size() < need) tape.resize(need);
+        MmTok* t = tape.data();
+        for (;;) {
+            /* a value at i */
+            MM_WS(i);
+            if (i >= n) return 0;
+            MmTok* v = &t[k];
+            v->next = ++k;
+            v->count = 0;
+            v->flags = 0;
+            char c = s[i];
+            if (c == '{' || c == '[') {
+                v->kind = c;
+                v->start = i;
+                v->len = 0;
+                i++;
+                MM_WS(i);
+                if (i < n && s[i] == (c == '{' ? '}' : ']')) {
+                    i++;  /* empty: a value of its container, as any */
+                } else {
+                    if (depth == 10) return 0;
+                    open[depth++] = k - 1;
+                    if (c == '[') continue;
+                    /* an object's first key */
+                    if (i >= n || s[i] != '"') return 0;
+                    v = &t[k];
+                    v->next = ++k;
+                    v->count = 0;
+                    v->flags = 0;
+                    i = mm_scalar(s, i, n, v);
+                    if (i < 0) return 0;
+                    MM_WS(i);
+                    if (i >= n || s[i] != ':') return 0;
+                    i++;
+                    continue;
+                }
+            } else {
+                i = mm_scalar(s, i, n, v);
+                if (i < 0) return 0;
+            }
+            /* a value is done: close what it ends, find the next */
+            for (;;) {
+                MM_WS(i);
+                if (depth == 0) return i == n ? k : 0;
+                if (i >= n) return 0;
+                MmTok* top = &t[open[depth - 1]];
+                top->count++;
+                if (s[i] == ',') {
+                    i++;
+                    if (top->kind == '{') {
+                        MM_WS(i);
+                        if (i >= n || s[i] != '"') return 0;
+                        v = &t[k];
+                        v->next = ++k;
+                        v->count = 0;
+                        v->flags = 0;
+                        i = mm_scalar(s, i, n, v);
+                        if (i < 0) return 0;
+                        MM_WS(i);
+                        if (i >= n || s[i] != ':') return 0;
+                        i++;
+                    }
+                    break;
+                }
+                if (s[i] != (top->kind == '{' ? '}' : ']')) return 0;
+                i++;
+                top->next = k;
+                depth--;
+            }
+        }
+    }
+    """
+    cdef struct Tok "MmTok":
+        int kind
+        int start
+        int len
+        int next
+        int count
+        int flags
+    bint mm_scan(const char* s, Py_ssize_t n, vector[Tok]& tape)
+    void mm_scan_init()
+
+mm_scan_init()
+
+
+cdef enum:
+    _ABSENT = -1
+    _TWICE = -2
+    _NULL = -3  # (Kraken v1's body: a null key is there, its value None)
+
+
+@cython.final
+cdef class FrameScanner:
+    """A venue's `parse` (the compiled core): a frame of its declared usual shape
+    (`shape.FrameShape`) is read from its text in one call, levels straight into `Levels`
+    with no Python object per level (Kraken v1's strings excepted: its checksum keeps them),
+    and returned as the BookUpdate the venue's own parse would give. Anything else goes to
+    that parse (`fallback`), unchanged: another shape or value type, a JSON escape or
+    non-ASCII text, a duplicated key, a number that is not a plain decimal, a level or
+    field the venue's decoder would refuse. So a frame is refused, skipped or applied
+    exactly as without the scanner (`tests/unit/test_frame_path.py`)."""
+
+    cdef object fallback
+    cdef object venue  # read at the first frame (`_ready`), then dropped
+    cdef object shape
+    cdef string k_start
+    cdef bint ready, array_layout, numbers, wire, entry_list, sides_required
+    cdef bint route_in_entry
+    cdef vector[string] route_keys  # the frame's names of our books, and for each...
+    cdef list route_items  # ...(its name as a str, our instrument), read once (`_ready`)
+    cdef dict symbols
+    cdef dict formats
+    cdef string k_channel
+    cdef bint check_channel
+    cdef string k_bids, k_asks, k_route, k_symbol, k_price, k_size, k_kind, k_snapshot
+    cdef string k_delta, k_entry, k_last_id, k_cross_seq, k_timestamp, k_checksum
+    cdef string k_snap_bids, k_snap_asks
+    cdef vector[string] k_time_ms
+    cdef vector[Tok] tape
+    cdef const char* text
+    cdef object last  # the BookUpdate last returned (filled again when no one holds it)
+    cdef readonly Py_ssize_t scanned  # frames returned from the text
+    cdef readonly Py_ssize_t passed  # frames handed to the fallback
+
+    def __init__(self, shape: object, venue: object, start: str, fallback: object,
+                 keep_wire: bool) -> None:
+        if shape.layout not in ("array", "object") or shape.levels not in ("strings", "numbers"):
+            raise ValueError(f"unknown frame shape {shape!r}")
+        self.shape = shape
+        self.venue = venue
+        self.k_start = _key_text(start)
+        self.fallback = fallback
+        self.array_layout = shape.layout == "array"
+        self.numbers = shape.levels == "numbers"
+        self.wire = keep_wire
+        self.entry_list = shape.entry_list
+        self.sides_required = shape.sides_required
+        self.route_in_entry = shape.route_in_entry
+        self.k_bids = _key_text(shape.bids)
+        self.k_asks = _key_text(shape.asks)
+        self.k_route = _key_text(shape.route)
+        self.k_symbol = _key_text(shape.symbol)
+        self.k_price = _key_text(shape.price)
+        self.k_size = _key_text(shape.size)
+        self.k_kind = _key_text(shape.kind)
+        self.k_snapshot = _key_text(shape.snapshot)
+        self.k_delta = _key_text(shape.delta)
+        self.k_entry = _key_text(shape.entry)
+        self.k_last_id = _key_text(shape.last_id)
+        self.k_cross_seq = _key_text(shape.cross_seq)
+        self.k_timestamp = _key_text(shape.timestamp)
+        self.k_checksum = _key_text(shape.checksum)
+        self.k_snap_bids = _key_text(shape.snapshot_bids)
+        self.k_snap_asks = _key_text(shape.snapshot_asks)
+        for key in shape.time_ms:
+            self.k_time_ms.push_back(_key_text(key))
+
+    cdef void _ready(self) except *:
+        shape = self.shape
+        venue = self.venue
+        self.route_items = []
+        for name, instrument in getattr(venue, shape.books).items():
+            self.route_keys.push_back(_key_text(name))
+            self.route_items.append((name, instrument))
+        self.symbols = getattr(venue, shape.symbols) if shape.symbols else None
+        self.formats = getattr(venue, shape.formats) if shape.formats else None
+        self.check_channel = bool(shape.channel)
+        if self.check_channel:
+            self.k_channel = _key_text(getattr(venue, shape.channel))
+        if (self.symbols is None) != (not shape.symbol) or (self.formats is None) == self.numbers:
+            raise ValueError(f"frame shape {shape!r}: its routes do not match its levels")
+        self.venue = None
+        self.ready = True
+
+    def __call__(self, frame: str) -> object:
+        """The venue's `parse`."""
+        return self._parse(frame)
+
+    cdef object _parse(self, object frame):
+        cdef object got = None
+        cdef Py_ssize_t n
+        if type(frame) is str and PyUnicode_IS_COMPACT_ASCII(<PyObject*>frame):
+            n = PyUnicode_GET_LENGTH(<PyObject*>frame)
+            self.text = <const char*>PyUnicode_DATA(<PyObject*>frame)
+            if <size_t>n >= self.k_start.size() and memcmp(
+                self.text, self.k_start.data(), self.k_start.size()
+            ) == 0:
+                if not self.ready:
+                    self._ready()
+                if mm_scan(self.text, n, self.tape):
+                    got = self._array() if self.array_layout else self._object()
+            self.text = NULL
+        if got is None:
+            self.passed += 1
+            return self.fallback(frame)
+        self.scanned += 1
+        return got
+
+    # --- reading the tape -------------------------------------------------------------------
+
+    cdef int _get(self, int obj, const string& key) noexcept:
+        """The index of `key`'s value in object `obj`: _ABSENT, or _TWICE if it is there twice
+        (an undeclared key (empty) is absent)."""
+        cdef int j = obj + 1, k, found = _ABSENT
+        cdef Tok* t = self.tape.data()
+        cdef int n = key.size()
+        cdef const char* name = key.data()
+        if n == 0:
+            return _ABSENT
+        for k in range(t[obj].count):
+            # (a key is a string: `mm_scan`)
+            if t[j].len == n and self.text[t[j].start] == name[0] and memcmp(
+                self.text + t[j].start, name, n
+            ) == 0:
+                if found != _ABSENT:
+                    return _TWICE
+                found = j + 1
+            j = t[j + 1].next
+        return found
+
+    cdef bint _is(self, int at, const string& text) noexcept:
+        """Whether string `at` is `text`."""
+        return (
+            self.tape[at].kind == c'"'
+            and <size_t>self.tape[at].len == text.size()
+            and memcmp(self.text + self.tape[at].start, text.data(), text.size()) == 0
+        )
+
+    cdef bint _unique(self, int obj) noexcept:
+        """No key of object `obj` is there twice (which value a decoder keeps is its own)."""
+        cdef int a = obj + 1, b, i, k
+        for i in range(self.tape[obj].count):
+            b = self.tape[a + 1].next
+            for k in range(i + 1, self.tape[obj].count):
+                if (
+                    self.tape[a].len == self.tape[b].len
+                    and memcmp(self.text + self.tape[a].start, self.text + self.tape[b].start,
+                               self.tape[a].len) == 0
+                ):
+                    return False
+                b = self.tape[b + 1].next
+            a = self.tape[a + 1].next
+        return True
+
+    cdef str _str(self, int at):
+        return <str>self._ascii(at)
+
+    cdef PyObject* _ascii(self, int at) except NULL:
+        """String `at` as a new str (a new reference): its text is ASCII (`mm_scan`)."""
+        cdef PyObject* out = PyUnicode_New(self.tape[at].len, 127)
+        memcpy(PyUnicode_DATA(out), self.text + self.tape[at].start, self.tape[at].len)
+        return out
+
+    cdef object _route(self, int at):
+        """(name, instrument) of the book string `at` names; None if none of ours."""
+        cdef size_t i
+        if at < 0 or self.tape[at].kind != c'"':
+            return None
+        for i in range(self.route_keys.size()):
+            if self._is(at, self.route_keys[i]):
+                return self.route_items[i]
+        return None
+
+    cdef object _checksum_text(self, int at):
+        """A string of 1 to 18 ASCII digits as an int (`_digits`); None otherwise."""
+        cdef long long value = 0
+        cdef int i
+        cdef const char* p = self.text + self.tape[at].start
+        if self.tape[at].kind != c'"' or not (1 <= self.tape[at].len <= 18):
+            return None
+        for i in range(self.tape[at].len):
+            if p[i] < c'0' or p[i] > c'9':
+                return None
+            value = value * 10 + (p[i] - c'0')
+        return value
+
+    cdef object _int(self, int at):
+        """A JSON integer of 1 to 18 digits, no sign, as an int; None otherwise."""
+        cdef long long value = 0
+        cdef int i
+        cdef const char* p
+        if at < 0 or self.tape[at].kind != c'n' or self.tape[at].flags != 0:
+            return None
+        if self.tape[at].len > 18:
+            return None
+        p = self.text + self.tape[at].start
+        for i in range(self.tape[at].len):
+            value = value * 10 + (p[i] - c'0')
+        return value
+
+    cdef inline bint _plain(self, int at, double* out) noexcept:
+        """A plain decimal (digits, a dot) at `at` (a string's content or a number)."""
+        return mm_decimal_runs(self.text + self.tape[at].start, self.tape[at].len, out)
+
+    cdef object _seconds_ns(self, int at):
+        """`seconds_to_ns` of a plain decimal string in range; None otherwise."""
+        cdef double seconds
+        if not self._plain(at, &seconds) or not (0.0 <= seconds < 1e11):
+            return None
+        return PyLong_FromDouble(seconds * 1e9)
+
+    cdef Levels _rows(self, int arr):
+        """`[["price", "size", ...], ...]`: every element a string, the first two clean
+        levels; None otherwise."""
+        cdef Levels out
+        cdef Entry entry
+        cdef int j = arr + 1, k, e
+        cdef Tok row
+        cdef bint wire = self.wire
+        if self.tape[arr].kind != c'[':
+            return None
+        out = Levels.__new__(Levels)  # (no __init__ to look up)
+        out.entries.reserve(self.tape[arr].count)
+        out.owns = wire
+        entry.price_text = NULL
+        entry.size_text = NULL
+        for k in range(self.tape[arr].count):
+            row = self.tape[j]
+            if row.kind != c'[' or row.count < 2 or row.next - j - 1 != row.count:
+                return None
+            for e in range(j + 1, row.next):
+                if self.tape[e].kind != c'"':
+                    return None
+            if not self._plain(j + 1, &entry.price) or not self._plain(j + 2, &entry.size):
+                return None
+            if not (0.0 < entry.price < INF and 0.0 <= entry.size < INF):
+                return None
+            if wire:
+                entry.price_text = self._ascii(j + 1)
+                entry.size_text = NULL
+                out.entries.push_back(entry)
+                out.entries.back().size_text = self._ascii(j + 2)
+            else:
+                out.entries.push_back(entry)
+            j = row.next
+        return out
+
+    cdef Levels _numbers(self, int arr, int price_decimals, int size_decimals):
+        """`[{"price": 1.5, "qty": 2}, ...]` plain non-negative numbers, written with the
+        pair's precisions (`LevelDecoder.kraken_numbers`); None otherwise."""
+        cdef Levels out
+        cdef Entry entry
+        cdef int j = arr + 1, k, p, q
+        if self.tape[arr].kind != c'[':
+            return None
+        out = Levels.__new__(Levels)
+        out.entries.reserve(self.tape[arr].count)
+        out.owns = True
+        entry.price_text = NULL
+        entry.size_text = NULL
+        for k in range(self.tape[arr].count):
+            if self.tape[j].kind != c'{':
+                return None
+            p = self._get(j, self.k_price)
+            q = self._get(j, self.k_size)
+            if p < 0 or q < 0 or self.tape[p].kind != c'n' or self.tape[q].kind != c'n':
+                return None
+            if (self.tape[p].flags | self.tape[q].flags) & 5:  # a sign or an exponent
+                return None
+            if not self._plain(p, &entry.price) or not self._plain(q, &entry.size):
+                return None
+            if not (0.0 < entry.price < INF and 0.0 <= entry.size < INF):
+                return None
+            out.entries.push_back(entry)
+            text = _fixed(entry.price, price_decimals)
+            Py_INCREF(text)
+            out.entries.back().price_text = <PyObject*>text
+            text = _fixed(entry.size, size_decimals)
+            Py_INCREF(text)
+            out.entries.back().size_text = <PyObject*>text
+            j = self.tape[j].next
+        return out
+
+    cdef Levels _side(self, int at, object formats):
+        """A side's levels at `at` (_ABSENT: none, where the shape allows it)."""
+        if at == _ABSENT and not self.sides_required:
+            return Levels()
+        if at < 0:
+            return None
+        if formats is not None:
+            return self._numbers(at, (<tuple>formats)[0], (<tuple>formats)[1])
+        return self._rows(at)
+
+    # --- the two layouts --------------------------------------------------------------------
+
+    cdef object _object(self):
+        """`{kind, entry: {levels, ...}, ...}` (Bybit, Kraken v2)."""
+        cdef int kind, entry, route, at, i
+        cdef bint snapshot
+        cdef Levels bids, asks
+        cdef PyObject* found
+        cdef Py_ssize_t n
+        cdef const char* expected
+        if self.tape[0].kind != c'{' or not self._unique(0):
+            return None
+        kind = self._get(0, self.k_kind)
+        if kind < 0:
+            return None
+        if self._is(kind, self.k_snapshot):
+            snapshot = True
+        elif self._is(kind, self.k_delta):
+            snapshot = False
+        else:
+            return None
+        entry = self._get(0, self.k_entry)
+        if entry < 0:
+            return None
+        if self.entry_list:
+            if self.tape[entry].kind != c'[' or self.tape[entry].count != 1:
+                return None
+            entry += 1
+        if self.tape[entry].kind != c'{' or not self._unique(entry):
+            return None
+        routed = self._route(self._get(entry if self.route_in_entry else 0, self.k_route))
+        if routed is None:
+            return None
+        name, instrument = <tuple>routed
+        if self.symbols is not None:  # the entry's symbol is the book's
+            at = self._get(entry, self.k_symbol)
+            found = PyDict_GetItem(self.symbols, instrument)
+            if at < 0 or found == NULL or type(<object>found) is not str:
+                return None
+            expected = _utf8(found, &n)
+            if self.tape[at].kind != c'"' or self.tape[at].len != n:
+                return None
+            if memcmp(self.text + self.tape[at].start, expected, n) != 0:
+                return None
+        formats = None
+        if self.formats is not None:
+            found = PyDict_GetItem(self.formats, name)
+            if found == NULL or type(<object>found) is not tuple:
+                return None
+            formats = <object>found
+        last_id = None
+        if not self.k_last_id.empty():
+            last_id = self._int(self._get(entry, self.k_last_id))
+            if last_id is None:
+                return None
+        cross_seq = -1
+        at = self._get(entry, self.k_cross_seq)
+        if at != _ABSENT:
+            cross_seq = self._int(at)
+            if cross_seq is None:
+                return None
+        ts_ns = None
+        if self.k_time_ms.size():
+            ts = None
+            for i in range(<int>self.k_time_ms.size()):
+                at = self._get(0, self.k_time_ms[i])
+                if at != _ABSENT:
+                    value = self._int(at)
+                    if value is None:
+                        return None
+                    if ts is None:
+                        ts = value
+            ts_ns = 0 if ts is None else ts * 1_000_000
+        at = self._get(entry, self.k_timestamp)
+        if at != _ABSENT and self.tape[at].kind != c'z':
+            if self.tape[at].kind != c'"':
+                return None
+            if self.tape[at].len:
+                ts_ns = _rfc3339_ns(self._str(at))
+                if ts_ns is None:
+                    return None
+        checksum = None
+        at = self._get(entry, self.k_checksum)
+        if at != _ABSENT and self.tape[at].kind != c'z':
+            checksum = self._int(at)
+            if checksum is None:
+                return None
+        bids = self._side(self._get(entry, self.k_bids), formats)
+        if bids is None:
+            return None
+        asks = self._side(self._get(entry, self.k_asks), formats)
+        if asks is None:
+            return None
+        return self._update(instrument, snapshot, bids, asks, last_id, cross_seq, ts_ns, checksum)
+
+    cdef object _array(self):
+        """`[id, {body}, channel, name]` (Kraken v1): an update (`a` and/or `b`, with `c`)
+        or a snapshot (`as`, `bs`), as `LevelDecoder.kraken_update` / `kraken_snapshot`."""
+        cdef int body, at, a, b, c, sa, sb, j, k, last = -1, newest = -1, length
+        cdef int keys
+        cdef PyObject* found
+        cdef object asks, bids
+        if self.tape[0].kind != c'[' or self.tape[0].count != 4:
+            return None
+        if self.tape[1].kind != c'n' or self.tape[1].flags != 0 or self.tape[1].len > 18:
+            return None
+        body = self.tape[1].next
+        if self.tape[body].kind != c'{':  # (a key twice or one not declared: refused below)
+            return None
+        at = self.tape[body].next
+        if self.tape[at].kind != c'"' or self.tape[at + 1].kind != c'"':
+            return None
+        if self.check_channel and not self._is(at, self.k_channel):
+            return None
+        routed = self._route(at + 1)
+        if routed is None:
+            return None
+        instrument = (<tuple>routed)[1]
+        a = self._present(body, self.k_asks, c'[')
+        b = self._present(body, self.k_bids, c'[')
+        c = self._present(body, self.k_checksum, c'"')
+        sa = self._present(body, self.k_snap_asks, c'[')
+        sb = self._present(body, self.k_snap_bids, c'[')
+        if a == _TWICE or b == _TWICE or c == _TWICE or sa == _TWICE or sb == _TWICE:
+            return None
+        keys = (a != _ABSENT) + (b != _ABSENT) + (c != _ABSENT) + (sa != _ABSENT) + (sb != _ABSENT)
+        if keys != self.tape[body].count:
+            return None  # a key the body does not have
+        if sa == _ABSENT and sb == _ABSENT:
+            if c < 0:
+                return None
+            checksum = self._checksum_text(c)
+            if checksum is None:
+                return None
+            asks = []
+            bids = []
+            if a >= 0:
+                asks = self._rows(a)
+                if asks is None:
+                    return None
+                if self.tape[a].count:
+                    last = self._last(a)
+            if b >= 0:
+                bids = self._rows(b)
+                if bids is None:
+                    return None
+                if self.tape[b].count:
+                    last = self._last(b)
+            ts_ns = None
+            if last >= 0:
+                if self.tape[last].count < 3:
+                    return None
+                ts_ns = self._seconds_ns(last + 3)
+                if ts_ns is None:
+                    return None
+            return self._update(instrument, False, bids, asks, None, -1, ts_ns, checksum)
+        if a >= 0 or b >= 0 or c >= 0:
+            return None
+        asks = self._rows(sa) if sa >= 0 else Levels()
+        bids = self._rows(sb) if sb >= 0 else Levels()
+        if asks is None or bids is None:
+            return None
+        for at in (sa, sb):  # the newest level's time: the greatest string
+            if at < 0:
+                continue
+            j = at + 1
+            for k in range(self.tape[at].count):
+                if self.tape[j].count < 3:
+                    return None
+                if newest < 0 or self._after(j + 3, newest):
+                    newest = j + 3
+                j = self.tape[j].next
+        if newest < 0:
+            ts_ns = 0
+        else:
+            ts_ns = self._seconds_ns(newest)
+            if ts_ns is None:
+                return None
+        return self._update(instrument, True, bids, asks, None, -1, ts_ns, None)
+
+    cdef object _update(
+        self, object instrument, bint snapshot, object bids, object asks, object last_id,
+        object cross_seq, object ts_ns, object checksum
+    ):
+        """The frame's BookUpdate: the one returned last, filled again, where nothing else
+        holds it any more (the driver is done with it: no allocation, no collector work), a
+        new one otherwise."""
+        cdef object ev
+        if self.last is None or Py_REFCNT(<PyObject*>self.last) != 1:
+            self.last = _new_update(
+                instrument, snapshot, bids, asks, last_id, None, cross_seq, ts_ns, checksum
+            )
+            return self.last
+        ev = self.last
+        _store(ev, _AT_INSTRUMENT, instrument)
+        _store(ev, _AT_SNAPSHOT, True if snapshot else False)
+        _store(ev, _AT_BIDS, bids)
+        _store(ev, _AT_ASKS, asks)
+        _store(ev, _AT_LAST_ID, last_id)
+        _store(ev, _AT_CROSS_SEQ, cross_seq)
+        _store(ev, _AT_TS_NS, ts_ns)
+        _store(ev, _AT_CHECKSUM, checksum)
+        _store(ev, _AT_FIRST_ID, None)
+        _store(ev, _AT_PREV_ID, None)
+        return ev
+
+    cdef int _present(self, int obj, const string& key, int kind) noexcept:
+        """A key's value of the given kind: its index; _ABSENT where missing or null (read
+        as missing, as `.get` and the venue's Structs do); _TWICE where it is not usable.
+        (A null key still counts as there: `_NULL`.)"""
+        cdef int at = self._get(obj, key)
+        if at == _ABSENT or at == _TWICE:
+            return at
+        if self.tape[at].kind == c'z':
+            return _NULL
+        if self.tape[at].kind != kind:
+            return _TWICE
+        return at
+
+    cdef int _last(self, int arr) noexcept:
+        """The index of the last element of array `arr`."""
+        cdef int j = arr + 1, k
+        for k in range(self.tape[arr].count - 1):
+            j = self.tape[j].next
+        return j
+
+    cdef bint _after(self, int at, int than) noexcept:
+        """Whether string `at` sorts after string `than` (as `max()` of str compares)."""
+        cdef int n = self.tape[at].len, m = self.tape[than].len
+        cdef int order = memcmp(self.text + self.tape[at].start, self.text + self.tape[than].start,
+                                n if n < m else m)
+        return order > 0 or (order == 0 and n > m)
+
+
+cdef string _key_text(object key):
+    """A declared key as bytes; empty where the shape declares none."""
+    cdef string out
+    if key:
+        out = (<str>key).encode("ascii")
+    return out

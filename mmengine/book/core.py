@@ -45,6 +45,9 @@ class BookCore:
     # `FramePath(driver, ...)`: the driver's `receive` / `on_book` in C; None: the driver's
     # own Python methods (the reference)
     frame_path: type[Any] | None = None
+    # `FrameScanner(shape, venue, start, fallback, keep_wire)`: a venue's `parse` reading its
+    # usual book frame from the text (`shape.FrameShape`); None: the venue's own parse
+    scanner: type[Any] | None = None
 
 
 def core_name(name: str | None = None) -> str:
@@ -74,7 +77,7 @@ def _load(chosen: str) -> BookCore:
                 f"slower: `engine.book_core: python` or {ENV}=python."
             ]
         ) from exc
-    return BookCore(COMPILED, _core.L2Book, _core.LevelDecoder, _core.FramePath)
+    return BookCore(COMPILED, _core.L2Book, _core.LevelDecoder, _core.FramePath, _core.FrameScanner)
 
 
 def book_core(name: str | None = None) -> BookCore:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 import orjson
@@ -23,7 +23,12 @@ from mmengine.book.core import book_core
 from mmengine.book.events import BookUpdate, ContractSize, Event
 from mmengine.book.integrity import ChecksumRule, SequenceRule, Unsequenced
 from mmengine.book.levels import LevelDecoder
+from mmengine.book.shape import FrameShape
 from mmengine.errors import FrameError
+
+# An integer of a typed frame (`TypedBookFrames`) within int64: orjson, the reference's
+# decoder, reads a greater one as a float, which the venue modules refuse (msgspec would not).
+WireInt = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 # A venue's published subscribe-request limit where it has none (Kraken, Bybit): Binance's
 # 5 per second, the strictest per-second figure of the five venues.
@@ -172,10 +177,13 @@ class TypedBookFrames(VenueProtocol):
     Struct (`book_frame`: no dict lookups, cheaper than orjson) and handed to `book_update`,
     which turns it into a BookUpdate in one call where the book core has it. Anything else
     (another shape, a msgspec error, a book_update of None) is decoded by orjson and judged
-    by `_parse_message`, the reference for every frame."""
+    by `_parse_message`, the reference for every frame. With the compiled core, a venue
+    that declares its usual frame (`frame_shape`) has it read from the text by the core's
+    scanner first, which hands this parse anything it does not recognise."""
 
     book_start: ClassVar[str]  # how the venue (and our simulator) begins a book frame
     book_frame: ClassVar[msgspec.json.Decoder[Any]]  # into the venue's Struct
+    frame_shape: ClassVar[FrameShape | None] = None  # the usual frame, for the scanner
 
     def __init__(self, spec: VenueSpec) -> None:
         super().__init__(spec)
@@ -186,6 +194,12 @@ class TypedBookFrames(VenueProtocol):
             # The reference core decodes no book message in one call (`book_update` would
             # give None after msgspec's decode): each frame is decoded once, by orjson.
             self.parse = self._parse_json  # type: ignore[method-assign]
+            return
+        scanner = book_core(spec.book_core).scanner
+        if self.frame_shape is not None and scanner is not None:
+            self.parse = scanner(  # type: ignore[method-assign]
+                self.frame_shape, self, self.book_start, self.parse, self.keep_wire
+            )
 
     def parse(self, frame: str) -> list[Event] | BookUpdate:
         if frame.startswith(self._book_start):

@@ -40,8 +40,9 @@ from mmengine.book.events import (
 )
 from mmengine.book.integrity import ContiguousIds
 from mmengine.book.levels import LevelDecoder
+from mmengine.book.shape import FrameShape
 from mmengine.errors import FrameError, VenueRejected
-from mmengine.venues.base import TypedBookFrames, VenueSpec, integer, sent_objects
+from mmengine.venues.base import TypedBookFrames, VenueSpec, WireInt, integer, sent_objects
 
 SPOT_URL = "wss://stream.bybit.com/v5/public/spot"
 DEPTHS = (1, 50, 200, 1000)  # orderbook.N for spot and linear (5.2)
@@ -58,8 +59,8 @@ class _BookData(Struct, gc=False):
     s: str
     b: list[list[str]]
     a: list[list[str]]
-    u: int
-    seq: int | UnsetType = UNSET
+    u: WireInt
+    seq: WireInt | UnsetType = UNSET
 
 
 class _BookFrame(Struct, gc=False):
@@ -69,8 +70,8 @@ class _BookFrame(Struct, gc=False):
     topic: str
     type: str
     data: _BookData
-    ts: int | UnsetType = UNSET
-    cts: int | UnsetType = UNSET
+    ts: WireInt | UnsetType = UNSET
+    cts: WireInt | UnsetType = UNSET
 
 
 def spot_symbol(instrument: str) -> str:
@@ -120,6 +121,10 @@ class BybitBook(TypedBookFrames):
     ticker_audit: ClassVar[bool] = False  # the category's tickers carry bid1/ask1
     book_start = '{"topic":"orderbook.'  # as Bybit (and our simulator) write them: `topic` first
     book_frame = msgspec.json.Decoder(_BookFrame)
+    frame_shape = FrameShape(  # `_BookFrame`, its `data.s` the topic's symbol
+        "object", "strings", bids="b", asks="a", books="by_topic", route="topic",
+        symbols="symbols", symbol="s", last_id="u", cross_seq="seq", time_ms=("cts", "ts"),
+    )  # fmt: skip
 
     def __init__(self, spec: VenueSpec) -> None:
         super().__init__(spec)

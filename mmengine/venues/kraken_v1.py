@@ -25,6 +25,7 @@ from mmengine.book.events import (
     lost_update,
 )
 from mmengine.book.levels import LevelDecoder, one
+from mmengine.book.shape import FrameShape
 from mmengine.errors import FrameError, VenueRejected
 from mmengine.venues.base import VenueSpec, seconds_to_ns
 from mmengine.venues.kraken import KrakenBook, spot_pair
@@ -121,6 +122,10 @@ class KrakenV1(KrakenBook):
     ping = '{{"event":"ping","reqid":{}}}'
     book_start = "["  # a data frame (events are objects)
     book_frame = msgspec.json.Decoder(_BookFrame)
+    frame_shape = FrameShape(  # [id, {"a"/"b": rows, "c"} or {"as", "bs"}, channel, pair]
+        "array", "strings", bids="b", asks="a", checksum="c", snapshot_bids="bs",
+        snapshot_asks="as", books="by_symbol", route="pair", channel="channel",
+    )  # fmt: skip
     wire_symbol = staticmethod(v1_pair)
 
     def __init__(self, spec: VenueSpec) -> None:

@@ -1,11 +1,10 @@
 """Kraken spot WebSocket v2 `book` (venue thread).
 
-Integrity is the same CRC32 as v1 (`mmengine.venues.kraken`, venue-protocols.md 3.4, the
-shared `KrakenCrc32`), on the snapshot and on every update. v2 sends prices and sizes as JSON
-numbers, so they are first written with the pair's `price_precision` / `qty_precision`. We
-take those from the v2 `instrument` channel: it is subscribed first on every connection, and
-a pair's `book` is subscribed as soon as its precisions are known, so no book message ever
-arrives that we cannot verify. If a pair's precisions change, its book starts over.
+Integrity is v1's CRC32 (`mmengine.venues.kraken`, venue-protocols.md 3.4, `KrakenCrc32`),
+on the snapshot and every update. v2 sends prices and sizes as JSON numbers, first written
+with the pair's `price_precision` / `qty_precision`, from the v2 `instrument` channel: it is
+subscribed first on every connection, and a pair's `book` as soon as its precisions are
+known, so no book message arrives that we cannot verify. New precisions restart its book.
 
 A mismatch drops that pair's book and resubscribes that pair alone; the other pairs stay
 LIVE. A book update that cannot be used resyncs its pair (nothing else would reveal it).
@@ -31,8 +30,9 @@ from mmengine.book.events import (
     lost_update,
 )
 from mmengine.book.levels import number
+from mmengine.book.shape import FrameShape
 from mmengine.errors import FrameError, VenueRejected
-from mmengine.venues.base import VenueSpec, rfc3339_ns
+from mmengine.venues.base import VenueSpec, WireInt, rfc3339_ns
 from mmengine.venues.kraken import KrakenBook, spot_pair
 
 WS_URL_V2 = "wss://ws.kraken.com/v2"
@@ -47,7 +47,7 @@ class _BookEntry(Struct, gc=False):
     symbol: str
     bids: list[_Level] = field(default_factory=list)
     asks: list[_Level] = field(default_factory=list)
-    checksum: int | None = None
+    checksum: WireInt | None = None
     timestamp: str | None = None
 
 
@@ -82,6 +82,10 @@ class KrakenV2(KrakenBook):
     ping = '{{"method":"ping","req_id":{}}}'
     book_start = '{"channel":"book"'  # how Kraken (and our simulator) begin book frames
     book_frame = msgspec.json.Decoder(_BookFrame)
+    frame_shape = FrameShape(  # `_BookFrame` with one entry, of a pair whose precisions we know
+        "object", "numbers", bids="bids", asks="asks", books="by_symbol", route="symbol",
+        route_in_entry=True, formats="formats", delta="update", entry_list=True,
+        sides_required=False, timestamp="timestamp", checksum="checksum")  # fmt: skip
     wire_symbol = staticmethod(v2_symbol)
 
     def __init__(self, spec: VenueSpec) -> None:

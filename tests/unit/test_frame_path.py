@@ -19,6 +19,7 @@ import dataclasses
 import datetime
 import os
 import random
+import re
 from typing import Any
 
 import orjson
@@ -32,7 +33,7 @@ from mmengine.book.levels import checksum_form
 from mmengine.book.sync import BookDriver
 from mmengine.capture import CaptureEvent, read_capture
 from mmengine.errors import FrameError
-from mmengine.replay import CaptureSession, replay_events
+from mmengine.replay import CaptureSession, plan_venues, replay_events
 from mmengine.venues.base import VenueSpec
 from mmengine.venues.registry import PROTOCOLS
 from tests.conformance.conftest import captures
@@ -263,7 +264,7 @@ def test_kraken_v1_frames_parse_the_same(
         body: dict[str, Any] = {"as": rows, "bs": rows[::-1]}
     else:
         body = {key: rows for key in side} | {"c": checksum}
-    frame = orjson.dumps([42, body, "book-1000", pair]).decode()
+    frame = orjson.dumps([42, body, "book-100", pair]).decode()  # (the venue's depth: 100)
     _both("kraken-v1", ("BTC-USD", "ETH-USD"), [], frame)
 
 
@@ -379,3 +380,155 @@ def test_the_driver_state_classes_are_slotted_for_the_compiled_path() -> None:
     driver.venue_stats = Unslotted()  # type: ignore[assignment]
     with pytest.raises(TypeError, match="not a slot"):
         _core.FramePath(driver, ContiguousIds, IntegrityError, PARSE_ERRORS)
+
+
+# --- the frame scanner: a frame's text read in C (`_core.FrameScanner`) -------------------------
+
+SCANNED = [c for c in CAPTURES if c.path.name in FAST]
+TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?')
+SPACED = re.compile(r'"(?:[^"\\]|\\.)*"|[,:\[\]{}]')  # (strings are kept as they are)
+SPACES = {",": " ,\t", ":": ": \n", "[": "[ ", "]": "\r]", "{": "{ ", "}": " }"}
+
+
+def _nested_reversed(doc: Any, top: bool = True) -> Any:
+    """Every object's keys in reverse order but the top object's (the frame still begins as
+    the venue's book frames do, so the scanner reads it)."""
+    if isinstance(doc, list):
+        return [_nested_reversed(x, False) for x in doc]
+    if isinstance(doc, dict):
+        items = [(k, _nested_reversed(v, False)) for k, v in doc.items()]
+        return dict(items if top else items[::-1])
+    return doc
+
+
+def _variants(frame: str, start: str, rng: random.Random) -> dict[str, str]:
+    """Texts near a book frame (which begins with `start`): the same JSON value written
+    otherwise (the scanner must read it, or hand it on), and damage of the kinds a text
+    reader can get wrong."""
+    tokens = list(TOKEN.finditer(frame))
+    one = rng.choice(tokens) if tokens else None
+    rest = frame[len(start) :]
+    out = {
+        "spaced": start + SPACED.sub(lambda m: SPACES.get(m.group(), m.group()), rest),
+        "leading space": " " + frame,
+        "trailing newline": frame + "\r\n",
+        "trailing junk": frame + "x",
+        "reordered": orjson.dumps(_nested_reversed(orjson.loads(frame))).decode(),
+        "truncated": frame[: rng.randrange(1, len(frame))],
+        "a byte changed": _changed(frame, rng),
+        "non-ascii": frame.replace('"', '"\u00e9', 1) if rng.random() < 0.5 else frame + " \u00e9",
+    }
+    if one is not None:
+        text = one.group()
+        at, end = one.span()
+        if text.startswith('"') and len(text) > 2:
+            # a JSON escape of the same character
+            out["escaped"] = frame[: at + 1] + f"\\u{ord(text[1]):04x}" + frame[at + 2 :]
+            if TOKEN.fullmatch(text[1:-1]) and text[1:-1][:1].isdigit():
+                out["string as number"] = frame[:at] + text[1:-1] + frame[end:]
+            out["duplicated key"] = frame[:at] + text + ":1," + frame[at:]
+        elif not text.startswith('"'):
+            out["number as string"] = frame[:at] + f'"{text}"' + frame[end:]
+            out["exponent"] = frame[:at] + text + "e0" + frame[end:]
+            out["leading zero"] = frame[:at] + "0" + text + frame[end:]
+            out["negative"] = frame[:at] + "-" + text + frame[end:]
+            out["fraction"] = frame[:at] + text + ".0" + frame[end:]
+            out["twenty digits"] = frame[:at] + "9" * 20 + frame[end:]
+    return out
+
+
+def _changed(frame: str, rng: random.Random) -> str:
+    at = rng.randrange(len(frame))
+    return frame[:at] + rng.choice('"{}[],:0.e-\\ aZ9') + frame[at + 1 :]
+
+
+def _venues(plan: Any) -> tuple[Any, Any]:
+    """(the reference core's venue, the compiled core's) for a capture's plan."""
+    spec = plan.spec
+    ref = PROTOCOLS[spec.protocol](dataclasses.replace(spec, book_core="python"))
+    got = PROTOCOLS[spec.protocol](dataclasses.replace(spec, book_core="compiled"))
+    assert type(got.parse).__name__ == "FrameScanner"
+    return ref, got
+
+
+@pytest.mark.parametrize(
+    "capture", SCANNED, ids=[f"{c.path.name}:{c.venue_name or ''}" for c in SCANNED]
+)
+def test_the_scanner_reads_every_frame_as_the_venue_parse_does(capture: Any) -> None:
+    """Every frame of the capture, and texts near each book frame: the same event or the
+    same refusal as the reference core's venue (whose parse is orjson and the venue
+    module's own code); the usual frame, also spaced out or with its keys in another order,
+    is read by the scanner, and a frame with an escape is not."""
+    header, events = read_capture(capture.path)
+    plans, _ = plan_venues(header, events, True, 1000, capture.venue_name, None)
+    ref, got = _venues(plans[0])
+    scanner = got.parse
+    rng = random.Random(capture.path.name)
+    scanned: dict[str, list[int]] = {}
+    for e in sorted((e for e in plans[0].events if e.kind == "recv"), key=lambda e: e.ts):
+        before = scanner.scanned
+        assert _parse(got, e.data) == _parse(ref, e.data), e.data
+        if scanner.scanned == before:
+            continue  # not a usual book frame: its variants are no test of the scanner
+        for label, text in _variants(e.data, got.book_start, rng).items():
+            before = scanner.scanned
+            assert _parse(got, text) == _parse(ref, text), (label, text)
+            scanned.setdefault(label, []).append(scanner.scanned - before)
+    assert scanner.scanned > 400
+    for label in ("spaced", "trailing newline", "reordered"):
+        assert all(scanned[label]), f"{label}: not read by the scanner"
+    for label in ("leading space", "trailing junk", "truncated", "non-ascii", "escaped"):
+        assert not any(scanned[label]), f"{label}: read by the scanner"
+
+
+def test_the_scanner_is_the_compiled_core_venues_parse_only_where_declared() -> None:
+    for protocol, cls in PROTOCOLS.items():
+        spec = VenueSpec("v", protocol, (), book_core="compiled")
+        kind = type(cls(spec).parse).__name__
+        assert kind == ("FrameScanner" if getattr(cls, "frame_shape", None) else "method")
+        assert type(cls(dataclasses.replace(spec, book_core="python")).parse).__name__ == "method"
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    texts=st.lists(
+        st.from_regex(r"\A0{0,3}[0-9]{0,20}(\.[0-9]{0,20}0{0,9})?\Z"), min_size=2, max_size=8
+    )
+)
+def test_the_scanner_reads_decimal_strings_as_float_does(texts: list[str]) -> None:
+    """Digit runs of every length (the scanner reads eight at a time), leading and trailing
+    zeros, a dot anywhere: the same levels as the reference (`float()`), or the same
+    refusal."""
+    rows = [[texts[i], texts[i + 1]] for i in range(0, len(texts) - 1, 2)]
+    data = {"s": "BTCUSDT", "b": rows, "a": rows[::-1], "u": 7, "seq": 9}
+    frame = orjson.dumps({"topic": "orderbook.50.BTCUSDT", "type": "snapshot", "data": data})
+    ref = PROTOCOLS["bybit-v5-spot"](
+        VenueSpec("v", "bybit-v5-spot", ("BTC-USDT",), 50, book_core="python")
+    )
+    got = PROTOCOLS["bybit-v5-spot"](
+        VenueSpec("v", "bybit-v5-spot", ("BTC-USDT",), 50, book_core="compiled")
+    )
+    assert _parse(got, frame.decode()) == _parse(ref, frame.decode()), frame
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"b":[["1.5","2.0","1618678133.365913"]],"b":[["1.6","2.0","1618678133.365913"]],"c":"1"}',
+        '{"b":[["1.5","2.0","1618678133.365913"]],"c":"1","c":"2"}',
+        '{"b":[["1.5","2.0","1618678133.365913"]],"c":"1","x":1}',
+        '{"as":[["1.5","2.0","1618678133.365913"]],"bs":[],"as":[]}',
+        '{"b":[["1.5","2.0","1618678133.365913"]],"c":"1","bs":null}',
+        '{"b":null,"a":[["1.5","2.0","1618678133.365913"]],"c":"123"}',
+    ],
+)
+def test_the_scanner_hands_on_a_kraken_body_it_cannot_take_at_once(body: str) -> None:
+    """A key twice or one the body does not have: handed to the venue's parse (the
+    reference's outcome); a null side is read as absent, as the Structs read it."""
+    frame = f'[42,{body},"book-100","XBT/USD"]'
+    ref = _venue("kraken-v1", "python", ("BTC-USD",))
+    got = _venue("kraken-v1", "compiled", ("BTC-USD",))
+    passed = got.parse.passed
+    assert _parse(got, frame) == _parse(ref, frame)
+    read = "null" in body and '"bs":null' not in body  # the last case is read
+    assert got.parse.passed == passed + (0 if read else 1)
