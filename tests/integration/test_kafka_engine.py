@@ -137,9 +137,15 @@ def test_every_ipc_price_reaches_the_topic_once_in_order_and_kafka_tail_shows_it
     assert sum(len(rows) for rows in got.values()) == priced
     # Every Price seen on IPC is on the topic, identical.
     on_topic = {(p["instrument"], p["seq"]): p for rows in got.values() for p in rows}
-    assert len(ipc.got) > 0.9 * priced
     for _, price in ipc.got:
         assert on_topic[(price["instrument"], price["seq"])] == price
+    # A SUB misses what was published before its subscription reached the engine (a loaded
+    # machine took 0.4 s once); from its first Price of an instrument to its last it misses
+    # none.
+    assert len(ipc.got) > 0.5 * priced
+    for inst in INSTRUMENTS:
+        seqs = [p["seq"] for _, p in ipc.got if p["instrument"] == inst]
+        assert seqs == list(range(seqs[0], seqs[-1] + 1)), inst
     # ...and they are quoted: the ladders that went through Kafka are not empty.
     quoted = [p for p in on_topic.values() if not p["halted"]]
     assert len(quoted) >= 0.95 * priced
