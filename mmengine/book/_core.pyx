@@ -1766,6 +1766,21 @@ cdef extern from *:
         return -1;
     }
     #define MM_WS(i) if (i < n && (unsigned char)s[i] <= ' ') i = mm_ws(s, i, n)
+    /* An object's key at i (a string, then its `:`) onto the tape at k; i after the `:`,
+       or -1 when the text is not that. */
+    static inline __attribute__((always_inline)) int mm_key(
+            const char* s, int i, int n, MmTok* t, int& k) {
+        if (i >= n || s[i] != '"') return -1;
+        MmTok* v = &t[k];
+        v->next = ++k;
+        v->count = 0;
+        v->flags = 0;
+        i = mm_scalar(s, i, n, v);
+        if (i < 0) return -1;
+        MM_WS(i);
+        if (i >= n || s[i] != ':') return -1;
+        return i + 1;
+    }
 
     /* The whole text as one JSON value (and nothing after it but whitespace) on `tape`, in
        order (an object's key before its value); the number of values, or 0. Strict JSON,
@@ -1801,16 +1816,8 @@ cdef extern from *:
                     open[depth++] = k - 1;
                     if (c == '[') continue;
                     /* an object's first key */
-                    if (i >= n || s[i] != '"') return 0;
-                    v = &t[k];
-                    v->next = ++k;
-                    v->count = 0;
-                    v->flags = 0;
-                    i = mm_scalar(s, i, n, v);
+                    i = mm_key(s, i, n, t, k);
                     if (i < 0) return 0;
-                    MM_WS(i);
-                    if (i >= n || s[i] != ':') return 0;
-                    i++;
                     continue;
                 }
             } else {
@@ -1828,16 +1835,8 @@ cdef extern from *:
                     i++;
                     if (top->kind == '{') {
                         MM_WS(i);
-                        if (i >= n || s[i] != '"') return 0;
-                        v = &t[k];
-                        v->next = ++k;
-                        v->count = 0;
-                        v->flags = 0;
-                        i = mm_scalar(s, i, n, v);
+                        i = mm_key(s, i, n, t, k);
                         if (i < 0) return 0;
-                        MM_WS(i);
-                        if (i >= n || s[i] != ':') return 0;
-                        i++;
                     }
                     break;
                 }

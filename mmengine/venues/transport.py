@@ -106,21 +106,21 @@ class FrameReader:
 
     def buffered(self) -> bool:
         """Whether a whole frame is in the buffer (the next `next()` need not read)."""
-        pos = self._pos
-        avail = self._end - pos
+        size = self._header(self._pos, self._end - self._pos)
+        return size is not None and size[0] + size[1] <= self._end - self._pos
+
+    def _header(self, pos: int, avail: int) -> tuple[int, int] | None:
+        """(header bytes, payload length) of the frame at `pos`; None while its header is
+        not all in the buffer."""
         if avail < 2:
-            return False
-        length = self._buf[pos + 1] & 0x7F
-        head = 2
-        if length == 126:
-            head = 4
-        elif length == 127:
-            head = 10
+            return None
+        length = self._buf[pos + 1] & 0x7F  # unmasked: the 7-bit length
+        if length < 126:
+            return 2, length
+        head = 4 if length == 126 else 10
         if avail < head:
-            return False
-        if head > 2:
-            length = int.from_bytes(self._buf[pos + 2 : pos + head], "big")
-        return head + length <= avail
+            return None
+        return head, int.from_bytes(self._buf[pos + 2 : pos + head], "big")
 
     def _frame(self) -> tuple[bool, int, bytes] | None:
         """Cut one frame out of the buffer (reading the rest of a large one); None when the
@@ -132,24 +132,15 @@ class FrameReader:
         if avail < 2:
             return None
         b0 = buf[pos]
-        b1 = buf[pos + 1]
-        if b0 & 0x70 or b1 & 0x80:
+        if b0 & 0x70 or buf[pos + 1] & 0x80:
             raise websocket.WebSocketProtocolException(
                 "a server frame with reserved bits or a mask"
             )
         opcode = b0 & 0x0F
-        length = b1  # unmasked: the 7-bit length
-        head = 2
-        if length == 126:
-            head = 4
-            if avail < head:
-                return None
-            length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
-        elif length == 127:
-            head = 10
-            if avail < head:
-                return None
-            length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+        size = self._header(pos, avail)
+        if size is None:
+            return None
+        head, length = size
         if opcode & 0x8 and (length > 125 or not b0 & 0x80):
             raise websocket.WebSocketProtocolException("a control frame too long or fragmented")
         stop = pos + head + length

@@ -144,6 +144,32 @@ class Subscriber:
         self.ctx.term()
 
 
+class BooksStream(threading.Thread):
+    """Every BookTop on an engine's `books` stream, decoded with the official `avro`
+    package, as it arrives (`got`, in order)."""
+
+    def __init__(self, engine: EngineProcess) -> None:
+        super().__init__(daemon=True)
+        doc = json.loads((engine.run_dir / "endpoints.json").read_text())
+        self.sub = Subscriber(doc["ipc"]["books"]["endpoint"])
+        self.got: list[dict[str, Any]] = []
+        self.halt = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            if self.sub.sock.poll(50):
+                self.got.append(official_decode("book_top.avsc", self.sub.sock.recv_multipart()[1]))
+
+    def states(self, instrument: str) -> list[str]:
+        return [t["state"] for t in list(self.got) if t["instrument"] == instrument]
+
+    def finish(self) -> None:
+        self.halt.set()
+        self.join(5)
+        self.sub.close()
+
+
 def frozen_live_tops(
     engine: EngineProcess, sims: list[Any], instruments: int
 ) -> dict[str, dict[str, Any]]:

@@ -6,8 +6,6 @@ capture served back by the simulator to a venue connection.
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from typing import Any
 
@@ -23,7 +21,10 @@ from mmengine.venues.binance_futures import (
     snapshot_weight,
 )
 from mmengine.venues.transport import VenueConnection
-from tests.integration.conftest import EngineProcess, Subscriber, frozen_live_tops, official_decode
+from tests.integration.conftest import (
+    BooksStream,
+    frozen_live_tops,
+)
 from tests.venue_session import Tops, wait_for
 
 pytestmark = pytest.mark.integration
@@ -116,32 +117,10 @@ def test_the_simulator_serves_the_recorded_capture_back(data_dir: Any) -> None:
     assert not conn.is_alive()
 
 
-class BookStates(threading.Thread):
-    """(state, recv_ts_ns) of every BookTop on an engine's books stream, as it arrives."""
-
-    def __init__(self, engine: EngineProcess) -> None:
-        super().__init__(daemon=True)
-        doc = json.loads((engine.run_dir / "endpoints.json").read_text())
-        self.sub = Subscriber(doc["ipc"]["books"]["endpoint"])
-        self.got: list[tuple[str, int]] = []
-        self.halt = threading.Event()
-        self.start()
-
-    def run(self) -> None:
-        while not self.halt.is_set():
-            if self.sub.sock.poll(50):
-                top = official_decode("book_top.avsc", self.sub.sock.recv_multipart()[1])
-                self.got.append((top["state"], top["recv_ts_ns"]))
-
-    def live_since(self, ts_ns: int) -> bool:
-        """The book's latest top is LIVE, received after `ts_ns`."""
-        got = list(self.got)
-        return bool(got) and got[-1][0] == "LIVE" and got[-1][1] > ts_ns
-
-    def finish(self) -> None:
-        self.halt.set()
-        self.join(5)
-        self.sub.close()
+def live_since(books: BooksStream, ts_ns: int) -> bool:
+    """The book's latest top is LIVE, received after `ts_ns`."""
+    got = list(books.got)
+    return bool(got) and got[-1]["state"] == "LIVE" and got[-1]["recv_ts_ns"] > ts_ns
 
 
 GAP_EVERY_S = 0.025
@@ -176,8 +155,8 @@ def test_resync_snapshots_respect_the_rest_weight_budget(
                 "limits": {"reconnect_max_s": 0.5},
             }
         )
-        books = BookStates(engine)
-        wait_for(lambda: books.live_since(0), 15)
+        books = BooksStream(engine)
+        wait_for(lambda: live_since(books, 0), 15)
         gaps = 0
         gapping, gapping_ns = time.monotonic(), time.time_ns()
         while time.monotonic() - gapping < GAPS_FOR_S:
@@ -204,7 +183,7 @@ def test_resync_snapshots_respect_the_rest_weight_budget(
         assert used <= budget + weight, (used, budget)
         # Once the gaps stop, the budget refills and the book comes back, and stays: LIVE
         # a second after the last gap could have been seen.
-        wait_for(lambda: books.live_since(stopped_ns + 1_000_000_000), 15)
+        wait_for(lambda: live_since(books, stopped_ns + 1_000_000_000), 15)
         assert engine.stop() == 0, engine.output
         print(next(ln for ln in engine.output.splitlines() if ln.startswith(f"{protocol}: ")))
         books.finish()
@@ -212,7 +191,7 @@ def test_resync_snapshots_respect_the_rest_weight_budget(
         # The gaps are resynced on the open connection: nothing reconnected for a budget.
         assert sim.stats["connections"] == 1
     waits, down_since = [], None
-    for state, recv_ns in books.got:
+    for state, recv_ns in ((t["state"], t["recv_ts_ns"]) for t in books.got):
         if recv_ns < gapping_ns:
             continue  # the first sync (COIN-M also waits for its exchangeInfo there)
         if state != "LIVE" and down_since is None:

@@ -12,7 +12,6 @@ import re
 import stat
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from typing import Any
@@ -23,7 +22,7 @@ import websocket
 
 from mmengine.dev.simulator import start_simulator
 from tests.conftest import free_port, wait_for
-from tests.integration.conftest import EngineProcess, Subscriber, official_decode
+from tests.integration.conftest import BooksStream, EngineProcess
 from tests.integration.pg_support import (  # noqa: F401 (fixtures)
     PgServer,
     pg,
@@ -60,36 +59,11 @@ def summary_line(engine: EngineProcess, venue: str) -> str:
     return next(ln for ln in engine.output.splitlines() if ln.startswith(f"{venue}: "))
 
 
-class Tops(threading.Thread):
-    """Every BookTop on an engine's books stream, as it arrives."""
-
-    def __init__(self, engine: EngineProcess) -> None:
-        super().__init__(daemon=True)
-        doc = json.loads((engine.run_dir / "endpoints.json").read_text())
-        self.sub = Subscriber(doc["ipc"]["books"]["endpoint"])
-        self.got: list[dict[str, Any]] = []
-        self.halt = threading.Event()
-        self.start()
-
-    def run(self) -> None:
-        while not self.halt.is_set():
-            if self.sub.sock.poll(50):
-                self.got.append(official_decode("book_top.avsc", self.sub.sock.recv_multipart()[1]))
-
-    def states(self, instrument: str) -> list[str]:
-        return [t["state"] for t in list(self.got) if t["instrument"] == instrument]
-
-    def finish(self) -> None:
-        self.halt.set()
-        self.join(5)
-        self.sub.close()
-
-
 def test_binance_bookticker_mismatch_resyncs_that_book(engine_factory: Any) -> None:
     """README, venues table: `@bookTicker` at the equal update id `u`: a mismatch resyncs."""
     with start_simulator("binance", instruments=INSTRUMENTS, rate=100, seed=101) as sim:
         engine = engine_factory(binance(sim, audit=True))
-        tops = Tops(engine)
+        tops = BooksStream(engine)
         wait_for(lambda: all("LIVE" in tops.states(i) for i in INSTRUMENTS), 10, "LIVE books")
         for n in (1, 2):
             sim.inject("badticker")
@@ -114,7 +88,7 @@ def test_binance_resync_snapshots_respect_the_rest_weight_budget(engine_factory:
     with start_simulator("binance", instruments=["BTC-USDT"], rate=100, seed=102) as sim:
         engine = engine_factory(binance(sim, ["BTC-USDT"], depth=5000))
         started = time.monotonic()
-        tops = Tops(engine)
+        tops = BooksStream(engine)
         wait_for(lambda: "LIVE" in tops.states("BTC-USDT"), 10, "a LIVE book")
         gaps = 0
         while time.monotonic() - started < 6.0:  # a gap every 0.1 s: ~55 resyncs asked for
@@ -307,7 +281,7 @@ def test_coinbase_reconnects_after_5s_of_silence_and_rebuilds_its_books(
                 "limits": {"reconnect_max_s": 0.5, "stale_after_s": 30},
             }
         )
-        tops = Tops(engine)
+        tops = BooksStream(engine)
         wait_for(lambda: all("LIVE" in tops.states(i) for i in insts), 10, "LIVE books")
         # Two stalls back to back: about 5.8 s without a frame (heartbeats stop too).
         sim.inject("stall")
