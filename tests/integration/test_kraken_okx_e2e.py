@@ -82,6 +82,12 @@ def last_live_of(tops: list[dict[str, Any]], instrument: str) -> dict[str, Any]:
     return [t for t in tops if t["instrument"] == instrument and t["state"] == "LIVE"][-1]
 
 
+def priced_live(prices: list[dict[str, Any]], insts: list[str], since_ns: int) -> bool:
+    """Whether each instrument has a Price built from a LIVE book, received after `since_ns`."""
+    seen = {p["instrument"] for p in list(prices) if not p["halted"] and p["recv_ts_ns"] > since_ns}
+    return seen >= set(insts)
+
+
 def all_live(venue: Venue) -> bool:
     return all(b.state is BookState.LIVE for b in list(venue.books.values()))
 
@@ -110,6 +116,9 @@ def test_faults_resync_only_the_faulted_instrument(protocol: str, tmp_path: Path
                 t.start()
             venue = engine.connections[0].venue
             wait_for(lambda: all_live(venue))
+            # The subscriber must have joined (a SUB misses what was published before its
+            # subscription reached the PUB): every instrument priced live, seen here.
+            wait_for(lambda: priced_live(got["prices"], insts, since_ns=0), 20)
             faulted: dict[str, set[str]] = {}
             for kind in ("badchecksum", "gap"):
                 before = snapshot(venue)
@@ -146,7 +155,7 @@ def test_faults_resync_only_the_faulted_instrument(protocol: str, tmp_path: Path
             wait_for(lambda: venue.venue_stats.reconnects > reconnects)
             wait_for(lambda: all_live(venue))
             recovered_ns = time.time_ns()
-            time.sleep(0.3)
+            wait_for(lambda: priced_live(got["prices"], insts, since_ns=recovered_ns), 20)
         finally:
             engine.stop()
             done.set()
