@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -192,13 +195,21 @@ def test_simulate_command_serves_the_venue_protocol_and_stops_on_sigterm() -> No
 
 def test_demo_command_runs_offline_shows_prices_and_leaves_nothing_behind() -> None:
     """README: `mmengine demo [--duration S]` (what `make demo` runs)."""
-    run = subprocess.run(
-        [*CLI, "demo", "--duration", "4"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "160"},
-    )
+    # Its own temp dir (TMPDIR), so that what it leaves is told apart from another demo's
+    # (test_demo.py's, a developer's `make demo`); short: Unix socket paths stay < 108 bytes.
+    tmp = Path(tempfile.mkdtemp(prefix="mmr-"))
+    tmp.chmod(0o711)  # as root, the private Postgres runs as its own user and must get in
+    try:
+        run = subprocess.run(
+            [*CLI, "demo", "--duration", "4"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "160", "TMPDIR": str(tmp)},
+        )
+        left_in_tmp = sorted(tmp.glob("mmengine-demo-*"))  # its work dirs: removed
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     assert run.returncode == 0, run.stdout + run.stderr
     shown = re.search(r"prices shown: ([\d,]+)", run.stdout)
     assert shown and int(shown[1].replace(",", "")) > 50, run.stdout[-2000:]
@@ -208,9 +219,10 @@ def test_demo_command_runs_offline_shows_prices_and_leaves_nothing_behind() -> N
     leftovers = [
         p.info["cmdline"]
         for p in psutil.process_iter(["cmdline"])
-        if any("mmengine-demo-" in part for part in (p.info["cmdline"] or []))
+        if any(str(tmp) in part for part in (p.info["cmdline"] or []))
     ]
     assert leftovers == []
+    assert left_in_tmp == [], left_in_tmp
 
 
 def test_a_run_dir_held_by_a_running_engine_is_exit_1_and_endpoints_json_is_0600(

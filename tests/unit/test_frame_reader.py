@@ -125,6 +125,9 @@ def test_the_peer_closing_the_socket_is_a_closed_connection() -> None:
         bytes([0x83, 3]) + b"abc",  # a reserved opcode
         frame(ABNF.OPCODE_TEXT, b"a", fin=False) + frame(ABNF.OPCODE_TEXT, b"b"),
     ],
+    # Named, not shown: the masked frame's key is random, and pytest-xdist's workers must
+    # collect the same test ids.
+    ids=["masked", "rsv1", "orphan-continuation", "long-ping", "reserved-opcode", "unfinished"],
 )
 def test_protocol_violations_are_refused(bad: bytes) -> None:
     a, b = socket.socketpair()
