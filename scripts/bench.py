@@ -299,6 +299,26 @@ def last_status(run_dir: Path) -> dict[str, Any]:
         ctx.term()
 
 
+def thread_cpu_window(
+    before: dict[str, Any], after: dict[str, Any], frames: int, priced: int
+) -> dict[str, Any]:
+    """Where the engine's CPU went in the window, from its status (`thread_cpu_s`): ms of
+    CPU per second of each thread, the venue threads' µs per frame read and the pricing
+    workers' µs per Price."""
+    seconds = (after["ts_ns"] - before["ts_ns"]) / 1e9
+    cpu0, cpu1 = before.get("thread_cpu_s", {}), after.get("thread_cpu_s", {})
+    used = {name: cpu1[name] - cpu0.get(name, 0.0) for name in cpu1}
+    venue_s = sum(v for n, v in used.items() if n.startswith("venue-") and not n.endswith("-rest"))
+    pricing_s = sum(v for n, v in used.items() if n.startswith("pricing-"))
+    return {
+        "ms_per_s": {n: round(v / seconds * 1000, 1) for n, v in sorted(used.items()) if v > 0}
+        if seconds > 0
+        else {},
+        "venue_threads_us_per_frame": round(venue_s / frames * 1e6, 1) if frames else None,
+        "pricing_us_per_price": round(pricing_s / priced * 1e6, 1) if priced else None,
+    }
+
+
 def stage_window(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """Per stage, what the engine's histograms gained between two status snapshots: count,
     mean and p50/p99 read off the buckets (interpolated inside one)."""
@@ -410,6 +430,7 @@ def e2e_run(
         before, "venues", "superseded_tops"
     )
     cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / wall * 100
+    threads_cpu = thread_cpu_window(before, after, frames, priced)
     skipped = sum(sum(v["skipped"].values()) for v in after["venues"])
     resyncs = sum(sum(v["resyncs"].values()) for v in after["venues"])
     gaps = sum(b["gaps"] for v in after["venues"] for b in v["books"])
@@ -454,6 +475,7 @@ def e2e_run(
         "sequence_gaps": gaps,
         "conflation": round(inputs / priced, 3) if priced else None,
         "cpu_pct": round(cpu, 1),
+        "thread_cpu": threads_cpu,
         "stages": stage_window(before, after),
         "sinks": {s["name"]: s for s in after.get("sinks", ())},
         "engine_summary": [ln for ln in out.splitlines() if " frames, " in ln][:8],
@@ -820,6 +842,11 @@ def quick_table(result: dict[str, Any]) -> str:
             f"{', GENERATOR FELL BEHIND' if gen.get('fell_behind') else ''}): delivered p50 "
             f"{num(r['p50_us'])} us, p99 {num(r['p99_us'])} us; "
             f"{num(r['priced'])} priced, {r['dropped']} dropped, CPU {num(r['cpu_pct'])} %"
+        )
+        tc = r.get("thread_cpu") or {}
+        lines.append(
+            f"    CPU: venue threads {num(tc.get('venue_threads_us_per_frame'), '.1f')} us a frame,"
+            f" pricing {num(tc.get('pricing_us_per_price'), '.1f')} us a Price"
         )
         for name, st in (r.get("stages") or {}).items():
             lines.append(

@@ -265,6 +265,13 @@ def engine_metrics(snap: dict[str, Any]) -> Iterator[Any]:
         alive.add_metric(key, 1.0 if th["alive"] else 0.0)
         deaths.add_metric(key, th["deaths"])
         restarts.add_metric(key, th["restarts"])
+    cpu = _counter(
+        "mmengine_thread_cpu_seconds",
+        "CPU time (user + system) each engine thread has used, by thread name.",
+        ["thread"],
+    )
+    for name, seconds in sorted(snap.get("thread_cpu_s", {}).items()):
+        cpu.add_metric([name], seconds)
     sent = _counter("mmengine_ipc_sent", "Messages sent to IPC subscribers.", ["stream"])
     dropped = _counter(
         "mmengine_ipc_dropped",
@@ -278,7 +285,7 @@ def engine_metrics(snap: dict[str, Any]) -> Iterator[Any]:
     for outcome in ("accepted", "refused", "errors"):
         if outcome in snap["control"]:
             control.add_metric([outcome], snap["control"][outcome])
-    yield from (alive, deaths, restarts, sent, dropped, control)
+    yield from (alive, deaths, restarts, cpu, sent, dropped, control)
 
 
 def stage_metrics(snap: dict[str, Any]) -> Iterator[Any]:

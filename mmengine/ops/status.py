@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -130,6 +131,37 @@ STATUS_TOPIC = b"status"
 def window_percentiles_us(samples: list[float]) -> dict[str, float | None]:
     """p50 and p99 (nearest rank) of recent latency samples; None without any."""
     return {"p50": nearest_rank(samples, 0.5), "p99": nearest_rank(samples, 0.99)}
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def thread_cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) each live thread of this process has used, by thread
+    name (summed where a name repeats); empty where there is no /proc (not Linux).
+
+    Read from /proc/self/task/<native id>/stat, not `time.pthread_getcpuclockid`: a thread
+    may end between listing and reading, and its /proc entry then just disappears, while its
+    pthread id would name freed memory. Resolution: one clock tick (10 ms)."""
+    out: dict[str, float] = {}
+    for thread in threading.enumerate():
+        tid = thread.native_id
+        if tid is None:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # ended since enumerate(), or no /proc
+        # Fields after the command name (which may hold spaces and parentheses): the 14th
+        # and 15th of the line are utime and stime, in clock ticks.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        try:
+            ticks = int(fields[11]) + int(fields[12])
+        except (IndexError, ValueError):
+            continue
+        out[thread.name] = out.get(thread.name, 0.0) + ticks / _CLOCK_TICKS
+    return out
 
 
 def snapshot(engine: Reporting, now_ns: int | None = None) -> dict[str, Any]:
@@ -251,6 +283,9 @@ def snapshot(engine: Reporting, now_ns: int | None = None) -> dict[str, Any]:
         "threads": threads,
         "thread_deaths": sum(t["deaths"] for t in threads),
         "thread_restarts": sum(t["restarts"] for t in threads),
+        # Where the engine's CPU goes, per thread (venue-<name>, pricing-<k>, status, the
+        # writers...): seconds since each thread started.
+        "thread_cpu_s": thread_cpu_seconds(),
         "latency_bounds_us": list(LATENCY_BOUNDS_US),
         # Per stage of the tick-to-quote path (mmengine.latency): bucket counts over
         # stage_bounds_us since start, and p50/p99 of the latest samples.

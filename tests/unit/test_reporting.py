@@ -5,6 +5,8 @@ protocol names."""
 from __future__ import annotations
 
 import ast
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -107,3 +109,40 @@ def test_a_snapshot_and_the_metrics_from_the_protocol_alone() -> None:
         'mmengine_sink_acknowledged_total{sink="kafka"} 3.0',
     ):
         assert line in text, line
+
+
+def test_each_threads_cpu_is_in_the_snapshot_and_the_metrics() -> None:
+    """A thread that burns a known CPU time (its own clock, `time.thread_time`) shows it by
+    name; a thread that sleeps shows next to none; an ended thread is gone."""
+    release = threading.Event()
+
+    def burn(seconds: float) -> None:
+        while time.thread_time() < seconds:
+            pass
+        release.wait(10)
+
+    burner = threading.Thread(target=burn, args=(0.3,), name="test-burner")
+    sleeper = threading.Thread(target=release.wait, args=(10,), name="test-sleeper")
+    burner.start()
+    sleeper.start()
+    try:
+        deadline = time.monotonic() + 10
+        # /proc counts whole clock ticks (10 ms) of the same clock: two ticks of slack.
+        while snapshot(Reporting())["thread_cpu_s"].get("test-burner", 0.0) < 0.28:
+            assert time.monotonic() < deadline, "the burner's CPU never showed"
+            time.sleep(0.05)
+        snap = snapshot(Reporting())
+        cpu = snap["thread_cpu_s"]
+        assert 0.28 <= cpu["test-burner"] <= 0.5, cpu
+        assert cpu["test-sleeper"] <= 0.02, cpu
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(EngineCollector(Reporting()))
+        text = generate_latest(registry).decode()
+        [line] = [ln for ln in text.splitlines() if 'thread="test-burner"' in ln]
+        assert line.startswith("mmengine_thread_cpu_seconds_total"), line
+        assert float(line.split()[-1]) >= 0.28
+    finally:
+        release.set()
+        burner.join()
+        sleeper.join()
+    assert "test-burner" not in snapshot(Reporting())["thread_cpu_s"]
