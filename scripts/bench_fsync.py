@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mmengine.bus import pack_frames
 from mmengine.codec import Codec, price_record
 from mmengine.model import Price
 from mmengine.pricing.worker import SINK_KEY
-from mmengine.sinks.spool import Spool, pack_frames
+from mmengine.sinks.spool import Spool
 
 POLICIES: list[tuple[str, float | None]] = [
     ("none", None),

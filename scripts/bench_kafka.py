@@ -29,6 +29,7 @@ from typing import Any
 import psutil
 import zmq
 
+from mmengine.bus import sink_message
 from mmengine.codec import Codec, price_record
 from mmengine.config import KafkaOutput
 from mmengine.dev.tansu import start_tansu
@@ -137,7 +138,9 @@ def run_rate(
     seq = 0
     for _ in range(200):
         seq += 1
-        push.send_multipart((keys[seq % len(keys)], SINK_KEY.pack(1, seq, time.time_ns()), payload))
+        push.send(
+            sink_message(keys[seq % len(keys)], SINK_KEY.pack(1, seq, time.time_ns()), payload)
+        )
     while writer.stats.acknowledged < seq and writer.stats.failures == 0:
         time.sleep(0.01)
     warm = writer.stats.acknowledged
@@ -151,12 +154,14 @@ def run_rate(
         # Batches of 50 keep the feeder's own overhead low at high rates.
         for _ in range(50):
             seq += 1
-            frames = (keys[seq % len(keys)], SINK_KEY.pack(1, seq, time.time_ns()), payload)
+            message = sink_message(
+                keys[seq % len(keys)], SINK_KEY.pack(1, seq, time.time_ns()), payload
+            )
             if rate is None:
-                push.send_multipart(frames)
+                push.send(message)
             else:
                 try:
-                    push.send_multipart(frames, zmq.NOBLOCK)
+                    push.send(message, zmq.NOBLOCK)
                 except zmq.Again:
                     continue
             sent += 1

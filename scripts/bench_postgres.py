@@ -38,6 +38,7 @@ from typing import Any
 import psutil
 import zmq
 
+from mmengine.bus import sink_message
 from mmengine.codec import Codec, price_record, price_values
 from mmengine.config import PostgresOutput
 from mmengine.dev.pgserver import PgServer, start_private_server
@@ -45,7 +46,6 @@ from mmengine.latency import POSTGRES_STAGE, StageLatency
 from mmengine.model import Price, VenueUsed
 from mmengine.pricing.worker import SINK_KEY
 from mmengine.sinks.postgres import PgBatchWriter, PostgresWriter, RowBuilder
-from mmengine.sinks.spool import pack_frames
 
 INSTRUMENTS = [f"C{i:02d}-USDT" for i in range(20)]
 
@@ -126,7 +126,7 @@ def bench_batches(server: PgServer, rows: int, sizes: list[int]) -> list[dict[st
     out = []
     for epoch, size in enumerate(sizes, start=1):
         msgs = frames(epoch, rows)
-        records = [pack_frames(f[:3]) for f in msgs]
+        records = [sink_message(*f[:3]) for f in msgs]
         values = [f[3] for f in msgs]
         writer = PgBatchWriter(server.dsn)
         writer.open()
@@ -210,7 +210,7 @@ def bench_writer(
         for k, m in enumerate(msgs):
             # Stamp priced_ts_ns at send time so the lag is real.
             m[1] = SINK_KEY.pack(epoch, k // len(INSTRUMENTS) + 1, time.time_ns())
-            sock.send_multipart(m)
+            sock.send(sink_message(*m))
             if rate is None:
                 continue
             ahead = start + (k + 1) / rate - time.monotonic()

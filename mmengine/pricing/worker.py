@@ -36,6 +36,7 @@ from mmengine.bus import (
     ServiceThread,
     decode_envelope,
     pricing_endpoint,
+    sink_message,
 )
 from mmengine.codec import Codec, encode_price, price_values
 from mmengine.latency import PRICING_STAGES, StageLatency
@@ -255,16 +256,16 @@ class PricingWorker(ServiceThread):
         published_ns = time.time_ns()
         if sinks:
             key = SINK_KEY.pack(price.epoch, price.seq, price.priced_ts_ns)
-            frames: tuple[bytes, ...] = (name, key, payload)
-            with_values: tuple[bytes, ...] | None = None
+            record = sink_message(name, key, payload)
+            with_values: bytes | None = None
             for sock, values in zip(sinks, self._values_for, strict=True):
                 if values:
                     if with_values is None:
                         pickled = pickle.dumps(price_values(price), pickle.HIGHEST_PROTOCOL)
-                        with_values = (*frames, pickled)
+                        with_values = sink_message(name, key, payload, pickled)
                     self._to_sink(sock, with_values)
                 else:
-                    self._to_sink(sock, frames)
+                    self._to_sink(sock, record)
         return encoded_ns, published_ns
 
     def _timeout_ms(self) -> int:
@@ -321,12 +322,13 @@ class PricingWorker(ServiceThread):
             touched.setdefault(name, None)
             log.info("pricing-%d: %s position set to %s", self.k, name, qty)
 
-    def _to_sink(self, sock: zmq.Socket[Any], frames: tuple[bytes, ...]) -> None:
-        """Hand a Price to a writer thread without ever waiting on it. The writer drains
-        its queue into its own spool, so a full queue means the writer thread is wedged:
-        count the loss loudly rather than stall pricing."""
+    def _to_sink(self, sock: zmq.Socket[Any], message: bytes) -> None:
+        """Hand a Price (`mmengine.bus.sink_message`) to a writer thread without ever
+        waiting on it. The writer drains its queue into its own spool, so a full queue
+        means the writer thread is wedged: count the loss loudly rather than stall
+        pricing."""
         try:
-            sock.send_multipart(frames, zmq.NOBLOCK)
+            sock.send(message, zmq.NOBLOCK)
         except zmq.Again:
             self.stats.sink_dropped += 1
             if self._sink_log.allow("sink_full") is not None:

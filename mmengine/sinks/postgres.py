@@ -74,6 +74,7 @@ import psycopg
 import zmq
 from psycopg import sql
 
+from mmengine.bus import unpack_frames
 from mmengine.codec import PRICE_FIELDS, PRICE_INDEX, Codec
 from mmengine.latency import POSTGRES_STAGE
 from mmengine.pricing.worker import SINK_KEY
@@ -85,7 +86,7 @@ from mmengine.sinks.pgschema import (
     redact_dsn,
     resolve_dsn,
 )
-from mmengine.sinks.spool import Spool, pack_frames, unpack_frames
+from mmengine.sinks.spool import Spool
 from mmengine.sinks.writer import SpoolingWriter, split_record
 
 if TYPE_CHECKING:
@@ -769,9 +770,15 @@ class PostgresWriter(SpoolingWriter["PostgresOutput", PostgresWriterStats]):
     def _record(self, frames: list[bytes], n: int) -> bytes:
         """The spool record is the Avro message (what a restart replays); the values
         beside it become its row now, or are kept for later (see `_drain_starts`)."""
-        if len(frames) != 4:
-            return pack_frames(frames)
-        instrument, key, payload, values = frames
+        message = super()._record(frames, n)
+        try:
+            parts = unpack_frames(message)
+        except ValueError:
+            return message  # not a sink message: refused, with a count, when delivered
+        if len(parts) != 4:
+            return message  # no values: the record as it came
+        instrument, key, payload, values = parts
+        record = message[: len(message) - 4 - len(values)]  # the values are its last part
         build = self._build
         if (
             build is not None
@@ -780,7 +787,6 @@ class PostgresWriter(SpoolingWriter["PostgresOutput", PostgresWriterStats]):
             and time.time_ns() - SINK_KEY.unpack(key)[2] > BEHIND_NS
         ):
             self._build = build = None  # this Price waited in the socket: catch up first
-        record = pack_frames((instrument, key, payload))
         cache = self._rows
         if build is None:
             cache[record] = values

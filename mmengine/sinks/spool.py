@@ -1,8 +1,8 @@
 """The durable spool a writer thread keeps between accepting a record and its sink
 acknowledging it (owned and called by exactly one writer thread; no locks).
 
-Sink-agnostic: records are opaque bytes (`pack_frames` turns a multipart sink message into
-one). The Kafka writer uses it; the Postgres writer reuses it.
+Sink-agnostic: records are opaque bytes (a sink message arrives as one record:
+`mmengine.bus.sink_message`). The Kafka writer uses it; the Postgres writer reuses it.
 
 The pending records form one FIFO, oldest first::
 
@@ -52,18 +52,17 @@ import struct
 import time
 import zlib
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from mmengine.bus import pack_frames, unpack_frames
 from mmengine.errors import MmengineError
 from mmengine.logs import RepeatLimiter
 
 log = logging.getLogger("mmengine.spool")
 
 FRAME = struct.Struct(">II")  # record length, CRC32 of the record
-_LEN = struct.Struct(">I")
 SEGMENT_PREFIX = "seg-"
 SEGMENT_SUFFIX = ".spool"
 MAX_RECORD = 64 * 1024 * 1024  # a longer length field can only be a torn or corrupt frame
@@ -72,28 +71,6 @@ QUARANTINE_DIR = "quarantine"
 
 class SpoolBusy(MmengineError):
     """Another writer holds this spool directory."""
-
-
-def pack_frames(frames: Sequence[bytes]) -> bytes:
-    """One spool record from a multipart message: each frame as `>I` length + bytes."""
-    return b"".join(_LEN.pack(len(f)) + f for f in frames)
-
-
-def unpack_frames(record: bytes) -> list[bytes]:
-    """The frames `pack_frames` joined; ValueError if `record` is not such a join."""
-    frames = []
-    pos = 0
-    end = len(record)
-    while pos < end:
-        if end - pos < _LEN.size:
-            raise ValueError(f"record ends inside a frame length at byte {pos}")
-        (n,) = _LEN.unpack_from(record, pos)
-        pos += _LEN.size
-        if pos + n > end:
-            raise ValueError(f"frame of {n} bytes at byte {pos} runs past the record ({end})")
-        frames.append(record[pos : pos + n])
-        pos += n
-    return frames
 
 
 def read_quarantine(directory: str | os.PathLike[str]) -> list[tuple[str, bytes]]:

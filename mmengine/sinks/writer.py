@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, Protocol, 
 
 import zmq
 
+from mmengine.bus import pack_frames, unpack_frames
 from mmengine.latency import StageLatency
 from mmengine.logs import RepeatLimiter
 from mmengine.pricing.worker import SINK_KEY
-from mmengine.sinks.spool import Spool, pack_frames, unpack_frames
+from mmengine.sinks.spool import Spool
 
 
 class SinkRecord(NamedTuple):
@@ -338,8 +339,10 @@ class SpoolingWriter(threading.Thread, ABC, Generic[ConfigT, StatsT]):
         """Called before each drain (decide how much work each message may cost)."""
 
     def _record(self, frames: list[bytes], n: int) -> bytes:
-        """The spool record of one sink message (`n`: messages drained before it)."""
-        return pack_frames(frames)
+        """The spool record of one sink message (`n`: messages drained before it): the
+        message itself (`mmengine.bus.sink_message`). A message of another shape is joined
+        into one record as it came, and refused with a count when it is delivered."""
+        return frames[0] if len(frames) == 1 else pack_frames(frames)
 
     def _deliverer_free(self) -> bool:
         """Whether the sink could take more right now (checked every 64 messages)."""

@@ -22,6 +22,7 @@ import avro.schema
 import pytest
 import zmq
 
+from mmengine import bus
 from mmengine.codec import SCHEMA_DIR, Codec, price_record, price_values
 from mmengine.dev.tansu import start_tansu
 from mmengine.model import Price
@@ -152,9 +153,16 @@ class OfficialDecoder:
 
 def sink_message(
     codec: Codec, instrument: str, epoch: int, seq: int, values: bool = False
+) -> bytes:
+    """What a pricing worker PUSHes to a writer for one Price, as one frame (`values`: with
+    the Price's values, as pricing sends them to the Postgres writer)."""
+    return bus.sink_message(*sink_parts(codec, instrument, epoch, seq, values))
+
+
+def sink_parts(
+    codec: Codec, instrument: str, epoch: int, seq: int, values: bool = False
 ) -> list[bytes]:
-    """What a pricing worker PUSHes to a writer for one Price (`values`: with the Price's
-    values as a 4th frame, as pricing sends them to the Postgres writer)."""
+    """The parts of `sink_message`: instrument, sink key, Avro payload (and values)."""
     now = time.time_ns()
     price = Price(
         instrument, epoch, seq, 100.0 + seq, 99.5, 1.0, 100.5, 2.0, ["sim"], now, now, now
@@ -211,7 +219,7 @@ class Feeder(threading.Thread):
                 inst = self.instruments[n % len(self.instruments)]
                 seq[inst] += 1
                 try:
-                    push.send_multipart(
+                    push.send(
                         sink_message(codec, inst, self.epoch, seq[inst], self.values),
                         zmq.NOBLOCK,
                     )

@@ -18,12 +18,13 @@ from typing import Any
 import pytest
 import zmq
 
+from mmengine.bus import sink_message
 from mmengine.codec import Codec
 from mmengine.config import PostgresOutput
 from mmengine.sinks.pgschema import required_version, schema_version
 from mmengine.sinks.postgres import CHANNEL, HISTORY_COLUMNS, PgBatchWriter, PostgresWriter
-from mmengine.sinks.spool import Spool, pack_frames
-from tests.integration.kafka_support import Feeder, sink_message
+from mmengine.sinks.spool import Spool
+from tests.integration.kafka_support import Feeder, sink_parts
 from tests.integration.pg_support import (  # noqa: F401 (fixtures)
     PgServer,
     history,
@@ -172,19 +173,19 @@ def test_writer_stores_every_price_once_and_latest_is_last(
 
 
 def push_all(ctx: zmq.Context, endpoint: str, messages: list[list[bytes]]) -> None:
-    """PUSH these exact sink messages (bytes as a spool would replay them)."""
+    """PUSH these exact sink messages (their parts; bytes as a spool would replay them)."""
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 5000)
     sock.connect(endpoint)
     for m in messages:
-        sock.send_multipart(m)
+        sock.send(sink_message(*m))
     sock.close()
 
 
 def run_of(epoch: int, per_instrument: int, values: bool = False) -> list[list[bytes]]:
     codec = Codec("price.avsc")
     return [
-        sink_message(codec, inst, epoch, seq, values)
+        sink_parts(codec, inst, epoch, seq, values)
         for seq in range(1, per_instrument + 1)
         for inst in INSTRUMENTS
     ]
@@ -215,7 +216,7 @@ def test_replays_are_absorbed_and_latest_never_regresses(
 
 def records_of(messages: list[list[bytes]]) -> tuple[list[bytes], list[bytes]]:
     """(spool records, pickled values) of sink messages made with `values=True`."""
-    return [pack_frames(m[:3]) for m in messages], [m[3] for m in messages]
+    return [sink_message(*m[:3]) for m in messages], [m[3] for m in messages]
 
 
 def notifications(conn: Any) -> list[dict[str, int]]:

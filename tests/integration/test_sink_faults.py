@@ -23,6 +23,7 @@ from tests.integration.kafka_support import (  # noqa: F401 (fixture)
     broker,
     consume_all,
     sink_message,
+    sink_parts,
 )
 from tests.integration.pg_support import (  # noqa: F401 (fixtures)
     PgServer,
@@ -51,8 +52,8 @@ def test_kafka_writer_quarantines_a_record_it_cannot_send_and_goes_on(
     tmp_path: Path,
 ) -> None:
     codec = Codec("price.avsc")
-    good = [pack_frames(sink_message(codec, "BTC-USDT", EPOCH, seq)) for seq in (1, 2, 3)]
-    instrument, key, payload = sink_message(codec, "BTC-USDT", EPOCH, 9)
+    good = [sink_message(codec, "BTC-USDT", EPOCH, seq) for seq in (1, 2, 3)]
+    instrument, key, payload = sink_parts(codec, "BTC-USDT", EPOCH, 9)
     bad = [
         b"\x00\x00\x00\x05abc",  # passes its CRC, does not split into frames
         pack_frames([instrument, key[:5], payload]),  # a key of the wrong size
@@ -129,12 +130,12 @@ def test_postgres_batch_blocked_by_another_sessions_lock_is_abandoned_and_retrie
     push.connect(writer.endpoint)
     locker: Any = None
     try:
-        push.send_multipart(sink_message(codec, "BTC-USDT", EPOCH, 1))
+        push.send(sink_message(codec, "BTC-USDT", EPOCH, 1))
         wait_for(lambda: latest(pg).get("BTC-USDT") == (EPOCH, 1), 10, "the first row")
         # Another session holds the row lock price_latest's upsert needs.
         locker = psycopg.connect(pg.dsn)
         locker.execute("SELECT * FROM price_latest WHERE instrument = 'BTC-USDT' FOR UPDATE")
-        push.send_multipart(sink_message(codec, "BTC-USDT", EPOCH, 2))
+        push.send(sink_message(codec, "BTC-USDT", EPOCH, 2))
         wait_for(lambda: writer.stats.retries >= 2, 10, "the blocked batch to be retried")
         assert latest(pg)["BTC-USDT"] == (EPOCH, 1)
         assert any(

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmengine.bus import decode_envelope, decode_tops, encode_top, stable_shard
+from mmengine.bus import decode_envelope, decode_tops, encode_top, pack_frames, stable_shard
 from mmengine.codec import (
     Codec,
     book_top_record,
@@ -27,7 +27,6 @@ from mmengine.codec import (
 from mmengine.model import BookTop, Price, VenueExcluded, VenueUsed
 from mmengine.pricing.worker import SINK_KEY
 from mmengine.sinks.postgres import COPY_SIGNATURE, COPY_TRAILER, RowBuilder
-from mmengine.sinks.spool import pack_frames
 
 
 def official_decode(schema_file: str, payload: bytes) -> dict:
@@ -296,3 +295,17 @@ def test_price_values_give_what_decoding_the_payload_gives(price: Price) -> None
     batch = builder.prepare([record, record], [other, from_values])
     assert builder.decoded == before + 1 and batch.rows == 2 and not batch.bad
     assert batch.data == COPY_SIGNATURE + decoded[4] * 2 + COPY_TRAILER
+
+
+def test_a_sink_message_is_one_frame_its_record_and_then_its_values() -> None:
+    """Pricing hands a writer one frame per Price: the spool record itself, and for a writer
+    that asked for them the Price's values after it, as a last part it can take off."""
+    from mmengine.bus import sink_message, unpack_frames
+
+    parts = (b"BTC-USDT", SINK_KEY.pack(3, 7, 123), b"\xc3\x01avro")
+    record = sink_message(*parts)
+    assert record == pack_frames(parts) and unpack_frames(record) == list(parts)
+    with_values = sink_message(*parts, b"pickled values")
+    assert unpack_frames(with_values) == [*parts, b"pickled values"]
+    # What the Postgres writer keeps as the record: the message without its values part.
+    assert with_values[: len(with_values) - 4 - len(b"pickled values")] == record
