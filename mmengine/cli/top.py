@@ -48,6 +48,32 @@ def _fmt(value: float | None, spec: str = ".1f") -> str:
 
 WIDE = 120  # from this many columns on, the tables add protocols and venue names
 
+# `thread_cpu_s` of the status, summed by what the threads do (by name): the first prefix
+# that matches; anything else (status, control, supervisor, metrics) is "other".
+CPU_GROUPS = (
+    ("venues", ("venue-",)),
+    ("pricing", ("pricing-",)),
+    ("sinks", ("kafka-", "pg-")),
+)
+
+
+def cpu_line(snap: dict[str, Any], rates: Rates) -> Text | None:
+    """Cores each kind of engine thread used since the previous snapshot; None before the
+    engine reports thread CPU (an older engine, or not Linux)."""
+    cpu = snap.get("thread_cpu_s")
+    if not cpu:
+        return None
+    ts = snap["ts_ns"] / 1e9
+    totals = {group: 0.0 for group, _ in CPU_GROUPS} | {"other": 0.0}
+    for name, seconds in cpu.items():
+        group = next((g for g, prefixes in CPU_GROUPS if name.startswith(prefixes)), "other")
+        totals[group] += seconds
+    used = {group: rates.rate("cpu:" + group, seconds, ts) for group, seconds in totals.items()}
+    text = "  ".join(f"{group} {cores:.2f}" for group, cores in used.items())
+    # Every Python thread takes turns on one interpreter lock: near one core in all, the
+    # engine is saturated and Prices wait in its queues.
+    return Text(f"cpu (cores)  {text}  = {sum(used.values()):.2f}")
+
 
 def _table(title: str, columns: list[tuple[str, str]]) -> Table:
     """A table whose cells are never cut: numbers do not wrap, text columns fold."""
@@ -207,6 +233,9 @@ def render(
     if exclusions:
         parts.append(Text("excluded  " + "\n          ".join(exclusions)))
     parts.append(workers)
+    cpu = cpu_line(snap, rates)
+    if cpu is not None:
+        parts.append(cpu)
     stages = snap.get("stages") or {}
     if stages:
         table = _table(

@@ -96,6 +96,17 @@ def snapshot(ts_s: float, scale: int) -> dict[str, Any]:
             },
             {"name": "postgres", "written": 9_876_543_210, "pending": 0, "lag_ns": 0},
         ],
+        # CPU seconds per thread since start: the second snapshot, a second later, adds
+        # 0.62 cores of venue threads, 0.33 of pricing, 0.05 of sinks, 0.02 of the rest.
+        "thread_cpu_s": {
+            "venue-binance": 1000.0 + 0.4 * scale,
+            "venue-binance-rest": 10.0 + 0.02 * scale,
+            "venue-okx": 900.0 + 0.2 * scale,
+            "pricing-0": 700.0 + 0.33 * scale,
+            "kafka-writer": 50.0 + 0.04 * scale,
+            "pg-commit": 5.0 + 0.01 * scale,
+            "status": 9.0 + 0.02 * scale,
+        },
     }
 
 
@@ -152,3 +163,19 @@ def test_latency_percentiles_are_of_real_samples_not_bucket_edges() -> None:
     assert window_percentiles_us(samples) == {"p50": 501.0, "p99": 991.0}
     assert window_percentiles_us([]) == {"p50": None, "p99": None}
     assert window_percentiles_us([333.3]) == {"p50": 333.3, "p99": 333.3}
+
+
+def test_cpu_by_kind_of_thread_in_cores() -> None:
+    """The cores each kind of thread used between two snapshots, and their sum (one
+    interpreter lock: near 1.0 the engine is saturated); absent for an engine that does not
+    report thread CPU."""
+    text = draw(100)
+    assert "cpu (cores)  venues 0.62  pricing 0.33  sinks 0.05  other 0.02  = 1.02" in text
+    console = Console(width=100, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    rates = Rates()
+    older = [snapshot(1000.0 + k, k + 1) for k in range(2)]
+    for snap in older:
+        del snap["thread_cpu_s"]
+    render(older[0], rates, width=100)
+    console.print(render(older[1], rates, width=100))
+    assert "cpu (cores)" not in console.export_text()
