@@ -94,6 +94,26 @@ def main() -> None:
                 cells.append(f"{fmt(st.get('p50_us'))} / {fmt(st.get('p99_us'))}")
             print(f"| {name} | " + " | ".join(cells) + " |")
         print()
+    cpu_rows = [r for r in d["e2e"] if r.get("thread_cpu")]
+    if cpu_rows:
+        print(
+            "| book msgs/s offered | venue threads ms/s | pricing ms/s | other ms/s |"
+            " venue-thread CPU µs a frame | pricing CPU µs a Price |"
+        )
+        print("|---|---|---|---|---|---|")
+        for r in cpu_rows:
+            tc = r["thread_cpu"]
+            ms = tc.get("ms_per_s") or {}
+            venue = sum(v for n, v in ms.items() if n.startswith("venue-"))
+            pricing = sum(v for n, v in ms.items() if n.startswith("pricing-"))
+            other = sum(ms.values()) - venue - pricing
+            print(
+                f"| {fmt(r['rate'])} | {fmt(venue)} | {fmt(pricing)} | {fmt(other)} |"
+                f" {fmt(tc.get('venue_threads_us_per_frame'), '.1f')} |"
+                f" {fmt(tc.get('pricing_us_per_price'), '.1f')} |"
+            )
+        print()
+    if stages:
         print(
             "| book msgs/s offered | generator achieved | generator wake lag p99 µs |"
             " generator fell behind | engine read /s | engine fell behind (generator held MB) |"
