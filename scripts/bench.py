@@ -843,11 +843,12 @@ def quick_table(result: dict[str, Any]) -> str:
             f"{num(r['p50_us'])} us, p99 {num(r['p99_us'])} us; "
             f"{num(r['priced'])} priced, {r['dropped']} dropped, CPU {num(r['cpu_pct'])} %"
         )
-        tc = r.get("thread_cpu") or {}
-        lines.append(
-            f"    CPU: venue threads {num(tc.get('venue_threads_us_per_frame'), '.1f')} us a frame,"
-            f" pricing {num(tc.get('pricing_us_per_price'), '.1f')} us a Price"
-        )
+        tc = r.get("thread_cpu")
+        if tc:
+            lines.append(
+                f"    CPU: venue threads {num(tc.get('venue_threads_us_per_frame'), '.1f')} us"
+                f" a frame, pricing {num(tc.get('pricing_us_per_price'), '.1f')} us a Price"
+            )
         for name, st in (r.get("stages") or {}).items():
             lines.append(
                 f"    {name:<20} p50 {num(st['p50_us'], '7,.0f')} us  p99 "

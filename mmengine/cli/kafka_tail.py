@@ -85,14 +85,16 @@ class SeqTracker:
 
 
 class CloseRaceFilter(logging.Filter):
-    """Drops the one error kafka-python 3.0.12 can log while a consumer closes.
+    """Drops the two errors kafka-python 3.0.12 can log while a consumer closes.
 
     `KafkaConsumer.close()` closes the broker connections from the calling thread while
     the client's IO thread still runs; a task of that thread may then register the closed
     socket with its selector, which raises `ValueError: Invalid file descriptor: -1` (its
     unregister path catches that, its register path does not) and logs it with a traceback
-    as "Unhandled exception in task". The consumer is closing and nothing is lost. The
-    filter lets everything else through, and this error too before `closing` is set.
+    as "Unhandled exception in task"; and a metadata request in flight is cancelled, which
+    `kafka.cluster` logs as "Metadata refresh: failed Cancelled" (seen once on a loaded
+    machine). The consumer is closing and nothing is lost. The filter lets everything else
+    through, and these errors too before `closing` is set.
     """
 
     def __init__(self) -> None:
@@ -100,7 +102,11 @@ class CloseRaceFilter(logging.Filter):
         self.closing = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.closing or not record.exc_info:
+        if not self.closing:
+            return True
+        if record.name == "kafka.cluster":
+            return "Cancelled" not in record.getMessage()
+        if not record.exc_info:
             return True
         exc = record.exc_info[1]
         return not (isinstance(exc, ValueError) and "Invalid file descriptor" in str(exc))
@@ -123,8 +129,9 @@ def tail(
     tracker = tracker if tracker is not None else SeqTracker()
     codec = Codec("price.avsc")
     close_race = CloseRaceFilter()
-    selector_log = logging.getLogger("kafka.net.selector")
-    selector_log.addFilter(close_race)
+    close_logs = [logging.getLogger(name) for name in ("kafka.net.selector", "kafka.cluster")]
+    for close_log in close_logs:
+        close_log.addFilter(close_race)
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap.split(","),
         client_id="mmengine-kafka-tail",
@@ -176,7 +183,8 @@ def tail(
             consumer.close()
         finally:
             # The IO thread has stopped once close() returns.
-            selector_log.removeFilter(close_race)
+            for close_log in close_logs:
+                close_log.removeFilter(close_race)
 
 
 def _wait_for_partitions(consumer: Any, topic: str, timeout_s: float | None) -> set[int]:

@@ -137,8 +137,11 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def thread_cpu_seconds() -> dict[str, float]:
-    """CPU seconds (user + system) each live thread of this process has used, by thread
-    name (summed where a name repeats); empty where there is no /proc (not Linux).
+    """CPU seconds (user + system) each live, named thread of this process has used, by
+    thread name (summed where a name repeats); empty where there is no /proc (not Linux).
+    Threads left with Python's default name (`Thread-N`: the metrics server's short-lived
+    request threads) are left out: a counter must not vanish between two scrapes. A thread
+    restarted after a death starts again from zero (a counter reset, to Prometheus).
 
     Read from /proc/self/task/<native id>/stat, not `time.pthread_getcpuclockid`: a thread
     may end between listing and reading, and its /proc entry then just disappears, while its
@@ -146,7 +149,7 @@ def thread_cpu_seconds() -> dict[str, float]:
     out: dict[str, float] = {}
     for thread in threading.enumerate():
         tid = thread.native_id
-        if tid is None:
+        if tid is None or thread.name.startswith("Thread-"):
             continue
         try:
             with open(f"/proc/self/task/{tid}/stat", "rb") as f:

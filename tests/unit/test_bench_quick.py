@@ -58,4 +58,9 @@ def test_the_quick_table_is_short_and_has_no_raw_arrays() -> None:
     assert "receive_to_publish   p50     321 us  p99   2,682 us" in table
     assert "FELL BEHIND" not in table
     assert "kafka            20,889/s; lag 10.8 / 59.7 ms" in table
+    # With the engine's CPU by thread (an engine that reports it): one line more.
+    row["thread_cpu"] = {"venue_threads_us_per_frame": 55.9, "pricing_us_per_price": 390.2}
+    table = bench().quick_table(result)
+    assert len(table.splitlines()) == 11
+    assert "    CPU: venue threads 55.9 us a frame, pricing 390.2 us a Price" in table
     assert "[" not in table and "{" not in table

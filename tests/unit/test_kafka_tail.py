@@ -77,3 +77,14 @@ def test_only_the_close_race_of_the_kafka_client_is_filtered() -> None:
     assert f.filter(race) and f.filter(other)  # while the consumer runs, nothing is hidden
     f.closing = True
     assert not f.filter(race) and f.filter(other)
+
+    # The metadata request cancelled by close(): hidden only while closing, and only that.
+    def cluster(msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord("kafka.cluster", logging.ERROR, __file__, 1, msg, args, None)
+
+    cancelled = cluster("Metadata refresh: failed %s", "Cancelled")
+    refused = cluster("Metadata refresh: failed %s", "NodeNotReadyError")
+    f = CloseRaceFilter()
+    assert f.filter(cancelled) and f.filter(refused)
+    f.closing = True
+    assert not f.filter(cancelled) and f.filter(refused)

@@ -123,8 +123,10 @@ def test_each_threads_cpu_is_in_the_snapshot_and_the_metrics() -> None:
 
     burner = threading.Thread(target=burn, args=(0.3,), name="test-burner")
     sleeper = threading.Thread(target=release.wait, args=(10,), name="test-sleeper")
+    unnamed = threading.Thread(target=release.wait, args=(10,))  # "Thread-N (wait)"
     burner.start()
     sleeper.start()
+    unnamed.start()
     try:
         deadline = time.monotonic() + 10
         # /proc counts whole clock ticks (10 ms) of the same clock: two ticks of slack.
@@ -135,6 +137,7 @@ def test_each_threads_cpu_is_in_the_snapshot_and_the_metrics() -> None:
         cpu = snap["thread_cpu_s"]
         assert 0.28 <= cpu["test-burner"] <= 0.5, cpu
         assert cpu["test-sleeper"] <= 0.02, cpu
+        assert not [name for name in cpu if name.startswith("Thread-")], cpu  # short-lived
         registry = CollectorRegistry(auto_describe=False)
         registry.register(EngineCollector(Reporting()))
         text = generate_latest(registry).decode()
@@ -145,4 +148,5 @@ def test_each_threads_cpu_is_in_the_snapshot_and_the_metrics() -> None:
         release.set()
         burner.join()
         sleeper.join()
+        unnamed.join()
     assert "test-burner" not in snapshot(Reporting())["thread_cpu_s"]
