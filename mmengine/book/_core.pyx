@@ -27,7 +27,7 @@ from libcpp.vector cimport vector
 
 from mmengine.book import levels as _reference
 from mmengine.book.checksum import KRAKEN_LEVELS as _KRAKEN_N, OKX_LEVELS as _OKX_N
-from mmengine.book.events import BookUpdate
+from mmengine.book.events import BookUpdate, ContractSize
 from mmengine.model import BookState, BookTop
 
 cdef extern from "Python.h":
@@ -1370,7 +1370,8 @@ cdef class FramePath:
     cdef object parse_failed
     cdef object handle_events
     cdef object skip
-    cdef object contiguous  # the rule whose fast case is done here (`ContiguousIds`)
+    cdef object contiguous  # the rules whose fast case is done here (`ContiguousIds`...
+    cdef object chain  # ...and `RestSnapshotChain`'s `pu` chain once bridged)
     cdef object integrity_error
     cdef object parse_errors
     cdef type sync_type
@@ -1383,7 +1384,7 @@ cdef class FramePath:
     cdef Py_ssize_t at_messages, at_updates, at_checked, at_failed, at_seq_checked
 
     def __init__(self, driver: object, contiguous: type, integrity_error: type,
-                 parse_errors: tuple) -> None:
+                 parse_errors: tuple, chain: object = None) -> None:
         kind = type(driver)
         self.driver = driver
         self.syncs = driver.syncs
@@ -1398,6 +1399,7 @@ cdef class FramePath:
         self.handle_events = driver.handle_events
         self.skip = driver.skip
         self.contiguous = contiguous
+        self.chain = chain
         self.integrity_error = integrity_error
         self.parse_errors = parse_errors
         self.max_frame_bytes = driver.max_frame_bytes
@@ -1506,6 +1508,10 @@ cdef class FramePath:
                 ):
                     _bump(stats, self.at_seq_checked)
                     book.venue_seq = last_id
+                elif type(rule) is self.chain and self._chained(rule, ev, seq):
+                    # (the chain's own `delta` where `pu` is the book's `u`: checked, applied)
+                    _bump(stats, self.at_seq_checked)
+                    book.venue_seq = last_id
                 elif not rule.delta(sync, ev):
                     return
             else:
@@ -1514,16 +1520,35 @@ cdef class FramePath:
         self._counted(sync, stats, book, ev, got, last_id)
         if (
             book.state is not LIVE  # (a rule's delta may have changed it)
-            or _field(sync, self.at_sized) is not False
-            or _field(sync, self.at_size) is not None
             or _field(sync, self.at_crossed) is not False
             or book._is_crossed()
         ):
-            self.reference_emit(sync, recv_ns)  # held, crossed, or sized: the reference's
+            self.reference_emit(sync, recv_ns)  # held or crossed: the reference's
         else:
-            book.recv_ts_ns = recv_ns
-            self.publish(book._top_of(self.top_levels))
+            size = _field(sync, self.at_size)
+            if size is None and _field(sync, self.at_sized) is False:
+                book.recv_ts_ns = recv_ns
+                self.publish(book._top_of(self.top_levels))
+            elif type(size) is ContractSize and type(_field(size, _AT_VALUE)) is float:
+                # contracts in base units, as `ContractSize.to_base` gives them
+                book.recv_ts_ns = recv_ns
+                top = book._top_of(self.top_levels)
+                self.publish(_to_base(top, PyFloat_AS_DOUBLE(_at(size, _AT_VALUE)),
+                                      bool(_field(size, _AT_IN_QUOTE))))
+            else:
+                self.reference_emit(sync, recv_ns)  # held until its sizes are known
         self._audits(sync)
+
+    cdef bint _chained(self, object rule, object ev, object seq) except -1:
+        """Whether a bridged `pu` chain accepts `ev` as is (its `pu` the book's `u`)."""
+        prev = _field(ev, _AT_PREV_ID)
+        return (
+            rule.bridged is True
+            and type(prev) is int
+            and type(seq) is int
+            and type(_field(ev, _AT_LAST_ID)) is int
+            and prev == seq
+        )
 
     cdef inline void _audits(self, object sync) except *:
         if _field(sync, self.at_audits):
@@ -1548,6 +1573,37 @@ cdef class FramePath:
 
 
 
+cdef Py_ssize_t _AT_VALUE = _need_slot(ContractSize, "value")
+cdef Py_ssize_t _AT_IN_QUOTE = _need_slot(ContractSize, "in_quote")
+
+
+cdef object _to_base(object top, double value, bint in_quote):
+    """`ContractSize.to_base(top)`: the same BookTop with each size times `value` (then
+    divided by its price, `in_quote`), in the same double operations."""
+    cdef Py_ssize_t i
+    out = PyType_GenericAlloc(_BOOK_TOP, 11)
+    for i in range(8):
+        _put(out, i, (<tuple>top)[i])
+    _put(out, 9, (<tuple>top)[9])
+    _put(out, 8, _sizes_in_base((<tuple>top)[7], (<tuple>top)[8], value, in_quote))
+    _put(out, 10, _sizes_in_base((<tuple>top)[9], (<tuple>top)[10], value, in_quote))
+    return out
+
+
+cdef list _sizes_in_base(list prices, list sizes, double value, bint in_quote):
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(sizes)
+    cdef double q
+    out = PyList_New(n)
+    for i in range(n):
+        q = PyFloat_AS_DOUBLE(PyList_GET_ITEM(sizes, i)) * value
+        if in_quote:
+            q = q / PyFloat_AS_DOUBLE(PyList_GET_ITEM(prices, i))
+        item = PyFloat_FromDouble(q)
+        Py_INCREF(item)  # SET_ITEM steals a reference
+        PyList_SET_ITEM(out, i, item)
+    return out
+
+
 # --- the fields of a book message (the venue modules' fast path) ------------------------------
 
 
@@ -1558,7 +1614,7 @@ cdef PyTypeObject* _BOOK_UPDATE = <PyTypeObject*>BookUpdate
 
 cdef object _new_update(
     object instrument, object snapshot, object bids, object asks, object last_id,
-    object first_id, object cross_seq, object ts_ns, object checksum
+    object first_id, object cross_seq, object ts_ns, object checksum, object prev_id=None
 ):
     """A BookUpdate with its slots filled in C (what its `__init__` sets, without the call)."""
     ev = PyType_GenericAlloc(_BOOK_UPDATE, 0)
@@ -1571,7 +1627,7 @@ cdef object _new_update(
     _store(ev, _AT_CROSS_SEQ, cross_seq)
     _store(ev, _AT_TS_NS, ts_ns)
     _store(ev, _AT_CHECKSUM, checksum)
-    _store(ev, _AT_PREV_ID, None)
+    _store(ev, _AT_PREV_ID, prev_id)
     return ev
 
 
@@ -1883,7 +1939,7 @@ cdef class FrameScanner:
     cdef object shape
     cdef string k_start
     cdef bint ready, array_layout, numbers, wire, entry_list, sides_required
-    cdef bint route_in_entry
+    cdef bint route_in_entry, kind_in_entry
     cdef vector[string] route_keys  # the frame's names of our books, and for each...
     cdef list route_items  # ...(its name as a str, our instrument), read once (`_ready`)
     cdef dict symbols
@@ -1892,6 +1948,7 @@ cdef class FrameScanner:
     cdef bint check_channel
     cdef string k_bids, k_asks, k_route, k_symbol, k_price, k_size, k_kind, k_snapshot
     cdef string k_delta, k_entry, k_last_id, k_cross_seq, k_timestamp, k_checksum
+    cdef string k_first_id, k_prev_id, k_entry_time_ms
     cdef string k_snap_bids, k_snap_asks
     cdef vector[string] k_time_ms
     cdef vector[Tok] tape
@@ -1914,6 +1971,7 @@ cdef class FrameScanner:
         self.entry_list = shape.entry_list
         self.sides_required = shape.sides_required
         self.route_in_entry = shape.route_in_entry
+        self.kind_in_entry = shape.kind_in_entry
         self.k_bids = _key_text(shape.bids)
         self.k_asks = _key_text(shape.asks)
         self.k_route = _key_text(shape.route)
@@ -1925,6 +1983,9 @@ cdef class FrameScanner:
         self.k_delta = _key_text(shape.delta)
         self.k_entry = _key_text(shape.entry)
         self.k_last_id = _key_text(shape.last_id)
+        self.k_first_id = _key_text(shape.first_id)
+        self.k_prev_id = _key_text(shape.prev_id)
+        self.k_entry_time_ms = _key_text(shape.entry_time_ms)
         self.k_cross_seq = _key_text(shape.cross_seq)
         self.k_timestamp = _key_text(shape.timestamp)
         self.k_checksum = _key_text(shape.checksum)
@@ -2171,15 +2232,6 @@ cdef class FrameScanner:
         cdef const char* expected
         if self.tape[0].kind != c'{' or not self._unique(0):
             return None
-        kind = self._get(0, self.k_kind)
-        if kind < 0:
-            return None
-        if self._is(kind, self.k_snapshot):
-            snapshot = True
-        elif self._is(kind, self.k_delta):
-            snapshot = False
-        else:
-            return None
         entry = self._get(0, self.k_entry)
         if entry < 0:
             return None
@@ -2188,6 +2240,15 @@ cdef class FrameScanner:
                 return None
             entry += 1
         if self.tape[entry].kind != c'{' or not self._unique(entry):
+            return None
+        kind = self._get(entry if self.kind_in_entry else 0, self.k_kind)
+        if kind < 0:
+            return None
+        if not self.k_snapshot.empty() and self._is(kind, self.k_snapshot):
+            snapshot = True
+        elif self._is(kind, self.k_delta):
+            snapshot = False
+        else:
             return None
         routed = self._route(self._get(entry if self.route_in_entry else 0, self.k_route))
         if routed is None:
@@ -2214,6 +2275,16 @@ cdef class FrameScanner:
             last_id = self._int(self._get(entry, self.k_last_id))
             if last_id is None:
                 return None
+        first_id = None
+        if not self.k_first_id.empty():
+            first_id = self._int(self._get(entry, self.k_first_id))
+            if first_id is None:
+                return None
+        prev_id = None
+        if not self.k_prev_id.empty():
+            prev_id = self._int(self._get(entry, self.k_prev_id))
+            if prev_id is None:
+                return None
         cross_seq = -1
         at = self._get(entry, self.k_cross_seq)
         if at != _ABSENT:
@@ -2232,6 +2303,11 @@ cdef class FrameScanner:
                     if ts is None:
                         ts = value
             ts_ns = 0 if ts is None else ts * 1_000_000
+        if not self.k_entry_time_ms.empty():
+            ts = self._int(self._get(entry, self.k_entry_time_ms))
+            if ts is None:
+                return None
+            ts_ns = ts * 1_000_000
         at = self._get(entry, self.k_timestamp)
         if at != _ABSENT and self.tape[at].kind != c'z':
             if self.tape[at].kind != c'"':
@@ -2252,7 +2328,9 @@ cdef class FrameScanner:
         asks = self._side(self._get(entry, self.k_asks), formats)
         if asks is None:
             return None
-        return self._update(instrument, snapshot, bids, asks, last_id, cross_seq, ts_ns, checksum)
+        return self._update(
+            instrument, snapshot, bids, asks, last_id, cross_seq, ts_ns, checksum, first_id, prev_id
+        )
 
     cdef object _array(self):
         """`[id, {body}, channel, name]` (Kraken v1): an update (`a` and/or `b`, with `c`)
@@ -2341,7 +2419,8 @@ cdef class FrameScanner:
 
     cdef object _update(
         self, object instrument, bint snapshot, object bids, object asks, object last_id,
-        object cross_seq, object ts_ns, object checksum
+        object cross_seq, object ts_ns, object checksum, object first_id=None,
+        object prev_id=None
     ):
         """The frame's BookUpdate: the one returned last, filled again, where nothing else
         holds it any more (the driver is done with it: no allocation, no collector work), a
@@ -2349,7 +2428,8 @@ cdef class FrameScanner:
         cdef object ev
         if self.last is None or Py_REFCNT(<PyObject*>self.last) != 1:
             self.last = _new_update(
-                instrument, snapshot, bids, asks, last_id, None, cross_seq, ts_ns, checksum
+                instrument, snapshot, bids, asks, last_id, first_id, cross_seq, ts_ns, checksum,
+                prev_id
             )
             return self.last
         ev = self.last
@@ -2361,8 +2441,8 @@ cdef class FrameScanner:
         _store(ev, _AT_CROSS_SEQ, cross_seq)
         _store(ev, _AT_TS_NS, ts_ns)
         _store(ev, _AT_CHECKSUM, checksum)
-        _store(ev, _AT_FIRST_ID, None)
-        _store(ev, _AT_PREV_ID, None)
+        _store(ev, _AT_FIRST_ID, first_id)
+        _store(ev, _AT_PREV_ID, prev_id)
         return ev
 
     cdef int _present(self, int obj, const string& key, int kind) noexcept:
