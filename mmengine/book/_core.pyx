@@ -1756,7 +1756,7 @@ cdef extern from *:
     /* One JSON value of a scanned frame: kind '{' '[' '"' 'n' 't' 'f' 'z' (null); a string's
        span is its content (no quotes); `next` is the index after the value and everything
        in it; `count` the elements (array) or pairs (object); `flags` of a number: 1 a
-       minus, 2 a fraction, 4 an exponent. */
+       minus, 2 a fraction (one with an exponent is refused). */
     struct MmTok { int kind; int start; int len; int next; int count; int flags; };
     typedef std::vector<MmTok> MmTape;
 
@@ -1799,14 +1799,9 @@ cdef extern from *:
                 j = mm_digits(s, j, n);
                 if (j == d) return -1;
             }
-            if (j < n && (s[j] == 'e' || s[j] == 'E')) {
-                flags |= 4;
-                j++;
-                if (j < n && (s[j] == '+' || s[j] == '-')) j++;
-                d = j;
-                j = mm_digits(s, j, n);
-                if (j == d) return -1;
-            }
+            /* An exponent may make a number infinite, which orjson refuses and a key the
+               scanner does not read would let through: refused (the venues send none). */
+            if (j < n && (s[j] == 'e' || s[j] == 'E')) return -1;
             if (j - i > 30) return -1;
             t->kind = 'n';
             t->start = i;
@@ -1841,7 +1836,8 @@ cdef extern from *:
     /* The whole text as one JSON value (and nothing after it but whitespace) on `tape`, in
        order (an object's key before its value); the number of values, or 0. Strict JSON,
        and less: a string with an escape, a control or a non-ASCII character, a number
-       longer than 30 characters or a nesting deeper than 10 are refused like invalid JSON
+       with an exponent or longer than 30 characters, or a nesting deeper than 10 are refused
+       like invalid JSON
        (the frame then takes the full decoder, which judges it). */
     static int mm_scan(const char* s, Py_ssize_t length, MmTape& tape) {
         if (length <= 0 || length > 0x3FFFFFFF) return 0;
@@ -2194,7 +2190,7 @@ cdef class FrameScanner:
             q = self._get(j, self.k_size)
             if p < 0 or q < 0 or self.tape[p].kind != c'n' or self.tape[q].kind != c'n':
                 return None
-            if (self.tape[p].flags | self.tape[q].flags) & 5:  # a sign or an exponent
+            if (self.tape[p].flags | self.tape[q].flags) & 1:  # a sign
                 return None
             if not self._plain(p, &entry.price) or not self._plain(q, &entry.size):
                 return None
