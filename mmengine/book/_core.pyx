@@ -27,7 +27,7 @@ from libcpp.vector cimport vector
 
 from mmengine.book import levels as _reference
 from mmengine.book.checksum import KRAKEN_LEVELS as _KRAKEN_N, OKX_LEVELS as _OKX_N
-from mmengine.book.events import BookUpdate, ContractSize
+from mmengine.book.events import AuditTop, BookUpdate, ContractSize
 from mmengine.model import BookState, BookTop
 
 cdef extern from "Python.h":
@@ -1382,6 +1382,7 @@ cdef class FramePath:
     cdef Py_ssize_t at_book, at_stats, at_rule, at_checks_deltas, at_checksum, at_crossed
     cdef Py_ssize_t at_audits, at_sized, at_size
     cdef Py_ssize_t at_messages, at_updates, at_checked, at_failed, at_seq_checked
+    cdef Py_ssize_t at_audit_agree
 
     def __init__(self, driver: object, contiguous: type, integrity_error: type,
                  parse_errors: tuple, chain: object = None) -> None:
@@ -1428,6 +1429,7 @@ cdef class FramePath:
         self.at_checked = _need_slot(stats_type, "checksums_checked")
         self.at_failed = _need_slot(stats_type, "checksums_failed")
         self.at_seq_checked = _need_slot(stats_type, "sequence_checked")
+        self.at_audit_agree = _need_slot(stats_type, "audit_agree")
         self.sync_type = sync_type
         self.stats_type = stats_type
 
@@ -1537,7 +1539,7 @@ cdef class FramePath:
                                       bool(_field(size, _AT_IN_QUOTE))))
             else:
                 self.reference_emit(sync, recv_ns)  # held until its sizes are known
-        self._audits(sync)
+        self._audits(sync, book, stats)
 
     cdef bint _chained(self, object rule, object ev, object seq) except -1:
         """Whether a bridged `pu` chain accepts `ev` as is (its `pu` the book's `u`)."""
@@ -1550,9 +1552,40 @@ cdef class FramePath:
             and prev == seq
         )
 
-    cdef inline void _audits(self, object sync) except *:
-        if _field(sync, self.at_audits):
-            self.audit_waiting(sync)
+    cdef inline void _audits(self, object sync, L2Book book, object stats) except *:
+        tickers = _field(sync, self.at_audits)
+        if tickers:
+            self._audit(sync, book, stats, tickers)
+
+    cdef void _audit(self, object sync, L2Book book, object stats, object tickers) except *:
+        """`BookDriver._audit_waiting` where every waiting ticker is older than the book or
+        agrees with it; at the first that does not, or anything unusual, the driver's own
+        method takes over (it compares that ticker again and resyncs)."""
+        cdef BookSide bids = book.bids
+        cdef BookSide asks = book.asks
+        if book.state is not LIVE:
+            return
+        seq = book.venue_seq
+        while tickers:
+            t = tickers[0]
+            if type(t) is not AuditTop or type(seq) is not int:
+                break
+            at = _field(t, _AT_AUDIT_SEQ)
+            if type(at) is not int:
+                break
+            if at > seq:
+                return  # (it waits for a later update id)
+            if at == seq and not (
+                _best_is(bids, _at(t, _AT_AUDIT_BID), _at(t, _AT_AUDIT_BID_SIZE))
+                and _best_is(asks, _at(t, _AT_AUDIT_ASK), _at(t, _AT_AUDIT_ASK_SIZE))
+            ):
+                break
+            tickers.popleft()
+            if at == seq:
+                _bump(stats, self.at_audit_agree)
+        else:
+            return
+        self.audit_waiting(sync)
 
     cdef void _counted(self, object sync, object stats, L2Book book, object ev, object got,
                        object last_id) except *:
@@ -1571,6 +1604,28 @@ cdef class FramePath:
         elif last_id is None and _field(sync, self.at_checksum) is not None:
             book.venue_seq = -1
 
+
+
+cdef Py_ssize_t _AT_AUDIT_SEQ = _need_slot(AuditTop, "venue_seq")
+cdef Py_ssize_t _AT_AUDIT_BID = _need_slot(AuditTop, "bid")
+cdef Py_ssize_t _AT_AUDIT_ASK = _need_slot(AuditTop, "ask")
+cdef Py_ssize_t _AT_AUDIT_BID_SIZE = _need_slot(AuditTop, "bid_size")
+cdef Py_ssize_t _AT_AUDIT_ASK_SIZE = _need_slot(AuditTop, "ask_size")
+
+
+cdef bint _best_is(BookSide side, PyObject* price, PyObject* size) noexcept:
+    """Whether the side's best level is (price, size), both given as floats (the audit's
+    `best() == price and size(price) == size`); False for anything else."""
+    cdef LevelIter it
+    if price == NULL or size == NULL or side.ladder.empty():
+        return False
+    if type(<object>price) is not float or type(<object>size) is not float:
+        return False
+    it = side.ladder.begin()
+    return (
+        side.sign * deref(it).first == PyFloat_AS_DOUBLE(price)
+        and deref(it).second.size == PyFloat_AS_DOUBLE(size)
+    )
 
 
 cdef Py_ssize_t _AT_VALUE = _need_slot(ContractSize, "value")
@@ -2064,17 +2119,19 @@ cdef class FrameScanner:
     cdef bint _unique(self, int obj) noexcept:
         """No key of object `obj` is there twice (which value a decoder keeps is its own)."""
         cdef int a = obj + 1, b, i, k
-        for i in range(self.tape[obj].count):
-            b = self.tape[a + 1].next
-            for k in range(i + 1, self.tape[obj].count):
+        cdef Tok* t = self.tape.data()
+        cdef const char* text = self.text
+        for i in range(t[obj].count):
+            b = t[a + 1].next
+            for k in range(i + 1, t[obj].count):
                 if (
-                    self.tape[a].len == self.tape[b].len
-                    and memcmp(self.text + self.tape[a].start, self.text + self.tape[b].start,
-                               self.tape[a].len) == 0
+                    t[a].len == t[b].len
+                    and text[t[a].start] == text[t[b].start]  # (most keys differ at once)
+                    and memcmp(text + t[a].start, text + t[b].start, t[a].len) == 0
                 ):
                     return False
-                b = self.tape[b + 1].next
-            a = self.tape[a + 1].next
+                b = t[b + 1].next
+            a = t[a + 1].next
         return True
 
     cdef str _str(self, int at):

@@ -272,18 +272,28 @@ INFO = orjson.dumps(
     {"symbols": [{"symbol": "BTCUSD_PERP", "pair": "BTCUSD", "contractSize": 100}]}
 ).decode()
 
-# a step: an event (U, u, pu as offsets from the book's id, a level), or the snapshot answered
-STEP = st.one_of(
-    st.tuples(
-        st.integers(-3, 3),
-        st.integers(-3, 4),
-        st.one_of(st.integers(-2, 1), st.sampled_from([None, "x", 1.5])),
-        st.sampled_from(["100.5", "99.5", "101.5", "100.0", "101.0"]),
-        st.sampled_from(["0", "1", "2.5"]),
-        st.booleans(),
-    ),
-    st.just("answer"),
+# A step: an event, the snapshot answered (its id near the last event's), or a ticker. An event chains on the last one
+# (`pu` its `u`, ids may jump), or breaks the chain, or carries an id of another type, or
+# is an old one again; its level is mostly deep in the book, so the best levels (which the
+# tickers name, agreeing or not) are the snapshot's for a while.
+EVENT = st.tuples(
+    st.sampled_from(["chain"] * 6 + ["broken", "odd", "old"]),
+    st.integers(0, 2),  # U beyond the last u + 1
+    st.integers(0, 3),  # u beyond U
+    st.sampled_from(["90.0", "110.0"] * 3 + ["100.5", "99.5", "101.5", "100.0", "101.0"]),
+    st.sampled_from(["0", "1", "2.5"]),
+    st.booleans(),
 )
+TICKER = st.tuples(
+    st.just("ticker"),
+    st.integers(-1, 3),  # its u beyond the last event's
+    st.sampled_from(["100.0", "100.0", "100.5"]),
+    st.sampled_from(["1", "1", "2.5"]),
+    st.sampled_from(["101.0", "101.0", "100.5"]),
+    st.sampled_from(["1", "1", "2"]),
+)
+ANSWER = st.tuples(st.just("answer"), st.integers(-1, 3))  # the snapshot's id this far back
+STEP = st.one_of(EVENT, EVENT, EVENT, TICKER, ANSWER)
 
 
 def _drive(protocol: str, core: str, steps: list[Any], snapshot_id: int) -> dict[str, Any]:
@@ -291,27 +301,42 @@ def _drive(protocol: str, core: str, steps: list[Any], snapshot_id: int) -> dict
     symbol = SYMBOLS[protocol]
     rest = {f"symbol={symbol}&": _snapshot(snapshot_id), "/exchangeInfo": INFO}
     session = RecordingSession(rest, hold=True)
-    spec = VenueSpec("v", protocol, (instrument,), depth=100, book_core=core)
+    spec = VenueSpec("v", protocol, (instrument,), depth=100, audit=True, book_core=core)
     driver = open_venue(spec, session)
     driver.on_connected()
     session.answer_all()  # COIN-M's contract sizes
     driver.poll_fetches(0)
-    last = snapshot_id - 3  # the id the generated events are written around
+    last = snapshot_id  # the id the generated events are written around
     for n, step in enumerate(steps, 1):
-        if step == "answer":
+        if step[0] == "answer":
+            session.rest[f"symbol={symbol}&"] = _snapshot(last - step[1])
             session.answer_all()
             driver.poll_fetches(n)
             continue
-        first, end, prev, price, size, bid = step
-        u = last + max(first, 0) + end
+        if step[0] == "ticker":
+            _, ahead, bid_price, bid_size, ask_price, ask_size = step
+            quote = {"e": "bookTicker", "u": last + ahead, "E": n, "T": n, "s": symbol}
+            quote |= {"b": bid_price, "B": bid_size, "a": ask_price, "A": ask_size}
+            driver.receive(orjson.dumps({"stream": "t", "data": quote}).decode(), n)
+            continue
+        how, jump, span, price, size, bid = step
+        first = last + 1 + jump
+        prev: Any = last
+        if how == "broken":
+            prev = last - 1 - jump
+        elif how == "odd":
+            prev = [None, "x", 1.5][jump]
+        elif how == "old":
+            first, prev = last - 3, last - 4
+        u = first + span
         data = {
             "e": "depthUpdate",
             "E": n,
             "T": n,
             "s": symbol,
-            "U": last + first,
+            "U": first,
             "u": u,
-            "pu": last + prev if type(prev) is int else prev,
+            "pu": prev,
             "b": [[price, size]] if bid else [],
             "a": [] if bid else [[price, size]],
         }
@@ -328,10 +353,10 @@ def _drive(protocol: str, core: str, steps: list[Any], snapshot_id: int) -> dict
     }
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(
     protocol=st.sampled_from(sorted(INSTRUMENTS)),
-    steps=st.lists(STEP, min_size=1, max_size=25),
+    steps=st.lists(STEP, min_size=3, max_size=30),
     snapshot_id=st.integers(1000, 1010),
 )
 def test_futures_sequences_give_the_same_books_on_both_cores(
@@ -362,3 +387,22 @@ def test_a_broken_pu_chain_resyncs_on_the_compiled_path() -> None:
     assert got == ref
     assert sum(s["sequence_gaps"] for s in got["stats"].values()) == 1
     assert got["venue"][3] == {"gap": 1}
+
+
+def test_waiting_tickers_are_audited_on_the_compiled_path_as_by_the_driver() -> None:
+    """Two tickers wait for update id 1002: the first agrees with the book there, the second
+    names another size. The event reaching 1002 is chained in C, which counts the first and
+    hands the second to the driver's audit: a disagreement, and a resync, on both cores."""
+    steps = [
+        ("chain", 0, 0, "90.0", "1", True),  # 1001, buffered
+        ("answer", 0),  # the snapshot at 1001: the buffered event bridges it
+        ("ticker", 1, "100.0", "1", "101.0", "1"),
+        ("ticker", 1, "100.0", "2.5", "101.0", "1"),
+        ("chain", 0, 0, "110.0", "3", False),  # 1002
+    ]
+    for protocol in INSTRUMENTS:
+        ref = _drive(protocol, "python", steps, 1000)
+        got = _drive(protocol, "compiled", steps, 1000)
+        assert got == ref
+        stats = got["stats"]
+        assert (stats.audit_agree, stats.audit_disagree, stats.resyncs) == (1, 1, 1)
