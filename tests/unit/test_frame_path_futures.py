@@ -272,10 +272,10 @@ INFO = orjson.dumps(
     {"symbols": [{"symbol": "BTCUSD_PERP", "pair": "BTCUSD", "contractSize": 100}]}
 ).decode()
 
-# A step: an event, the snapshot answered (its id near the last event's), or a ticker. An event chains on the last one
-# (`pu` its `u`, ids may jump), or breaks the chain, or carries an id of another type, or
-# is an old one again; its level is mostly deep in the book, so the best levels (which the
-# tickers name, agreeing or not) are the snapshot's for a while.
+# A step: an event, the snapshot answered (its id near the last event's), or a ticker. An
+# event chains on the last one (`pu` its `u`, ids may jump), or breaks the chain, or carries
+# an id of another type, or is an old one again; its level is mostly deep in the book, so
+# the best levels (which the tickers name, agreeing or not) are the snapshot's for a while.
 EVENT = st.tuples(
     st.sampled_from(["chain"] * 6 + ["broken", "odd", "old"]),
     st.integers(0, 2),  # U beyond the last u + 1
