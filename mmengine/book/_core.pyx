@@ -61,10 +61,12 @@ cdef extern from *:
     #include <map>
     #include <stdint.h>
     #include <string.h>
-    struct MmLevel { double size; PyObject* price_text; PyObject* size_text; };
+    /* A level; with its strings, its Kraken checksum form (`price + qty`) once written:
+       `form_len` -1 not yet, -2 longer than `form` (written from the strings each time). */
+    struct MmLevel {
+        double size; PyObject* price_text; PyObject* size_text; int form_len; char form[44];
+    };
     struct MmEntry { double price; double size; PyObject* price_text; PyObject* size_text; };
-    /* A level's Kraken checksum form (`price + qty`), kept with the strings it came from. */
-    struct MmForm { PyObject* price_text; PyObject* size_text; int len; char text[52]; };
     typedef std::map<double, MmLevel> MmLadder;
 
     static inline MmLadder::iterator mm_insert(MmLadder& ladder, MmLadder::iterator hint,
@@ -170,11 +172,8 @@ cdef extern from *:
         double size
         PyObject* price_text  # owned, or NULL where no strings are kept
         PyObject* size_text
-    cdef struct Form "MmForm":
-        PyObject* price_text  # owned
-        PyObject* size_text
-        int len  # -1: longer than `text`, written from the strings each time
-        char text[52]
+        int form_len  # the Kraken checksum form in `form`: -1 not written yet, -2 too long
+        char form[44]
     cdef struct Entry "MmEntry":
         double price
         double size
@@ -699,10 +698,6 @@ cdef class BookSide:
     cdef list top_sizes
     cdef Py_ssize_t top_n  # ...of its best `top_n` levels
     cdef bint top_dirty  # the side changed since (any level set, deleted or cleared)
-    # Kraken: the checksum forms of the levels its text was last written from, best first
-    # (a level whose strings are the same objects is not written again)
-    cdef vector[Form] forms
-    cdef vector[Form] forms_next
     cdef string scratch
     cdef readonly bint is_bid
     cdef readonly bint keep_wire
@@ -716,70 +711,32 @@ cdef class BookSide:
 
     def __dealloc__(self) -> None:
         self._clear()
-        self._drop_forms(&self.forms)
-        self._drop_forms(&self.forms_next)
-
-    cdef void _drop_forms(self, vector[Form]* forms) noexcept:
-        cdef size_t j
-        for j in range(forms.size()):
-            Py_XDECREF(deref(forms)[j].price_text)
-            Py_XDECREF(deref(forms)[j].size_text)
-        forms.clear()
 
     cdef void _kraken_text(self, string* out, int n) noexcept:
-        """Append the Kraken checksum text of the best `n` levels (venue-protocols 3.4),
-        reusing the form of each level written last time from the same strings (their
-        references move to the new list; the forms not reused are released)."""
+        """Append the Kraken checksum text of the best `n` levels (venue-protocols 3.4): each
+        level's form, written once from its strings and kept with the level until they
+        change (a level set again, or a new one, writes it anew)."""
         cdef LevelIter it = self.ladder.begin()
         cdef int i = 0
-        cdef Py_ssize_t j, k, count
-        cdef Form form
-        cdef Form* kept
-        cdef PyObject* p
-        cdef PyObject* q
-        self._drop_forms(&self.forms_next)
-        count = self.forms.size()
+        cdef Level* level
         while it != self.ladder.end() and i < n:
-            p = deref(it).second.price_text
-            q = deref(it).second.size_text
-            kept = NULL
-            # where it was (i), one place on (a level inserted above) or back (removed),
-            # else anywhere
-            for k in range(-1, count + 2 if p != NULL else -1):
-                j = i if k == -1 else (i + 1 if k == 0 else (i - 1 if k == 1 else k - 2))
-                if k >= 2 and (j == i or j == i + 1 or j == i - 1):
-                    continue
-                if 0 <= j < count and self.forms[j].price_text == p and self.forms[j].size_text == q:
-                    kept = &self.forms[j]
-                    break
-            if kept != NULL:
-                self.forms_next.push_back(deref(kept))
-                kept.price_text = NULL  # (moved)
-                kept.size_text = NULL
-            else:
+            level = &deref(it).second
+            if level.form_len == -1:
                 self.scratch.clear()
-                _kraken_form(&self.scratch, p)
-                _kraken_form(&self.scratch, q)
-                form.price_text = p
-                form.size_text = q
-                Py_XINCREF(p)
-                Py_XINCREF(q)
-                if self.scratch.size() <= sizeof(form.text):
-                    form.len = self.scratch.size()
-                    memcpy(form.text, self.scratch.data(), self.scratch.size())
+                _kraken_form(&self.scratch, level.price_text)
+                _kraken_form(&self.scratch, level.size_text)
+                if self.scratch.size() <= sizeof(level.form):
+                    level.form_len = self.scratch.size()
+                    memcpy(level.form, self.scratch.data(), self.scratch.size())
                 else:
-                    form.len = -1
-                self.forms_next.push_back(form)
-            kept = &self.forms_next.back()
-            if kept.len >= 0:
-                out.append(kept.text, kept.len)
+                    level.form_len = -2
+            if level.form_len >= 0:
+                out.append(level.form, level.form_len)
             else:
-                _kraken_form(out, p)
-                _kraken_form(out, q)
+                _kraken_form(out, level.price_text)
+                _kraken_form(out, level.size_text)
             inc(it)
             i += 1
-        self.forms.swap(self.forms_next)
-        self._drop_forms(&self.forms_next)
 
     def __len__(self) -> int:
         return self.ladder.size()
@@ -816,6 +773,7 @@ cdef class BookSide:
             return
         if it != self.ladder.end() and deref(it).first == key:
             deref(it).second.size = entry.size
+            deref(it).second.form_len = -1
             if self.keep_wire:
                 Py_XINCREF(entry.price_text)
                 Py_XINCREF(entry.size_text)
@@ -827,6 +785,7 @@ cdef class BookSide:
         level.size = entry.size
         level.price_text = NULL
         level.size_text = NULL
+        level.form_len = -1
         if self.keep_wire:
             Py_XINCREF(entry.price_text)
             Py_XINCREF(entry.size_text)
@@ -874,6 +833,7 @@ cdef class BookSide:
             level.size = levels.entries[i].size
             level.price_text = NULL
             level.size_text = NULL
+            level.form_len = -1
             if self.keep_wire:
                 level.price_text = levels.entries[i].price_text
                 level.size_text = levels.entries[i].size_text
