@@ -61,17 +61,37 @@ cdef extern from *:
     #include <map>
     #include <stdint.h>
     #include <string.h>
-    /* A level; with its strings, its Kraken checksum form (`price + qty`) once written:
+    #include <string>
+    #include <tuple>
+    /* A level: its size, the venue's strings where the book keeps them (a copy: no Python
+       object per level), and its Kraken checksum form (`price + qty`) once written:
        `form_len` -1 not yet, -2 longer than `form` (written from the strings each time). */
     struct MmLevel {
-        double size; PyObject* price_text; PyObject* size_text; int form_len; char form[44];
+        double size; std::string price_text; std::string size_text; int form_len;
+        char form[44];
     };
-    struct MmEntry { double price; double size; PyObject* price_text; PyObject* size_text; };
+    /* A decoded level: its strings (NULL: none) are in a buffer `Levels.owner` holds. */
+    struct MmEntry {
+        double price; double size; const char* price_text; const char* size_text;
+        int price_len; int size_len;
+    };
     typedef std::map<double, MmLevel> MmLadder;
 
-    static inline MmLadder::iterator mm_insert(MmLadder& ladder, MmLadder::iterator hint,
-                                               double key, const MmLevel& level) {
-        return ladder.insert(hint, std::make_pair(key, level));
+    /* Set the level at `key` (a new one at `hint`, or the one there) from an entry. */
+    static inline MmLadder::iterator mm_put(MmLadder& ladder, MmLadder::iterator hint,
+                                            double key, const MmEntry& entry, int texts) {
+        MmLadder::iterator it = ladder.emplace_hint(
+            hint, std::piecewise_construct, std::forward_as_tuple(key), std::forward_as_tuple());
+        MmLevel& level = it->second;
+        level.size = entry.size;
+        level.form_len = -1;
+        if (texts) {
+            if (entry.price_text) level.price_text.assign(entry.price_text, entry.price_len);
+            else level.price_text.clear();
+            if (entry.size_text) level.size_text.assign(entry.size_text, entry.size_len);
+            else level.size_text.clear();
+        }
+        return it;
     }
 
     /* A plain decimal (digits, at most one dot, no sign or exponent) as the double float()
@@ -170,15 +190,17 @@ cdef extern from *:
     """
     cdef struct Level "MmLevel":
         double size
-        PyObject* price_text  # owned, or NULL where no strings are kept
-        PyObject* size_text
+        string price_text  # empty where no strings are kept
+        string size_text
         int form_len  # the Kraken checksum form in `form`: -1 not written yet, -2 too long
         char form[44]
     cdef struct Entry "MmEntry":
         double price
         double size
-        PyObject* price_text  # borrowed from `Levels.owner`
-        PyObject* size_text
+        const char* price_text  # in a buffer `Levels.owner` holds; NULL: none
+        const char* size_text
+        int price_len
+        int size_len
     bint mm_decimal(const char* s, Py_ssize_t n, double* out) noexcept
     bint mm_decimal_runs(const char* s, Py_ssize_t n, double* out) noexcept
     double mm_pow10_of "mm_pow10_at"(int k) noexcept
@@ -189,7 +211,8 @@ ctypedef cmap[double, Level] LevelMap
 ctypedef cmap[double, Level].iterator LevelIter
 
 cdef extern from *:
-    LevelIter mm_insert(LevelMap& ladder, LevelIter hint, double key, const Level& level)
+    LevelIter mm_put(LevelMap& ladder, LevelIter hint, double key, const Entry& entry,
+                     bint texts)
 
 mm_crc_init()
 
@@ -262,15 +285,7 @@ cdef class Levels:
     and (for a checksum) the venue's strings, held alive by `owner`."""
 
     cdef vector[Entry] entries
-    cdef object owner
-    cdef bint owns  # the entries' strings are references of its own (`FrameScanner`)
-
-    def __dealloc__(self) -> None:
-        cdef size_t i
-        if self.owns:
-            for i in range(self.entries.size()):
-                Py_XDECREF(self.entries[i].price_text)
-                Py_XDECREF(self.entries[i].size_text)
+    cdef object owner  # what holds the buffers of the entries' strings
 
     def __len__(self) -> int:
         return self.entries.size()
@@ -285,10 +300,22 @@ cdef class Levels:
     def texts(self) -> list:
         """(price text, size text) per level, where kept."""
         return [
-            (<object>e.price_text, <object>e.size_text)
+            (
+                PyUnicode_FromStringAndSize(e.price_text, e.price_len),
+                PyUnicode_FromStringAndSize(e.size_text, e.size_len),
+            )
             for e in self.entries
             if e.price_text != NULL
         ]
+
+
+cdef inline void _texts(Entry* entry, object price, object size) noexcept:
+    """The entry's strings: those of two str objects (held by the Levels' owner)."""
+    cdef Py_ssize_t n
+    entry.price_text = _utf8(<PyObject*>price, &n)
+    entry.price_len = n
+    entry.size_text = _utf8(<PyObject*>size, &n)
+    entry.size_len = n
 
 
 cdef Levels _from_reference(object decoded, bint wire):
@@ -303,8 +330,7 @@ cdef Levels _from_reference(object decoded, bint wire):
         entry.size = level[1]
         if wire:
             owner.append(level)
-            entry.price_text = <PyObject*>level[2]
-            entry.size_text = <PyObject*>level[3]
+            _texts(&entry, level[2], level[3])
         out.entries.push_back(entry)
     out.owner = owner
     return out
@@ -347,8 +373,7 @@ cdef class LevelDecoder:
             if not (0.0 < entry.price < INF and 0.0 <= entry.size < INF):
                 return None
             if wire:
-                entry.price_text = <PyObject*>p
-                entry.size_text = <PyObject*>q
+                _texts(&entry, p, q)
             out.entries.push_back(entry)
         out.owner = raw
         return out
@@ -437,8 +462,7 @@ cdef class LevelDecoder:
                 return None
             texts = (_fixed(entry.price, price_decimals), _fixed(entry.size, size_decimals))
             owner.append(texts)
-            entry.price_text = <PyObject*>texts[0]
-            entry.size_text = <PyObject*>texts[1]
+            _texts(&entry, texts[0], texts[1])
             out.entries.push_back(entry)
         out.owner = owner
         return out
@@ -742,13 +766,6 @@ cdef class BookSide:
         return self.ladder.size()
 
     cdef void _clear(self):
-        cdef LevelIter it
-        if self.keep_wire:
-            it = self.ladder.begin()
-            while it != self.ladder.end():
-                Py_XDECREF(deref(it).second.price_text)
-                Py_XDECREF(deref(it).second.size_text)
-                inc(it)
         self.ladder.clear()
         self.top_dirty = True
 
@@ -756,42 +773,18 @@ cdef class BookSide:
         self._clear()
 
     cdef inline void _erase(self, LevelIter it):
-        if self.keep_wire:
-            Py_XDECREF(deref(it).second.price_text)
-            Py_XDECREF(deref(it).second.size_text)
         self.ladder.erase(it)
         self.top_dirty = True
 
     cdef inline void _set(self, double key, const Entry& entry):
         """Set a level; a zero size deletes it (a price not held: nothing to do)."""
         cdef LevelIter it = self.ladder.lower_bound(key)
-        cdef Level level
         self.top_dirty = True
         if entry.size == 0.0:
             if it != self.ladder.end() and deref(it).first == key:
                 self._erase(it)
             return
-        if it != self.ladder.end() and deref(it).first == key:
-            deref(it).second.size = entry.size
-            deref(it).second.form_len = -1
-            if self.keep_wire:
-                Py_XINCREF(entry.price_text)
-                Py_XINCREF(entry.size_text)
-                Py_XDECREF(deref(it).second.price_text)
-                Py_XDECREF(deref(it).second.size_text)
-                deref(it).second.price_text = entry.price_text
-                deref(it).second.size_text = entry.size_text
-            return
-        level.size = entry.size
-        level.price_text = NULL
-        level.size_text = NULL
-        level.form_len = -1
-        if self.keep_wire:
-            Py_XINCREF(entry.price_text)
-            Py_XINCREF(entry.size_text)
-            level.price_text = entry.price_text
-            level.size_text = entry.size_text
-        mm_insert(self.ladder, it, key, level)
+        mm_put(self.ladder, it, key, entry, self.keep_wire)  # (the one there, or a new one)
 
     cdef double _edge(self, int watch):
         """The key of the `watch`-th best level; +inf when the side is shorter."""
@@ -822,30 +815,15 @@ cdef class BookSide:
     cdef void _load(self, Levels levels):
         """Replace the side; zero sizes are ignored, the last of a repeated price wins (as
         the reference's dict). Levels usually come best first: each goes in at the end."""
-        cdef size_t i, before
-        cdef Level level
-        cdef LevelIter it
+        cdef size_t i
         cdef double sign = self.sign
         self._clear()
         for i in range(levels.entries.size()):
             if levels.entries[i].size == 0.0:
                 continue
-            level.size = levels.entries[i].size
-            level.price_text = NULL
-            level.size_text = NULL
-            level.form_len = -1
-            if self.keep_wire:
-                level.price_text = levels.entries[i].price_text
-                level.size_text = levels.entries[i].size_text
-                Py_XINCREF(level.price_text)
-                Py_XINCREF(level.size_text)
-            before = self.ladder.size()
-            it = mm_insert(self.ladder, self.ladder.end(), sign * levels.entries[i].price, level)
-            if self.ladder.size() == before:  # a repeated price: the later level wins
-                if self.keep_wire:
-                    Py_XDECREF(deref(it).second.price_text)
-                    Py_XDECREF(deref(it).second.size_text)
-                deref(it).second = level
+            # (a repeated price: the level there is set again, so the later one wins)
+            mm_put(self.ladder, self.ladder.end(), sign * levels.entries[i].price,
+                   levels.entries[i], self.keep_wire)
 
     cdef bint _truncate(self, size_t depth):
         cdef LevelIter it
@@ -921,7 +899,7 @@ cdef class BookSide:
         if not self.keep_wire:
             raise ValueError("this side does not keep wire strings")
         while it != self.ladder.end() and i < n:
-            out.append((<object>deref(it).second.price_text, <object>deref(it).second.size_text))
+            out.append((_str_of(deref(it).second.price_text), _str_of(deref(it).second.size_text)))
             inc(it)
             i += 1
         return out
@@ -1217,14 +1195,11 @@ cdef extern from "string.h":
     int memcmp(const void* a, const void* b, size_t n)
 
 
-cdef inline void _kraken_form(string* out, PyObject* text) noexcept:
+cdef inline void _kraken_form(string* out, const string& text) noexcept:
     """Kraken's checksum form of a decimal string: no `.`, no leading zeros."""
-    cdef Py_ssize_t n, i = 0
-    cdef const char* buf
+    cdef Py_ssize_t n = text.size(), i = 0
+    cdef const char* buf = text.data()
     cdef const char* dot
-    if text == NULL:
-        return
-    buf = _utf8(text, &n)
     while i < n and (buf[i] == b"0" or buf[i] == b"."):
         i += 1
     dot = <const char*>memchr(buf + i, b".", n - i)
@@ -1235,22 +1210,18 @@ cdef inline void _kraken_form(string* out, PyObject* text) noexcept:
     out.append(dot + 1, buf + n - dot - 1)
 
 
-cdef inline void _append(string* out, PyObject* text) noexcept:
-    cdef Py_ssize_t n
-    cdef const char* buf
-    if text == NULL:
-        return
-    buf = _utf8(text, &n)
-    out.append(buf, n)
+cdef inline str _str_of(const string& text):
+    """A kept string (ASCII: the decoders keep decimal strings only) as a str."""
+    return PyUnicode_FromStringAndSize(text.data(), text.size())
 
 
 cdef inline void _okx_level(string* out, const Level& level) noexcept:
     """`price:size`, after a `:` unless it is the first level of the text."""
     if not out.empty():
         out.push_back(b":")
-    _append(out, level.price_text)
+    out.append(level.price_text)
     out.push_back(b":")
-    _append(out, level.size_text)
+    out.append(level.size_text)
 
 
 cdef void _okx_text(string* out, BookSide bids, BookSide asks, int n) noexcept:
@@ -1964,6 +1935,7 @@ cdef class FrameScanner:
     cdef vector[string] k_time_ms
     cdef vector[Tok] tape
     cdef const char* text
+    cdef object frame  # (the text's str, while it is read)
     cdef object last  # the BookUpdate last returned (filled again when no one holds it)
     cdef readonly Py_ssize_t scanned  # frames returned from the text
     cdef readonly Py_ssize_t passed  # frames handed to the fallback
@@ -2032,6 +2004,7 @@ cdef class FrameScanner:
         if type(frame) is str and PyUnicode_IS_COMPACT_ASCII(<PyObject*>frame):
             n = PyUnicode_GET_LENGTH(<PyObject*>frame)
             self.text = <const char*>PyUnicode_DATA(<PyObject*>frame)
+            self.frame = frame
             if <size_t>n >= self.k_start.size() and memcmp(
                 self.text, self.k_start.data(), self.k_start.size()
             ) == 0:
@@ -2040,6 +2013,7 @@ cdef class FrameScanner:
                 if mm_scan(self.text, n, self.tape):
                     got = self._array() if self.array_layout else self._object()
             self.text = NULL
+            self.frame = None
         if got is None:
             self.passed += 1
             return self.fallback(frame)
@@ -2163,9 +2137,10 @@ cdef class FrameScanner:
             return None
         out = Levels.__new__(Levels)  # (no __init__ to look up)
         out.entries.reserve(self.tape[arr].count)
-        out.owns = wire
         entry.price_text = NULL
         entry.size_text = NULL
+        if wire:
+            out.owner = self.frame  # (the strings are read where they are in its text)
         for k in range(self.tape[arr].count):
             row = self.tape[j]
             if row.kind != c'[' or row.count < 2 or row.next - j - 1 != row.count:
@@ -2178,12 +2153,11 @@ cdef class FrameScanner:
             if not (0.0 < entry.price < INF and 0.0 <= entry.size < INF):
                 return None
             if wire:
-                entry.price_text = self._ascii(j + 1)
-                entry.size_text = NULL
-                out.entries.push_back(entry)
-                out.entries.back().size_text = self._ascii(j + 2)
-            else:
-                out.entries.push_back(entry)
+                entry.price_text = self.text + self.tape[j + 1].start
+                entry.price_len = self.tape[j + 1].len
+                entry.size_text = self.text + self.tape[j + 2].start
+                entry.size_len = self.tape[j + 2].len
+            out.entries.push_back(entry)
             j = row.next
         return out
 
@@ -2197,9 +2171,8 @@ cdef class FrameScanner:
             return None
         out = Levels.__new__(Levels)
         out.entries.reserve(self.tape[arr].count)
-        out.owns = True
-        entry.price_text = NULL
-        entry.size_text = NULL
+        owner = []
+        out.owner = owner
         for k in range(self.tape[arr].count):
             if self.tape[j].kind != c'{':
                 return None
@@ -2213,13 +2186,10 @@ cdef class FrameScanner:
                 return None
             if not (0.0 < entry.price < INF and 0.0 <= entry.size < INF):
                 return None
+            texts = (_fixed(entry.price, price_decimals), _fixed(entry.size, size_decimals))
+            owner.append(texts)
+            _texts(&entry, texts[0], texts[1])
             out.entries.push_back(entry)
-            text = _fixed(entry.price, price_decimals)
-            Py_INCREF(text)
-            out.entries.back().price_text = <PyObject*>text
-            text = _fixed(entry.size, size_decimals)
-            Py_INCREF(text)
-            out.entries.back().size_text = <PyObject*>text
             j = self.tape[j].next
         return out
 
