@@ -77,6 +77,21 @@ cdef extern from *:
     };
     typedef std::map<double, MmLevel> MmLadder;
 
+    /* Kraken's checksum form of a decimal string (no leading zeros or dots, then no `.`,
+       as `_kraken_form`) into out; its length, or -1 where it is longer than cap. */
+    static inline int mm_kraken_form(const std::string& text, char* out, int cap) {
+        const char* b = text.data();
+        size_t n = text.size(), i = 0;
+        int k = 0, dot = 0;
+        while (i < n && (b[i] == '0' || b[i] == '.')) i++;
+        for (; i < n; i++) {
+            if (b[i] == '.' && !dot) { dot = 1; continue; }
+            if (k >= cap) return -1;
+            out[k++] = b[i];
+        }
+        return k;
+    }
+
     /* Set the level at `key` (a new one at `hint`, or the one there) from an entry. */
     static inline MmLadder::iterator mm_put(MmLadder& ladder, MmLadder::iterator hint,
                                             double key, const MmEntry& entry, int texts) {
@@ -201,6 +216,7 @@ cdef extern from *:
         const char* size_text
         int price_len
         int size_len
+    int mm_kraken_form(const string& text, char* out, int cap) noexcept
     bint mm_decimal(const char* s, Py_ssize_t n, double* out) noexcept
     bint mm_decimal_runs(const char* s, Py_ssize_t n, double* out) noexcept
     double mm_pow10_of "mm_pow10_at"(int k) noexcept
@@ -722,7 +738,6 @@ cdef class BookSide:
     cdef list top_sizes
     cdef Py_ssize_t top_n  # ...of its best `top_n` levels
     cdef bint top_dirty  # the side changed since (any level set, deleted or cleared)
-    cdef string scratch
     cdef readonly bint is_bid
     cdef readonly bint keep_wire
     cdef double sign
@@ -741,26 +756,32 @@ cdef class BookSide:
         level's form, written once from its strings and kept with the level until they
         change (a level set again, or a new one, writes it anew)."""
         cdef LevelIter it = self.ladder.begin()
-        cdef int i = 0
+        cdef int i = 0, k, q
         cdef Level* level
+        cdef char[440] buf  # the forms, gathered here and appended at once
+        cdef size_t used = 0
         while it != self.ladder.end() and i < n:
             level = &deref(it).second
             if level.form_len == -1:
-                self.scratch.clear()
-                _kraken_form(&self.scratch, level.price_text)
-                _kraken_form(&self.scratch, level.size_text)
-                if self.scratch.size() <= sizeof(level.form):
-                    level.form_len = self.scratch.size()
-                    memcpy(level.form, self.scratch.data(), self.scratch.size())
-                else:
-                    level.form_len = -2
-            if level.form_len >= 0:
-                out.append(level.form, level.form_len)
+                k = mm_kraken_form(level.price_text, level.form, sizeof(level.form))
+                q = -1
+                if k >= 0:
+                    q = mm_kraken_form(level.size_text, level.form + k, sizeof(level.form) - k)
+                level.form_len = k + q if q >= 0 else -2
+            if level.form_len >= 0 and used + level.form_len <= sizeof(buf):
+                memcpy(buf + used, level.form, level.form_len)
+                used += level.form_len
             else:
-                _kraken_form(out, level.price_text)
-                _kraken_form(out, level.size_text)
+                out.append(buf, used)
+                used = 0
+                if level.form_len >= 0:
+                    out.append(level.form, level.form_len)
+                else:
+                    _kraken_form(out, level.price_text)
+                    _kraken_form(out, level.size_text)
             inc(it)
             i += 1
+        out.append(buf, used)
 
     def __len__(self) -> int:
         return self.ladder.size()
@@ -1531,7 +1552,8 @@ cdef class FramePath:
                     _field(ev, _AT_INSTRUMENT), "checksum", f"computed {got}, venue {checksum}"
                 )
             if last_id is None:
-                book.venue_seq = got & 0xFFFFFFFF
+                # (as unsigned 32 bits, which Kraken's CRC already is: no new int for it)
+                book.venue_seq = got if book.kind == _KRAKEN else got & 0xFFFFFFFF
         elif last_id is None and _field(sync, self.at_checksum) is not None:
             book.venue_seq = -1
 
