@@ -2244,8 +2244,9 @@ cdef class FrameScanner:
             if self.tape[entry].kind != c'[' or self.tape[entry].count != 1:
                 return None
             entry += 1
-        if self.tape[entry].kind != c'{' or not self._unique(entry):
+        if self.tape[entry].kind != c'{':
             return None
+        # the kind first: a frame of another kind (Binance's tickers) is handed on at once
         kind = self._get(entry if self.kind_in_entry else 0, self.k_kind)
         if kind < 0:
             return None
@@ -2254,6 +2255,8 @@ cdef class FrameScanner:
         elif self._is(kind, self.k_delta):
             snapshot = False
         else:
+            return None
+        if not self._unique(entry):
             return None
         routed = self._route(self._get(entry if self.route_in_entry else 0, self.k_route))
         if routed is None:
