@@ -1931,12 +1931,12 @@ cdef enum:
 cdef class FrameScanner:
     """A venue's `parse` (the compiled core): a frame of its declared usual shape
     (`shape.FrameShape`) is read from its text in one call, levels straight into `Levels`
-    with no Python object per level (Kraken v1's strings excepted: its checksum keeps them),
-    and returned as the BookUpdate the venue's own parse would give. Anything else goes to
-    that parse (`fallback`), unchanged: another shape or value type, a JSON escape or
-    non-ASCII text, a duplicated key, a number that is not a plain decimal, a level or
-    field the venue's decoder would refuse. So a frame is refused, skipped or applied
-    exactly as without the scanner (`tests/unit/test_frame_path.py`)."""
+    with no Python object per level (Kraken v1's strings, which its checksum needs, are read
+    where they are in the text), and returned as the BookUpdate the venue's own parse would
+    give. Anything else goes to that parse (`fallback`), unchanged: another shape or value
+    type, a JSON escape or non-ASCII text, a duplicated key, a number that is not a plain
+    decimal, a level or field the venue's decoder would refuse. So a frame is refused,
+    skipped or applied exactly as without the scanner (`tests/unit/test_frame_path.py`)."""
 
     cdef object fallback
     cdef object venue  # read at the first frame (`_ready`), then dropped
