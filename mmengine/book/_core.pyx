@@ -44,6 +44,7 @@ cdef extern from "Python.h":
     object PyList_New(Py_ssize_t n)
     void PyList_SET_ITEM(object lst, Py_ssize_t i, object item)
     void PyTuple_SET_ITEM(object tup, Py_ssize_t i, object item)
+    PyObject* PyTuple_GET_ITEM(object tup, Py_ssize_t i)
     object PyFloat_FromDouble(double value)
     object PyLong_FromDouble(double value)
     str PyUnicode_FromStringAndSize(const char* text, Py_ssize_t size)
@@ -738,6 +739,11 @@ cdef class BookSide:
     cdef list top_sizes
     cdef Py_ssize_t top_n  # ...of its best `top_n` levels
     cdef bint top_dirty  # the side changed since (any level set, deleted or cleared)
+    # the top sizes in base units (`L2Book._top_in_base`) and what they were made from
+    cdef list base_sizes
+    cdef list base_of_prices, base_of_sizes
+    cdef double base_value
+    cdef bint base_in_quote
     cdef readonly bint is_bid
     cdef readonly bint keep_wire
     cdef double sign
@@ -785,6 +791,23 @@ cdef class BookSide:
 
     def __len__(self) -> int:
         return self.ladder.size()
+
+    cdef list _sizes_in_base(self, double value, bint in_quote):
+        """The sizes of the last top lists (`_top_lists`) in base units: the list made last
+        time while those lists (never changed once made) and the contract are the same."""
+        if (
+            self.base_sizes is None
+            or self.base_of_sizes is not self.top_sizes
+            or self.base_of_prices is not self.top_prices
+            or not _same_double(self.base_value, value)
+            or self.base_in_quote != in_quote
+        ):
+            self.base_sizes = _sizes_in_base(self.top_prices, self.top_sizes, value, in_quote)
+            self.base_of_sizes = self.top_sizes
+            self.base_of_prices = self.top_prices
+            self.base_value = value
+            self.base_in_quote = in_quote
+        return self.base_sizes
 
     cdef void _clear(self):
         self.ladder.clear()
@@ -963,6 +986,14 @@ cdef class BookSide:
             self.top_sizes = _float_list(sizes_now, count)
         self.top_dirty = False
         self.top_n = n
+
+
+cdef inline void _put_again(object top, Py_ssize_t i, object value):
+    """Replace item i of a tuple just built here (no one else holds it yet)."""
+    cdef PyObject* old = PyTuple_GET_ITEM(top, i)
+    Py_INCREF(value)
+    PyTuple_SET_ITEM(top, i, value)
+    Py_XDECREF(old)
 
 
 cdef list _float_list(const double* values, Py_ssize_t count):
@@ -1147,6 +1178,16 @@ cdef class L2Book:
             _put(top, 8, self.bids.top_sizes)
             _put(top, 9, self.asks.top_prices)
             _put(top, 10, self.asks.top_sizes)
+        return top
+
+    cdef object _top_in_base(self, Py_ssize_t n, double value, bint in_quote):
+        """`ContractSize(value, in_quote).to_base(self.top(n))` of a LIVE book, its lists of
+        sizes in base units kept with each side while its top lists are the same."""
+        top = self._top_of(n)
+        if self.state is not LIVE:
+            return top  # (no levels to convert)
+        _put_again(top, 8, self.bids._sizes_in_base(value, in_quote))
+        _put_again(top, 10, self.asks._sizes_in_base(value, in_quote))
         return top
 
     def checksum(self) -> int:
@@ -1486,9 +1527,9 @@ cdef class FramePath:
             elif type(size) is ContractSize and type(_field(size, _AT_VALUE)) is float:
                 # contracts in base units, as `ContractSize.to_base` gives them
                 book.recv_ts_ns = recv_ns
-                top = book._top_of(self.top_levels)
-                self.publish(_to_base(top, PyFloat_AS_DOUBLE(_at(size, _AT_VALUE)),
-                                      bool(_field(size, _AT_IN_QUOTE))))
+                self.publish(book._top_in_base(self.top_levels,
+                                               PyFloat_AS_DOUBLE(_at(size, _AT_VALUE)),
+                                               bool(_field(size, _AT_IN_QUOTE))))
             else:
                 self.reference_emit(sync, recv_ns)  # held until its sizes are known
         self._audits(sync, book, stats)
@@ -1585,17 +1626,8 @@ cdef Py_ssize_t _AT_VALUE = _need_slot(ContractSize, "value")
 cdef Py_ssize_t _AT_IN_QUOTE = _need_slot(ContractSize, "in_quote")
 
 
-cdef object _to_base(object top, double value, bint in_quote):
-    """`ContractSize.to_base(top)`: the same BookTop with each size times `value` (then
-    divided by its price, `in_quote`), in the same double operations."""
-    cdef Py_ssize_t i
-    out = PyType_GenericAlloc(_BOOK_TOP, 11)
-    for i in range(8):
-        _put(out, i, (<tuple>top)[i])
-    _put(out, 9, (<tuple>top)[9])
-    _put(out, 8, _sizes_in_base((<tuple>top)[7], (<tuple>top)[8], value, in_quote))
-    _put(out, 10, _sizes_in_base((<tuple>top)[9], (<tuple>top)[10], value, in_quote))
-    return out
+cdef inline bint _same_double(double a, double b) noexcept:
+    return memcmp(&a, &b, sizeof(double)) == 0
 
 
 cdef list _sizes_in_base(list prices, list sizes, double value, bint in_quote):
