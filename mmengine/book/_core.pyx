@@ -20,7 +20,7 @@ cimport cython
 from cpython.object cimport Py_TYPE, PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF, Py_XINCREF
 from cython.operator cimport dereference as deref, preincrement as inc, predecrement as dec
-from libc.stdint cimport uint32_t
+from libc.stdint cimport uint32_t, uint64_t
 from libcpp.map cimport map as cmap
 from libcpp.string cimport string
 from libcpp.vector cimport vector
@@ -2109,6 +2109,24 @@ cdef class FrameScanner:
         cdef int a = obj + 1, b, i, k
         cdef Tok* t = self.tape.data()
         cdef const char* text = self.text
+        cdef uint64_t seen = 0, bit
+        # One pass first: a key's length and first and last characters pick one of 64
+        # bits; no bit picked twice means no key twice. Otherwise every pair is compared.
+        for i in range(t[obj].count):
+            bit = 0
+            if t[a].len:
+                # (chosen so that the keys of every declared frame fall apart, a letter's
+                # two cases too; a collision only costs the pairwise check)
+                bit = (<unsigned char>text[t[a].start]
+                       + <unsigned char>text[t[a].start + t[a].len - 1] * 4 + t[a].len) & 63
+            bit = (<uint64_t>1) << bit
+            if seen & bit:
+                break
+            seen |= bit
+            a = t[a + 1].next
+        else:
+            return True
+        a = obj + 1
         for i in range(t[obj].count):
             b = t[a + 1].next
             for k in range(i + 1, t[obj].count):
