@@ -20,14 +20,14 @@ cimport cython
 from cpython.object cimport Py_TYPE, PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF, Py_XINCREF
 from cython.operator cimport dereference as deref, preincrement as inc, predecrement as dec
-from libc.stdint cimport uint32_t
+from libc.stdint cimport uint32_t, uint64_t
 from libcpp.map cimport map as cmap
 from libcpp.string cimport string
 from libcpp.vector cimport vector
 
 from mmengine.book import levels as _reference
 from mmengine.book.checksum import KRAKEN_LEVELS as _KRAKEN_N, OKX_LEVELS as _OKX_N
-from mmengine.book.events import BookUpdate
+from mmengine.book.events import AuditTop, BookUpdate, ContractSize
 from mmengine.model import BookState, BookTop
 
 cdef extern from "Python.h":
@@ -44,6 +44,7 @@ cdef extern from "Python.h":
     object PyList_New(Py_ssize_t n)
     void PyList_SET_ITEM(object lst, Py_ssize_t i, object item)
     void PyTuple_SET_ITEM(object tup, Py_ssize_t i, object item)
+    PyObject* PyTuple_GET_ITEM(object tup, Py_ssize_t i)
     object PyFloat_FromDouble(double value)
     object PyLong_FromDouble(double value)
     str PyUnicode_FromStringAndSize(const char* text, Py_ssize_t size)
@@ -61,15 +62,52 @@ cdef extern from *:
     #include <map>
     #include <stdint.h>
     #include <string.h>
-    struct MmLevel { double size; PyObject* price_text; PyObject* size_text; };
-    struct MmEntry { double price; double size; PyObject* price_text; PyObject* size_text; };
-    /* A level's Kraken checksum form (`price + qty`), kept with the strings it came from. */
-    struct MmForm { PyObject* price_text; PyObject* size_text; int len; char text[52]; };
+    #include <string>
+    #include <tuple>
+    /* A level: its size, the venue's strings where the book keeps them (a copy: no Python
+       object per level), and its Kraken checksum form (`price + qty`) once written:
+       `form_len` -1 not yet, -2 longer than `form` (written from the strings each time). */
+    struct MmLevel {
+        double size; std::string price_text; std::string size_text; int form_len;
+        char form[44];
+    };
+    /* A decoded level: its strings (NULL: none) are in a buffer `Levels.owner` holds. */
+    struct MmEntry {
+        double price; double size; const char* price_text; const char* size_text;
+        int price_len; int size_len;
+    };
     typedef std::map<double, MmLevel> MmLadder;
 
-    static inline MmLadder::iterator mm_insert(MmLadder& ladder, MmLadder::iterator hint,
-                                               double key, const MmLevel& level) {
-        return ladder.insert(hint, std::make_pair(key, level));
+    /* Kraken's checksum form of a decimal string (no leading zeros or dots, then no `.`,
+       as `_kraken_form`) into out; its length, or -1 where it is longer than cap. */
+    static inline int mm_kraken_form(const std::string& text, char* out, int cap) {
+        const char* b = text.data();
+        size_t n = text.size(), i = 0;
+        int k = 0, dot = 0;
+        while (i < n && (b[i] == '0' || b[i] == '.')) i++;
+        for (; i < n; i++) {
+            if (b[i] == '.' && !dot) { dot = 1; continue; }
+            if (k >= cap) return -1;
+            out[k++] = b[i];
+        }
+        return k;
+    }
+
+    /* Set the level at `key` (a new one at `hint`, or the one there) from an entry. */
+    static inline MmLadder::iterator mm_put(MmLadder& ladder, MmLadder::iterator hint,
+                                            double key, const MmEntry& entry, int texts) {
+        MmLadder::iterator it = ladder.emplace_hint(
+            hint, std::piecewise_construct, std::forward_as_tuple(key), std::forward_as_tuple());
+        MmLevel& level = it->second;
+        level.size = entry.size;
+        level.form_len = -1;
+        if (texts) {
+            if (entry.price_text) level.price_text.assign(entry.price_text, entry.price_len);
+            else level.price_text.clear();
+            if (entry.size_text) level.size_text.assign(entry.size_text, entry.size_len);
+            else level.size_text.clear();
+        }
+        return it;
     }
 
     /* A plain decimal (digits, at most one dot, no sign or exponent) as the double float()
@@ -168,18 +206,18 @@ cdef extern from *:
     """
     cdef struct Level "MmLevel":
         double size
-        PyObject* price_text  # owned, or NULL where no strings are kept
-        PyObject* size_text
-    cdef struct Form "MmForm":
-        PyObject* price_text  # owned
-        PyObject* size_text
-        int len  # -1: longer than `text`, written from the strings each time
-        char text[52]
+        string price_text  # empty where no strings are kept
+        string size_text
+        int form_len  # the Kraken checksum form in `form`: -1 not written yet, -2 too long
+        char form[44]
     cdef struct Entry "MmEntry":
         double price
         double size
-        PyObject* price_text  # borrowed from `Levels.owner`
-        PyObject* size_text
+        const char* price_text  # in a buffer `Levels.owner` holds; NULL: none
+        const char* size_text
+        int price_len
+        int size_len
+    int mm_kraken_form(const string& text, char* out, int cap) noexcept
     bint mm_decimal(const char* s, Py_ssize_t n, double* out) noexcept
     bint mm_decimal_runs(const char* s, Py_ssize_t n, double* out) noexcept
     double mm_pow10_of "mm_pow10_at"(int k) noexcept
@@ -190,7 +228,8 @@ ctypedef cmap[double, Level] LevelMap
 ctypedef cmap[double, Level].iterator LevelIter
 
 cdef extern from *:
-    LevelIter mm_insert(LevelMap& ladder, LevelIter hint, double key, const Level& level)
+    LevelIter mm_put(LevelMap& ladder, LevelIter hint, double key, const Entry& entry,
+                     bint texts)
 
 mm_crc_init()
 
@@ -263,15 +302,7 @@ cdef class Levels:
     and (for a checksum) the venue's strings, held alive by `owner`."""
 
     cdef vector[Entry] entries
-    cdef object owner
-    cdef bint owns  # the entries' strings are references of its own (`FrameScanner`)
-
-    def __dealloc__(self) -> None:
-        cdef size_t i
-        if self.owns:
-            for i in range(self.entries.size()):
-                Py_XDECREF(self.entries[i].price_text)
-                Py_XDECREF(self.entries[i].size_text)
+    cdef object owner  # what holds the buffers of the entries' strings
 
     def __len__(self) -> int:
         return self.entries.size()
@@ -286,10 +317,22 @@ cdef class Levels:
     def texts(self) -> list:
         """(price text, size text) per level, where kept."""
         return [
-            (<object>e.price_text, <object>e.size_text)
+            (
+                PyUnicode_FromStringAndSize(e.price_text, e.price_len),
+                PyUnicode_FromStringAndSize(e.size_text, e.size_len),
+            )
             for e in self.entries
             if e.price_text != NULL
         ]
+
+
+cdef inline void _texts(Entry* entry, object price, object size) noexcept:
+    """The entry's strings: those of two str objects (held by the Levels' owner)."""
+    cdef Py_ssize_t n
+    entry.price_text = _utf8(<PyObject*>price, &n)
+    entry.price_len = n
+    entry.size_text = _utf8(<PyObject*>size, &n)
+    entry.size_len = n
 
 
 cdef Levels _from_reference(object decoded, bint wire):
@@ -304,8 +347,7 @@ cdef Levels _from_reference(object decoded, bint wire):
         entry.size = level[1]
         if wire:
             owner.append(level)
-            entry.price_text = <PyObject*>level[2]
-            entry.size_text = <PyObject*>level[3]
+            _texts(&entry, level[2], level[3])
         out.entries.push_back(entry)
     out.owner = owner
     return out
@@ -348,8 +390,7 @@ cdef class LevelDecoder:
             if not (0.0 < entry.price < INF and 0.0 <= entry.size < INF):
                 return None
             if wire:
-                entry.price_text = <PyObject*>p
-                entry.size_text = <PyObject*>q
+                _texts(&entry, p, q)
             out.entries.push_back(entry)
         out.owner = raw
         return out
@@ -438,8 +479,7 @@ cdef class LevelDecoder:
                 return None
             texts = (_fixed(entry.price, price_decimals), _fixed(entry.size, size_decimals))
             owner.append(texts)
-            entry.price_text = <PyObject*>texts[0]
-            entry.size_text = <PyObject*>texts[1]
+            _texts(&entry, texts[0], texts[1])
             out.entries.push_back(entry)
         out.owner = owner
         return out
@@ -699,11 +739,11 @@ cdef class BookSide:
     cdef list top_sizes
     cdef Py_ssize_t top_n  # ...of its best `top_n` levels
     cdef bint top_dirty  # the side changed since (any level set, deleted or cleared)
-    # Kraken: the checksum forms of the levels its text was last written from, best first
-    # (a level whose strings are the same objects is not written again)
-    cdef vector[Form] forms
-    cdef vector[Form] forms_next
-    cdef string scratch
+    # the top sizes in base units (`L2Book._top_in_base`) and what they were made from
+    cdef list base_sizes
+    cdef list base_of_prices, base_of_sizes
+    cdef double base_value
+    cdef bint base_in_quote
     cdef readonly bint is_bid
     cdef readonly bint keep_wire
     cdef double sign
@@ -716,82 +756,60 @@ cdef class BookSide:
 
     def __dealloc__(self) -> None:
         self._clear()
-        self._drop_forms(&self.forms)
-        self._drop_forms(&self.forms_next)
-
-    cdef void _drop_forms(self, vector[Form]* forms) noexcept:
-        cdef size_t j
-        for j in range(forms.size()):
-            Py_XDECREF(deref(forms)[j].price_text)
-            Py_XDECREF(deref(forms)[j].size_text)
-        forms.clear()
 
     cdef void _kraken_text(self, string* out, int n) noexcept:
-        """Append the Kraken checksum text of the best `n` levels (venue-protocols 3.4),
-        reusing the form of each level written last time from the same strings (their
-        references move to the new list; the forms not reused are released)."""
+        """Append the Kraken checksum text of the best `n` levels (venue-protocols 3.4): each
+        level's form, written once from its strings and kept with the level until they
+        change (a level set again, or a new one, writes it anew)."""
         cdef LevelIter it = self.ladder.begin()
-        cdef int i = 0
-        cdef Py_ssize_t j, k, count
-        cdef Form form
-        cdef Form* kept
-        cdef PyObject* p
-        cdef PyObject* q
-        self._drop_forms(&self.forms_next)
-        count = self.forms.size()
+        cdef int i = 0, k, q
+        cdef Level* level
+        cdef char[440] buf  # the forms, gathered here and appended at once
+        cdef size_t used = 0
         while it != self.ladder.end() and i < n:
-            p = deref(it).second.price_text
-            q = deref(it).second.size_text
-            kept = NULL
-            # where it was (i), one place on (a level inserted above) or back (removed),
-            # else anywhere
-            for k in range(-1, count + 2 if p != NULL else -1):
-                j = i if k == -1 else (i + 1 if k == 0 else (i - 1 if k == 1 else k - 2))
-                if k >= 2 and (j == i or j == i + 1 or j == i - 1):
-                    continue
-                if 0 <= j < count and self.forms[j].price_text == p and self.forms[j].size_text == q:
-                    kept = &self.forms[j]
-                    break
-            if kept != NULL:
-                self.forms_next.push_back(deref(kept))
-                kept.price_text = NULL  # (moved)
-                kept.size_text = NULL
+            level = &deref(it).second
+            if level.form_len == -1:
+                k = mm_kraken_form(level.price_text, level.form, sizeof(level.form))
+                q = -1
+                if k >= 0:
+                    q = mm_kraken_form(level.size_text, level.form + k, sizeof(level.form) - k)
+                level.form_len = k + q if q >= 0 else -2
+            if level.form_len >= 0 and used + level.form_len <= sizeof(buf):
+                memcpy(buf + used, level.form, level.form_len)
+                used += level.form_len
             else:
-                self.scratch.clear()
-                _kraken_form(&self.scratch, p)
-                _kraken_form(&self.scratch, q)
-                form.price_text = p
-                form.size_text = q
-                Py_XINCREF(p)
-                Py_XINCREF(q)
-                if self.scratch.size() <= sizeof(form.text):
-                    form.len = self.scratch.size()
-                    memcpy(form.text, self.scratch.data(), self.scratch.size())
+                out.append(buf, used)
+                used = 0
+                if level.form_len >= 0:
+                    out.append(level.form, level.form_len)
                 else:
-                    form.len = -1
-                self.forms_next.push_back(form)
-            kept = &self.forms_next.back()
-            if kept.len >= 0:
-                out.append(kept.text, kept.len)
-            else:
-                _kraken_form(out, p)
-                _kraken_form(out, q)
+                    _kraken_form(out, level.price_text)
+                    _kraken_form(out, level.size_text)
             inc(it)
             i += 1
-        self.forms.swap(self.forms_next)
-        self._drop_forms(&self.forms_next)
+        out.append(buf, used)
 
     def __len__(self) -> int:
         return self.ladder.size()
 
+    cdef list _sizes_in_base(self, double value, bint in_quote):
+        """The sizes of the last top lists (`_top_lists`) in base units: the list made last
+        time while those lists (never changed once made) and the contract are the same."""
+        if (
+            self.base_sizes is None
+            or self.base_of_sizes is not self.top_sizes
+            or self.base_of_prices is not self.top_prices
+            or not _same_double(self.base_value, value)
+            or self.base_in_quote != in_quote
+        ):
+            self.base_sizes = _sizes_in_base(self.top_prices, self.top_sizes, value, in_quote)
+            self.base_of_sizes = self.top_sizes
+            self.base_of_prices = self.top_prices
+            self.base_value = value
+            self.base_in_quote = in_quote
+        return self.base_sizes
+
     cdef void _clear(self):
-        cdef LevelIter it
-        if self.keep_wire:
-            it = self.ladder.begin()
-            while it != self.ladder.end():
-                Py_XDECREF(deref(it).second.price_text)
-                Py_XDECREF(deref(it).second.size_text)
-                inc(it)
         self.ladder.clear()
         self.top_dirty = True
 
@@ -799,40 +817,18 @@ cdef class BookSide:
         self._clear()
 
     cdef inline void _erase(self, LevelIter it):
-        if self.keep_wire:
-            Py_XDECREF(deref(it).second.price_text)
-            Py_XDECREF(deref(it).second.size_text)
         self.ladder.erase(it)
         self.top_dirty = True
 
     cdef inline void _set(self, double key, const Entry& entry):
         """Set a level; a zero size deletes it (a price not held: nothing to do)."""
         cdef LevelIter it = self.ladder.lower_bound(key)
-        cdef Level level
         self.top_dirty = True
         if entry.size == 0.0:
             if it != self.ladder.end() and deref(it).first == key:
                 self._erase(it)
             return
-        if it != self.ladder.end() and deref(it).first == key:
-            deref(it).second.size = entry.size
-            if self.keep_wire:
-                Py_XINCREF(entry.price_text)
-                Py_XINCREF(entry.size_text)
-                Py_XDECREF(deref(it).second.price_text)
-                Py_XDECREF(deref(it).second.size_text)
-                deref(it).second.price_text = entry.price_text
-                deref(it).second.size_text = entry.size_text
-            return
-        level.size = entry.size
-        level.price_text = NULL
-        level.size_text = NULL
-        if self.keep_wire:
-            Py_XINCREF(entry.price_text)
-            Py_XINCREF(entry.size_text)
-            level.price_text = entry.price_text
-            level.size_text = entry.size_text
-        mm_insert(self.ladder, it, key, level)
+        mm_put(self.ladder, it, key, entry, self.keep_wire)  # (the one there, or a new one)
 
     cdef double _edge(self, int watch):
         """The key of the `watch`-th best level; +inf when the side is shorter."""
@@ -863,29 +859,15 @@ cdef class BookSide:
     cdef void _load(self, Levels levels):
         """Replace the side; zero sizes are ignored, the last of a repeated price wins (as
         the reference's dict). Levels usually come best first: each goes in at the end."""
-        cdef size_t i, before
-        cdef Level level
-        cdef LevelIter it
+        cdef size_t i
         cdef double sign = self.sign
         self._clear()
         for i in range(levels.entries.size()):
             if levels.entries[i].size == 0.0:
                 continue
-            level.size = levels.entries[i].size
-            level.price_text = NULL
-            level.size_text = NULL
-            if self.keep_wire:
-                level.price_text = levels.entries[i].price_text
-                level.size_text = levels.entries[i].size_text
-                Py_XINCREF(level.price_text)
-                Py_XINCREF(level.size_text)
-            before = self.ladder.size()
-            it = mm_insert(self.ladder, self.ladder.end(), sign * levels.entries[i].price, level)
-            if self.ladder.size() == before:  # a repeated price: the later level wins
-                if self.keep_wire:
-                    Py_XDECREF(deref(it).second.price_text)
-                    Py_XDECREF(deref(it).second.size_text)
-                deref(it).second = level
+            # (a repeated price: the level there is set again, so the later one wins)
+            mm_put(self.ladder, self.ladder.end(), sign * levels.entries[i].price,
+                   levels.entries[i], self.keep_wire)
 
     cdef bint _truncate(self, size_t depth):
         cdef LevelIter it
@@ -961,7 +943,7 @@ cdef class BookSide:
         if not self.keep_wire:
             raise ValueError("this side does not keep wire strings")
         while it != self.ladder.end() and i < n:
-            out.append((<object>deref(it).second.price_text, <object>deref(it).second.size_text))
+            out.append((_str_of(deref(it).second.price_text), _str_of(deref(it).second.size_text)))
             inc(it)
             i += 1
         return out
@@ -1004,6 +986,14 @@ cdef class BookSide:
             self.top_sizes = _float_list(sizes_now, count)
         self.top_dirty = False
         self.top_n = n
+
+
+cdef inline void _put_again(object top, Py_ssize_t i, object value):
+    """Replace item i of a tuple just built here (no one else holds it yet)."""
+    cdef PyObject* old = PyTuple_GET_ITEM(top, i)
+    Py_INCREF(value)
+    PyTuple_SET_ITEM(top, i, value)
+    Py_XDECREF(old)
 
 
 cdef list _float_list(const double* values, Py_ssize_t count):
@@ -1190,6 +1180,16 @@ cdef class L2Book:
             _put(top, 10, self.asks.top_sizes)
         return top
 
+    cdef object _top_in_base(self, Py_ssize_t n, double value, bint in_quote):
+        """`ContractSize(value, in_quote).to_base(self.top(n))` of a LIVE book, its lists of
+        sizes in base units kept with each side while its top lists are the same."""
+        top = self._top_of(n)
+        if self.state is not LIVE:
+            return top  # (no levels to convert)
+        _put_again(top, 8, self.bids._sizes_in_base(value, in_quote))
+        _put_again(top, 10, self.asks._sizes_in_base(value, in_quote))
+        return top
+
     def checksum(self) -> int:
         """The venue's CRC32 of the book as it is now (`checksum_kind`)."""
         return self._checksum()
@@ -1257,14 +1257,11 @@ cdef extern from "string.h":
     int memcmp(const void* a, const void* b, size_t n)
 
 
-cdef inline void _kraken_form(string* out, PyObject* text) noexcept:
+cdef inline void _kraken_form(string* out, const string& text) noexcept:
     """Kraken's checksum form of a decimal string: no `.`, no leading zeros."""
-    cdef Py_ssize_t n, i = 0
-    cdef const char* buf
+    cdef Py_ssize_t n = text.size(), i = 0
+    cdef const char* buf = text.data()
     cdef const char* dot
-    if text == NULL:
-        return
-    buf = _utf8(text, &n)
     while i < n and (buf[i] == b"0" or buf[i] == b"."):
         i += 1
     dot = <const char*>memchr(buf + i, b".", n - i)
@@ -1275,22 +1272,18 @@ cdef inline void _kraken_form(string* out, PyObject* text) noexcept:
     out.append(dot + 1, buf + n - dot - 1)
 
 
-cdef inline void _append(string* out, PyObject* text) noexcept:
-    cdef Py_ssize_t n
-    cdef const char* buf
-    if text == NULL:
-        return
-    buf = _utf8(text, &n)
-    out.append(buf, n)
+cdef inline str _str_of(const string& text):
+    """A kept string (ASCII: the decoders keep decimal strings only) as a str."""
+    return PyUnicode_FromStringAndSize(text.data(), text.size())
 
 
 cdef inline void _okx_level(string* out, const Level& level) noexcept:
     """`price:size`, after a `:` unless it is the first level of the text."""
     if not out.empty():
         out.push_back(b":")
-    _append(out, level.price_text)
+    out.append(level.price_text)
     out.push_back(b":")
-    _append(out, level.size_text)
+    out.append(level.size_text)
 
 
 cdef void _okx_text(string* out, BookSide bids, BookSide asks, int n) noexcept:
@@ -1370,7 +1363,8 @@ cdef class FramePath:
     cdef object parse_failed
     cdef object handle_events
     cdef object skip
-    cdef object contiguous  # the rule whose fast case is done here (`ContiguousIds`)
+    cdef object contiguous  # the rules whose fast case is done here (`ContiguousIds`...
+    cdef object chain  # ...and `RestSnapshotChain`'s `pu` chain once bridged)
     cdef object integrity_error
     cdef object parse_errors
     cdef type sync_type
@@ -1381,9 +1375,10 @@ cdef class FramePath:
     cdef Py_ssize_t at_book, at_stats, at_rule, at_checks_deltas, at_checksum, at_crossed
     cdef Py_ssize_t at_audits, at_sized, at_size
     cdef Py_ssize_t at_messages, at_updates, at_checked, at_failed, at_seq_checked
+    cdef Py_ssize_t at_audit_agree
 
     def __init__(self, driver: object, contiguous: type, integrity_error: type,
-                 parse_errors: tuple) -> None:
+                 parse_errors: tuple, chain: object = None) -> None:
         kind = type(driver)
         self.driver = driver
         self.syncs = driver.syncs
@@ -1398,6 +1393,7 @@ cdef class FramePath:
         self.handle_events = driver.handle_events
         self.skip = driver.skip
         self.contiguous = contiguous
+        self.chain = chain
         self.integrity_error = integrity_error
         self.parse_errors = parse_errors
         self.max_frame_bytes = driver.max_frame_bytes
@@ -1426,6 +1422,7 @@ cdef class FramePath:
         self.at_checked = _need_slot(stats_type, "checksums_checked")
         self.at_failed = _need_slot(stats_type, "checksums_failed")
         self.at_seq_checked = _need_slot(stats_type, "sequence_checked")
+        self.at_audit_agree = _need_slot(stats_type, "audit_agree")
         self.sync_type = sync_type
         self.stats_type = stats_type
 
@@ -1506,6 +1503,10 @@ cdef class FramePath:
                 ):
                     _bump(stats, self.at_seq_checked)
                     book.venue_seq = last_id
+                elif type(rule) is self.chain and self._chained(rule, ev, seq):
+                    # (the chain's own `delta` where `pu` is the book's `u`: checked, applied)
+                    _bump(stats, self.at_seq_checked)
+                    book.venue_seq = last_id
                 elif not rule.delta(sync, ev):
                     return
             else:
@@ -1514,20 +1515,70 @@ cdef class FramePath:
         self._counted(sync, stats, book, ev, got, last_id)
         if (
             book.state is not LIVE  # (a rule's delta may have changed it)
-            or _field(sync, self.at_sized) is not False
-            or _field(sync, self.at_size) is not None
             or _field(sync, self.at_crossed) is not False
             or book._is_crossed()
         ):
-            self.reference_emit(sync, recv_ns)  # held, crossed, or sized: the reference's
+            self.reference_emit(sync, recv_ns)  # held or crossed: the reference's
         else:
-            book.recv_ts_ns = recv_ns
-            self.publish(book._top_of(self.top_levels))
-        self._audits(sync)
+            size = _field(sync, self.at_size)
+            if size is None and _field(sync, self.at_sized) is False:
+                book.recv_ts_ns = recv_ns
+                self.publish(book._top_of(self.top_levels))
+            elif type(size) is ContractSize and type(_field(size, _AT_VALUE)) is float:
+                # contracts in base units, as `ContractSize.to_base` gives them
+                book.recv_ts_ns = recv_ns
+                self.publish(book._top_in_base(self.top_levels,
+                                               PyFloat_AS_DOUBLE(_at(size, _AT_VALUE)),
+                                               bool(_field(size, _AT_IN_QUOTE))))
+            else:
+                self.reference_emit(sync, recv_ns)  # held until its sizes are known
+        self._audits(sync, book, stats)
 
-    cdef inline void _audits(self, object sync) except *:
-        if _field(sync, self.at_audits):
-            self.audit_waiting(sync)
+    cdef bint _chained(self, object rule, object ev, object seq) except -1:
+        """Whether a bridged `pu` chain accepts `ev` as is (its `pu` the book's `u`)."""
+        prev = _field(ev, _AT_PREV_ID)
+        return (
+            rule.bridged is True
+            and type(prev) is int
+            and type(seq) is int
+            and type(_field(ev, _AT_LAST_ID)) is int
+            and prev == seq
+        )
+
+    cdef inline void _audits(self, object sync, L2Book book, object stats) except *:
+        tickers = _field(sync, self.at_audits)
+        if tickers:
+            self._audit(sync, book, stats, tickers)
+
+    cdef void _audit(self, object sync, L2Book book, object stats, object tickers) except *:
+        """`BookDriver._audit_waiting` where every waiting ticker is older than the book or
+        agrees with it; at the first that does not, or anything unusual, the driver's own
+        method takes over (it compares that ticker again and resyncs)."""
+        cdef BookSide bids = book.bids
+        cdef BookSide asks = book.asks
+        if book.state is not LIVE:
+            return
+        seq = book.venue_seq
+        while tickers:
+            t = tickers[0]
+            if type(t) is not AuditTop or type(seq) is not int:
+                break
+            at = _field(t, _AT_AUDIT_SEQ)
+            if type(at) is not int:
+                break
+            if at > seq:
+                return  # (it waits for a later update id)
+            if at == seq and not (
+                _best_is(bids, _at(t, _AT_AUDIT_BID), _at(t, _AT_AUDIT_BID_SIZE))
+                and _best_is(asks, _at(t, _AT_AUDIT_ASK), _at(t, _AT_AUDIT_ASK_SIZE))
+            ):
+                break
+            tickers.popleft()
+            if at == seq:
+                _bump(stats, self.at_audit_agree)
+        else:
+            return
+        self.audit_waiting(sync)
 
     cdef void _counted(self, object sync, object stats, L2Book book, object ev, object got,
                        object last_id) except *:
@@ -1542,10 +1593,55 @@ cdef class FramePath:
                     _field(ev, _AT_INSTRUMENT), "checksum", f"computed {got}, venue {checksum}"
                 )
             if last_id is None:
-                book.venue_seq = got & 0xFFFFFFFF
+                # (as unsigned 32 bits, which Kraken's CRC already is: no new int for it)
+                book.venue_seq = got if book.kind == _KRAKEN else got & 0xFFFFFFFF
         elif last_id is None and _field(sync, self.at_checksum) is not None:
             book.venue_seq = -1
 
+
+
+cdef Py_ssize_t _AT_AUDIT_SEQ = _need_slot(AuditTop, "venue_seq")
+cdef Py_ssize_t _AT_AUDIT_BID = _need_slot(AuditTop, "bid")
+cdef Py_ssize_t _AT_AUDIT_ASK = _need_slot(AuditTop, "ask")
+cdef Py_ssize_t _AT_AUDIT_BID_SIZE = _need_slot(AuditTop, "bid_size")
+cdef Py_ssize_t _AT_AUDIT_ASK_SIZE = _need_slot(AuditTop, "ask_size")
+
+
+cdef bint _best_is(BookSide side, PyObject* price, PyObject* size) noexcept:
+    """Whether the side's best level is (price, size), both given as floats (the audit's
+    `best() == price and size(price) == size`); False for anything else."""
+    cdef LevelIter it
+    if price == NULL or size == NULL or side.ladder.empty():
+        return False
+    if type(<object>price) is not float or type(<object>size) is not float:
+        return False
+    it = side.ladder.begin()
+    return (
+        side.sign * deref(it).first == PyFloat_AS_DOUBLE(price)
+        and deref(it).second.size == PyFloat_AS_DOUBLE(size)
+    )
+
+
+cdef Py_ssize_t _AT_VALUE = _need_slot(ContractSize, "value")
+cdef Py_ssize_t _AT_IN_QUOTE = _need_slot(ContractSize, "in_quote")
+
+
+cdef inline bint _same_double(double a, double b) noexcept:
+    return memcmp(&a, &b, sizeof(double)) == 0
+
+
+cdef list _sizes_in_base(list prices, list sizes, double value, bint in_quote):
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(sizes)
+    cdef double q
+    out = PyList_New(n)
+    for i in range(n):
+        q = PyFloat_AS_DOUBLE(PyList_GET_ITEM(sizes, i)) * value
+        if in_quote:
+            q = q / PyFloat_AS_DOUBLE(PyList_GET_ITEM(prices, i))
+        item = PyFloat_FromDouble(q)
+        Py_INCREF(item)  # SET_ITEM steals a reference
+        PyList_SET_ITEM(out, i, item)
+    return out
 
 
 # --- the fields of a book message (the venue modules' fast path) ------------------------------
@@ -1558,7 +1654,7 @@ cdef PyTypeObject* _BOOK_UPDATE = <PyTypeObject*>BookUpdate
 
 cdef object _new_update(
     object instrument, object snapshot, object bids, object asks, object last_id,
-    object first_id, object cross_seq, object ts_ns, object checksum
+    object first_id, object cross_seq, object ts_ns, object checksum, object prev_id=None
 ):
     """A BookUpdate with its slots filled in C (what its `__init__` sets, without the call)."""
     ev = PyType_GenericAlloc(_BOOK_UPDATE, 0)
@@ -1571,7 +1667,7 @@ cdef object _new_update(
     _store(ev, _AT_CROSS_SEQ, cross_seq)
     _store(ev, _AT_TS_NS, ts_ns)
     _store(ev, _AT_CHECKSUM, checksum)
-    _store(ev, _AT_PREV_ID, None)
+    _store(ev, _AT_PREV_ID, prev_id)
     return ev
 
 
@@ -1700,7 +1796,7 @@ cdef extern from *:
     /* One JSON value of a scanned frame: kind '{' '[' '"' 'n' 't' 'f' 'z' (null); a string's
        span is its content (no quotes); `next` is the index after the value and everything
        in it; `count` the elements (array) or pairs (object); `flags` of a number: 1 a
-       minus, 2 a fraction, 4 an exponent. */
+       minus, 2 a fraction (one with an exponent is refused). */
     struct MmTok { int kind; int start; int len; int next; int count; int flags; };
     typedef std::vector<MmTok> MmTape;
 
@@ -1743,14 +1839,9 @@ cdef extern from *:
                 j = mm_digits(s, j, n);
                 if (j == d) return -1;
             }
-            if (j < n && (s[j] == 'e' || s[j] == 'E')) {
-                flags |= 4;
-                j++;
-                if (j < n && (s[j] == '+' || s[j] == '-')) j++;
-                d = j;
-                j = mm_digits(s, j, n);
-                if (j == d) return -1;
-            }
+            /* An exponent may make a number infinite, which orjson refuses and a key the
+               scanner does not read would let through: refused (the venues send none). */
+            if (j < n && (s[j] == 'e' || s[j] == 'E')) return -1;
             if (j - i > 30) return -1;
             t->kind = 'n';
             t->start = i;
@@ -1785,7 +1876,8 @@ cdef extern from *:
     /* The whole text as one JSON value (and nothing after it but whitespace) on `tape`, in
        order (an object's key before its value); the number of values, or 0. Strict JSON,
        and less: a string with an escape, a control or a non-ASCII character, a number
-       longer than 30 characters or a nesting deeper than 10 are refused like invalid JSON
+       with an exponent or longer than 30 characters, or a nesting deeper than 10 are refused
+       like invalid JSON
        (the frame then takes the full decoder, which judges it). */
     static int mm_scan(const char* s, Py_ssize_t length, MmTape& tape) {
         if (length <= 0 || length > 0x3FFFFFFF) return 0;
@@ -1871,19 +1963,19 @@ cdef enum:
 cdef class FrameScanner:
     """A venue's `parse` (the compiled core): a frame of its declared usual shape
     (`shape.FrameShape`) is read from its text in one call, levels straight into `Levels`
-    with no Python object per level (Kraken v1's strings excepted: its checksum keeps them),
-    and returned as the BookUpdate the venue's own parse would give. Anything else goes to
-    that parse (`fallback`), unchanged: another shape or value type, a JSON escape or
-    non-ASCII text, a duplicated key, a number that is not a plain decimal, a level or
-    field the venue's decoder would refuse. So a frame is refused, skipped or applied
-    exactly as without the scanner (`tests/unit/test_frame_path.py`)."""
+    with no Python object per level (Kraken v1's strings, which its checksum needs, are read
+    where they are in the text), and returned as the BookUpdate the venue's own parse would
+    give. Anything else goes to that parse (`fallback`), unchanged: another shape or value
+    type, a JSON escape or non-ASCII text, a duplicated key, a number that is not a plain
+    decimal, a level or field the venue's decoder would refuse. So a frame is refused,
+    skipped or applied exactly as without the scanner (`tests/unit/test_frame_path.py`)."""
 
     cdef object fallback
     cdef object venue  # read at the first frame (`_ready`), then dropped
     cdef object shape
     cdef string k_start
     cdef bint ready, array_layout, numbers, wire, entry_list, sides_required
-    cdef bint route_in_entry
+    cdef bint route_in_entry, kind_in_entry
     cdef vector[string] route_keys  # the frame's names of our books, and for each...
     cdef list route_items  # ...(its name as a str, our instrument), read once (`_ready`)
     cdef dict symbols
@@ -1892,10 +1984,12 @@ cdef class FrameScanner:
     cdef bint check_channel
     cdef string k_bids, k_asks, k_route, k_symbol, k_price, k_size, k_kind, k_snapshot
     cdef string k_delta, k_entry, k_last_id, k_cross_seq, k_timestamp, k_checksum
+    cdef string k_first_id, k_prev_id, k_entry_time_ms
     cdef string k_snap_bids, k_snap_asks
     cdef vector[string] k_time_ms
     cdef vector[Tok] tape
     cdef const char* text
+    cdef object frame  # (the text's str, while it is read)
     cdef object last  # the BookUpdate last returned (filled again when no one holds it)
     cdef readonly Py_ssize_t scanned  # frames returned from the text
     cdef readonly Py_ssize_t passed  # frames handed to the fallback
@@ -1914,6 +2008,7 @@ cdef class FrameScanner:
         self.entry_list = shape.entry_list
         self.sides_required = shape.sides_required
         self.route_in_entry = shape.route_in_entry
+        self.kind_in_entry = shape.kind_in_entry
         self.k_bids = _key_text(shape.bids)
         self.k_asks = _key_text(shape.asks)
         self.k_route = _key_text(shape.route)
@@ -1925,6 +2020,9 @@ cdef class FrameScanner:
         self.k_delta = _key_text(shape.delta)
         self.k_entry = _key_text(shape.entry)
         self.k_last_id = _key_text(shape.last_id)
+        self.k_first_id = _key_text(shape.first_id)
+        self.k_prev_id = _key_text(shape.prev_id)
+        self.k_entry_time_ms = _key_text(shape.entry_time_ms)
         self.k_cross_seq = _key_text(shape.cross_seq)
         self.k_timestamp = _key_text(shape.timestamp)
         self.k_checksum = _key_text(shape.checksum)
@@ -1960,6 +2058,7 @@ cdef class FrameScanner:
         if type(frame) is str and PyUnicode_IS_COMPACT_ASCII(<PyObject*>frame):
             n = PyUnicode_GET_LENGTH(<PyObject*>frame)
             self.text = <const char*>PyUnicode_DATA(<PyObject*>frame)
+            self.frame = frame
             if <size_t>n >= self.k_start.size() and memcmp(
                 self.text, self.k_start.data(), self.k_start.size()
             ) == 0:
@@ -1968,6 +2067,7 @@ cdef class FrameScanner:
                 if mm_scan(self.text, n, self.tape):
                     got = self._array() if self.array_layout else self._object()
             self.text = NULL
+            self.frame = None
         if got is None:
             self.passed += 1
             return self.fallback(frame)
@@ -2007,17 +2107,37 @@ cdef class FrameScanner:
     cdef bint _unique(self, int obj) noexcept:
         """No key of object `obj` is there twice (which value a decoder keeps is its own)."""
         cdef int a = obj + 1, b, i, k
-        for i in range(self.tape[obj].count):
-            b = self.tape[a + 1].next
-            for k in range(i + 1, self.tape[obj].count):
+        cdef Tok* t = self.tape.data()
+        cdef const char* text = self.text
+        cdef uint64_t seen = 0, bit
+        # One pass first: a key's length and first and last characters pick one of 64
+        # bits; no bit picked twice means no key twice. Otherwise every pair is compared.
+        for i in range(t[obj].count):
+            bit = 0
+            if t[a].len:
+                # (chosen so that the keys of every declared frame fall apart, a letter's
+                # two cases too; a collision only costs the pairwise check)
+                bit = (<unsigned char>text[t[a].start]
+                       + <unsigned char>text[t[a].start + t[a].len - 1] * 4 + t[a].len) & 63
+            bit = (<uint64_t>1) << bit
+            if seen & bit:
+                break
+            seen |= bit
+            a = t[a + 1].next
+        else:
+            return True
+        a = obj + 1
+        for i in range(t[obj].count):
+            b = t[a + 1].next
+            for k in range(i + 1, t[obj].count):
                 if (
-                    self.tape[a].len == self.tape[b].len
-                    and memcmp(self.text + self.tape[a].start, self.text + self.tape[b].start,
-                               self.tape[a].len) == 0
+                    t[a].len == t[b].len
+                    and text[t[a].start] == text[t[b].start]  # (most keys differ at once)
+                    and memcmp(text + t[a].start, text + t[b].start, t[a].len) == 0
                 ):
                     return False
-                b = self.tape[b + 1].next
-            a = self.tape[a + 1].next
+                b = t[b + 1].next
+            a = t[a + 1].next
         return True
 
     cdef str _str(self, int at):
@@ -2089,9 +2209,10 @@ cdef class FrameScanner:
             return None
         out = Levels.__new__(Levels)  # (no __init__ to look up)
         out.entries.reserve(self.tape[arr].count)
-        out.owns = wire
         entry.price_text = NULL
         entry.size_text = NULL
+        if wire:
+            out.owner = self.frame  # (the strings are read where they are in its text)
         for k in range(self.tape[arr].count):
             row = self.tape[j]
             if row.kind != c'[' or row.count < 2 or row.next - j - 1 != row.count:
@@ -2104,12 +2225,11 @@ cdef class FrameScanner:
             if not (0.0 < entry.price < INF and 0.0 <= entry.size < INF):
                 return None
             if wire:
-                entry.price_text = self._ascii(j + 1)
-                entry.size_text = NULL
-                out.entries.push_back(entry)
-                out.entries.back().size_text = self._ascii(j + 2)
-            else:
-                out.entries.push_back(entry)
+                entry.price_text = self.text + self.tape[j + 1].start
+                entry.price_len = self.tape[j + 1].len
+                entry.size_text = self.text + self.tape[j + 2].start
+                entry.size_len = self.tape[j + 2].len
+            out.entries.push_back(entry)
             j = row.next
         return out
 
@@ -2123,9 +2243,8 @@ cdef class FrameScanner:
             return None
         out = Levels.__new__(Levels)
         out.entries.reserve(self.tape[arr].count)
-        out.owns = True
-        entry.price_text = NULL
-        entry.size_text = NULL
+        owner = []
+        out.owner = owner
         for k in range(self.tape[arr].count):
             if self.tape[j].kind != c'{':
                 return None
@@ -2133,19 +2252,16 @@ cdef class FrameScanner:
             q = self._get(j, self.k_size)
             if p < 0 or q < 0 or self.tape[p].kind != c'n' or self.tape[q].kind != c'n':
                 return None
-            if (self.tape[p].flags | self.tape[q].flags) & 5:  # a sign or an exponent
+            if (self.tape[p].flags | self.tape[q].flags) & 1:  # a sign
                 return None
             if not self._plain(p, &entry.price) or not self._plain(q, &entry.size):
                 return None
             if not (0.0 < entry.price < INF and 0.0 <= entry.size < INF):
                 return None
+            texts = (_fixed(entry.price, price_decimals), _fixed(entry.size, size_decimals))
+            owner.append(texts)
+            _texts(&entry, texts[0], texts[1])
             out.entries.push_back(entry)
-            text = _fixed(entry.price, price_decimals)
-            Py_INCREF(text)
-            out.entries.back().price_text = <PyObject*>text
-            text = _fixed(entry.size, size_decimals)
-            Py_INCREF(text)
-            out.entries.back().size_text = <PyObject*>text
             j = self.tape[j].next
         return out
 
@@ -2171,15 +2287,6 @@ cdef class FrameScanner:
         cdef const char* expected
         if self.tape[0].kind != c'{' or not self._unique(0):
             return None
-        kind = self._get(0, self.k_kind)
-        if kind < 0:
-            return None
-        if self._is(kind, self.k_snapshot):
-            snapshot = True
-        elif self._is(kind, self.k_delta):
-            snapshot = False
-        else:
-            return None
         entry = self._get(0, self.k_entry)
         if entry < 0:
             return None
@@ -2187,7 +2294,19 @@ cdef class FrameScanner:
             if self.tape[entry].kind != c'[' or self.tape[entry].count != 1:
                 return None
             entry += 1
-        if self.tape[entry].kind != c'{' or not self._unique(entry):
+        if self.tape[entry].kind != c'{':
+            return None
+        # the kind first: a frame of another kind (Binance's tickers) is handed on at once
+        kind = self._get(entry if self.kind_in_entry else 0, self.k_kind)
+        if kind < 0:
+            return None
+        if not self.k_snapshot.empty() and self._is(kind, self.k_snapshot):
+            snapshot = True
+        elif self._is(kind, self.k_delta):
+            snapshot = False
+        else:
+            return None
+        if not self._unique(entry):
             return None
         routed = self._route(self._get(entry if self.route_in_entry else 0, self.k_route))
         if routed is None:
@@ -2214,6 +2333,16 @@ cdef class FrameScanner:
             last_id = self._int(self._get(entry, self.k_last_id))
             if last_id is None:
                 return None
+        first_id = None
+        if not self.k_first_id.empty():
+            first_id = self._int(self._get(entry, self.k_first_id))
+            if first_id is None:
+                return None
+        prev_id = None
+        if not self.k_prev_id.empty():
+            prev_id = self._int(self._get(entry, self.k_prev_id))
+            if prev_id is None:
+                return None
         cross_seq = -1
         at = self._get(entry, self.k_cross_seq)
         if at != _ABSENT:
@@ -2232,6 +2361,11 @@ cdef class FrameScanner:
                     if ts is None:
                         ts = value
             ts_ns = 0 if ts is None else ts * 1_000_000
+        if not self.k_entry_time_ms.empty():
+            ts = self._int(self._get(entry, self.k_entry_time_ms))
+            if ts is None:
+                return None
+            ts_ns = ts * 1_000_000
         at = self._get(entry, self.k_timestamp)
         if at != _ABSENT and self.tape[at].kind != c'z':
             if self.tape[at].kind != c'"':
@@ -2252,7 +2386,9 @@ cdef class FrameScanner:
         asks = self._side(self._get(entry, self.k_asks), formats)
         if asks is None:
             return None
-        return self._update(instrument, snapshot, bids, asks, last_id, cross_seq, ts_ns, checksum)
+        return self._update(
+            instrument, snapshot, bids, asks, last_id, cross_seq, ts_ns, checksum, first_id, prev_id
+        )
 
     cdef object _array(self):
         """`[id, {body}, channel, name]` (Kraken v1): an update (`a` and/or `b`, with `c`)
@@ -2341,7 +2477,8 @@ cdef class FrameScanner:
 
     cdef object _update(
         self, object instrument, bint snapshot, object bids, object asks, object last_id,
-        object cross_seq, object ts_ns, object checksum
+        object cross_seq, object ts_ns, object checksum, object first_id=None,
+        object prev_id=None
     ):
         """The frame's BookUpdate: the one returned last, filled again, where nothing else
         holds it any more (the driver is done with it: no allocation, no collector work), a
@@ -2349,7 +2486,8 @@ cdef class FrameScanner:
         cdef object ev
         if self.last is None or Py_REFCNT(<PyObject*>self.last) != 1:
             self.last = _new_update(
-                instrument, snapshot, bids, asks, last_id, None, cross_seq, ts_ns, checksum
+                instrument, snapshot, bids, asks, last_id, first_id, cross_seq, ts_ns, checksum,
+                prev_id
             )
             return self.last
         ev = self.last
@@ -2361,8 +2499,8 @@ cdef class FrameScanner:
         _store(ev, _AT_CROSS_SEQ, cross_seq)
         _store(ev, _AT_TS_NS, ts_ns)
         _store(ev, _AT_CHECKSUM, checksum)
-        _store(ev, _AT_FIRST_ID, None)
-        _store(ev, _AT_PREV_ID, None)
+        _store(ev, _AT_FIRST_ID, first_id)
+        _store(ev, _AT_PREV_ID, prev_id)
         return ev
 
     cdef int _present(self, int obj, const string& key, int kind) noexcept:

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class FrameShape:
     """The usual book frame: `layout` "array" (Kraken v1: `[id, {body}, channel, name]`) or
-    "object" (`{..., kind, entry: {...}}`, Bybit and Kraken v2); its levels "strings"
-    (`[["price", "size", ...], ...]`) or "numbers" (`[{"price": 1.5, "qty": 2}, ...]`,
-    written with the pair's precisions for the checksum)."""
+    "object" (`{..., kind, entry: {...}}`, Bybit and Kraken v2; Binance futures' combined
+    stream `{"stream": .., "data": {"e": "depthUpdate", ...}}`, its kind in the entry); its
+    levels "strings" (`[["price", "size", ...], ...]`) or "numbers" (`[{"price": 1.5,
+    "qty": 2}, ...]`, written with the pair's precisions for the checksum)."""
 
     layout: str
     levels: str
@@ -36,14 +37,18 @@ class FrameShape:
     price: str = "price"  # "numbers": the keys of a level
     size: str = "qty"
     kind: str = "type"  # object layout: the key saying snapshot or delta, and its values
-    snapshot: str = "snapshot"
+    snapshot: str | None = "snapshot"  # (None: this shape is never a snapshot)
     delta: str = "delta"
+    kind_in_entry: bool = False  # the kind key is in the entry, not the top object
     entry: str = "data"  # the object holding the levels...
     entry_list: bool = False  # ...or a list of exactly one such object
     sides_required: bool = True  # both level keys present (else a missing side is empty)
     last_id: str | None = None  # entry: an integer update id (`u`)
+    first_id: str | None = None  # entry: the integer first update id (Binance `U`)...
+    prev_id: str | None = None  # ...and the previous message's last (Binance futures `pu`)
     cross_seq: str | None = None  # entry: an optional integer cross sequence (`seq`)
     time_ms: tuple[str, ...] = ()  # top object: integer ms times, the first present wins
+    entry_time_ms: str | None = None  # entry: a required integer ms time (Binance `E`)
     timestamp: str | None = None  # entry: an RFC 3339 time (Kraken v2)
     checksum: str | None = None  # entry: the integer checksum (array layout: digit string)
     channel: str | None = None  # array layout: venue attribute the channel must equal

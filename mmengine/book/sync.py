@@ -45,6 +45,7 @@ from mmengine.book.integrity import (
     ChecksumRule,
     ConnectionCounter,
     ContiguousIds,
+    RestSnapshotChain,
     SequenceRule,
 )
 from mmengine.errors import FrameError, IntegrityError
@@ -275,7 +276,9 @@ class BookDriver:
         if self.core.frame_path is not None:
             # The compiled core's per-frame path replaces `receive` and `on_book` on this
             # instance (the class's methods stay the reference it hands other cases to).
-            path = self.core.frame_path(self, ContiguousIds, IntegrityError, PARSE_ERRORS)
+            path = self.core.frame_path(
+                self, ContiguousIds, IntegrityError, PARSE_ERRORS, RestSnapshotChain
+            )
             self.receive = path.receive  # type: ignore[method-assign]
             self.on_book = path.on_book  # type: ignore[method-assign]
             self._path = path

@@ -77,14 +77,25 @@ class VenueProtocol:
     connection_sequence: ClassVar[bool] = False  # one sequence across the connection
     crossed_is_venue_state: ClassVar[bool] = False  # documented crossed books: hold, not resync
     audit_alarm_s: ClassVar[float | None] = None  # log a loose audit disagreeing this long
+    # The venue's usual book frame, declared (`book.shape`): with the compiled core, a frame
+    # beginning with `book_start` is read from its text by the core's scanner, which hands
+    # anything else (or anything it does not take at once) to the venue's own `parse`.
+    frame_shape: ClassVar[FrameShape | None] = None
+    book_start: ClassVar[str] = ""  # how the venue (and our simulator) begins a book frame
 
     def __init__(self, spec: VenueSpec) -> None:
         self.spec = spec
         # Either core's decoder; the reference's class is the interface both provide.
-        self.levels: LevelDecoder = book_core(spec.book_core).decoder()
+        core = book_core(spec.book_core)
+        self.levels: LevelDecoder = core.decoder()
         # our instrument -> the venue's name for it (`wire_symbol`), and back
         self.symbols = {inst: self.wire_symbol(inst) for inst in spec.instruments}
         self.by_symbol = {symbol: inst for inst, symbol in self.symbols.items()}
+        if self.frame_shape is not None and core.scanner is not None:
+            # (the venue's names the shape routes by are read at the first frame)
+            self.parse = core.scanner(  # type: ignore[method-assign]
+                self.frame_shape, self, self.book_start, self.parse, self.keep_wire
+            )
 
     # --- facts of this connection -----------------------------------------------------------
 
@@ -179,11 +190,10 @@ class TypedBookFrames(VenueProtocol):
     (another shape, a msgspec error, a book_update of None) is decoded by orjson and judged
     by `_parse_message`, the reference for every frame. With the compiled core, a venue
     that declares its usual frame (`frame_shape`) has it read from the text by the core's
-    scanner first, which hands this parse anything it does not recognise."""
+    scanner first (`VenueProtocol`), which hands this parse anything it does not
+    recognise."""
 
-    book_start: ClassVar[str]  # how the venue (and our simulator) begins a book frame
     book_frame: ClassVar[msgspec.json.Decoder[Any]]  # into the venue's Struct
-    frame_shape: ClassVar[FrameShape | None] = None  # the usual frame, for the scanner
 
     def __init__(self, spec: VenueSpec) -> None:
         super().__init__(spec)
@@ -194,12 +204,6 @@ class TypedBookFrames(VenueProtocol):
             # The reference core decodes no book message in one call (`book_update` would
             # give None after msgspec's decode): each frame is decoded once, by orjson.
             self.parse = self._parse_json  # type: ignore[method-assign]
-            return
-        scanner = book_core(spec.book_core).scanner
-        if self.frame_shape is not None and scanner is not None:
-            self.parse = scanner(  # type: ignore[method-assign]
-                self.frame_shape, self, self.book_start, self.parse, self.keep_wire
-            )
 
     def parse(self, frame: str) -> list[Event] | BookUpdate:
         if frame.startswith(self._book_start):

@@ -37,6 +37,7 @@ import orjson
 
 from mmengine.book.events import DECODE_ERRORS, BookUpdate, ContractSize, Event, lost_update
 from mmengine.book.integrity import RestSnapshotChain
+from mmengine.book.shape import FrameShape
 from mmengine.errors import FrameError, VenueRejected
 from mmengine.venues.base import VenueProtocol, VenueSpec, integer
 from mmengine.venues.binance import parse_book_ticker, parse_snapshot
@@ -92,6 +93,12 @@ class BinanceFutures(VenueProtocol):
     subscribe_limit = (MESSAGES_PER_SECOND, 1.0)
     rest_weight_per_minute = REST_WEIGHT_PER_MINUTE
     integrity = RestSnapshotChain
+    book_start = '{"stream":"'  # as Binance (and our simulator) write a combined-stream frame
+    frame_shape = FrameShape(  # `parse_event`'s frame: `data` a depthUpdate of our symbol `s`
+        "object", "strings", bids="b", asks="a", books="by_symbol", route="s",
+        route_in_entry=True, kind="e", kind_in_entry=True, snapshot=None, delta="depthUpdate",
+        last_id="u", first_id="U", prev_id="pu", entry_time_ms="E",
+    )  # fmt: skip
     default_rest_url: ClassVar[str]
     depth_path: ClassVar[str]  # of the REST order book
     coin_margined: ClassVar[bool]

@@ -430,6 +430,7 @@ def _variants(frame: str, start: str, rng: random.Random) -> dict[str, str]:
         elif not text.startswith('"'):
             out["number as string"] = frame[:at] + f'"{text}"' + frame[end:]
             out["exponent"] = frame[:at] + text + "e0" + frame[end:]
+            out["infinite"] = frame[:at] + text + "e999" + frame[end:]  # (orjson refuses it)
             out["leading zero"] = frame[:at] + "0" + text + frame[end:]
             out["negative"] = frame[:at] + "-" + text + frame[end:]
             out["fraction"] = frame[:at] + text + ".0" + frame[end:]
