@@ -26,8 +26,9 @@ there is room: pricing keeps only the latest top per venue book, so delivering t
 loses nothing it uses, and a state change (LIVE -> RESYNCING) still arrives, in order.
 
 Tops travel in batches, and the queues are short on purpose (`PUSH_HWM` + `PULL_HWM`
-messages per venue thread and worker). Every `send` and `recv` lets go of the GIL, and a
-thread gets it back only when a busy one hands it over (a switch interval): a worker that
+messages per venue thread and worker). A blocking wait lets go of the GIL (the hops' own
+sends and recvs no longer do: `mmengine.fastpath`), and a thread gets it back only when a
+busy one hands it over (a switch interval): a worker that
 must take one message per top falls behind five venue threads reading a flood, and a long
 queue made the input of a Price seconds old (50,000 msgs/s on two cores: 7 Prices in 6 s,
 RSS +180 MB). So a venue thread sends once per read of its socket (what the frames of that
@@ -45,16 +46,18 @@ import time
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import zmq
 
+from mmengine import fastpath
 from mmengine.codec import Codec, book_top_record
 from mmengine.model import BookTop
 
 PUSH_HWM = 2  # messages a venue thread's PUSH holds for one worker (see the module doc)
 PULL_HWM = 2  # and the worker's PULL, per venue thread
 PUB_HWM = 100_000  # messages queued for each IPC subscriber
+POLLOUT = fastpath.POLLOUT
 
 
 class ServiceThread(threading.Thread):
@@ -136,6 +139,8 @@ class BookTopRouter:
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(pricing_endpoint(k))
             self._pushes.append(sock)
+        # The PUSHes' libzmq handles: sends made holding the GIL (`mmengine.fastpath`).
+        self._handles = [fastpath.handle(sock) for sock in self._pushes]
         # instrument -> the workers its tops go to
         self._targets: dict[str, list[int]] = {
             inst: sorted({stable_shard(p, workers) for p in priced})
@@ -179,15 +184,11 @@ class BookTopRouter:
                 self._send_batch(k, pending)
 
     def _send_batch(self, k: int, pending: dict[str, Entry]) -> None:
-        sock = self._pushes[k]
-        # Asking first spares a refused send's exception and its release of the GIL.
-        if cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLOUT:
+        h = self._handles[k]
+        # Asking first spares pickling a batch the queue would refuse.
+        if fastpath.events(h) & POLLOUT:
             batch = pickle.dumps(tuple(pending.values()), protocol=pickle.HIGHEST_PROTOCOL)
-            try:
-                sock.send(batch, zmq.NOBLOCK)
-            except zmq.Again:
-                pass
-            else:
+            if fastpath.send(h, batch):
                 self.waiting -= len(pending)
                 self.batches += 1
                 self._blocked[k] = False
@@ -245,6 +246,7 @@ class IpcPublisher:
         self.stats = IpcStats()
         self._lock = threading.Lock()
         self._sock: zmq.Socket[Any] | None = None
+        self._handle = 0  # the libzmq socket's address while it is bound
 
     def bind(self) -> None:
         """Bind the socket (on the engine's thread, before any producer starts); raises
@@ -264,25 +266,23 @@ class IpcPublisher:
             raise
         with self._lock:
             self._sock = sock
+            self._handle = fastpath.handle(sock)
 
     def publish(self, topic: bytes, payload: bytes) -> None:
-        """Send `[topic, payload]` to every subscriber whose queue has room; never blocks.
-        After `close()` it does nothing."""
+        """Send `[topic, payload]` to every subscriber whose queue has room; never blocks
+        (and keeps the GIL: `mmengine.fastpath`). After `close()` it does nothing."""
         with self._lock:
             sock = self._sock
             if sock is None:
                 return
-            try:
-                # With NODROP only the first part can fail (libzmq counts whole messages
-                # against the high-water mark): a message goes out whole or not at all.
-                sock.send(topic, zmq.SNDMORE | zmq.NOBLOCK)
-                sock.send(payload, zmq.NOBLOCK)
-            except zmq.Again:  # a matching subscriber's queue is full: count, spare the rest
+            # With NODROP only the first part can fail (libzmq counts whole messages
+            # against the high-water mark): a message goes out whole or not at all.
+            if not fastpath.send2(self._handle, topic, payload):
+                # A matching subscriber's queue is full: count, spare the rest.
                 self.stats.dropped += 1
                 sock.setsockopt(zmq.XPUB_NODROP, 0)
                 try:
-                    sock.send(topic, zmq.SNDMORE | zmq.NOBLOCK)
-                    sock.send(payload, zmq.NOBLOCK)
+                    fastpath.send2(self._handle, topic, payload)
                 finally:
                     sock.setsockopt(zmq.XPUB_NODROP, 1)
             self.stats.sent += 1
@@ -291,5 +291,6 @@ class IpcPublisher:
         """Close the socket (once every producer has stopped; a late publish is ignored)."""
         with self._lock:
             sock, self._sock = self._sock, None
+            self._handle = 0
         if sock is not None:
             sock.close()

@@ -26,10 +26,11 @@ import time
 from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import Any
 
 import zmq
 
+from mmengine import fastpath
 from mmengine.bus import (
     PULL_HWM,
     IpcPublisher,
@@ -37,7 +38,7 @@ from mmengine.bus import (
     decode_envelope,
     pricing_endpoint,
 )
-from mmengine.codec import Codec, encode_price, price_values
+from mmengine.codec import Codec, price_values
 from mmengine.latency import PRICING_STAGES, StageLatency
 from mmengine.logs import RepeatLimiter
 from mmengine.model import BookTop, Price
@@ -249,7 +250,7 @@ class PricingWorker(ServiceThread):
         """To IPC subscribers and to every sink's writer; returns when it was encoded and
         when the IPC send returned (ns)."""
         name = price.instrument.encode()
-        payload = encode_price(header, price)
+        payload = fastpath.encode_price(header, price)
         encoded_ns = time.time_ns()
         self.prices.publish(b"price." + name, payload)
         published_ns = time.time_ns()
@@ -344,18 +345,15 @@ class PricingWorker(ServiceThread):
         fed_by = self.fed_by
         tops = self.tops
         now = time.time_ns
+        # Received holding the GIL (`mmengine.fastpath`): a recv that releases it may wait a
+        # switch interval to get it back from a venue thread.
+        recv = fastpath.recv
+        h = fastpath.handle(pull)
         n = 0  # messages
         tops_in = 0  # BookTops they carried (a message is a batch: `mmengine.bus`)
         while n < MAX_DRAIN:
-            # After the first message, ask whether another waits (a getsockopt, under the
-            # GIL) before receiving: at low rates a drain takes one message, and the recv
-            # that finds the queue empty costs an exception and a release of the GIL, which
-            # another thread may keep for a switch interval.
-            if n == 1 and not cast(int, pull.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                break
-            try:
-                payload = pull.recv(zmq.NOBLOCK)
-            except zmq.Again:
+            payload = recv(h)
+            if payload is None:
                 break
             dequeued_ns = now()
             n += 1
