@@ -310,3 +310,34 @@ def events(size_t handle):
     if z_getsockopt(sock, ZMQ_EVENTS, &value, &size) != 0:
         raise _error(errno)
     return value
+
+
+# --- a socket read that does not wait ----------------------------------------------------
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t c_recv "recv"(int fd, void* buf, size_t n, int flags)
+    int MSG_DONTWAIT
+
+
+def recv_into_nowait(int fd, bytearray buf, Py_ssize_t start):
+    """Read what the socket `fd` holds into `buf[start:]` without waiting and without
+    releasing the GIL: the bytes read, 0 when the peer closed the connection, -1 when
+    nothing is waiting; OSError on a socket error."""
+    cdef Py_ssize_t room = len(buf) - start
+    cdef ssize_t n
+    if start < 0 or room <= 0:
+        raise ValueError("no room in the buffer")
+    while True:
+        n = c_recv(fd, <char*>buf + start, room, MSG_DONTWAIT)
+        if n >= 0:
+            return n
+        if errno == EAGAIN:
+            return -1
+        if errno != EINTR:
+            raise OSError(errno, os_strerror(errno))
+
+
+cdef object os_strerror(int err):
+    import os
+
+    return os.strerror(err)

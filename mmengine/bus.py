@@ -185,15 +185,18 @@ class BookTopRouter:
 
     def _send_batch(self, k: int, pending: dict[str, Entry]) -> None:
         h = self._handles[k]
-        # Asking first spares pickling a batch the queue would refuse.
-        if fastpath.events(h) & POLLOUT:
-            batch = pickle.dumps(tuple(pending.values()), protocol=pickle.HIGHEST_PROTOCOL)
-            if fastpath.send(h, batch):
-                self.waiting -= len(pending)
-                self.batches += 1
-                self._blocked[k] = False
-                pending.clear()
-                return
+        # Only a worker's full queue refuses a send, and a refused one neither raises nor
+        # lets go of the GIL (`fastpath`): ask first whether there is room (ZMQ_EVENTS, a
+        # poll syscall in libzmq) only while the queue was full, to spare the pickling.
+        if self._blocked[k] and not fastpath.events(h) & POLLOUT:
+            return
+        batch = pickle.dumps(tuple(pending.values()), protocol=pickle.HIGHEST_PROTOCOL)
+        if fastpath.send(h, batch):
+            self.waiting -= len(pending)
+            self.batches += 1
+            self._blocked[k] = False
+            pending.clear()
+            return
         if not self._blocked[k]:
             self.deferred += len(pending)
             self._blocked[k] = True

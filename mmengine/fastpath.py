@@ -15,6 +15,11 @@ Two things, both measured on the engine's busiest threads (README, Performance):
   most of the venue threads' and pricing workers' CPU beyond their Python (issue 15). The
   reference makes the same calls through pyzmq.
 
+- `recv_into_nowait`: a venue thread's socket read when bytes are waiting (under load,
+  nearly always), holding the GIL; only an empty socket makes the thread wait, in a poll
+  that lets go of it (`mmengine.venues.transport.FrameReader`). A Python socket read with a
+  timeout lets go of the GIL twice, for its poll and for its recv.
+
 A handle is the address of the libzmq socket: it must not be used after the socket is
 closed (every caller closes its sockets only after its last call, or under the lock its
 calls take, as `IpcPublisher` does).
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -93,6 +99,18 @@ def py_events(h: int) -> int:
     return int(_sock(h).getsockopt(_EVENTS))
 
 
+def py_recv_into_nowait(fd: int, buf: bytearray, start: int) -> int:
+    """Read what the socket `fd` holds into `buf[start:]` without waiting: the bytes read,
+    0 when the peer closed, -1 when nothing waits (the fd is non-blocking: a Python socket
+    with a timeout is)."""
+    if start < 0 or start >= len(buf):
+        raise ValueError("no room in the buffer")
+    try:
+        return os.readv(fd, [memoryview(buf)[start:]])
+    except BlockingIOError:
+        return -1
+
+
 # --- which one runs ---------------------------------------------------------------------------
 
 
@@ -131,3 +149,6 @@ send: Callable[[int, bytes], bool] = _mod.send if _mod is not None else py_send
 send2: Callable[[int, bytes, bytes], bool] = _mod.send2 if _mod is not None else py_send2
 recv: Callable[[int], bytes | None] = _mod.recv if _mod is not None else py_recv
 events: Callable[[int], int] = _mod.events if _mod is not None else py_events
+recv_into_nowait: Callable[[int, bytearray, int], int] = (
+    _mod.recv_into_nowait if _mod is not None else py_recv_into_nowait
+)

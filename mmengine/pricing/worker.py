@@ -207,11 +207,18 @@ class PricingWorker(ServiceThread):
         sinks: list[zmq.Socket[Any]],
         header: bytes,
     ) -> None:
-        """One turn: wait for input or the nearest staleness deadline, then price."""
-        events = dict(poller.poll(self._timeout_ms()))
-        touched = self._drain(pull) if pull in events else {}
-        if control in events:
-            self._apply_positions(control, touched)
+        """One turn: take what is queued, or else wait for input or the nearest staleness
+        deadline; then price.
+
+        What is queued is taken holding the GIL; only an empty queue waits in `poll`, which
+        lets go of it (under load, a worker that let go of the GIL at every turn waited for
+        it behind the venue threads, up to a switch interval each time)."""
+        taken = self._drain(pull)
+        if taken is None:
+            events = dict(poller.poll(self._timeout_ms()))
+            taken = self._drain(pull) if pull in events else None
+        touched = {} if taken is None else taken
+        self._apply_positions(control, touched)
         now_ns = time.time_ns()
         timed = self._due_now(now_ns, touched)
         if not touched:
@@ -300,10 +307,10 @@ class PricingWorker(ServiceThread):
         self, control: zmq.Socket[Any], touched: dict[str, BookTop | None]
     ) -> None:
         """Position updates: (instrument, quantity), pickled. Each re-prices at once."""
+        h = fastpath.handle(control)
         while True:
-            try:
-                raw = control.recv(zmq.NOBLOCK)
-            except zmq.Again:
+            raw = fastpath.recv(h)
+            if raw is None:
                 return
             try:
                 name, qty = pickle.loads(raw)
@@ -337,8 +344,9 @@ class PricingWorker(ServiceThread):
                     self.stats.sink_dropped,
                 )
 
-    def _drain(self, pull: zmq.Socket[Any]) -> dict[str, BookTop | None]:
-        """Take everything queued; returns each touched instrument with its latest input."""
+    def _drain(self, pull: zmq.Socket[Any]) -> dict[str, BookTop | None] | None:
+        """Take everything queued (without waiting); returns each touched instrument with
+        its latest input, or None when nothing was queued."""
         touched: dict[str, BookTop | None] = {}
         arrivals = self._arrivals  # instrument -> (applied_ns, dequeued_ns) of its trigger
         arrivals.clear()
@@ -370,6 +378,8 @@ class PricingWorker(ServiceThread):
                     tops[name][key] = top
                     touched[name] = top
                     arrivals[name] = (applied_ns, dequeued_ns)
+        if not n:
+            return None
         stats = self.stats
         stats.inputs += tops_in
         stats.drains += 1

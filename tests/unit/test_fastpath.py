@@ -4,6 +4,7 @@ ZeroMQ calls made holding the GIL as from pyzmq's."""
 
 from __future__ import annotations
 
+import socket
 import sys
 import threading
 import time
@@ -177,3 +178,36 @@ def test_a_held_send_does_not_let_go_of_the_gil() -> None:
         ctx.term()
     assert held == 0
     assert released > 0  # the same sends through pyzmq: the spinner ran in between
+
+
+@pytest.mark.parametrize("impl", ["compiled", "reference"])
+def test_recv_into_nowait_reads_what_waits_and_never_waits(impl: str) -> None:
+    read = _fast.recv_into_nowait if impl == "compiled" else fastpath.py_recv_into_nowait
+    a, b = socket.socketpair()
+    b.settimeout(5.0)  # as a venue socket: non-blocking underneath
+    buf = bytearray(16)
+    try:
+        t0 = time.monotonic()
+        assert read(b.fileno(), buf, 0) == -1  # nothing waits: at once
+        assert time.monotonic() - t0 < 1.0
+        a.sendall(b"hello")
+        time.sleep(0.05)
+        assert read(b.fileno(), buf, 3) == 5
+        assert bytes(buf[3:8]) == b"hello" and bytes(buf[:3]) == b"\0\0\0"
+        a.sendall(b"x" * 40)  # more than the room left: the rest stays in the socket
+        time.sleep(0.05)
+        assert read(b.fileno(), buf, 10) == 6
+        assert read(b.fileno(), buf, 0) == 16
+        assert read(b.fileno(), buf, 0) == 16
+        assert read(b.fileno(), buf, 0) == 2
+        assert read(b.fileno(), buf, 0) == -1
+        with pytest.raises(ValueError):
+            read(b.fileno(), buf, 16)  # no room
+        a.close()
+        time.sleep(0.05)
+        while (n := read(b.fileno(), buf, 0)) > 0:
+            pass
+        assert n == 0  # the peer closed
+    finally:
+        a.close()
+        b.close()
