@@ -249,15 +249,29 @@ cdef object _error(int err):
 
 
 cdef int _send(void* sock, bytes data, int flags) except -2:
-    """1 sent, 0 refused (EAGAIN)."""
-    cdef int rc
+    """1 sent, 0 refused (EAGAIN).
+
+    A send processes the socket's pending commands only if none were processed for about
+    a millisecond, so a queue the reader has since emptied can still look full: the credit
+    it sent back waits among those commands. A refused send therefore asks ZMQ_EVENTS,
+    which processes them, and tries once more."""
+    cdef int rc, value
+    cdef size_t size
+    cdef bint retried = False
     while True:
         rc = z_send(sock, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), flags | DONTWAIT)
         if rc >= 0:
             return 1
         if errno == EAGAIN:
-            return 0
-        if errno != EINTR:
+            if retried:
+                return 0
+            retried = True
+            size = sizeof(int)
+            if z_getsockopt(sock, ZMQ_EVENTS, &value, &size) != 0:
+                raise _error(errno)
+            if not value & 2:  # ZMQ_POLLOUT: full indeed
+                return 0
+        elif errno != EINTR:
             raise _error(errno)
 
 

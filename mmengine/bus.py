@@ -9,12 +9,17 @@ The last step, `IpcPublisher`, is each IPC stream's public socket, on which pric
 (prices) and venue threads (books) publish in place, with no forwarding hop; it counts what
 a full subscriber could not take (see its docstring).
 
-BookTops cross the inproc hop pickled: they never leave the process, and pickling a small
-tuple costs about a microsecond where Avro costs ten. A message is a batch: a tuple of
-`(top as a tuple, applied_ns)` entries, one in the usual case; `applied_ns` is the moment
-the router took the top (the book was applied), so that pricing can time each stage of the
-tick-to-quote path (`mmengine.latency`) without a field in BookTop. The IPC `books`
-stream, which other processes read, carries BookTops Avro-encoded.
+BookTops cross the inproc hop by reference: they never leave the process, and a BookTop
+is read-only (the book core shares a list between tops only while its values are the
+same). A message is a batch: a tuple of `(top, applied_ns)` entries, one in the usual
+case; `applied_ns` is the moment the router took the top (the book was applied), so that
+pricing can time each stage of the tick-to-quote path (`mmengine.latency`) without a field
+in BookTop. The batch waits in `_IN_FLIGHT` under a key, and the ZeroMQ message carries
+the key (a 0 byte, then 8 bytes): ZeroMQ still orders the batches, bounds the queues and
+wakes the worker. Pickling the batch instead cost the venue thread a dumps and the worker
+a loads and a BookTop per top, some 5-10 µs a batch (issue 15); a pickled batch
+(`encode_top`, what tests and tools send) is still read. The IPC `books` stream, which
+other processes read, carries BookTops Avro-encoded.
 
 Sockets are made by the thread that uses them, from the one shared `zmq.Context`; the one
 exception is each IPC stream's PUB, shared by its producers under a lock (`IpcPublisher`).
@@ -39,8 +44,10 @@ conflating at the source; one `recv` brings the worker all of it (counted: `supe
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
+import struct
 import threading
 import time
 import zlib
@@ -93,7 +100,14 @@ def pricing_endpoint(worker: int) -> str:
     return f"inproc://pricing.{worker}"
 
 
-Entry = tuple[tuple[Any, ...], int]  # (a BookTop as a tuple, applied_ns): one top in a batch
+Entry = tuple[BookTop, int]  # (a BookTop, applied_ns): one top in a batch
+
+# Batches sent and not yet received, by key (see the module doc). A batch whose message is
+# lost with its worker's socket (a worker that died: the supervisor ends the engine or
+# restarts it) stays here: at most the queues' few messages per venue thread.
+_IN_FLIGHT: dict[int, tuple[Entry, ...]] = {}
+_KEYS = itertools.count()  # next() is one C call: atomic under the GIL, unique per batch
+_KEY = struct.Struct("<xQ")  # a 0 byte (no pickle starts with it), then the key
 
 
 def encode_top(top: BookTop, applied_ns: int | None = None) -> bytes:
@@ -103,8 +117,12 @@ def encode_top(top: BookTop, applied_ns: int | None = None) -> bytes:
     return pickle.dumps(((tuple(top), stamp),), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def decode_envelope(payload: bytes) -> list[tuple[BookTop, int]]:
-    """The (BookTop, applied_ns) pairs of one inproc message, in the order they were sent."""
+def decode_envelope(payload: bytes) -> Sequence[tuple[BookTop, int]]:
+    """The (BookTop, applied_ns) pairs of one inproc message, in the order they were sent:
+    the batch itself for a key (taken out of `_IN_FLIGHT`: a key is read once), else a
+    pickled batch; KeyError or an unpickling error for a message that is neither."""
+    if len(payload) == _KEY.size and payload[0] == 0:
+        return _IN_FLIGHT.pop(_KEY.unpack(payload)[0])
     return [(BookTop._make(fields), applied_ns) for fields, applied_ns in pickle.loads(payload)]
 
 
@@ -161,7 +179,7 @@ class BookTopRouter:
         """Queue `top` for its workers; it goes out at the next `flush()`."""
         targets = self._targets.get(top.instrument)
         if targets:
-            entry = (tuple(top), time.time_ns())  # stamped: the book was applied just now
+            entry = (top, time.time_ns())  # stamped: the book was applied just now
             instrument = top.instrument
             for k in targets:
                 pending = self._pending[k]
@@ -187,16 +205,18 @@ class BookTopRouter:
         h = self._handles[k]
         # Only a worker's full queue refuses a send, and a refused one neither raises nor
         # lets go of the GIL (`fastpath`): ask first whether there is room (ZMQ_EVENTS, a
-        # poll syscall in libzmq) only while the queue was full, to spare the pickling.
+        # poll syscall in libzmq) only while the queue was full.
         if self._blocked[k] and not fastpath.events(h) & POLLOUT:
             return
-        batch = pickle.dumps(tuple(pending.values()), protocol=pickle.HIGHEST_PROTOCOL)
-        if fastpath.send(h, batch):
+        key = next(_KEYS)
+        _IN_FLIGHT[key] = tuple(pending.values())
+        if fastpath.send(h, _KEY.pack(key)):
             self.waiting -= len(pending)
             self.batches += 1
             self._blocked[k] = False
             pending.clear()
             return
+        del _IN_FLIGHT[key]
         if not self._blocked[k]:
             self.deferred += len(pending)
             self._blocked[k] = True

@@ -65,21 +65,31 @@ def _sock(h: int) -> zmq.Socket[Any]:
     return sock
 
 
+def _send_or_retry(sock: zmq.Socket[Any], data: bytes, flags: int) -> bool:
+    """A send that libzmq refused is tried again if ZMQ_EVENTS (which processes the
+    socket's pending commands: a send does so at most about every millisecond) then says
+    there is room: the credit of a queue the reader emptied may be waiting among them."""
+    try:
+        sock.send(data, flags)
+    except zmq.Again:
+        if not py_events(handle(sock)) & POLLOUT:
+            return False
+        try:
+            sock.send(data, flags)
+        except zmq.Again:
+            return False
+    return True
+
+
 def py_send(h: int, data: bytes) -> bool:
     """Send one frame without waiting; False when the socket refused it (a full queue)."""
-    try:
-        _sock(h).send(data, _NOBLOCK)
-    except zmq.Again:
-        return False
-    return True
+    return _send_or_retry(_sock(h), data, _NOBLOCK)
 
 
 def py_send2(h: int, first: bytes, second: bytes) -> bool:
     """A two-frame message, as `py_send`; False when the first frame was refused."""
     sock = _sock(h)
-    try:
-        sock.send(first, _NOBLOCK | _SNDMORE)
-    except zmq.Again:
+    if not _send_or_retry(sock, first, _NOBLOCK | _SNDMORE):
         return False
     sock.send(second, _NOBLOCK)
     return True

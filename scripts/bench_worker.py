@@ -5,10 +5,10 @@ drain, evaluate, the Price, its Avro payload, the IPC publish, the stage histogr
 at a low rate, where each top makes its own Price. Five venue books feed the priced
 instrument, as in `scripts/bench.py`'s end-to-end engine.
 
-Prints JSON: thread CPU µs per top (best of 5 rounds), split into router and worker, and
+Prints JSON: thread CPU µs per top (best of `--rounds` rounds), split into router and worker, and
 with `--calls` the Python function calls per top (`sys.setprofile`) by function.
 
-    .venv/bin/python scripts/bench_worker.py [--n 5000] [--calls]
+    .venv/bin/python scripts/bench_worker.py [--n 1000] [--rounds 20] [--calls]
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def make_top(rng: random.Random, venue: str, inst: str, seq: int) -> BookTop:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--n", type=int, default=1000, help="tops per round")
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--calls", action="store_true", help="count Python calls per top")
     args = parser.parse_args()
     rng = random.Random(1)
@@ -102,7 +103,7 @@ def main() -> None:
         for j in range(200):  # every venue seen, the state warm
             one(j)
         best = (float("inf"), 0.0, 0.0)
-        for _ in range(5):
+        for _ in range(args.rounds):  # short rounds, the best kept: the machine is shared
             r = w = 0.0
             for j in range(args.n):
                 a, b = one(j)

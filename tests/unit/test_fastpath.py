@@ -211,3 +211,18 @@ def test_recv_into_nowait_reads_what_waits_and_never_waits(impl: str) -> None:
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("impl", ["compiled", "reference"])
+def test_a_send_to_a_queue_the_reader_emptied_is_taken(pair: Any, impl: str) -> None:
+    """libzmq processes a socket's commands on a send only about every millisecond, and
+    the reader's credit for the room it made is one: without asking again, a send to a
+    queue (high-water mark 2) emptied a moment ago was refused now and then."""
+    push, pull = pair
+    send, recv = (
+        (_fast.send, _fast.recv) if impl == "compiled" else (fastpath.py_send, fastpath.py_recv)
+    )
+    hp, hl = fastpath.handle(push), fastpath.handle(pull)
+    for i in range(3000):
+        assert send(hp, b"%d" % i), f"message {i} refused"
+        assert recv(hl) == b"%d" % i
