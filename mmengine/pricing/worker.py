@@ -153,8 +153,15 @@ class PricingWorker(ServiceThread):
         # When each published instrument must be priced again without new input (ns).
         self.due: dict[str, float] = {}
         self.max_age_ns = {n: s.max_age_ms * 1e6 for n, s in self.specs.items()}
+        # A fixed rate never goes stale, so it never brings a deadline nearer: `_schedule`
+        # looks only at the rates pricing computes (a few µs a Price less).
+        fixed = {f.pair for f in fx if f.fixed is not None} - set(self.fx_max_age_ns)
         self.fx_sources = {
-            n: [(src.venue, src.fx) for src in s.sources if src.fx is not None]
+            n: [
+                (src.venue, src.fx)
+                for src in s.sources
+                if src.fx is not None and src.fx not in fixed
+            ]
             for n, s in self.specs.items()
         }
         self.stats = WorkerStats()
