@@ -337,12 +337,11 @@ class PricingWorker(ServiceThread):
             log.info("pricing-%d: %s position set to %s", self.k, name, qty)
 
     def _to_sink(self, sock: zmq.Socket[Any], frames: tuple[bytes, ...]) -> None:
-        """Hand a Price to a writer thread without ever waiting on it. The writer drains
-        its queue into its own spool, so a full queue means the writer thread is wedged:
-        count the loss loudly rather than stall pricing."""
-        try:
-            sock.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:
+        """Hand a Price to a writer thread without ever waiting on it (nor letting go of
+        the GIL: `mmengine.fastpath`). The writer drains its queue into its own spool, so a
+        full queue means the writer thread is wedged: count the loss loudly rather than
+        stall pricing."""
+        if not fastpath.send_multipart(fastpath.handle(sock), frames):
             self.stats.sink_dropped += 1
             if self._sink_log.allow("sink_full") is not None:
                 log.error(
