@@ -9,8 +9,9 @@ export XDG_RUNTIME_DIR ?= $(CURDIR)/.run
 .PHONY: venv test lint format demo bench bench-quick soak chaos clean
 
 # The editable install also compiles the book core (mmengine/book/_core.pyx, Cython -> C++,
-# gcc): a changed .pyx rebuilds it (--reinstall-package: uv would keep the old build).
-$(STAMP): pyproject.toml setup.py mmengine/book/_core.pyx
+# gcc) and the fast path (mmengine/_fastpath.pyx, Cython -> C): a changed .pyx rebuilds them
+# (--reinstall-package: uv would keep the old build).
+$(STAMP): pyproject.toml setup.py mmengine/book/_core.pyx mmengine/_fastpath.pyx
 	mkdir -p -m 0700 $(XDG_RUNTIME_DIR)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check uv
@@ -60,4 +61,5 @@ chaos: $(STAMP)
 	$(BIN)/python scripts/chaos.py --minutes $(MINUTES) $(if $(SEED),--seed $(SEED))
 
 clean:
-	rm -rf $(VENV) .venv-peers .run .pytest_cache .mypy_cache build mmengine/book/_core.cpp mmengine/book/_core.*.so
+	rm -rf $(VENV) .venv-peers .run .pytest_cache .mypy_cache build mmengine/book/_core.cpp mmengine/book/_core.*.so \
+		mmengine/_fastpath.c mmengine/_fastpath.*.so

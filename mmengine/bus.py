@@ -9,12 +9,17 @@ The last step, `IpcPublisher`, is each IPC stream's public socket, on which pric
 (prices) and venue threads (books) publish in place, with no forwarding hop; it counts what
 a full subscriber could not take (see its docstring).
 
-BookTops cross the inproc hop pickled: they never leave the process, and pickling a small
-tuple costs about a microsecond where Avro costs ten. A message is a batch: a tuple of
-`(top as a tuple, applied_ns)` entries, one in the usual case; `applied_ns` is the moment
-the router took the top (the book was applied), so that pricing can time each stage of the
-tick-to-quote path (`mmengine.latency`) without a field in BookTop. The IPC `books`
-stream, which other processes read, carries BookTops Avro-encoded.
+BookTops cross the inproc hop by reference: they never leave the process, and a BookTop
+is read-only (the book core shares a list between tops only while its values are the
+same). A message is a batch: a tuple of `(top, applied_ns)` entries, one in the usual
+case; `applied_ns` is the moment the router took the top (the book was applied), so that
+pricing can time each stage of the tick-to-quote path (`mmengine.latency`) without a field
+in BookTop. The batch waits in `_IN_FLIGHT` under a key, and the ZeroMQ message carries
+the key (a 0 byte, then 8 bytes): ZeroMQ still orders the batches, bounds the queues and
+wakes the worker. Pickling the batch instead cost the venue thread a dumps and the worker
+a loads and a BookTop per top, some 5-10 µs a batch (issue 15); a pickled batch
+(`encode_top`, what tests and tools send) is still read. The IPC `books` stream, which
+other processes read, carries BookTops Avro-encoded.
 
 A Price goes to each sink's writer thread as one frame (`sink_message`): instrument, sink
 key and Avro payload joined by `pack_frames`, which is the writer's spool record as it came;
@@ -33,8 +38,9 @@ there is room: pricing keeps only the latest top per venue book, so delivering t
 loses nothing it uses, and a state change (LIVE -> RESYNCING) still arrives, in order.
 
 Tops travel in batches, and the queues are short on purpose (`PUSH_HWM` + `PULL_HWM`
-messages per venue thread and worker). Every `send` and `recv` lets go of the GIL, and a
-thread gets it back only when a busy one hands it over (a switch interval): a worker that
+messages per venue thread and worker). A blocking wait lets go of the GIL (the hops' own
+sends and recvs no longer do: `mmengine.fastpath`), and a thread gets it back only when a
+busy one hands it over (a switch interval): a worker that
 must take one message per top falls behind five venue threads reading a flood, and a long
 queue made the input of a Price seconds old (50,000 msgs/s on two cores: 7 Prices in 6 s,
 RSS +180 MB). So a venue thread sends once per read of its socket (what the frames of that
@@ -45,6 +51,7 @@ conflating at the source; one `recv` brings the worker all of it (counted: `supe
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import struct
@@ -53,16 +60,18 @@ import time
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import zmq
 
+from mmengine import fastpath
 from mmengine.codec import Codec, book_top_record
 from mmengine.model import BookTop
 
 PUSH_HWM = 2  # messages a venue thread's PUSH holds for one worker (see the module doc)
 PULL_HWM = 2  # and the worker's PULL, per venue thread
 PUB_HWM = 100_000  # messages queued for each IPC subscriber
+POLLOUT = fastpath.POLLOUT
 
 
 class ServiceThread(threading.Thread):
@@ -131,7 +140,14 @@ def pricing_endpoint(worker: int) -> str:
     return f"inproc://pricing.{worker}"
 
 
-Entry = tuple[tuple[Any, ...], int]  # (a BookTop as a tuple, applied_ns): one top in a batch
+Entry = tuple[BookTop, int]  # (a BookTop, applied_ns): one top in a batch
+
+# Batches sent and not yet received, by key (see the module doc). A batch whose message is
+# lost with its worker's socket (a worker that died: the supervisor ends the engine or
+# restarts it) stays here: at most the queues' few messages per venue thread.
+_IN_FLIGHT: dict[int, tuple[Entry, ...]] = {}
+_KEYS = itertools.count()  # next() is one C call: atomic under the GIL, unique per batch
+_KEY = struct.Struct("<xQ")  # a 0 byte (no pickle starts with it), then the key
 
 
 def encode_top(top: BookTop, applied_ns: int | None = None) -> bytes:
@@ -141,8 +157,12 @@ def encode_top(top: BookTop, applied_ns: int | None = None) -> bytes:
     return pickle.dumps(((tuple(top), stamp),), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def decode_envelope(payload: bytes) -> list[tuple[BookTop, int]]:
-    """The (BookTop, applied_ns) pairs of one inproc message, in the order they were sent."""
+def decode_envelope(payload: bytes) -> Sequence[tuple[BookTop, int]]:
+    """The (BookTop, applied_ns) pairs of one inproc message, in the order they were sent:
+    the batch itself for a key (taken out of `_IN_FLIGHT`: a key is read once), else a
+    pickled batch; KeyError or an unpickling error for a message that is neither."""
+    if len(payload) == _KEY.size and payload[0] == 0:
+        return _IN_FLIGHT.pop(_KEY.unpack(payload)[0])
     return [(BookTop._make(fields), applied_ns) for fields, applied_ns in pickle.loads(payload)]
 
 
@@ -177,6 +197,8 @@ class BookTopRouter:
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(pricing_endpoint(k))
             self._pushes.append(sock)
+        # The PUSHes' libzmq handles: sends made holding the GIL (`mmengine.fastpath`).
+        self._handles = [fastpath.handle(sock) for sock in self._pushes]
         # instrument -> the workers its tops go to
         self._targets: dict[str, list[int]] = {
             inst: sorted({stable_shard(p, workers) for p in priced})
@@ -197,7 +219,7 @@ class BookTopRouter:
         """Queue `top` for its workers; it goes out at the next `flush()`."""
         targets = self._targets.get(top.instrument)
         if targets:
-            entry = (tuple(top), time.time_ns())  # stamped: the book was applied just now
+            entry = (top, time.time_ns())  # stamped: the book was applied just now
             instrument = top.instrument
             for k in targets:
                 pending = self._pending[k]
@@ -220,20 +242,21 @@ class BookTopRouter:
                 self._send_batch(k, pending)
 
     def _send_batch(self, k: int, pending: dict[str, Entry]) -> None:
-        sock = self._pushes[k]
-        # Asking first spares a refused send's exception and its release of the GIL.
-        if cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLOUT:
-            batch = pickle.dumps(tuple(pending.values()), protocol=pickle.HIGHEST_PROTOCOL)
-            try:
-                sock.send(batch, zmq.NOBLOCK)
-            except zmq.Again:
-                pass
-            else:
-                self.waiting -= len(pending)
-                self.batches += 1
-                self._blocked[k] = False
-                pending.clear()
-                return
+        h = self._handles[k]
+        # Only a worker's full queue refuses a send, and a refused one neither raises nor
+        # lets go of the GIL (`fastpath`): ask first whether there is room (ZMQ_EVENTS, a
+        # poll syscall in libzmq) only while the queue was full.
+        if self._blocked[k] and not fastpath.events(h) & POLLOUT:
+            return
+        key = next(_KEYS)
+        _IN_FLIGHT[key] = tuple(pending.values())
+        if fastpath.send(h, _KEY.pack(key)):
+            self.waiting -= len(pending)
+            self.batches += 1
+            self._blocked[k] = False
+            pending.clear()
+            return
+        del _IN_FLIGHT[key]
         if not self._blocked[k]:
             self.deferred += len(pending)
             self._blocked[k] = True
@@ -286,6 +309,7 @@ class IpcPublisher:
         self.stats = IpcStats()
         self._lock = threading.Lock()
         self._sock: zmq.Socket[Any] | None = None
+        self._handle = 0  # the libzmq socket's address while it is bound
 
     def bind(self) -> None:
         """Bind the socket (on the engine's thread, before any producer starts); raises
@@ -305,25 +329,23 @@ class IpcPublisher:
             raise
         with self._lock:
             self._sock = sock
+            self._handle = fastpath.handle(sock)
 
     def publish(self, topic: bytes, payload: bytes) -> None:
-        """Send `[topic, payload]` to every subscriber whose queue has room; never blocks.
-        After `close()` it does nothing."""
+        """Send `[topic, payload]` to every subscriber whose queue has room; never blocks
+        (and keeps the GIL: `mmengine.fastpath`). After `close()` it does nothing."""
         with self._lock:
             sock = self._sock
             if sock is None:
                 return
-            try:
-                # With NODROP only the first part can fail (libzmq counts whole messages
-                # against the high-water mark): a message goes out whole or not at all.
-                sock.send(topic, zmq.SNDMORE | zmq.NOBLOCK)
-                sock.send(payload, zmq.NOBLOCK)
-            except zmq.Again:  # a matching subscriber's queue is full: count, spare the rest
+            # With NODROP only the first part can fail (libzmq counts whole messages
+            # against the high-water mark): a message goes out whole or not at all.
+            if not fastpath.send2(self._handle, topic, payload):
+                # A matching subscriber's queue is full: count, spare the rest.
                 self.stats.dropped += 1
                 sock.setsockopt(zmq.XPUB_NODROP, 0)
                 try:
-                    sock.send(topic, zmq.SNDMORE | zmq.NOBLOCK)
-                    sock.send(payload, zmq.NOBLOCK)
+                    fastpath.send2(self._handle, topic, payload)
                 finally:
                     sock.setsockopt(zmq.XPUB_NODROP, 1)
             self.stats.sent += 1
@@ -332,5 +354,6 @@ class IpcPublisher:
         """Close the socket (once every producer has stopped; a late publish is ignored)."""
         with self._lock:
             sock, self._sock = self._sock, None
+            self._handle = 0
         if sock is not None:
             sock.close()

@@ -26,10 +26,11 @@ import time
 from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import Any
 
 import zmq
 
+from mmengine import fastpath
 from mmengine.bus import (
     PULL_HWM,
     IpcPublisher,
@@ -38,7 +39,7 @@ from mmengine.bus import (
     pricing_endpoint,
     sink_message,
 )
-from mmengine.codec import Codec, encode_price, price_values
+from mmengine.codec import Codec, price_values
 from mmengine.latency import PRICING_STAGES, StageLatency
 from mmengine.logs import RepeatLimiter
 from mmengine.model import BookTop, Price
@@ -153,8 +154,15 @@ class PricingWorker(ServiceThread):
         # When each published instrument must be priced again without new input (ns).
         self.due: dict[str, float] = {}
         self.max_age_ns = {n: s.max_age_ms * 1e6 for n, s in self.specs.items()}
+        # A fixed rate never goes stale, so it never brings a deadline nearer: `_schedule`
+        # looks only at the rates pricing computes (a few µs a Price less).
+        fixed = {f.pair for f in fx if f.fixed is not None} - set(self.fx_max_age_ns)
         self.fx_sources = {
-            n: [(src.venue, src.fx) for src in s.sources if src.fx is not None]
+            n: [
+                (src.venue, src.fx)
+                for src in s.sources
+                if src.fx is not None and src.fx not in fixed
+            ]
             for n, s in self.specs.items()
         }
         self.stats = WorkerStats()
@@ -207,11 +215,18 @@ class PricingWorker(ServiceThread):
         sinks: list[zmq.Socket[Any]],
         header: bytes,
     ) -> None:
-        """One turn: wait for input or the nearest staleness deadline, then price."""
-        events = dict(poller.poll(self._timeout_ms()))
-        touched = self._drain(pull) if pull in events else {}
-        if control in events:
-            self._apply_positions(control, touched)
+        """One turn: take what is queued, or else wait for input or the nearest staleness
+        deadline; then price.
+
+        What is queued is taken holding the GIL; only an empty queue waits in `poll`, which
+        lets go of it (under load, a worker that let go of the GIL at every turn waited for
+        it behind the venue threads, up to a switch interval each time)."""
+        taken = self._drain(pull)
+        if taken is None:
+            events = dict(poller.poll(self._timeout_ms()))
+            taken = self._drain(pull) if pull in events else None
+        touched = {} if taken is None else taken
+        self._apply_positions(control, touched)
         now_ns = time.time_ns()
         timed = self._due_now(now_ns, touched)
         if not touched:
@@ -250,7 +265,7 @@ class PricingWorker(ServiceThread):
         """To IPC subscribers and to every sink's writer; returns when it was encoded and
         when the IPC send returned (ns)."""
         name = price.instrument.encode()
-        payload = encode_price(header, price)
+        payload = fastpath.encode_price(header, price)
         encoded_ns = time.time_ns()
         self.prices.publish(b"price." + name, payload)
         published_ns = time.time_ns()
@@ -300,10 +315,10 @@ class PricingWorker(ServiceThread):
         self, control: zmq.Socket[Any], touched: dict[str, BookTop | None]
     ) -> None:
         """Position updates: (instrument, quantity), pickled. Each re-prices at once."""
+        h = fastpath.handle(control)
         while True:
-            try:
-                raw = control.recv(zmq.NOBLOCK)
-            except zmq.Again:
+            raw = fastpath.recv(h)
+            if raw is None:
                 return
             try:
                 name, qty = pickle.loads(raw)
@@ -324,12 +339,10 @@ class PricingWorker(ServiceThread):
 
     def _to_sink(self, sock: zmq.Socket[Any], message: bytes) -> None:
         """Hand a Price (`mmengine.bus.sink_message`) to a writer thread without ever
-        waiting on it. The writer drains its queue into its own spool, so a full queue
-        means the writer thread is wedged: count the loss loudly rather than stall
-        pricing."""
-        try:
-            sock.send(message, zmq.NOBLOCK)
-        except zmq.Again:
+        waiting on it (nor letting go of the GIL: `mmengine.fastpath`). The writer drains
+        its queue into its own spool, so a full queue means the writer thread is wedged:
+        count the loss loudly rather than stall pricing."""
+        if not fastpath.send(fastpath.handle(sock), message):
             self.stats.sink_dropped += 1
             if self._sink_log.allow("sink_full") is not None:
                 log.error(
@@ -338,26 +351,24 @@ class PricingWorker(ServiceThread):
                     self.stats.sink_dropped,
                 )
 
-    def _drain(self, pull: zmq.Socket[Any]) -> dict[str, BookTop | None]:
-        """Take everything queued; returns each touched instrument with its latest input."""
+    def _drain(self, pull: zmq.Socket[Any]) -> dict[str, BookTop | None] | None:
+        """Take everything queued (without waiting); returns each touched instrument with
+        its latest input, or None when nothing was queued."""
         touched: dict[str, BookTop | None] = {}
         arrivals = self._arrivals  # instrument -> (applied_ns, dequeued_ns) of its trigger
         arrivals.clear()
         fed_by = self.fed_by
         tops = self.tops
         now = time.time_ns
+        # Received holding the GIL (`mmengine.fastpath`): a recv that releases it may wait a
+        # switch interval to get it back from a venue thread.
+        recv = fastpath.recv
+        h = fastpath.handle(pull)
         n = 0  # messages
         tops_in = 0  # BookTops they carried (a message is a batch: `mmengine.bus`)
         while n < MAX_DRAIN:
-            # After the first message, ask whether another waits (a getsockopt, under the
-            # GIL) before receiving: at low rates a drain takes one message, and the recv
-            # that finds the queue empty costs an exception and a release of the GIL, which
-            # another thread may keep for a switch interval.
-            if n == 1 and not cast(int, pull.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                break
-            try:
-                payload = pull.recv(zmq.NOBLOCK)
-            except zmq.Again:
+            payload = recv(h)
+            if payload is None:
                 break
             dequeued_ns = now()
             n += 1
@@ -374,6 +385,8 @@ class PricingWorker(ServiceThread):
                     tops[name][key] = top
                     touched[name] = top
                     arrivals[name] = (applied_ns, dequeued_ns)
+        if not n:
+            return None
         stats = self.stats
         stats.inputs += tops_in
         stats.drains += 1

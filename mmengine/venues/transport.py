@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import random
+import select
+import socket
 import ssl
 import threading
 import time
@@ -28,6 +31,7 @@ import websocket
 
 from mmengine.book.sync import BookDriver
 from mmengine.errors import TransportError
+from mmengine.fastpath import recv_into_nowait
 from mmengine.model import BookTop
 from mmengine.venues.base import VenueProtocol, VenueSpec
 
@@ -66,6 +70,14 @@ class FrameReader:
         self._end = 0  # one past the last byte read
         self._fragments: list[bytes] = []
         self._fragment_opcode = 0
+        # A plain TCP socket (not TLS: its bytes must go through the SSL object) is read
+        # holding the GIL while bytes wait, and waited on in a poll that lets go of it once
+        # (`mmengine.fastpath`); a Python socket read with a timeout lets go twice.
+        self._fd = sock.fileno() if type(sock) is socket.socket else -1
+        self._poll: select.poll | None = None
+        if self._fd >= 0:
+            self._poll = select.poll()
+            self._poll.register(self._fd, select.POLLIN)
 
     def next(self) -> tuple[int, bytes]:
         """The next message or control frame as (opcode, payload); (0, b"") when the
@@ -172,10 +184,20 @@ class FrameReader:
                 self._view[:rest] = self._view[pos : self._end]
             self._pos = 0
             self._end = rest
-        try:
-            n = self._sock.recv_into(self._view[self._end :])
-        except TimeoutError:
-            return False
+        if self._poll is not None:
+            n = recv_into_nowait(self._fd, self._buf, self._end)
+            if n < 0:
+                timeout = self._sock.gettimeout()
+                if not self._poll.poll(None if timeout is None else math.ceil(timeout * 1000)):
+                    return False
+                n = recv_into_nowait(self._fd, self._buf, self._end)
+                if n < 0:
+                    return False  # woken with nothing to read: as a timeout
+        else:
+            try:
+                n = self._sock.recv_into(self._view[self._end :])
+            except TimeoutError:
+                return False
         if not n:
             raise websocket.WebSocketConnectionClosedException("the venue closed the socket")
         self._end += n
@@ -451,11 +473,14 @@ class VenueConnection(threading.Thread):
         reader = FrameReader(sock, ws.pong)
         holding = False  # tops wait for a pricing queue: the socket's timeout is short
         while not self._stop_event.is_set():
-            if publisher.waiting and not reader.buffered():
-                publisher.flush()
-            if holding != bool(publisher.waiting):
-                holding = not holding
-                sock.settimeout(HOLD_RETRY_S if holding else TICK_S)
+            # Only before a read that may wait: flush, and set the timeout to what is left
+            # waiting (a settimeout is an ioctl and more Python: not one per frame).
+            if not reader.buffered():
+                if publisher.waiting:
+                    publisher.flush()
+                if holding != bool(publisher.waiting):
+                    holding = not holding
+                    sock.settimeout(HOLD_RETRY_S if holding else TICK_S)
             opcode, payload = reader.next()
             now = time.monotonic()
             if opcode in (OP_TEXT, OP_BINARY):

@@ -46,6 +46,7 @@ def test_a_wedged_worker_does_not_block_the_venue_thread() -> None:
             last_sent[instrument] = seq
         done.set()
 
+    in_flight_before = set(bus._IN_FLIGHT)
     sender = threading.Thread(target=venue_thread, daemon=True)
     sender.start()
     try:
@@ -69,6 +70,8 @@ def test_a_wedged_worker_does_not_block_the_venue_thread() -> None:
             seqs = [t.venue_seq for b in (*queued, batch) for t in b if t.instrument == instrument]
             assert seqs == sorted(seqs), instrument  # per-instrument order holds
             assert seqs[-1] == last_sent[instrument], instrument  # the latest arrived
+        # Every batch sent was received, and none refused was left behind in flight.
+        assert set(bus._IN_FLIGHT) == in_flight_before
     finally:
         if not sender.is_alive():  # a blocked sender still owns its sockets: leave them
             router.close()
@@ -124,3 +127,19 @@ def test_the_frames_of_one_read_go_out_as_one_batch_of_the_latest_per_book(
         ("SOL-USDT", 4),
     ]
     assert router.superseded == 1 and router.deferred == 0 and router.waiting == 0
+
+
+def test_tops_cross_by_reference_and_a_key_is_read_once(
+    worker: tuple[BookTopRouter, zmq.Socket[bytes]],
+) -> None:
+    router, pull = worker
+    sent = top("BTC-USDT", 1)
+    router.send(sent)
+    router.flush()
+    assert pull.poll(1000)
+    payload = pull.recv()
+    assert len(payload) == 9 and payload[0] == 0  # a key, not the pickled batch
+    ((got, applied_ns),) = bus.decode_envelope(payload)
+    assert got is sent and applied_ns > 0
+    with pytest.raises(KeyError):
+        bus.decode_envelope(payload)
