@@ -189,10 +189,19 @@ def test_stopped_fx_venue_excludes_the_venues_that_need_its_rate(engine_factory:
         time.sleep(1.5)
         after = prices_of(engine, seconds=2, topic=b"price.BTC-USD")
         assert engine.stop() == 0, engine.output
-    # The rate a USDT venue is converted at is one the USDT-USD Price published, and its
-    # mid in the BTC-USD Price is its raw mid on the books stream times that rate.
+    # The rate a USDT venue is converted at is the USDT-USD fair value of a book the FX venue
+    # announced: one the USDT-USD Price published, or, since the worker pricing BTC-USD
+    # computes USDT-USD itself from the FX tops it received, the mid of an FX book on the
+    # books stream that the publishing worker conflated away under load (a one-venue
+    # instrument's fair value is its mid). And its mid in the BTC-USD Price is its raw mid
+    # on the books stream times that rate.
     published = {p["fair_value"] for p in before if p["instrument"] == "USDT-USD"}
     assert published
+    published |= {
+        (t["bid_prices"][0] + t["ask_prices"][0]) / 2
+        for t in tops
+        if t["venue"] == "fxvenue" and t["state"] == "LIVE" and t["bid_prices"]
+    }
     converted = [
         (p, u)
         for p in before
