@@ -88,6 +88,8 @@ def replay_figures(capture: Path, runs: int, fresh: int) -> list[dict[str, Any]]
                 "fresh_process_us": c["fresh_process_us"],
                 "python_core_us": p["us_per_book_frame"],
                 "floor_us": c["floor_us"],
+                # the median of (book path ÷ floor) over passes taken in pairs (bench_replay)
+                "ratio_vs_floor": c["ratio_vs_floor"],
             }
         )
     return out
@@ -155,7 +157,6 @@ def replay_section(runs: int, peers: bool, fresh: int = 3) -> dict[str, Any]:
                 fig["cryptofeed_source"] = "peer-baseline.md, the venue's live capture"
             cf_us = fig["cryptofeed_us"]
             fig["ratio_vs_cryptofeed"] = round(cf_us / fig["mmengine_us"], 2) if cf_us else None
-            fig["ratio_vs_floor"] = round(fig["mmengine_us"] / fig["floor_us"], 2)
             out[name] = fig
             print(f"replay {name}: {fig['mmengine_us']} us/book frame", file=sys.stderr)
     return out

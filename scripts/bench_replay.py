@@ -7,7 +7,8 @@ publish every book frame, checksums on, file reading excluded (the figure `mmeng
 remembers (decimal strings, checksum texts) carries over from an earlier pass.
 
 Beside it, the decode floor: `orjson.loads` of every text the book path decodes (the book
-frames, and the REST snapshot bodies it fetched: Binance), per book frame; with `--fresh N`,
+frames, and the REST snapshot bodies it fetched: Binance), per book frame, one floor pass
+after each book-path pass; the ratio is the median of the passes' ratios; with `--fresh N`,
 the median of N `mmengine replay CAPTURE --json` runs, each in a fresh process.
 
     .venv/bin/python scripts/bench_replay.py [--runs 7] [--core compiled|python] [--fresh 3]
@@ -119,15 +120,22 @@ def bench(path: Path, runs: int, core: str = "compiled", fresh: int = 0) -> list
     try:
         for venue_name in venues_of(header):
             replay_events(header, events, venue_name=venue_name)  # warm-up
+            texts, counted = book_path_texts(header, events, venue_name)
             figures = []
+            floors = []
+            ratios = []
+            # Each pass of the book path is followed by a pass of the floor, and the ratio is
+            # the median of the pairs': on a shared machine the speed drifts between passes
+            # (±20 % in minutes), and two medians taken apart drift apart with it.
             for _ in range(runs):
                 gc.collect()
                 result = replay_events(header, events, venue_name=venue_name)
                 book_frames = result.venue.venue_stats.book_frames
                 figures.append(result.seconds / book_frames * 1e6)
-            texts, counted = book_path_texts(header, events, venue_name)
+                floors.append(decode_floor_us(texts, counted, 1))
+                ratios.append(figures[-1] / floors[-1])
             median = statistics.median(figures)
-            floor = decode_floor_us(texts, counted, runs)
+            floor = statistics.median(floors)
             label = path.name if venue_name is None else f"{path.name}:{venue_name}"
             out.append(
                 {
@@ -139,7 +147,7 @@ def bench(path: Path, runs: int, core: str = "compiled", fresh: int = 0) -> list
                     "min": round(min(figures), 2),
                     "runs": runs,
                     "floor_us": round(floor, 2),
-                    "ratio_vs_floor": round(median / floor, 2),
+                    "ratio_vs_floor": round(statistics.median(ratios), 2),  # of the pairs
                     "fresh_process_us": round(fresh_process_us(path, venue_name, fresh, core), 2)
                     if fresh
                     else None,
