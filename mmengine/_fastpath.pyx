@@ -293,21 +293,6 @@ def send2(size_t handle, bytes first, bytes second):
     return True
 
 
-def send_multipart(size_t handle, tuple frames):
-    """Send `frames` (bytes, at least one) as one message, as `send2` does; False when the
-    first frame was refused (nothing sent)."""
-    cdef void* sock = _handle(handle)
-    cdef Py_ssize_t i, last = len(frames) - 1
-    if last < 0:
-        raise ValueError("no frames")
-    for i in range(last + 1):
-        if not _send(sock, frames[i], SNDMORE if i < last else 0):
-            if i == 0:
-                return False
-            raise _error(EAGAIN)  # not expected: the message's first frame was taken
-    return True
-
-
 def recv(size_t handle):
     """One message frame without waiting and without releasing the GIL, as bytes; None
     when none is queued."""

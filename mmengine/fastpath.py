@@ -7,7 +7,7 @@ Two things, both measured on the engine's busiest threads (README, Performance):
   `mmengine.codec.encode_price` (about 25 µs a Price); the compiled one writes the same
   bytes into one C buffer (about 2 µs). tests/unit/test_fastpath.py compares them on
   random Prices and decodes the compiled one's with the official avro package.
-- `send`, `send2`, `send_multipart`, `recv`, `events` on a pyzmq socket's handle
+- `send`, `send2`, `recv`, `events` on a pyzmq socket's handle
   (`handle(sock)`): the calls of the inproc hops, the IPC publisher and the pricing
   workers' hand-over to the sink writers that never wait (ZMQ_DONTWAIT), made
   holding the GIL. pyzmq releases the GIL around every send and recv; with a dozen threads
@@ -96,18 +96,6 @@ def py_send2(h: int, first: bytes, second: bytes) -> bool:
     return True
 
 
-def py_send_multipart(h: int, frames: tuple[bytes, ...]) -> bool:
-    """`frames` as one message, as `py_send2`; False when the first frame was refused."""
-    if not frames:
-        raise ValueError("no frames")
-    sock = _sock(h)
-    if not _send_or_retry(sock, frames[0], _NOBLOCK | (_SNDMORE if len(frames) > 1 else 0)):
-        return False
-    for i in range(1, len(frames)):
-        sock.send(frames[i], _NOBLOCK | (_SNDMORE if i < len(frames) - 1 else 0))
-    return True
-
-
 def py_recv(h: int) -> bytes | None:
     """One frame without waiting; None when none is queued."""
     try:
@@ -170,9 +158,6 @@ encode_price: Callable[[bytes, Price], bytes] = (
 )
 send: Callable[[int, bytes], bool] = _mod.send if _mod is not None else py_send
 send2: Callable[[int, bytes, bytes], bool] = _mod.send2 if _mod is not None else py_send2
-send_multipart: Callable[[int, tuple[bytes, ...]], bool] = (
-    _mod.send_multipart if _mod is not None else py_send_multipart
-)
 recv: Callable[[int], bytes | None] = _mod.recv if _mod is not None else py_recv
 events: Callable[[int], int] = _mod.events if _mod is not None else py_events
 recv_into_nowait: Callable[[int, bytearray, int], int] = (

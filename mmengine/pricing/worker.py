@@ -196,10 +196,11 @@ class PricingWorker(ServiceThread):
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
         poller.register(control, zmq.POLLIN)
+        sink_handles = [fastpath.handle(sock) for sock in sinks]  # open until the end
         try:
             while not self._stop_event.is_set():
                 try:
-                    self._step(poller, pull, control, sinks, header)
+                    self._step(poller, pull, control, sink_handles, header)
                 except Exception:
                     # A bug outside the per-input guards: count it, keep serving.
                     self._count_error("pricing loop")
@@ -212,7 +213,7 @@ class PricingWorker(ServiceThread):
         poller: zmq.Poller,
         pull: zmq.Socket[Any],
         control: zmq.Socket[Any],
-        sinks: list[zmq.Socket[Any]],
+        sinks: list[int],
         header: bytes,
     ) -> None:
         """One turn: take what is queued, or else wait for input or the nearest staleness
@@ -259,11 +260,10 @@ class PricingWorker(ServiceThread):
                 if price is not None:
                     self._publish(price, sinks, header)
 
-    def _publish(
-        self, price: Price, sinks: list[zmq.Socket[Any]], header: bytes
-    ) -> tuple[int, int]:
-        """To IPC subscribers and to every sink's writer; returns when it was encoded and
-        when the IPC send returned (ns)."""
+    def _publish(self, price: Price, sinks: list[int], header: bytes) -> tuple[int, int]:
+        """To IPC subscribers and to every sink's writer (`sinks`: their sockets' handles,
+        `mmengine.fastpath`); returns when it was encoded and when the IPC send returned
+        (ns)."""
         name = price.instrument.encode()
         payload = fastpath.encode_price(header, price)
         encoded_ns = time.time_ns()
@@ -273,14 +273,14 @@ class PricingWorker(ServiceThread):
             key = SINK_KEY.pack(price.epoch, price.seq, price.priced_ts_ns)
             record = sink_message(name, key, payload)
             with_values: bytes | None = None
-            for sock, values in zip(sinks, self._values_for, strict=True):
+            for sink, values in zip(sinks, self._values_for, strict=True):
                 if values:
                     if with_values is None:
                         pickled = pickle.dumps(price_values(price), pickle.HIGHEST_PROTOCOL)
                         with_values = sink_message(name, key, payload, pickled)
-                    self._to_sink(sock, with_values)
+                    self._to_sink(sink, with_values)
                 else:
-                    self._to_sink(sock, record)
+                    self._to_sink(sink, record)
         return encoded_ns, published_ns
 
     def _timeout_ms(self) -> int:
@@ -337,12 +337,12 @@ class PricingWorker(ServiceThread):
             touched.setdefault(name, None)
             log.info("pricing-%d: %s position set to %s", self.k, name, qty)
 
-    def _to_sink(self, sock: zmq.Socket[Any], message: bytes) -> None:
+    def _to_sink(self, sink: int, message: bytes) -> None:
         """Hand a Price (`mmengine.bus.sink_message`) to a writer thread without ever
         waiting on it (nor letting go of the GIL: `mmengine.fastpath`). The writer drains
         its queue into its own spool, so a full queue means the writer thread is wedged:
         count the loss loudly rather than stall pricing."""
-        if not fastpath.send(fastpath.handle(sock), message):
+        if not fastpath.send(sink, message):
             self.stats.sink_dropped += 1
             if self._sink_log.allow("sink_full") is not None:
                 log.error(

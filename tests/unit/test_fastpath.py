@@ -226,22 +226,3 @@ def test_a_send_to_a_queue_the_reader_emptied_is_taken(pair: Any, impl: str) -> 
     for i in range(3000):
         assert send(hp, b"%d" % i), f"message {i} refused"
         assert recv(hl) == b"%d" % i
-
-
-@pytest.mark.parametrize("impl", ["compiled", "reference"])
-def test_send_multipart_is_one_message_or_nothing(pair: Any, impl: str) -> None:
-    push, pull = pair
-    send = _fast.send_multipart if impl == "compiled" else fastpath.py_send_multipart
-    h = fastpath.handle(push)
-    assert send(h, (b"one",))
-    assert pull.recv_multipart() == [b"one"]
-    sent = 0
-    while send(h, (b"a%d" % sent, b"b", b"c")):  # the queue fills: refused whole
-        sent += 1
-        assert sent < 100
-    got = []
-    while pull.poll(100):
-        got.append(pull.recv_multipart())
-    assert got == [[b"a%d" % i, b"b", b"c"] for i in range(sent)]
-    with pytest.raises(ValueError):
-        send(h, ())
